@@ -1,0 +1,74 @@
+/* Per-process metrics in Prometheus text format (GET /metrics).
+ *
+ *   metrics_counter_add(M_UPSTREAM_REQUESTS, "api=\"user/list\",errcode=\"0\"", 1);
+ *   metrics_gauge_set(M_LOCK_HELD, NULL, 1);
+ *   metrics_observe(M_RUN_DURATION, "state=\"succeeded\"", 12.5);
+ *
+ * One registry per process, used from the loop thread only (no locking). A
+ * series is a metric name plus a label string (the text between the braces,
+ * already escaped by the caller, or NULL for none). The number of series is
+ * bounded (METRICS_MAX_SERIES): past it new series are dropped and counted in
+ * orgsync_metrics_dropped_series_total, so a hostile label value can never
+ * grow memory without bound. Label values that come from outside (routes,
+ * errcodes) must come from a small set: pass the route pattern, not the path.
+ *
+ * A metric that was never described is rendered as "untyped". The well-known
+ * metrics below are described by metrics_init(); calling it more than once is
+ * harmless. */
+#ifndef ORGSYNC_METRICS_H
+#define ORGSYNC_METRICS_H
+
+#include <stddef.h>
+
+#define METRICS_MAX_SERIES 2048
+#define METRICS_MAX_NAME 96
+#define METRICS_MAX_LABELS 192
+
+typedef enum { METRIC_COUNTER = 0, METRIC_GAUGE, METRIC_HISTOGRAM } metric_type;
+
+/* Well-known names (use these, so every module writes the same series). */
+#define M_LOCK_HELD "orgsync_lock_held"                         /* gauge 0/1, labels job */
+#define M_LEADER_CHANGES "orgsync_leader_changes_total"         /* counter, labels job */
+#define M_RUNS "orgsync_runs"                                   /* gauge, labels state */
+#define M_RUN_DURATION "orgsync_run_duration_seconds"           /* histogram, labels state */
+#define M_DEPARTMENTS_SYNCED "orgsync_departments_synced_total" /* counter */
+#define M_MEMBERS_SYNCED "orgsync_members_synced_total"         /* counter */
+#define M_UPSTREAM_REQUESTS "orgsync_upstream_requests_total"   /* counter, api, errcode */
+#define M_UPSTREAM_DURATION "orgsync_upstream_request_duration_seconds" /* histogram, api */
+#define M_PACING_WAITS "orgsync_pacing_waits_total"               /* counter, labels corp? none */
+#define M_PACING_WAIT_SECONDS "orgsync_pacing_wait_seconds_total" /* counter */
+#define M_RETRIES "orgsync_retries_total"                         /* counter, labels api */
+#define M_HTTP_REQUESTS "orgsync_http_requests_total"             /* counter, route, status */
+#define M_HTTP_DURATION "orgsync_http_request_duration_seconds"   /* histogram, route */
+#define M_PG_ERRORS "orgsync_pg_errors_total"                     /* counter */
+#define M_REDIS_ERRORS "orgsync_redis_errors_total"               /* counter */
+#define M_LOOKUPS "orgsync_lookups_total"                         /* counter, source */
+#define M_DROPPED_SERIES "orgsync_metrics_dropped_series_total"   /* counter */
+
+/* Describes the well-known metrics above. */
+void metrics_init(void);
+/* Sets (or replaces) the TYPE and HELP lines of a metric. help is copied.
+ * 0, or -ENOMEM / -EINVAL. */
+int metrics_describe(const char *name, metric_type type, const char *help);
+
+/* Adds v (>= 0) to a counter series, creating it at 0 first. */
+void metrics_counter_add(const char *name, const char *labels, double v);
+/* Sets a gauge series. */
+void metrics_gauge_set(const char *name, const char *labels, double v);
+/* Adds v (may be negative) to a gauge series. */
+void metrics_gauge_add(const char *name, const char *labels, double v);
+/* Records one observation (seconds) in a histogram with fixed buckets
+ * 0.001 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 300 900 3600 +Inf. */
+void metrics_observe(const char *name, const char *labels, double seconds);
+
+/* Current value of a counter or gauge series (tests); 0 if absent. */
+double metrics_value(const char *name, const char *labels);
+
+/* The whole registry as Prometheus text exposition format 0.0.4, metrics
+ * sorted by name. Caller frees. NULL on out of memory. */
+char *metrics_render(size_t *len);
+
+/* Forgets every series and description (tests, and at exit for leak checks). */
+void metrics_reset(void);
+
+#endif
