@@ -1,0 +1,508 @@
+/* Settings: defaults, then --config FILE, then the environment (SPEC §2). */
+#include "common/settings.h"
+
+#include "common/cron.h"
+#include "common/log.h"
+#include "common/redis.h"
+#include "version.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+const char *const settings_names[] = {"ORGSYNC_ENV",
+                                      "ORGSYNC_SCHEDULE",
+                                      "ORGSYNC_SCHEDULER_WORKERS",
+                                      "ORGSYNC_WORKERS",
+                                      "ORGSYNC_INSTANCE",
+                                      "ORGSYNC_PG_DSN",
+                                      "ORGSYNC_REDIS_URL",
+                                      "ORGSYNC_READ_ONLY",
+                                      "ORGSYNC_HTTP_ADDR",
+                                      "ORGSYNC_CRON",
+                                      "ORGSYNC_TZ",
+                                      "ORGSYNC_LOCK_TTL_MS",
+                                      "ORGSYNC_DEPT_RATE",
+                                      "ORGSYNC_UPSTREAM_MAX_INFLIGHT",
+                                      "ORGSYNC_UPSTREAM_URL",
+                                      "ORGSYNC_DAILY_QUOTA",
+                                      "ORGSYNC_LOOKUP_BUDGET",
+                                      "ORGSYNC_ADMIN_TOKEN",
+                                      "ORGSYNC_ALERT_WEBHOOK",
+                                      "ORGSYNC_LOG_LEVEL",
+                                      "ORGSYNC_LOG_FORMAT",
+                                      "ORGSYNC_CODE_VERSION",
+                                      "ORGSYNC_WORKER_ID",
+                                      NULL};
+
+#define MAX_FILE_ENTRIES 64
+
+/* KEY=VALUE pairs read from the config file. */
+typedef struct file_kv {
+    int n;
+    char key[MAX_FILE_ENTRIES][64];
+    char val[MAX_FILE_ENTRIES][1024];
+} file_kv;
+
+typedef struct source {
+    file_kv *file;
+    settings_getenv_fn get;
+    void *arg;
+} source;
+
+static int is_known(const char *name)
+{
+    for (int i = 0; settings_names[i]; i++)
+        if (strcmp(settings_names[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static const char *lookup(const source *src, const char *name)
+{
+    const char *v = src->get ? src->get(name, src->arg) : NULL;
+    if (v)
+        return v;
+    for (int i = 0; src->file && i < src->file->n; i++)
+        if (strcmp(src->file->key[i], name) == 0)
+            return src->file->val[i];
+    return NULL;
+}
+
+static char *trim(char *s)
+{
+    char *e;
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+static int read_config_file(const char *path, file_kv *kv, char *err, size_t errlen)
+{
+    char line[1200];
+    int lineno = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "--config: cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    kv->n = 0;
+    while (fgets(line, sizeof(line), f)) {
+        char *s = trim(line), *eq, *key, *val;
+        size_t vlen;
+        lineno++;
+        if (*s == '\0' || *s == '#')
+            continue;
+        if (strncmp(s, "export ", 7) == 0)
+            s = trim(s + 7);
+        eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errlen, "--config %s:%d: expected KEY=VALUE", path, lineno);
+            goto fail;
+        }
+        *eq = '\0';
+        key = trim(s);
+        val = trim(eq + 1);
+        vlen = strlen(val);
+        if (vlen >= 2 && (val[0] == '"' || val[0] == '\'') && val[vlen - 1] == val[0]) {
+            val[vlen - 1] = '\0';
+            val++;
+        }
+        if (!is_known(key)) {
+            snprintf(err, errlen, "--config %s:%d: unknown setting '%.64s'", path, lineno, key);
+            goto fail;
+        }
+        if (kv->n == MAX_FILE_ENTRIES || strlen(val) >= sizeof(kv->val[0])) {
+            snprintf(err, errlen, "--config %s:%d: too many settings or value too long", path,
+                     lineno);
+            goto fail;
+        }
+        snprintf(kv->key[kv->n], sizeof(kv->key[0]), "%s", key);
+        snprintf(kv->val[kv->n], sizeof(kv->val[0]), "%s", val);
+        kv->n++;
+    }
+    fclose(f);
+    return 0;
+fail:
+    fclose(f);
+    return -1;
+}
+
+static int bad(char *err, size_t errlen, const char *name, const char *accepts, const char *got)
+{
+    snprintf(err, errlen, "%s: expected %s, got '%.80s'", name, accepts, got);
+    return -1;
+}
+
+static int parse_bool(const char *v, int *out)
+{
+    if (!strcasecmp(v, "on") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes"))
+        *out = 1;
+    else if (!strcasecmp(v, "off") || !strcasecmp(v, "false") || !strcmp(v, "0") ||
+             !strcasecmp(v, "no"))
+        *out = 0;
+    else
+        return -1;
+    return 0;
+}
+
+static int parse_long(const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    long x;
+    errno = 0;
+    if (!*v || isspace((unsigned char)*v))
+        return -1;
+    x = strtol(v, &end, 10);
+    if (errno || *end || x < lo || x > hi)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int set_str(char *dst, size_t cap, const char *name, const char *v, char *err, size_t errlen)
+{
+    if (strlen(v) >= cap) {
+        snprintf(err, errlen, "%s: longer than %zu characters", name, cap - 1);
+        return -1;
+    }
+    memcpy(dst, v, strlen(v) + 1);
+    return 0;
+}
+
+static int valid_env_name(const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 63)
+        return 0;
+    for (; *v; v++)
+        if (!(islower((unsigned char)*v) || isdigit((unsigned char)*v) || *v == '-' || *v == '_'))
+            return 0;
+    return 1;
+}
+
+static int valid_instance(const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 127)
+        return 0;
+    for (; *v; v++)
+        if (*v == '|' || !isgraph((unsigned char)*v))
+            return 0;
+    return 1;
+}
+
+static int parse_workers_list(settings *s, const char *v)
+{
+    char tmp[256], *save = NULL, *tok;
+    int any = 0;
+    if (strlen(v) >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, v, strlen(v) + 1);
+    memset(s->scheduler_workers, 0, sizeof(s->scheduler_workers));
+    for (tok = strtok_r(tmp, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        long id;
+        if (parse_long(trim(tok), 1, SETTINGS_MAX_WORKERS, &id))
+            return -1;
+        s->scheduler_workers[id] = 1;
+        any = 1;
+    }
+    if (!any)
+        return -1;
+    snprintf(s->scheduler_workers_text, sizeof(s->scheduler_workers_text), "%s", v);
+    return 0;
+}
+
+/* host:port with a numeric IPv4 host (no DNS at start-up), or [v6]:port. */
+static int valid_listen_addr(const char *v)
+{
+    const char *colon = strrchr(v, ':');
+    long port;
+    char host[64];
+    size_t hl;
+    unsigned char b[16];
+    if (!colon)
+        return 0;
+    hl = (size_t)(colon - v);
+    if (hl == 0 || hl >= sizeof(host))
+        return 0;
+    memcpy(host, v, hl);
+    host[hl] = '\0';
+    if (parse_long(colon + 1, 0, 65535, &port))
+        return 0;
+    if (host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        return inet_pton(AF_INET6, host + 1, b) == 1;
+    }
+    return inet_pton(AF_INET, host, b) == 1;
+}
+
+static int valid_http_url(const char *v)
+{
+    return (strncmp(v, "http://", 7) == 0 && v[7]) || (strncmp(v, "https://", 8) == 0 && v[8]);
+}
+
+static int apply(settings *s, const source *src, char *err, size_t errlen)
+{
+    const char *v;
+    long n;
+    char cerr[200];
+
+    if ((v = lookup(src, "ORGSYNC_ENV")) && !valid_env_name(v))
+        return bad(err, errlen, "ORGSYNC_ENV", "1-63 characters of a-z, 0-9, '-' or '_'", v);
+    if (v)
+        snprintf(s->env, sizeof(s->env), "%s", v);
+
+    if ((v = lookup(src, "ORGSYNC_SCHEDULE")) && parse_bool(v, &s->schedule))
+        return bad(err, errlen, "ORGSYNC_SCHEDULE", "on or off", v);
+
+    if ((v = lookup(src, "ORGSYNC_SCHEDULER_WORKERS")) && parse_workers_list(s, v))
+        return bad(err, errlen, "ORGSYNC_SCHEDULER_WORKERS",
+                   "a comma-separated list of worker ids from 1 to 256, e.g. 1 or 1,2", v);
+
+    if ((v = lookup(src, "ORGSYNC_WORKERS"))) {
+        if (parse_long(v, 1, SETTINGS_MAX_WORKERS, &n))
+            return bad(err, errlen, "ORGSYNC_WORKERS", "an integer from 1 to 256", v);
+        s->workers = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_INSTANCE")) && !valid_instance(v))
+        return bad(err, errlen, "ORGSYNC_INSTANCE",
+                   "1-127 printable characters without spaces or '|'", v);
+    if (v)
+        snprintf(s->instance, sizeof(s->instance), "%s", v);
+
+    if ((v = lookup(src, "ORGSYNC_PG_DSN"))) {
+        char *perr = NULL;
+        PQconninfoOption *opts = PQconninfoParse(v, &perr);
+        if (!opts) {
+            snprintf(err, errlen, "ORGSYNC_PG_DSN: not a valid libpq connection string: %s",
+                     perr ? trim(perr) : "out of memory");
+            PQfreemem(perr);
+            return -1;
+        }
+        PQconninfoFree(opts);
+        if (set_str(s->pg_dsn, sizeof(s->pg_dsn), "ORGSYNC_PG_DSN", v, err, errlen))
+            return -1;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_REDIS_URL"))) {
+        char host[256], pw[256];
+        int port, db;
+        if (redis_url_parse(v, host, sizeof(host), &port, pw, sizeof(pw), &db, cerr,
+                            sizeof(cerr))) {
+            snprintf(err, errlen,
+                     "ORGSYNC_REDIS_URL: %s (expected redis://[:password@]host:port/db)", cerr);
+            return -1;
+        }
+        if (set_str(s->redis_url, sizeof(s->redis_url), "ORGSYNC_REDIS_URL", v, err, errlen))
+            return -1;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_READ_ONLY"))) {
+        if (!strcasecmp(v, "auto"))
+            s->read_only = READ_ONLY_AUTO;
+        else if (!strcasecmp(v, "on"))
+            s->read_only = READ_ONLY_ON;
+        else if (!strcasecmp(v, "off"))
+            s->read_only = READ_ONLY_OFF;
+        else
+            return bad(err, errlen, "ORGSYNC_READ_ONLY", "on, off or auto", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_HTTP_ADDR"))) {
+        if (!valid_listen_addr(v))
+            return bad(err, errlen, "ORGSYNC_HTTP_ADDR",
+                       "an IP address and port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", v);
+        snprintf(s->http_addr, sizeof(s->http_addr), "%s", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_CRON"))) {
+        cron_expr c;
+        if (cron_parse(&c, v, cerr, sizeof(cerr))) {
+            snprintf(err, errlen,
+                     "ORGSYNC_CRON: %s (expected 5 or 6 cron fields, e.g. '0 0 2 * * *')", cerr);
+            return -1;
+        }
+        if (set_str(s->cron, sizeof(s->cron), "ORGSYNC_CRON", v, err, errlen))
+            return -1;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_TZ"))) {
+        if (strlen(v) >= sizeof(s->tz) || !cron_tz_valid(v))
+            return bad(err, errlen, "ORGSYNC_TZ", "a time zone name such as Asia/Shanghai or UTC",
+                       v);
+        snprintf(s->tz, sizeof(s->tz), "%s", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_LOCK_TTL_MS"))) {
+        if (parse_long(v, 1000, 600000, &n))
+            return bad(err, errlen, "ORGSYNC_LOCK_TTL_MS", "milliseconds from 1000 to 600000", v);
+        s->lock_ttl_ms = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_DEPT_RATE"))) {
+        char *end;
+        double d;
+        errno = 0;
+        d = strtod(v, &end);
+        if (!*v || errno || *end || !(d >= 0.1 && d <= 1000))
+            return bad(err, errlen, "ORGSYNC_DEPT_RATE",
+                       "requests per second per enterprise, a number from 0.1 to 1000", v);
+        s->dept_rate = d;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_UPSTREAM_MAX_INFLIGHT"))) {
+        if (parse_long(v, 1, 60, &n))
+            return bad(err, errlen, "ORGSYNC_UPSTREAM_MAX_INFLIGHT",
+                       "an integer from 1 to 60 (the upstream bans above 60)", v);
+        s->upstream_max_inflight = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_UPSTREAM_URL"))) {
+        size_t len;
+        if (!valid_http_url(v) || set_str(s->upstream_url, sizeof(s->upstream_url),
+                                          "ORGSYNC_UPSTREAM_URL", v, err, errlen))
+            return bad(err, errlen, "ORGSYNC_UPSTREAM_URL", "an http:// or https:// URL", v);
+        len = strlen(s->upstream_url);
+        while (len > 0 && s->upstream_url[len - 1] == '/')
+            s->upstream_url[--len] = '\0';
+    }
+
+    if ((v = lookup(src, "ORGSYNC_DAILY_QUOTA")) && *v) {
+        if (parse_long(v, 1, 1000000000L, &n))
+            return bad(err, errlen, "ORGSYNC_DAILY_QUOTA",
+                       "a positive integer (calls per enterprise per day), or unset", v);
+        s->daily_quota = n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_LOOKUP_BUDGET"))) {
+        if (parse_long(v, 0, 1000000, &n))
+            return bad(err, errlen, "ORGSYNC_LOOKUP_BUDGET",
+                       "an integer from 0 to 1000000 (lookups per enterprise per hour)", v);
+        s->lookup_budget = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_ADMIN_TOKEN")) && *v) {
+        if (strlen(v) < 16 || strlen(v) >= sizeof(s->admin_token)) {
+            snprintf(err, errlen,
+                     "ORGSYNC_ADMIN_TOKEN: expected 16 to 255 characters (the value is not shown)");
+            return -1;
+        }
+        snprintf(s->admin_token, sizeof(s->admin_token), "%s", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_ALERT_WEBHOOK")) && *v) {
+        if (!valid_http_url(v) || strlen(v) >= sizeof(s->alert_webhook))
+            return bad(err, errlen, "ORGSYNC_ALERT_WEBHOOK", "an http:// or https:// URL", v);
+        snprintf(s->alert_webhook, sizeof(s->alert_webhook), "%s", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_LOG_LEVEL"))) {
+        int lvl = log_level_parse(v);
+        if (lvl < 0)
+            return bad(err, errlen, "ORGSYNC_LOG_LEVEL", "debug, info, warn or error", v);
+        s->log_level = lvl;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_LOG_FORMAT"))) {
+        if (!strcasecmp(v, "json"))
+            s->log_json = 1;
+        else if (!strcasecmp(v, "text"))
+            s->log_json = 0;
+        else
+            return bad(err, errlen, "ORGSYNC_LOG_FORMAT", "json or text", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_CODE_VERSION"))) {
+        if (!*v || strlen(v) >= sizeof(s->code_version) || !valid_instance(v))
+            return bad(err, errlen, "ORGSYNC_CODE_VERSION", "a version such as 1.2.3", v);
+        snprintf(s->code_version, sizeof(s->code_version), "%s", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_WORKER_ID"))) {
+        if (parse_long(v, 0, SETTINGS_MAX_WORKERS, &n))
+            return bad(err, errlen, "ORGSYNC_WORKER_ID", "an integer from 0 to 256", v);
+        s->worker_id = (int)n;
+    }
+    return 0;
+}
+
+static void defaults(settings *s)
+{
+    char host[64] = "localhost";
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    memset(s, 0, sizeof(*s));
+    snprintf(s->env, sizeof(s->env), "dev");
+    s->schedule = 0;
+    s->scheduler_workers[1] = 1;
+    snprintf(s->scheduler_workers_text, sizeof(s->scheduler_workers_text), "1");
+    s->workers = ncpu > 0 ? (ncpu > SETTINGS_MAX_WORKERS ? SETTINGS_MAX_WORKERS : (int)ncpu) : 1;
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    snprintf(s->instance, sizeof(s->instance), "%s:%d", host, (int)getpid());
+    snprintf(s->pg_dsn, sizeof(s->pg_dsn), "postgresql:///orgsync");
+    snprintf(s->redis_url, sizeof(s->redis_url), "redis://127.0.0.1:6379/0");
+    s->read_only = READ_ONLY_AUTO;
+    snprintf(s->http_addr, sizeof(s->http_addr), "127.0.0.1:8080");
+    snprintf(s->cron, sizeof(s->cron), "0 0 2 * * *");
+    snprintf(s->tz, sizeof(s->tz), "Asia/Shanghai");
+    s->lock_ttl_ms = 15000;
+    s->dept_rate = 10;
+    s->upstream_max_inflight = 50;
+    snprintf(s->upstream_url, sizeof(s->upstream_url), "https://qyapi.weixin.qq.com");
+    s->daily_quota = 0;
+    s->lookup_budget = 60;
+    s->log_level = LOG_INFO;
+    s->log_json = 1;
+    snprintf(s->code_version, sizeof(s->code_version), "%s", ORGSYNC_VERSION);
+}
+
+int settings_load_from(settings *s, const char *config_file, settings_getenv_fn get, void *arg,
+                       char *err, size_t errlen)
+{
+    file_kv *kv = NULL;
+    source src = {NULL, get, arg};
+    int rc;
+    defaults(s);
+    if (config_file) {
+        kv = calloc(1, sizeof(*kv));
+        if (!kv) {
+            snprintf(err, errlen, "--config: out of memory");
+            return -1;
+        }
+        if (read_config_file(config_file, kv, err, errlen)) {
+            free(kv);
+            return -1;
+        }
+        src.file = kv;
+    }
+    rc = apply(s, &src, err, errlen);
+    free(kv);
+    return rc;
+}
+
+static const char *env_get(const char *name, void *arg)
+{
+    (void)arg;
+    return getenv(name);
+}
+
+int settings_load(settings *s, const char *config_file, char *err, size_t errlen)
+{
+    return settings_load_from(s, config_file, env_get, NULL, err, errlen);
+}
+
+int settings_may_schedule_worker(const settings *s, int worker_id)
+{
+    return worker_id >= 1 && worker_id <= SETTINGS_MAX_WORKERS && s->scheduler_workers[worker_id];
+}

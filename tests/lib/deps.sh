@@ -1,0 +1,45 @@
+# Debian packages orgsync needs, and how to get them. Sourced by tests/run.sh,
+# deploy/demo.sh and the benchmarks.
+#
+#   deps_ensure test|demo|bench
+#
+# As root, installs what is missing with apt-get; otherwise prints the apt-get
+# line to run and exits 1.
+
+ORGSYNC_DEPS_BUILD="build-essential cmake pkg-config libuv1-dev libhiredis-dev libcurl4-openssl-dev libjson-c-dev libpq-dev libhttp-parser-dev libssl-dev"
+ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procps python3"
+ORGSYNC_DEPS_TEST="libcmocka-dev"
+ORGSYNC_DEPS_BENCH="wrk nginx-light valgrind"
+
+deps_missing() {
+    local p missing=""
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+    done
+    echo "$missing"
+}
+
+deps_ensure() {
+    local want="$ORGSYNC_DEPS_BUILD $ORGSYNC_DEPS_SERVERS"
+    case ${1:-test} in
+    test) want="$want $ORGSYNC_DEPS_TEST" ;;
+    bench) want="$want $ORGSYNC_DEPS_TEST $ORGSYNC_DEPS_BENCH" ;;
+    demo) ;;
+    esac
+    # shellcheck disable=SC2086
+    local missing
+    missing=$(deps_missing $want)
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing Debian packages. Run as root:" >&2
+        echo "  apt-get update && apt-get install -y$missing" >&2
+        exit 1
+    fi
+    echo "== installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    # Debian starts a system-wide redis-server and postgresql cluster on install;
+    # orgsync never uses them (tests start their own on free ports).
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The one test command.
+#
+#   tests/run.sh [ctest arguments...]      e.g. tests/run.sh -R it.sync
+#
+# Installs what is missing (as root, with apt-get), builds with AddressSanitizer
+# and UBSan, starts a throwaway PostgreSQL and Redis on free ports, migrates a
+# template database, runs ctest, and stops everything it started, whether the
+# tests pass, fail or are interrupted. Exits with ctest's status.
+#
+# BUILD_DIR (default build-test) picks the build directory; ORGSYNC_TEST_JOBS
+# (default 2) how many tests run at once.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$SRC/build-test}
+JOBS=${ORGSYNC_TEST_JOBS:-2}
+
+# shellcheck source=tests/lib/deps.sh
+. "$SRC/tests/lib/deps.sh"
+deps_ensure test
+
+echo "== build ($BUILD_DIR, ASan+UBSan)"
+cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+if ! cmake --build "$BUILD_DIR" -j"$(nproc)" >"$BUILD_DIR/build.log" 2>&1; then
+    grep -v '^\[ *[0-9]*%\]' "$BUILD_DIR/build.log" | tail -60 >&2
+    echo "build failed (full log: $BUILD_DIR/build.log)" >&2
+    exit 1
+fi
+
+TMP=$(mktemp -d /tmp/orgsync-test.XXXXXX)
+chmod 755 "$TMP"
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    "$SRC/tests/servers.sh" stop-redis "$TMP/redis" || true
+    "$SRC/tests/servers.sh" stop-pg "$TMP/pg" || true
+    # Whatever a test left behind (simulators, orgsync processes) goes too.
+    pkill -9 -f "$BUILD_DIR/(orgsync|orgsync-sim)( |$)" 2>/dev/null || true
+    if [ "$rc" = 0 ] || [ -z "${ORGSYNC_KEEP_TMP:-}" ]; then
+        rm -rf "$TMP"
+    else
+        echo "kept $TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "== servers"
+eval "$("$SRC/tests/servers.sh" start-pg "$TMP/pg")"
+eval "$("$SRC/tests/servers.sh" start-redis "$TMP/redis")"
+psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" <<SQL
+CREATE ROLE orgsync LOGIN;
+CREATE DATABASE orgsync OWNER orgsync;
+SQL
+APP_DSN="host=127.0.0.1 port=$PG_PORT user=orgsync dbname=orgsync"
+ORGSYNC_PG_DSN="$APP_DSN" "$BUILD_DIR/orgsync" migrate
+echo "postgresql on $PG_PORT, redis on $REDIS_PORT"
+
+export ORGSYNC_TEST_PG_DSN="$APP_DSN"
+export ORGSYNC_TEST_PG_ADMIN_DSN="$PG_DSN"
+export ORGSYNC_TEST_PG_PORT="$PG_PORT"
+export ORGSYNC_TEST_REDIS_URL="$REDIS_URL"
+export ORGSYNC_TEST_TMP="$TMP"
+export ORGSYNC_SRC="$SRC"
+export ORGSYNC_BIN="$BUILD_DIR/orgsync"
+export ORGSYNC_SIM_BIN="$BUILD_DIR/orgsync-sim"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+echo "== ctest"
+set +e
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$JOBS" "$@"
+rc=$?
+set -e
+exit "$rc"
