@@ -55,8 +55,12 @@ psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" <<SQL
 CREATE ROLE orgsync LOGIN;
 CREATE DATABASE orgsync OWNER orgsync;
 SQL
-APP_DSN="host=127.0.0.1 port=$PG_PORT user=orgsync dbname=orgsync"
-ORGSYNC_PG_DSN="$APP_DSN" "$BUILD_DIR/orgsync" migrate
+# 'orgsync' is a pristine migrated template that no test connects to, so
+# that any test can CREATE DATABASE ... TEMPLATE orgsync for a copy of its
+# own at any time; tests that need no isolation share orgsync_test.
+ORGSYNC_PG_DSN="host=127.0.0.1 port=$PG_PORT user=orgsync dbname=orgsync" "$BUILD_DIR/orgsync" migrate >/dev/null
+psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -c "CREATE DATABASE orgsync_test TEMPLATE orgsync OWNER orgsync"
+APP_DSN="host=127.0.0.1 port=$PG_PORT user=orgsync dbname=orgsync_test"
 echo "postgresql on $PG_PORT, redis on $REDIS_PORT"
 
 export ORGSYNC_TEST_PG_DSN="$APP_DSN"

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The orgsync command line: version, usage errors before any connection,
+# migrate (idempotent, refuses a newer schema), enterprise add/list/disable/enable.
+. "$(dirname "$0")/../lib/testlib.sh"
+
+DSN=$(fresh_db)
+trap 'drop_db "$DSN"' EXIT
+# The database starts as a copy of the migrated template; start this test
+# from an empty schema to see migrate build it.
+psql -qAtX "$DSN" -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null 2>&1
+
+out=$("$ORGSYNC_BIN" version)
+check "version names the schema version" grep -q "schema version 1" <<<"$out"
+
+# Usage and configuration errors: exit 2, one line naming the setting, no network.
+set +e
+out=$(ORGSYNC_DEPT_RATE=abc strace -f -qq -e trace=connect -o "$ORGSYNC_TEST_TMP/strace.$$" \
+    "$ORGSYNC_BIN" migrate 2>&1)
+rc=$?
+set -e
+eq "bad ORGSYNC_DEPT_RATE exits 2" 2 "$rc"
+check "the message names ORGSYNC_DEPT_RATE" grep -q "^orgsync: ORGSYNC_DEPT_RATE: expected" <<<"$out"
+eq "the message is one line" 1 "$(wc -l <<<"$out")"
+eq "nothing connected anywhere" 0 "$(grep -c 'connect(' "$ORGSYNC_TEST_TMP/strace.$$" || true)"
+
+set +e
+"$ORGSYNC_BIN" frobnicate >/dev/null 2>&1; eq "unknown command exits 2" 2 $?
+"$ORGSYNC_BIN" migrate --force >/dev/null 2>&1; eq "unknown flag exits 2" 2 $?
+"$ORGSYNC_BIN" --config /nonexistent version >/dev/null 2>&1; eq "missing config file exits 2" 2 $?
+set -e
+
+# migrate: applies, then changes nothing the second time.
+export ORGSYNC_PG_DSN="$DSN"
+out=$("$ORGSYNC_BIN" migrate 2>/dev/null)
+check "first migrate applies 001" grep -q "migrated to schema version 1" <<<"$out"
+dump1=$(pg_dump -s --no-owner "$DSN" | md5sum)
+rows1=$(psql -qAtX "$DSN" -c "SELECT count(*), max(applied_at) FROM schema_migrations")
+out=$("$ORGSYNC_BIN" migrate 2>/dev/null)
+check "second migrate is a no-op" grep -q "nothing to do" <<<"$out"
+eq "schema unchanged by the second migrate" "$dump1" "$(pg_dump -s --no-owner "$DSN" | md5sum)"
+eq "schema_migrations unchanged" "$rows1" "$(psql -qAtX "$DSN" -c "SELECT count(*), max(applied_at) FROM schema_migrations")"
+tables=$(psql -qAtX "$DSN" -c "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname='public'")
+eq "every SPEC table exists" "departments,enterprises,leader_fence,schema_migrations,sync_checkpoints,sync_progress,sync_runs,users" "$tables"
+check "users is indexed on mobile" psql -qAtX "$DSN" -c "SELECT 1 FROM pg_indexes WHERE tablename='users' AND indexdef LIKE '%(mobile)%'" -o /dev/null
+set +e
+psql -qAtX "$DSN" -c "INSERT INTO sync_runs (env, job, trigger, scheduled_for) VALUES ('x','j','schedule','2026-01-01T00:00:00Z')" >/dev/null
+psql -qAtX "$DSN" -c "UPDATE sync_runs SET state='succeeded'" >/dev/null
+psql -qAtX "$DSN" -c "INSERT INTO sync_runs (env, job, trigger, scheduled_for) VALUES ('x','j','schedule','2026-01-01T00:00:00Z')" >/dev/null 2>&1
+eq "one run per (env, job, scheduled_for)" 1 $?
+set -e
+
+# A database newer than the binary: refused, exit 1, nothing changed.
+psql -qAtX "$DSN" -c "INSERT INTO schema_migrations (version, name) VALUES (99, '099_future.sql')" >/dev/null
+set +e
+out=$("$ORGSYNC_BIN" migrate 2>&1)
+rc=$?
+set -e
+eq "newer schema: exit 1" 1 "$rc"
+check "newer schema: says why" grep -q "schema version 99, newer than this binary knows (1)" <<<"$out"
+psql -qAtX "$DSN" -c "DELETE FROM schema_migrations WHERE version = 99" >/dev/null
+
+# enterprise add reads the secret from the named variable, never argv.
+export WW1_SECRET="s3cret-value-1"
+out=$("$ORGSYNC_BIN" enterprise add --corp-id ww1 --secret-env WW1_SECRET --name "First Corp" 2>&1)
+eq "enterprise add" "added enterprise ww1" "$out"
+eq "secret stored" "s3cret-value-1" "$(psql -qAtX "$DSN" -c "SELECT corp_secret FROM enterprises WHERE corp_id='ww1'")"
+out=$(WW1_SECRET=rotated "$ORGSYNC_BIN" enterprise add --corp-id ww1 --secret-env WW1_SECRET --name "First Corp" 2>&1)
+eq "enterprise add again updates" "updated enterprise ww1" "$out"
+out=$("$ORGSYNC_BIN" enterprise list)
+check "list shows the enterprise" grep -q "^ww1 .*yes .*First Corp" <<<"$out"
+check "list never shows the secret" bash -c '! grep -q rotated <<<"$1"' _ "$out"
+"$ORGSYNC_BIN" enterprise disable --corp-id ww1 >/dev/null
+eq "disable" f "$(psql -qAtX "$DSN" -c "SELECT enabled FROM enterprises WHERE corp_id='ww1'")"
+"$ORGSYNC_BIN" enterprise enable --corp-id ww1 >/dev/null
+eq "enable" t "$(psql -qAtX "$DSN" -c "SELECT enabled FROM enterprises WHERE corp_id='ww1'")"
+set +e
+"$ORGSYNC_BIN" enterprise add --corp-id ww2 --secret-env NOPE_UNSET --name x >/dev/null 2>&1; eq "unset secret variable exits 2" 2 $?
+"$ORGSYNC_BIN" enterprise add --corp-id "bad id;drop" --secret-env WW1_SECRET --name x >/dev/null 2>&1; eq "bad corp id exits 2" 2 $?
+"$ORGSYNC_BIN" enterprise disable --corp-id nosuch >/dev/null 2>&1; eq "unknown corp exits 1" 1 $?
+"$ORGSYNC_BIN" enterprise remove >/dev/null 2>&1; eq "unknown subcommand exits 2" 2 $?
+set -e
+finish
