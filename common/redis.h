@@ -1,0 +1,90 @@
+/* Async Redis client on one libuv loop (hiredis 0.14.1 + its libuv adapter).
+ *
+ *   redis_client *rc = redis_new(loop, &(redis_opts){.url = "redis://127.0.0.1:6379/0"});
+ *   redis_cmd(rc, on_reply, arg, "SET %s %b", key, val, vlen);
+ *   ...
+ *   redis_close(rc, on_closed, arg);   // every pending callback runs once, then on_closed
+ *
+ * The client owns one connection at a time (a hiredis context is one connection);
+ * when it drops, a new context is made after a full-jitter exponential backoff
+ * (100 ms base, 5 s cap). Connect and command timeouts are our own uv timers. A
+ * command that times out gets "timeout" at once; the connection it was sent on is
+ * then dropped and replaced, since replies come in order and a connection with a
+ * stuck reply ahead of every later one is useless (and the late reply must never be
+ * delivered to anyone). Nothing here blocks the loop. */
+#ifndef ORGSYNC_REDIS_H
+#define ORGSYNC_REDIS_H
+
+#include <stddef.h>
+#include <hiredis/hiredis.h>
+#include <uv.h>
+
+typedef struct redis_client redis_client;
+
+/* err is NULL on success. On a transport failure (timeout, disconnected, not
+ * connected, closing) reply is NULL and err says which. A Redis error reply
+ * (REDIS_REPLY_ERROR) comes with reply set AND err = reply->str. The reply is
+ * valid only during the callback. Every callback is called exactly once. */
+typedef void (*redis_cb)(void *arg, redisReply *reply, const char *err);
+
+/* The transport error strings handed to callbacks (compare with strcmp). */
+#define REDIS_ERR_TIMEOUT "timeout"
+#define REDIS_ERR_DISCONNECTED "disconnected"
+#define REDIS_ERR_NOT_CONNECTED "not connected"
+#define REDIS_ERR_CLOSING "closing"
+
+typedef struct redis_opts {
+    const char *url;
+    int connect_timeout_ms;
+    int command_timeout_ms;
+} redis_opts; /* defaults if 0: 2000, 2000 */
+
+/* Parses redis://[:password@]host:port/db (port default 6379, db default 0). Pure;
+ * 0 or -1 with err filled ("ORGSYNC_REDIS_URL: ..."-ready text without the variable
+ * name). A user name before the colon ("redis://user:pw@h") is accepted and ignored,
+ * since Redis before 6 has no users. */
+int redis_url_parse(const char *url, char *host, size_t hostlen, int *port, char *password,
+                    size_t pwlen, int *db, char *err, size_t errlen);
+
+/* Starts connecting (AUTH, SELECT), never blocks. NULL on a bad URL (logged) or
+ * out of memory. The URL string is copied. */
+redis_client *redis_new(uv_loop_t *loop, const redis_opts *opts);
+
+/* Queue one command (hiredis format string, %b for binary). Returns 0 when cb will
+ * be called, exactly once; a negative errno (-EINVAL bad arguments or format,
+ * -ENOMEM) when it will not. cb is never called from inside this call: when not
+ * connected (or closing) it fails on the next loop turn with "not connected" (or
+ * "closing"), without waiting for the network, so a caller that retries at once
+ * cannot recurse. Pub/sub commands are not supported. */
+int redis_cmd(redis_client *c, redis_cb cb, void *arg, const char *fmt, ...);
+int redis_cmdv(redis_client *c, redis_cb cb, void *arg, int argc, const char **argv,
+               const size_t *argvlen);
+
+typedef struct redis_script {
+    const char *src;
+    char sha[41];
+} redis_script; /* sha computed lazily (SHA-1, OpenSSL libcrypto is linked) */
+
+/* EVALSHA; on a NOSCRIPT error, EVAL the source once and deliver that reply. argv
+ * = nkeys keys then args (argc of them, argv NUL-terminated strings). Same return
+ * and callback rules as redis_cmd. */
+int redis_eval(redis_client *c, redis_script *s, int nkeys, int argc, const char **argv,
+               redis_cb cb, void *arg);
+
+/* 1 once AUTH and SELECT succeeded on the current connection, else 0. */
+int redis_connected(const redis_client *c);
+
+typedef struct redis_stats {
+    unsigned long commands, errors, timeouts, reconnects;
+} redis_stats;
+/* commands: sent to the server; errors: error replies and transport failures
+ * (timeouts included); timeouts: command timeouts; reconnects: connections made
+ * after the first one. */
+void redis_get_stats(const redis_client *c, redis_stats *out);
+
+/* Fails every pending command with "closing" (each callback once), frees the
+ * context, closes every timer, then calls done(arg) from a close callback and
+ * frees the client. c must not be used after this call. done may be NULL. */
+void redis_close(redis_client *c, void (*done)(void *arg), void *arg);
+
+#endif
