@@ -53,6 +53,9 @@ int metrics_describe(const char *name, metric_type type, const char *help);
 
 /* Adds v (>= 0) to a counter series, creating it at 0 first. */
 void metrics_counter_add(const char *name, const char *labels, double v);
+/* Sets a counter series to an absolute value (for counters kept elsewhere, e.g.
+ * pg_pool_stats, copied in before rendering). */
+void metrics_counter_set(const char *name, const char *labels, double v);
 /* Sets a gauge series. */
 void metrics_gauge_set(const char *name, const char *labels, double v);
 /* Adds v (may be negative) to a gauge series. */
