@@ -1,0 +1,38 @@
+-- orgsync database roles. Run as a superuser (or the database owner) in the
+-- orgsync database, after `orgsync migrate`, and again after every migration
+-- (it is idempotent):
+--
+--   psql -v ON_ERROR_STOP=1 -d orgsync -f sql/roles.sql
+--   psql -d orgsync -c "ALTER ROLE orgsync_writer PASSWORD '...'"   -- and orgsync_reader
+--
+-- orgsync_writer: production hosts (any worker may become the leader, and the
+--   realtime lookup stores what it finds). Reads corp_secret to get tokens.
+-- orgsync_reader: API-only deployments (staging, load test, read replicas).
+--   SELECT on everything except enterprises.corp_secret; with
+--   ORGSYNC_READ_ONLY=auto a process on this role never competes for the lock
+--   and refuses the write endpoints.
+-- Neither role can change the schema: migrations run as the owner.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orgsync_writer') THEN
+        CREATE ROLE orgsync_writer LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'orgsync_reader') THEN
+        CREATE ROLE orgsync_reader LOGIN;
+    END IF;
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO orgsync_writer, orgsync_reader', current_database());
+END
+$$;
+
+GRANT USAGE ON SCHEMA public TO orgsync_writer, orgsync_reader;
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO orgsync_writer;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO orgsync_writer;
+REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM orgsync_writer;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM orgsync_reader;
+GRANT SELECT ON departments, users, sync_runs, sync_progress, sync_checkpoints, leader_fence,
+    schema_migrations TO orgsync_reader;
+-- Column privileges: the reader may see which enterprises exist, never their secrets.
+GRANT SELECT (corp_id, name, enabled, created_at) ON enterprises TO orgsync_reader;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# sql/roles.sql: the writer can write; the reader reads everything but corp_secret
+# and writes nothing. Applying it twice is harmless.
+. "$(dirname "$0")/../lib/testlib.sh"
+
+DSN=$(fresh_db)
+trap 'drop_db "$DSN"' EXIT
+ADMIN=${DSN/user=orgsync/user=postgres}
+for _ in 1 2; do
+    psql -qAtX -v ON_ERROR_STOP=1 "$ADMIN" -f "$ORGSYNC_SRC/sql/roles.sql" >/dev/null
+done
+ok "roles.sql applies twice"
+psql -qAtX "$DSN" -c "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww1', 'One', 'topsecret')" >/dev/null
+
+W=${DSN/user=orgsync/user=orgsync_writer}
+R=${DSN/user=orgsync/user=orgsync_reader}
+q() { psql -qAtX "$1" -c "$2" 2>&1; }
+
+eq "writer reads the secret" topsecret "$(q "$W" "SELECT corp_secret FROM enterprises")"
+check "writer writes users" q "$W" "INSERT INTO users (corp_id, userid) VALUES ('ww1', 'u1')"
+check "writer creates runs (sequence)" q "$W" "INSERT INTO sync_runs (env, job, trigger, scheduled_for) VALUES ('t','j','cli',now())"
+check "writer cannot touch schema_migrations" grep -q "permission denied" <<<"$(q "$W" "DELETE FROM schema_migrations")"
+check "writer cannot change the schema" grep -q "must be owner\|permission denied" <<<"$(q "$W" "DROP TABLE users")"
+
+eq "reader lists enterprises" "ww1|One" "$(q "$R" "SELECT corp_id, name FROM enterprises")"
+check "reader cannot read corp_secret" grep -q "permission denied" <<<"$(q "$R" "SELECT corp_secret FROM enterprises")"
+check "reader cannot SELECT *" grep -q "permission denied" <<<"$(q "$R" "SELECT * FROM enterprises")"
+eq "reader reads users" "u1" "$(q "$R" "SELECT userid FROM users")"
+check "reader cannot write users" grep -q "permission denied" <<<"$(q "$R" "UPDATE users SET name='x'")"
+check "reader cannot create runs" grep -q "permission denied" <<<"$(q "$R" "INSERT INTO sync_runs (env, job, trigger, scheduled_for) VALUES ('t','j','cli',now())")"
+eq "reader has no INSERT on users (what READ_ONLY=auto checks)" f "$(q "$R" "SELECT has_table_privilege('users', 'INSERT')")"
+eq "writer has INSERT on users" t "$(q "$W" "SELECT has_table_privilege('users', 'INSERT')")"
+psql -qAtX "$ADMIN" -c "DROP OWNED BY orgsync_writer; DROP OWNED BY orgsync_reader" >/dev/null 2>&1 || true
+finish
