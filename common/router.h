@@ -16,7 +16,9 @@ typedef struct router router;
 #define ROUTER_MAX_PARAMS 8
 #define ROUTER_MAX_PARAM_LEN 255
 
-typedef struct router_match {
+/* The brief's typedef of the same name would clash with the function router_match()
+ * (one C namespace for both), so the type is used as `struct router_match`. */
+struct router_match {
     void *handler;
     void *arg;
     const char *pattern; /* the registered pattern, owned by the router */
@@ -24,7 +26,7 @@ typedef struct router_match {
     const char *names[ROUTER_MAX_PARAMS]; /* owned by the router */
     char values[ROUTER_MAX_PARAMS][256];  /* percent-decoded, NUL-terminated */
     char allow[64];                       /* on 405: "GET, POST" */
-} router_match;
+};
 
 router *router_new(void);
 void router_free(router *r);
@@ -37,7 +39,7 @@ int router_add(router *r, const char *method, const char *pattern, void *handler
  * set, e.g. "GET, POST"). path is the path only (no query string). Values are
  * percent-decoded; "..", "." segments, an encoded '/' or NUL, bad escapes or
  * over-long params never match (404). A HEAD request matches GET routes. */
-int router_match(const router *r, const char *method, const char *path, router_match *m);
+int router_match(const router *r, const char *method, const char *path, struct router_match *m);
 
 /* Decodes %XX escapes (and '+' as space when plus_space) of src[0..len) into out
  * (NUL-terminated). Returns the decoded length, or -1 on a bad escape, a decoded NUL,
