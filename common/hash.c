@@ -1,0 +1,44 @@
+#include "common/hash.h"
+
+#include <openssl/evp.h>
+#include <string.h>
+
+void hash_sha256_hex(const void *data, size_t len, char out[65])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+
+    /* EVP_Digest fails only on allocation failure; an empty digest string
+     * then never equals a real one. */
+    if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32) {
+        out[0] = '\0';
+        return;
+    }
+    for (unsigned int i = 0; i < mdlen; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+int hash_ct_equal(const char *a, const char *b)
+{
+    size_t la, lb, n;
+    volatile unsigned char diff;
+
+    if (!a || !b)
+        return a == b;
+    la = strlen(a);
+    lb = strlen(b);
+    n = la > lb ? la : lb;
+    diff = la != lb;
+    /* Touch every byte of both strings whatever they hold, so the time taken
+     * reveals no prefix of a secret. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ca = i < la ? (unsigned char)a[i] : 0;
+        unsigned char cb = i < lb ? (unsigned char)b[i] : 0;
+        diff |= ca ^ cb;
+    }
+    return diff == 0;
+}
