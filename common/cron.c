@@ -467,6 +467,10 @@ int cron_tz_valid(const char *tz)
 
     if (!tz || !*tz || tz[0] == '/' || strlen(tz) > 200)
         return 0;
+    /* glibc falls back to UTC for a missing zone file, so "UTC" works even
+     * on a machine without tzdata. */
+    if (strcmp(tz, "UTC") == 0)
+        return 1;
     for (const char *p = tz; *p; p++) {
         if (!(isalnum((unsigned char)*p) || *p == '/' || *p == '_' || *p == '-' || *p == '+'))
             return 0;
