@@ -49,8 +49,10 @@ typedef void (*http_observer)(void *arg, const char *method, const char *route_p
                               double seconds);
 void http_server_set_observer(http_server *s, http_observer fn, void *arg);
 
-/* Number of open client connections (tests, metrics). */
+/* Number of open client connections, and of connections accepted since start
+ * (tests, metrics). */
 int http_server_conn_count(const http_server *s);
+long http_server_accepted_total(const http_server *s);
 
 /* Stops listening, closes every connection (unanswered requests are freed), then
  * calls done(arg) (may be NULL) from a close callback and frees the server. */
