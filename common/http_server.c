@@ -37,8 +37,12 @@
 /* After a closing answer we discard what the client still sends, for at most this long,
  * so its pending upload does not turn our close into a reset that eats the answer. */
 #define HS_LINGER_MS 1000
+/* Output buffers above this are released after the write instead of kept. */
+#define HS_OUT_KEEP (256 * 1024)
 
 typedef struct hs_conn hs_conn;
+
+enum { REQ_IDLE = 0, REQ_ACTIVE, REQ_DETACHED };
 
 typedef struct hs_listener {
     uv_tcp_t tcp;
@@ -62,6 +66,7 @@ struct http_req {
     int port;
     int keep_alive;
     int head;
+    int state; /* REQ_IDLE, REQ_ACTIVE (handler owns it), REQ_DETACHED */
     /* url, header names and values, path and decoded query, NUL-separated; offsets */
     char *buf;
     size_t len, cap;
@@ -545,6 +550,12 @@ static void on_written(uv_write_t *wr, int status)
         conn_linger(c);
         return;
     }
+    if (c->out_cap > HS_OUT_KEEP) {
+        /* One huge answer should not pin its buffer for the connection's life. */
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+    }
     uv_timer_again(&c->timer);
     conn_pump(c);
 }
@@ -641,17 +652,25 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
 {
     if (!r)
         return;
+    if (r->state == REQ_IDLE) {
+        /* A second answer to one request: a handler bug, refused loudly. */
+        log_error("http_reply on a request already answered", LF_I("status", status));
+        return;
+    }
     hs_conn *c = r->conn;
     notify(r->srv, r->method, r->m.pattern, status, r->t0);
-    if (!c) {
+    if (r->state == REQ_DETACHED) {
         /* The client went away while the handler worked: nobody to answer. */
         detached_remove(r);
         req_free(r);
         return;
     }
     r->conn = NULL;
+    r->state = REQ_IDLE;
     c->busy = 0;
-    int keep = r->keep_alive && !c->eof;
+    /* After a client's half-close we still answer what it sent; the pump closes
+     * once nothing is left. */
+    int keep = r->keep_alive;
     int http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
     if (conn_write(c, status, content_type, r->xh, r->xh_len, body ? body : "", body ? len : 0,
                    r->head, keep, http10))
@@ -677,6 +696,7 @@ static void dispatch(hs_conn *c)
     http_req *r = c->req;
     c->busy = 1;
     r->conn = c;
+    r->state = REQ_ACTIVE;
     uv_timer_stop(&c->timer);
     int rc = router_match(c->srv->rt, r->method, r->path, &r->m);
     if (rc == 404) {
@@ -879,6 +899,7 @@ static void conn_close(hs_conn *c)
         /* The handler still holds the request: hand it to the server's list. */
         http_req *r = c->req;
         r->conn = NULL;
+        r->state = REQ_DETACHED;
         r->prev_detached = NULL;
         r->next_detached = c->srv->detached;
         if (c->srv->detached)

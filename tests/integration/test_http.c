@@ -149,6 +149,15 @@ static void h_big(http_req *r, void *arg)
     free(b);
 }
 
+static void h_twice(http_req *r, void *arg)
+{
+    (void)arg;
+    http_reply(r, 200, "text/plain", "one", 3);
+    /* The request is no longer ours: a second answer must be refused, not sent. The
+     * object is still the connection's (reused), so this call is safe to make here. */
+    http_reply(r, 500, "text/plain", "two", 3);
+}
+
 static void h_stats(http_req *r, void *arg)
 {
     senv *e = arg;
@@ -219,6 +228,7 @@ static senv *senv_start(const char *id, const http_server_opts *o, const char *a
     assert_int_equal(http_server_route(e->s, "GET", "/big", h_big, e), 0);
     assert_int_equal(http_server_route(e->s, "GET", "/stats", h_stats, e), 0);
     assert_int_equal(http_server_route(e->s, "GET", "/error", h_error, e), 0);
+    assert_int_equal(http_server_route(e->s, "GET", "/twice", h_twice, e), 0);
     char err[256] = "";
     int rc = http_server_listen(e->s, addr, err, sizeof err);
     if (rc)
@@ -568,6 +578,13 @@ static void test_async_reply(void **state)
     raw *w = raw_connect(f->port);
     raw_sends(w, "GET /async HTTP/1.1\r\nHost: t\r\n\r\n");
     raw_free(w);
+    /* Same with a reset: the request is detached from its dead connection. */
+    w = raw_connect(f->port);
+    raw_sends(w, "GET /async HTTP/1.1\r\nHost: t\r\n\r\n");
+    usleep(10 * 1000);
+    struct linger lg = {1, 0};
+    setsockopt(w->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    raw_free(w);
     usleep(150 * 1000);
     url(f, u, sizeof u, "/hello");
     r = get(&f->loop, f->c, u, 2000);
@@ -660,6 +677,17 @@ static void test_pipelining(void **state)
     assert_int_equal(raw_response(w, &rs), 0);
     assert_int_equal(rs.status, 404);
 
+    /* A client that half-closes after pipelining still gets every answer. */
+    raw *h = raw_connect(f->port);
+    raw_sends(h, "GET /async HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    shutdown(h->fd, SHUT_WR);
+    assert_int_equal(raw_response(h, &rs), 0);
+    assert_string_equal(rs.body, "later");
+    assert_int_equal(raw_response(h, &rs), 0);
+    assert_string_equal(rs.body, "hello");
+    assert_true(raw_closed_within(h, 2000));
+    raw_free(h);
+
     /* 200 pipelined requests in one write, byte-split across reads by the kernel. */
     char *many = malloc(200 * 40);
     size_t n = 0;
@@ -673,6 +701,54 @@ static void test_pipelining(void **state)
         snprintf(want, sizeof want, "a=%d|b=x|", i);
         assert_int_equal(strncmp(rs.body, want, strlen(want)), 0);
     }
+    raw_free(w);
+}
+
+static void test_expect_continue_and_busy_arrivals(void **state)
+{
+    fix *f = *state;
+    resp rs;
+    raw *w = raw_connect(f->port);
+    raw_sends(w, "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                 "Content-Length: 5\r\n\r\n");
+    /* The interim answer comes before we send the body. */
+    const char *cont = "HTTP/1.1 100 Continue\r\n\r\n";
+    while (w->len < strlen(cont))
+        assert_true(raw_fill(w) > 0);
+    assert_int_equal(strncmp(w->buf, cont, strlen(cont)), 0);
+    memmove(w->buf, w->buf + strlen(cont), w->len - strlen(cont) + 1);
+    w->len -= strlen(cont);
+    raw_sends(w, "hello");
+    assert_int_equal(raw_response(w, &rs), 0);
+    assert_int_equal(rs.status, 200);
+    assert_string_equal(rs.body, "hello");
+
+    /* Requests that arrive while one is in flight wait, in order; past the pending
+     * cap the server stops reading and resumes once it has caught up. */
+    raw_sends(w, "GET /async HTTP/1.1\r\nHost: t\r\n\r\n");
+    usleep(20 * 1000);
+    enum { N = 3000 };
+    size_t cap = (size_t)N * 40, n = 0;
+    char *many = malloc(cap);
+    for (int i = 0; i < N; i++)
+        n += (size_t)snprintf(many + n, cap - n, "GET /echo/%d/y HTTP/1.1\r\nHost: t\r\n\r\n", i);
+    assert_int_equal(raw_send(w, many, n), 0);
+    free(many);
+    assert_int_equal(raw_response(w, &rs), 0);
+    assert_string_equal(rs.body, "later");
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(raw_response(w, &rs), 0);
+        char want[32];
+        snprintf(want, sizeof want, "a=%d|b=y|", i);
+        assert_int_equal(strncmp(rs.body, want, strlen(want)), 0);
+    }
+
+    /* A handler answering twice: the first answer goes out, the second is refused. */
+    raw_sends(w, "GET /twice HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(raw_response(w, &rs), 0);
+    assert_string_equal(rs.body, "one");
+    assert_int_equal(raw_response(w, &rs), 0);
+    assert_string_equal(rs.body, "hello");
     raw_free(w);
 }
 
@@ -829,6 +905,72 @@ static void test_client_timeout(void **state)
     free(r.body);
 }
 
+/* A bare server thread that answers one request with a chunked body of `size` bytes
+ * (no Content-Length), so only the running total can catch an oversized answer. */
+typedef struct chunky {
+    int lfd;
+    int port;
+    size_t size;
+    uv_thread_t th;
+} chunky;
+
+static void chunky_thread(void *arg)
+{
+    chunky *k = arg;
+    int fd = accept(k->lfd, NULL, NULL);
+    if (fd < 0)
+        return;
+    char req[4096];
+    size_t got = 0;
+    while (got < sizeof req - 1) {
+        ssize_t n = recv(fd, req + got, sizeof req - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        req[got] = '\0';
+        if (strstr(req, "\r\n\r\n"))
+            break;
+    }
+    const char *h = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ssize_t ignored = send(fd, h, strlen(h), MSG_NOSIGNAL);
+    char chunk[1024 + 16];
+    size_t left = k->size;
+    while (left > 0) {
+        size_t c = left < 1024 ? left : 1024;
+        int hl = sprintf(chunk, "%zx\r\n", c);
+        memset(chunk + hl, 'c', c);
+        memcpy(chunk + hl + c, "\r\n", 2);
+        if (send(fd, chunk, (size_t)hl + c + 2, MSG_NOSIGNAL) < 0)
+            break;
+        left -= c;
+    }
+    ignored = send(fd, "0\r\n\r\n", 5, MSG_NOSIGNAL);
+    (void)ignored;
+    usleep(100 * 1000);
+    close(fd);
+}
+
+static void chunky_start(chunky *k, size_t size)
+{
+    k->size = size;
+    k->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(k->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(k->lfd, 4), 0);
+    getsockname(k->lfd, (struct sockaddr *)&sa, &sl);
+    k->port = ntohs(sa.sin_port);
+    assert_int_equal(uv_thread_create(&k->th, chunky_thread, k), 0);
+}
+
+static void chunky_stop(chunky *k)
+{
+    uv_thread_join(&k->th);
+    close(k->lfd);
+}
+
 static void test_response_cap(void **state)
 {
     fix *f = *state;
@@ -854,6 +996,22 @@ static void test_response_cap(void **state)
     assert_false(r.has_err);
     assert_int_equal(r.len, 2097152);
     free(r.body);
+    /* Chunked answers have no length up front: the running total cuts them. */
+    chunky k;
+    chunky_start(&k, 5000);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/chunks", k.port);
+    r = get(&loop, c, u, 2000);
+    assert_true(r.has_err);
+    assert_string_equal(r.err, "response too large");
+    free(r.body);
+    chunky_stop(&k);
+    chunky_start(&k, 900);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/chunks", k.port);
+    r = get(&loop, c, u, 2000);
+    assert_false(r.has_err);
+    assert_int_equal(r.len, 900);
+    free(r.body);
+    chunky_stop(&k);
     client_close(&loop, c);
     assert_int_equal(uv_loop_close(&loop), 0);
 }
@@ -1100,6 +1258,7 @@ int main(void)
         cmocka_unit_test(test_async_reply),
         cmocka_unit_test(test_keep_alive_reuse),
         cmocka_unit_test(test_pipelining),
+        cmocka_unit_test(test_expect_continue_and_busy_arrivals),
         cmocka_unit_test(test_body_too_large),
         cmocka_unit_test(test_headers_too_large),
         cmocka_unit_test(test_malformed),
