@@ -21,15 +21,20 @@ uint64_t time_wall_ms(void)
 void time_rfc3339(time_t t, int millis, char out[32])
 {
     struct tm tm;
+    size_t n;
 
     if (!gmtime_r(&t, &tm)) {
         snprintf(out, 32, "1970-01-01T00:00:00Z");
         return;
     }
-    if (millis >= 0 && millis <= 999)
-        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
-    else
-        snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    /* strftime bounds the output by itself; 26 bytes is the longest we write. */
+    n = strftime(out, 27, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (millis >= 0 && millis <= 999 && n > 0) {
+        out[n++] = '.';
+        out[n++] = (char)('0' + millis / 100);
+        out[n++] = (char)('0' + millis / 10 % 10);
+        out[n++] = (char)('0' + millis % 10);
+    }
+    out[n++] = 'Z';
+    out[n] = '\0';
 }

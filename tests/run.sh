@@ -21,7 +21,7 @@ JOBS=${ORGSYNC_TEST_JOBS:-2}
 deps_ensure test
 
 echo "== build ($BUILD_DIR, ASan+UBSan)"
-cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON >/dev/null
 if ! cmake --build "$BUILD_DIR" -j"$(nproc)" >"$BUILD_DIR/build.log" 2>&1; then
     grep -v '^\[ *[0-9]*%\]' "$BUILD_DIR/build.log" | tail -60 >&2
     echo "build failed (full log: $BUILD_DIR/build.log)" >&2
