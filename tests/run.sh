@@ -9,7 +9,8 @@
 # tests pass, fail or are interrupted. Exits with ctest's status.
 #
 # BUILD_DIR (default build-test) picks the build directory; ORGSYNC_TEST_JOBS
-# (default 2) how many tests run at once.
+# (default 2) how many tests run at once; ORGSYNC_NO_BUILD=1 reuses the build
+# as it is; ORGSYNC_KEEP_TMP=1 keeps the servers' files of a failed run.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,12 +21,16 @@ JOBS=${ORGSYNC_TEST_JOBS:-2}
 . "$SRC/tests/lib/deps.sh"
 deps_ensure test
 
+if [ -n "${ORGSYNC_NO_BUILD:-}" ]; then
+    echo "== build skipped (ORGSYNC_NO_BUILD); using $BUILD_DIR as it is"
+else
 echo "== build ($BUILD_DIR, ASan+UBSan)"
 cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON >/dev/null
 if ! cmake --build "$BUILD_DIR" -j"$(nproc)" >"$BUILD_DIR/build.log" 2>&1; then
     grep -v '^\[ *[0-9]*%\]' "$BUILD_DIR/build.log" | tail -60 >&2
     echo "build failed (full log: $BUILD_DIR/build.log)" >&2
     exit 1
+fi
 fi
 
 TMP=$(mktemp -d /tmp/orgsync-test.XXXXXX)
