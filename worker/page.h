@@ -1,0 +1,10 @@
+/* The progress page served at GET / (worker/page/index.html, compiled in). */
+#ifndef ORGSYNC_PAGE_H
+#define ORGSYNC_PAGE_H
+
+#include <stddef.h>
+
+extern const char page_index_html[];
+extern const size_t page_index_html_len;
+
+#endif
