@@ -1061,6 +1061,57 @@ static void test_client_errors_and_close(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+typedef struct closer_ctx {
+    http_client *c;
+    int calls;
+    int closed;
+    int second_rc;
+    char second_err[64];
+} closer_ctx;
+
+static void on_closer_done(void *arg)
+{
+    ((closer_ctx *)arg)->closed = 1;
+}
+
+static void closer_second_cb(void *arg, const http_response *res)
+{
+    closer_ctx *k = arg;
+    snprintf(k->second_err, sizeof k->second_err, "%s", res->error ? res->error : "(none)");
+}
+
+/* The first answer's callback closes the client: the still-pending second request
+ * completes with "closed", new requests are refused, and everything is freed. */
+static void closer_cb(void *arg, const http_response *res)
+{
+    closer_ctx *k = arg;
+    k->calls++;
+    assert_null(res->error);
+    http_client_close(k->c, on_closer_done, k);
+    k->second_rc = http_client_get(k->c, "http://127.0.0.1:1/", 100, closer_second_cb, k);
+}
+
+static void test_client_close_from_callback(void **state)
+{
+    fix *f = *state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    closer_ctx k;
+    memset(&k, 0, sizeof k);
+    k.c = http_client_new(&loop, NULL);
+    char u[256], u2[256];
+    url(f, u, sizeof u, "/hello");
+    url(f, u2, sizeof u2, "/never");
+    assert_int_equal(http_client_get(k.c, u2, 5000, closer_second_cb, &k), 0);
+    assert_int_equal(http_client_get(k.c, u, 5000, closer_cb, &k), 0);
+    while (!k.closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(k.calls, 1);
+    assert_int_equal(k.second_rc, -ECANCELED);
+    assert_string_equal(k.second_err, "closed");
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_parallel_requests(void **state)
 {
     fix *f = *state;
@@ -1265,6 +1316,7 @@ int main(void)
         cmocka_unit_test(test_client_timeout),
         cmocka_unit_test(test_response_cap),
         cmocka_unit_test(test_client_errors_and_close),
+        cmocka_unit_test(test_client_close_from_callback),
         cmocka_unit_test(test_parallel_requests),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_max_conns),
