@@ -10,7 +10,16 @@
  * headers over max_header 431 and close, a malformed request 400 and close, a
  * connection idle (or trickling a request) past idle_timeout_ms is closed, and beyond
  * max_conns new connections are closed at once. Unknown routes are 404, wrong methods
- * 405 with Allow; every error body is {"error":{"code":..,"message":..}}. */
+ * 405 with Allow; every error body is {"error":{"code":..,"message":..}}. HEAD is
+ * served by GET routes without the body.
+ *
+ * The idle clock runs while the server waits for a request to arrive in full and for
+ * the client to take an answer; it stops while a handler works, so a slow handler is
+ * never cut off. A client that half-closes after sending still gets its answers. After
+ * a closing answer (error, "Connection: close") the server shuts down its side and
+ * discards what the client still sends for at most a second, so a client in the middle
+ * of an upload reads the answer instead of a reset. The request object, its buffers and
+ * the output buffer are reused per connection: no allocation per keep-alive request. */
 #ifndef ORGSYNC_HTTP_SERVER_H
 #define ORGSYNC_HTTP_SERVER_H
 
