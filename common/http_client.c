@@ -392,20 +392,18 @@ int http_client_post(http_client *c, const char *url, const char *content_type, 
 
 /* ---- lifecycle ----------------------------------------------------------------------- */
 
-static void client_ensure_global_init(void)
+static uv_once_t global_once = UV_ONCE_INIT;
+
+static void global_init(void)
 {
-    /* curl_global_init is not thread-safe before 7.84; it is idempotent and counted,
-     * and every caller here runs on the main thread at start-up. */
-    static int done;
-    if (!done) {
-        curl_global_init(CURL_GLOBAL_DEFAULT);
-        done = 1;
-    }
+    /* Once per process, whichever thread's loop makes the first client; never
+     * cleaned up, as other parts of the process may use curl too. */
+    curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
 http_client *http_client_new(uv_loop_t *loop, const http_client_opts *opts)
 {
-    client_ensure_global_init();
+    uv_once(&global_once, global_init);
     http_client *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
