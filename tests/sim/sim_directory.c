@@ -1,0 +1,1032 @@
+/* The simulated directory: deterministic generation from --seed, pre-rendered
+ * answers, and the mutations tests use to make a directory change between syncs.
+ *
+ * Layout per enterprise: departments 1..D form a tree under 1 (a random recursive
+ * tree: each department's parent is a uniformly chosen earlier one, so a child's id
+ * is always above its parent's, which keeps subtree walks to one pass). Each
+ * department gets U members whose main department it is; about one member in ten
+ * also belongs to a second department. Mobiles are 11 digits, unique across the
+ * whole simulator (a bijection of a global counter), so getuserid is unambiguous. */
+#include "tests/sim/sim.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#define MOBILE_SPACE 3000000000ULL /* three prefixes x 10^9 */
+
+static const char *const surnames[] = {"王", "李", "张", "刘", "陈", "杨",  "黄",
+                                       "赵", "吴", "周", "徐", "孙", "马",  "朱",
+                                       "胡", "郭", "何", "高", "林", "欧阳"};
+static const char *const given[] = {"伟", "芳",   "娜",   "秀英", "敏",   "静", "丽",   "强",
+                                    "磊", "军",   "洋",   "勇",   "艳",   "杰", "娟",   "涛",
+                                    "明", "超",   "秀兰", "霞",   "平",   "刚", "桂英", "文",
+                                    "华", "建国", "晓",   "一",   "子涵", "浩"};
+static const char *const dept_names[] = {"研发部", "产品部",     "设计部", "市场部", "销售部",
+                                         "财务部", "人力资源部", "法务部", "运营部", "客服部",
+                                         "测试组", "基础架构组", "数据组", "华东区", "华南区"};
+static const char *const positions[] = {"工程师",   "高级工程师", "产品经理", "设计师", "销售",
+                                        "财务专员", "HRBP",       "运营",     "经理",   "总监"};
+
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+uint64_t sim_dir_mobile(const sim_dir *d, uint64_t i)
+{
+    static const uint64_t prefix[3] = {13, 15, 18};
+    uint64_t v = ((i % MOBILE_SPACE) * d->mob_mul + d->mob_add) % MOBILE_SPACE;
+    return prefix[v / 1000000000ULL] * 1000000000ULL + v % 1000000000ULL;
+}
+
+static void gen_name(uint64_t *rng, char *out, size_t outlen)
+{
+    const char *s = surnames[sim_rng_below(rng, NELEM(surnames))];
+    const char *g = given[sim_rng_below(rng, NELEM(given))];
+    snprintf(out, outlen, "%s%s", s, g);
+}
+
+static int valid_userid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= sizeof(((sim_user *)0)->userid))
+        return 0;
+    for (; *s; s++) {
+        char ch = *s;
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                 ch == '_' || ch == '-' || ch == '.' || ch == '@';
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+static int parse_mobile(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        if (s[n] < '0' || s[n] > '9' || n >= 11)
+            return -EINVAL;
+        v = v * 10 + (uint64_t)(s[n] - '0');
+    }
+    if (n != 11 || s[0] != '1')
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int dept_alive(const sim_corp *c, int id)
+{
+    return id >= 1 && id <= c->max_dept && c->depts[id].alive;
+}
+
+static void dept_stale(sim_corp *c, int id)
+{
+    if (id < 1 || id > c->max_dept)
+        return;
+    free(c->depts[id].user_list_json);
+    c->depts[id].user_list_json = NULL;
+    c->depts[id].user_list_len = 0;
+}
+
+static void dept_list_stale(sim_corp *c)
+{
+    free(c->dept_list_json);
+    c->dept_list_json = NULL;
+    c->dept_list_len = 0;
+}
+
+static int dept_join(sim_corp *c, int id, int uidx)
+{
+    sim_dept *dp = &c->depts[id];
+    if (dp->nmembers == dp->mcap) {
+        size_t ncap = dp->mcap ? dp->mcap * 2 : 8;
+        int *m = realloc(dp->members, ncap * sizeof(*m));
+        if (!m)
+            return -ENOMEM;
+        dp->members = m;
+        dp->mcap = ncap;
+    }
+    dp->members[dp->nmembers++] = uidx;
+    dept_stale(c, id);
+    return 0;
+}
+
+static void dept_leave(sim_corp *c, int id, int uidx)
+{
+    sim_dept *dp = &c->depts[id];
+    for (size_t i = 0; i < dp->nmembers; i++) {
+        if (dp->members[i] != uidx)
+            continue;
+        memmove(&dp->members[i], &dp->members[i + 1], (dp->nmembers - i - 1) * sizeof(int));
+        dp->nmembers--;
+        break;
+    }
+    dept_stale(c, id);
+}
+
+static void mobile_str(uint64_t m, char out[24])
+{
+    snprintf(out, 24, "%llu", (unsigned long long)m);
+}
+
+/* Parameters of a new member; NULL / 0 fields are generated. */
+typedef struct user_spec {
+    const char *userid;
+    const char *name;
+    uint64_t mobile;
+    const int *depts;
+    int ndept;
+    int leader_first; /* leader of depts[0] */
+} user_spec;
+
+static int corp_add_user(sim_dir *d, sim_corp *c, const user_spec *sp, uint64_t *rng, int *out_idx)
+{
+    char mob[24];
+    int err;
+    if (c->nusers == c->ucap) {
+        size_t ncap = c->ucap ? c->ucap * 2 : 64;
+        sim_user *nu = realloc(c->users, ncap * sizeof(*nu));
+        if (!nu)
+            return -ENOMEM;
+        c->users = nu;
+        c->ucap = ncap;
+    }
+    int idx = (int)c->nusers;
+    sim_user *u = &c->users[idx];
+    memset(u, 0, sizeof(*u));
+    if (sp->userid) {
+        snprintf(u->userid, sizeof(u->userid), "%s", sp->userid);
+    } else {
+        /* Skip numbers an explicit add may already have taken. */
+        do {
+            snprintf(u->userid, sizeof(u->userid), "u%06llu", (unsigned long long)c->next_user++);
+        } while (sim_map_get(&c->by_userid, u->userid, NULL));
+    }
+    if (sp->name)
+        snprintf(u->name, sizeof(u->name), "%s", sp->name);
+    else
+        gen_name(rng, u->name, sizeof(u->name));
+    u->mobile = sp->mobile ? sp->mobile : sim_dir_mobile(d, d->next_mobile++);
+    uint64_t r = sim_rng_below(rng, 100);
+    u->status = r < 90 ? 1 : r < 95 ? 2 : 4;
+    u->gender = 1 + (int)sim_rng_below(rng, 2);
+    u->position = (int)sim_rng_below(rng, NELEM(positions));
+    u->ndept = sp->ndept;
+    for (int i = 0; i < sp->ndept; i++) {
+        u->dept[i] = sp->depts[i];
+        u->order[i] = (int)sim_rng_below(rng, 1000);
+        u->leader[i] = i == 0 && sp->leader_first;
+    }
+    u->alive = 1;
+
+    mobile_str(u->mobile, mob);
+    int joined = 0;
+    err = sim_map_put(&c->by_userid, u->userid, idx);
+    if (!err)
+        err = sim_map_put(&c->by_mobile, mob, idx);
+    while (!err && joined < u->ndept) {
+        err = dept_join(c, u->dept[joined], idx);
+        joined += !err;
+    }
+    if (err) {
+        /* Undo, so that no index refers to the slot the next add will reuse. */
+        while (joined-- > 0)
+            dept_leave(c, u->dept[joined], idx);
+        sim_map_del(&c->by_userid, u->userid);
+        sim_map_del(&c->by_mobile, mob);
+        return err;
+    }
+    c->nusers++;
+    if (out_idx)
+        *out_idx = idx;
+    return 0;
+}
+
+static int corp_generate(sim_dir *d, sim_corp *c, int index, int ndepts, int upd)
+{
+    uint64_t rng = sim_mix(d->seed, (uint64_t)index);
+    int err;
+    c->index = index;
+    snprintf(c->corp_id, sizeof(c->corp_id), "wwsim%04d", index);
+    snprintf(c->secret, sizeof(c->secret), "secret-wwsim%04d", index);
+    snprintf(c->name, sizeof(c->name), "模拟企业%04d", index);
+    c->next_user = 1;
+    sim_map_init(&c->by_userid);
+    sim_map_init(&c->by_mobile);
+    c->depts = calloc((size_t)ndepts + 1, sizeof(*c->depts));
+    if (!c->depts)
+        return -ENOMEM;
+    c->max_dept = ndepts;
+    for (int k = 1; k <= ndepts; k++) {
+        sim_dept *dp = &c->depts[k];
+        dp->id = k;
+        dp->alive = 1;
+        if (k == 1) {
+            dp->parentid = 0;
+            dp->order = 100000000;
+            snprintf(dp->name, sizeof(dp->name), "%s", c->name);
+        } else {
+            dp->parentid = 1 + (int)sim_rng_below(&rng, (uint64_t)k - 1);
+            dp->order = (int)sim_rng_below(&rng, 100000000);
+            snprintf(dp->name, sizeof(dp->name), "%s %d",
+                     dept_names[sim_rng_below(&rng, NELEM(dept_names))], k);
+        }
+    }
+    for (int k = 1; k <= ndepts; k++) {
+        for (int j = 0; j < upd; j++) {
+            int depts[2] = {k, 0};
+            user_spec sp = {NULL, NULL, 0, depts, 1, j == 0};
+            /* About one member in ten also belongs to a second department. */
+            if (ndepts > 1 && sim_rng_below(&rng, 10) == 0) {
+                int other = 1 + (int)sim_rng_below(&rng, (uint64_t)ndepts - 1);
+                depts[1] = other >= k ? other + 1 : other;
+                sp.ndept = 2;
+            }
+            err = corp_add_user(d, c, &sp, &rng, NULL);
+            if (err)
+                return err;
+        }
+    }
+    return 0;
+}
+
+static void corp_free(sim_corp *c)
+{
+    if (c->depts) {
+        for (int k = 1; k <= c->max_dept; k++) {
+            free(c->depts[k].members);
+            free(c->depts[k].user_list_json);
+        }
+    }
+    free(c->depts);
+    free(c->users);
+    free(c->dept_list_json);
+    sim_map_free(&c->by_userid);
+    sim_map_free(&c->by_mobile);
+}
+
+int sim_dir_generate(sim_dir *d, int ncorps, int ndepts, int users_per_dept, uint64_t seed)
+{
+    memset(d, 0, sizeof(*d));
+    if (ncorps < 1 || ncorps > 9999 || ndepts < 1 || users_per_dept < 0)
+        return -EINVAL;
+    d->seed = seed;
+    /* index -> mobile is i * mul + add modulo 3e9, a bijection because mul shares no
+     * factor (2, 3, 5) with 3e9. */
+    d->mob_mul = sim_mix(seed, 0x6d6f62) % MOBILE_SPACE;
+    while (d->mob_mul < 7 || d->mob_mul % 2 == 0 || d->mob_mul % 3 == 0 || d->mob_mul % 5 == 0)
+        d->mob_mul = (d->mob_mul + 1) % MOBILE_SPACE;
+    d->mob_add = sim_mix(seed, 0x616464) % MOBILE_SPACE;
+    d->mut_rng = sim_mix(seed, 0x6d7574);
+    d->corps = calloc((size_t)ncorps, sizeof(*d->corps));
+    if (!d->corps)
+        return -ENOMEM;
+    d->ncorps = ncorps;
+    for (int i = 0; i < ncorps; i++) {
+        int err = corp_generate(d, &d->corps[i], i + 1, ndepts, users_per_dept);
+        if (err) {
+            sim_dir_free(d);
+            return err;
+        }
+    }
+    return 0;
+}
+
+void sim_dir_free(sim_dir *d)
+{
+    for (int i = 0; i < d->ncorps; i++)
+        corp_free(&d->corps[i]);
+    free(d->corps);
+    memset(d, 0, sizeof(*d));
+}
+
+sim_corp *sim_dir_corp(sim_dir *d, const char *corp_id)
+{
+    int n = 0;
+    char tail;
+    if (!corp_id || strncmp(corp_id, "wwsim", 5) != 0)
+        return NULL;
+    if (sscanf(corp_id + 5, "%d%c", &n, &tail) != 1 || n < 1 || n > d->ncorps)
+        return NULL;
+    sim_corp *c = &d->corps[n - 1];
+    return strcmp(c->corp_id, corp_id) == 0 ? c : NULL;
+}
+
+sim_user *sim_corp_find_user(sim_corp *c, const char *userid)
+{
+    int64_t idx;
+    if (!userid || !sim_map_get(&c->by_userid, userid, &idx))
+        return NULL;
+    sim_user *u = &c->users[idx];
+    return u->alive ? u : NULL;
+}
+
+sim_user *sim_corp_find_mobile(sim_corp *c, const char *mobile)
+{
+    int64_t idx;
+    if (!mobile || !sim_map_get(&c->by_mobile, mobile, &idx))
+        return NULL;
+    sim_user *u = &c->users[idx];
+    return u->alive ? u : NULL;
+}
+
+/* ---- rendering ---- */
+
+static void jw_int_array(jw *w, const char *key, const int *v, int n)
+{
+    jw_key(w, key);
+    jw_arr_begin(w);
+    for (int i = 0; i < n; i++)
+        jw_int(w, v[i]);
+    jw_arr_end(w);
+}
+
+/* The member fields of user/list and user/get, into an open object. */
+static void render_user_fields(jw *w, const sim_corp *c, const sim_user *u)
+{
+    char mob[24], email[96], gender[4], avatar[96], open_userid[48];
+    mobile_str(u->mobile, mob);
+    snprintf(email, sizeof(email), "%s@%s.example.com", u->userid, c->corp_id);
+    snprintf(gender, sizeof(gender), "%d", u->gender);
+    snprintf(avatar, sizeof(avatar), "https://wework.qpic.cn/sim/%s/%s/0", c->corp_id, u->userid);
+    snprintf(open_userid, sizeof(open_userid), "wo%04d%s", c->index, u->userid);
+    jw_kstr(w, "userid", u->userid);
+    jw_kstr(w, "name", u->name);
+    jw_int_array(w, "department", u->dept, u->ndept);
+    jw_int_array(w, "order", u->order, u->ndept);
+    jw_kstr(w, "position", positions[u->position]);
+    jw_kstr(w, "mobile", mob);
+    jw_kstr(w, "gender", gender);
+    jw_kstr(w, "email", email);
+    jw_kstr(w, "biz_mail", "");
+    jw_int_array(w, "is_leader_in_dept", u->leader, u->ndept);
+    jw_key(w, "direct_leader");
+    jw_arr_begin(w);
+    jw_arr_end(w);
+    jw_kstr(w, "avatar", avatar);
+    jw_kstr(w, "thumb_avatar", avatar);
+    jw_kstr(w, "telephone", "");
+    jw_kstr(w, "alias", "");
+    jw_kint(w, "status", u->status);
+    jw_kstr(w, "address", "");
+    jw_kstr(w, "open_userid", open_userid);
+    jw_kint(w, "main_department", u->dept[0]);
+    jw_key(w, "extattr");
+    jw_raw(w, "{\"attrs\":[]}");
+    jw_kstr(w, "qr_code", "");
+    jw_kstr(w, "external_position", "");
+}
+
+static void begin_ok(jw *w, buf *b)
+{
+    jw_init(w, b);
+    jw_obj_begin(w);
+    jw_kint(w, "errcode", 0);
+    jw_kstr(w, "errmsg", "ok");
+}
+
+int sim_corp_user_list(sim_corp *c, int dept_id, const char **body, size_t *len)
+{
+    if (!dept_alive(c, dept_id))
+        return -ENOENT;
+    sim_dept *dp = &c->depts[dept_id];
+    if (!dp->user_list_json) {
+        buf b;
+        jw w;
+        buf_init(&b);
+        begin_ok(&w, &b);
+        jw_key(&w, "userlist");
+        jw_arr_begin(&w);
+        for (size_t i = 0; i < dp->nmembers; i++) {
+            jw_obj_begin(&w);
+            render_user_fields(&w, c, &c->users[dp->members[i]]);
+            jw_obj_end(&w);
+        }
+        jw_arr_end(&w);
+        jw_obj_end(&w);
+        if (b.oom) {
+            buf_free(&b);
+            return -ENOMEM;
+        }
+        dp->user_list_json = buf_detach(&b, &dp->user_list_len);
+        if (!dp->user_list_json)
+            return -ENOMEM;
+    }
+    *body = dp->user_list_json;
+    *len = dp->user_list_len;
+    return 0;
+}
+
+static void render_dept(jw *w, const sim_corp *c, const sim_dept *dp)
+{
+    jw_obj_begin(w);
+    jw_kint(w, "id", dp->id);
+    jw_kstr(w, "name", dp->name);
+    jw_kstr(w, "name_en", "");
+    jw_key(w, "department_leader");
+    jw_arr_begin(w);
+    for (size_t i = 0; i < dp->nmembers; i++) {
+        const sim_user *u = &c->users[dp->members[i]];
+        for (int j = 0; j < u->ndept; j++)
+            if (u->dept[j] == dp->id && u->leader[j])
+                jw_str(w, u->userid);
+    }
+    jw_arr_end(w);
+    jw_kint(w, "parentid", dp->parentid);
+    jw_kint(w, "order", dp->order);
+    jw_obj_end(w);
+}
+
+/* Writes department/list for id's subtree; ids grow from parent to child, so one
+ * pass in id order decides membership. */
+static int render_dept_list(const sim_corp *c, int id, buf *b)
+{
+    char *in = calloc((size_t)c->max_dept + 1, 1);
+    jw w;
+    if (!in)
+        return -ENOMEM;
+    in[id] = 1;
+    begin_ok(&w, b);
+    jw_key(&w, "department");
+    jw_arr_begin(&w);
+    for (int k = id; k <= c->max_dept; k++) {
+        const sim_dept *dp = &c->depts[k];
+        if (k != id && dp->parentid >= 1)
+            in[k] = in[dp->parentid];
+        if (in[k] && dp->alive)
+            render_dept(&w, c, dp);
+    }
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    free(in);
+    return b->oom ? -ENOMEM : 0;
+}
+
+int sim_corp_dept_list(sim_corp *c, int id, buf *scratch, const char **body, size_t *len)
+{
+    int err;
+    if (id <= 0)
+        id = 1;
+    if (!dept_alive(c, id))
+        return -ENOENT;
+    if (id != 1) {
+        buf_reset(scratch);
+        err = render_dept_list(c, id, scratch);
+        if (err)
+            return err;
+        *body = scratch->data;
+        *len = scratch->len;
+        return 0;
+    }
+    if (!c->dept_list_json) {
+        buf b;
+        buf_init(&b);
+        err = render_dept_list(c, 1, &b);
+        if (err) {
+            buf_free(&b);
+            return err;
+        }
+        c->dept_list_json = buf_detach(&b, &c->dept_list_len);
+        if (!c->dept_list_json)
+            return -ENOMEM;
+    }
+    *body = c->dept_list_json;
+    *len = c->dept_list_len;
+    return 0;
+}
+
+int sim_corp_user_get(sim_corp *c, const char *userid, buf *out)
+{
+    jw w;
+    sim_user *u = sim_corp_find_user(c, userid);
+    if (!u)
+        return -ENOENT;
+    buf_reset(out);
+    begin_ok(&w, out);
+    render_user_fields(&w, c, u);
+    jw_obj_end(&w);
+    return out->oom ? -ENOMEM : 0;
+}
+
+static void render_org_corp(jw *w, const sim_corp *c)
+{
+    size_t nusers = 0;
+    int ndepts = 0;
+    char mob[24], email[96], gender[4];
+    for (size_t i = 0; i < c->nusers; i++)
+        nusers += c->users[i].alive != 0;
+    for (int k = 1; k <= c->max_dept; k++)
+        ndepts += c->depts[k].alive != 0;
+    jw_obj_begin(w);
+    jw_kstr(w, "corp_id", c->corp_id);
+    jw_kstr(w, "name", c->name);
+    jw_kint(w, "departments_total", ndepts);
+    jw_kint(w, "users_total", (long long)nusers);
+    jw_key(w, "departments");
+    jw_arr_begin(w);
+    for (int k = 1; k <= c->max_dept; k++) {
+        const sim_dept *dp = &c->depts[k];
+        if (!dp->alive)
+            continue;
+        jw_obj_begin(w);
+        jw_kint(w, "id", dp->id);
+        jw_kstr(w, "name", dp->name);
+        jw_kint(w, "parentid", dp->parentid);
+        jw_kint(w, "order", dp->order);
+        jw_kint(w, "members", (long long)dp->nmembers);
+        jw_obj_end(w);
+    }
+    jw_arr_end(w);
+    jw_key(w, "users");
+    jw_arr_begin(w);
+    for (size_t i = 0; i < c->nusers; i++) {
+        const sim_user *u = &c->users[i];
+        if (!u->alive)
+            continue;
+        mobile_str(u->mobile, mob);
+        snprintf(email, sizeof(email), "%s@%s.example.com", u->userid, c->corp_id);
+        snprintf(gender, sizeof(gender), "%d", u->gender);
+        jw_obj_begin(w);
+        jw_kstr(w, "userid", u->userid);
+        jw_kstr(w, "name", u->name);
+        jw_kstr(w, "mobile", mob);
+        jw_kstr(w, "email", email);
+        jw_kstr(w, "position", positions[u->position]);
+        jw_kint(w, "status", u->status);
+        jw_kstr(w, "gender", gender);
+        jw_int_array(w, "department", u->dept, u->ndept);
+        jw_int_array(w, "order", u->order, u->ndept);
+        jw_int_array(w, "is_leader_in_dept", u->leader, u->ndept);
+        jw_kint(w, "main_department", u->dept[0]);
+        jw_obj_end(w);
+    }
+    jw_arr_end(w);
+    jw_obj_end(w);
+}
+
+int sim_dir_org_json(sim_dir *d, sim_corp *c, buf *out)
+{
+    jw w;
+    jw_init(&w, out);
+    jw_obj_begin(&w);
+    jw_key(&w, "corps");
+    jw_arr_begin(&w);
+    for (int i = 0; i < d->ncorps; i++)
+        if (!c || c == &d->corps[i])
+            render_org_corp(&w, &d->corps[i]);
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    return out->oom ? -ENOMEM : 0;
+}
+
+/* ---- mutations ---- */
+
+enum {
+    MUT_ADDED,
+    MUT_REMOVED,
+    MUT_RENAMED,
+    MUT_MOVED,
+    MUT_DADDED,
+    MUT_DRENAMED,
+    MUT_DREMOVED,
+    MUT_N
+};
+static const char *const mut_keys[MUT_N] = {"added",
+                                            "removed",
+                                            "renamed",
+                                            "moved",
+                                            "departments_added",
+                                            "departments_renamed",
+                                            "departments_removed"};
+
+typedef struct mut_ctx {
+    sim_dir *d;
+    sim_corp *c;
+    buf lists[MUT_N]; /* JSON array elements, comma-separated */
+    char *err;
+    size_t errlen;
+    const char *where;
+} mut_ctx;
+
+__attribute__((format(printf, 3, 4))) static int mut_fail(mut_ctx *m, int code, const char *fmt,
+                                                          ...)
+{
+    char msg[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    snprintf(m->err, m->errlen, "%s: %s", m->where, msg);
+    return code;
+}
+
+static void mut_note_str(mut_ctx *m, int list, const char *s)
+{
+    buf *b = &m->lists[list];
+    if (b->len)
+        buf_puts(b, ",");
+    buf_json_str(b, s, strlen(s));
+}
+
+static void mut_note_int(mut_ctx *m, int list, int v)
+{
+    buf *b = &m->lists[list];
+    buf_printf(b, "%s%d", b->len ? "," : "", v);
+}
+
+static int pick_alive_user(mut_ctx *m)
+{
+    sim_corp *c = m->c;
+    if (c->nusers == 0)
+        return -1;
+    size_t start = sim_rng_below(&m->d->mut_rng, c->nusers);
+    for (size_t i = 0; i < c->nusers; i++) {
+        size_t j = (start + i) % c->nusers;
+        if (c->users[j].alive)
+            return (int)j;
+    }
+    return -1;
+}
+
+/* A random alive department other than `except` (0 = none), or -1. */
+static int pick_alive_dept(mut_ctx *m, int except)
+{
+    sim_corp *c = m->c;
+    int start = 1 + (int)sim_rng_below(&m->d->mut_rng, (uint64_t)c->max_dept);
+    for (int i = 0; i < c->max_dept; i++) {
+        int k = 1 + (start - 1 + i) % c->max_dept;
+        if (c->depts[k].alive && k != except)
+            return k;
+    }
+    return -1;
+}
+
+static int json_depts(mut_ctx *m, json_object *arr, int *out, int *n)
+{
+    if (!json_object_is_type(arr, json_type_array))
+        return mut_fail(m, -EINVAL, "department must be an array of ids");
+    size_t len = json_object_array_length(arr);
+    if (len < 1 || len > SIM_MAX_USER_DEPTS)
+        return mut_fail(m, -EINVAL, "department needs 1..%d ids", SIM_MAX_USER_DEPTS);
+    for (size_t i = 0; i < len; i++) {
+        json_object *e = json_object_array_get_idx(arr, i);
+        int id = json_object_is_type(e, json_type_int) ? json_object_get_int(e) : -1;
+        if (!dept_alive(m->c, id))
+            return mut_fail(m, -ENOENT, "unknown department %d", id);
+        for (size_t j = 0; j < i; j++)
+            if (out[j] == id)
+                return mut_fail(m, -EINVAL, "department %d listed twice", id);
+        out[i] = id;
+    }
+    *n = (int)len;
+    return 0;
+}
+
+static const char *json_str_field(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+static int check_name(mut_ctx *m, const char *name)
+{
+    if (name && (name[0] == '\0' || strlen(name) >= SIM_NAME_MAX))
+        return mut_fail(m, -EINVAL, "name must have 1..%d bytes", SIM_NAME_MAX - 1);
+    return 0;
+}
+
+static sim_user *op_user(mut_ctx *m, json_object *op, int random_pick, int *err)
+{
+    const char *userid = json_str_field(op, "userid");
+    sim_user *u;
+    *err = 0;
+    if (!userid && random_pick) {
+        int idx = pick_alive_user(m);
+        if (idx < 0) {
+            *err = mut_fail(m, -ENOENT, "no member left to pick");
+            return NULL;
+        }
+        return &m->c->users[idx];
+    }
+    if (!userid) {
+        *err = mut_fail(m, -EINVAL, "userid missing");
+        return NULL;
+    }
+    u = sim_corp_find_user(m->c, userid);
+    if (!u)
+        *err = mut_fail(m, -ENOENT, "unknown userid %s", userid);
+    return u;
+}
+
+static int op_add(mut_ctx *m, json_object *op)
+{
+    sim_corp *c = m->c;
+    int depts[SIM_MAX_USER_DEPTS], ndept = 1, idx, err;
+    json_object *darr;
+    const char *userid = op ? json_str_field(op, "userid") : NULL;
+    const char *name = op ? json_str_field(op, "name") : NULL;
+    const char *mobile = op ? json_str_field(op, "mobile") : NULL;
+    user_spec sp = {userid, name, 0, depts, 1, 0};
+    if (userid && (!valid_userid(userid) || sim_map_get(&c->by_userid, userid, NULL)))
+        return mut_fail(m, -EEXIST, "userid %s is invalid or taken", userid);
+    if ((err = check_name(m, name)))
+        return err;
+    if (mobile) {
+        char canon[24];
+        if (parse_mobile(mobile, &sp.mobile))
+            return mut_fail(m, -EINVAL, "mobile must be 11 digits starting with 1");
+        mobile_str(sp.mobile, canon);
+        if (sim_map_get(&c->by_mobile, canon, NULL))
+            return mut_fail(m, -EEXIST, "mobile already used in %s", c->corp_id);
+    }
+    if (op && json_object_object_get_ex(op, "department", &darr)) {
+        if ((err = json_depts(m, darr, depts, &ndept)))
+            return err;
+    } else {
+        depts[0] = pick_alive_dept(m, 0);
+        if (depts[0] < 0)
+            return mut_fail(m, -ENOENT, "no department left");
+    }
+    sp.ndept = ndept;
+    err = corp_add_user(m->d, c, &sp, &m->d->mut_rng, &idx);
+    if (err)
+        return mut_fail(m, err, "out of memory");
+    mut_note_str(m, MUT_ADDED, c->users[idx].userid);
+    return 0;
+}
+
+static int op_remove(mut_ctx *m, json_object *op)
+{
+    char mob[24];
+    int err;
+    sim_user *u = op_user(m, op, op == NULL, &err);
+    if (!u)
+        return err;
+    int idx = (int)(u - m->c->users);
+    for (int i = 0; i < u->ndept; i++)
+        dept_leave(m->c, u->dept[i], idx);
+    /* Unmapped so that an explicit add may reuse the userid or mobile later. */
+    mobile_str(u->mobile, mob);
+    sim_map_del(&m->c->by_userid, u->userid);
+    sim_map_del(&m->c->by_mobile, mob);
+    u->alive = 0;
+    mut_note_str(m, MUT_REMOVED, u->userid);
+    return 0;
+}
+
+static int op_rename(mut_ctx *m, json_object *op)
+{
+    int err;
+    sim_user *u = op_user(m, op, op == NULL, &err);
+    if (!u)
+        return err;
+    const char *name = op ? json_str_field(op, "name") : NULL;
+    if ((err = check_name(m, name)))
+        return err;
+    if (name) {
+        snprintf(u->name, sizeof(u->name), "%s", name);
+    } else {
+        char old[SIM_NAME_MAX];
+        memcpy(old, u->name, sizeof(old));
+        gen_name(&m->d->mut_rng, u->name, sizeof(u->name));
+        /* A rename must change something, or a test could not see it. */
+        if (strcmp(old, u->name) == 0 && strlen(u->name) + 4 < sizeof(u->name))
+            strcat(u->name, "二");
+    }
+    for (int i = 0; i < u->ndept; i++)
+        dept_stale(m->c, u->dept[i]);
+    mut_note_str(m, MUT_RENAMED, u->userid);
+    return 0;
+}
+
+static int op_move(mut_ctx *m, json_object *op)
+{
+    int depts[SIM_MAX_USER_DEPTS], ndept = 1, err;
+    json_object *darr;
+    sim_user *u = op_user(m, op, op == NULL, &err);
+    if (!u)
+        return err;
+    int idx = (int)(u - m->c->users);
+    if (op && json_object_object_get_ex(op, "department", &darr)) {
+        if ((err = json_depts(m, darr, depts, &ndept)))
+            return err;
+    } else {
+        depts[0] = pick_alive_dept(m, u->dept[0]);
+        if (depts[0] < 0)
+            return mut_fail(m, -ENOENT, "no other department to move to");
+    }
+    for (int i = 0; i < u->ndept; i++)
+        dept_leave(m->c, u->dept[i], idx);
+    u->ndept = ndept;
+    for (int i = 0; i < ndept; i++) {
+        u->dept[i] = depts[i];
+        u->order[i] = (int)sim_rng_below(&m->d->mut_rng, 1000);
+        u->leader[i] = 0;
+        if (dept_join(m->c, depts[i], idx))
+            return mut_fail(m, -ENOMEM, "out of memory");
+    }
+    mut_note_str(m, MUT_MOVED, u->userid);
+    return 0;
+}
+
+static int op_add_dept(mut_ctx *m, json_object *op)
+{
+    sim_corp *c = m->c;
+    json_object *pv;
+    int parent = 1, err;
+    const char *name = json_str_field(op, "name");
+    if (json_object_object_get_ex(op, "parentid", &pv))
+        parent = json_object_is_type(pv, json_type_int) ? json_object_get_int(pv) : -1;
+    if (!dept_alive(c, parent))
+        return mut_fail(m, -ENOENT, "unknown parent department %d", parent);
+    if ((err = check_name(m, name)))
+        return err;
+    sim_dept *nd = realloc(c->depts, ((size_t)c->max_dept + 2) * sizeof(*nd));
+    if (!nd)
+        return mut_fail(m, -ENOMEM, "out of memory");
+    c->depts = nd;
+    int id = ++c->max_dept;
+    sim_dept *dp = &c->depts[id];
+    memset(dp, 0, sizeof(*dp));
+    dp->id = id;
+    dp->parentid = parent;
+    dp->alive = 1;
+    dp->order = (int)sim_rng_below(&m->d->mut_rng, 100000000);
+    if (name)
+        snprintf(dp->name, sizeof(dp->name), "%s", name);
+    else
+        snprintf(dp->name, sizeof(dp->name), "%s %d",
+                 dept_names[sim_rng_below(&m->d->mut_rng, NELEM(dept_names))], id);
+    dept_list_stale(c);
+    mut_note_int(m, MUT_DADDED, id);
+    return 0;
+}
+
+static int op_dept_id(mut_ctx *m, json_object *op, int *id)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(op, "id", &v) || !json_object_is_type(v, json_type_int))
+        return mut_fail(m, -EINVAL, "id missing");
+    *id = json_object_get_int(v);
+    if (!dept_alive(m->c, *id))
+        return mut_fail(m, -ENOENT, "unknown department %d", *id);
+    return 0;
+}
+
+static int op_rename_dept(mut_ctx *m, json_object *op)
+{
+    int id = 0, err;
+    const char *name = json_str_field(op, "name");
+    if ((err = op_dept_id(m, op, &id)))
+        return err;
+    if (!name)
+        return mut_fail(m, -EINVAL, "name missing");
+    if ((err = check_name(m, name)))
+        return err;
+    snprintf(m->c->depts[id].name, sizeof(m->c->depts[id].name), "%s", name);
+    dept_list_stale(m->c);
+    mut_note_int(m, MUT_DRENAMED, id);
+    return 0;
+}
+
+static int op_remove_dept(mut_ctx *m, json_object *op)
+{
+    sim_corp *c = m->c;
+    int id = 0, err;
+    if ((err = op_dept_id(m, op, &id)))
+        return err;
+    if (id == 1)
+        return mut_fail(m, -EINVAL, "the root department cannot be removed");
+    if (c->depts[id].nmembers)
+        return mut_fail(m, -EEXIST, "department %d still has members", id);
+    for (int k = id + 1; k <= c->max_dept; k++)
+        if (c->depts[k].alive && c->depts[k].parentid == id)
+            return mut_fail(m, -EEXIST, "department %d still has sub-departments", id);
+    c->depts[id].alive = 0;
+    dept_stale(c, id);
+    dept_list_stale(c);
+    mut_note_int(m, MUT_DREMOVED, id);
+    return 0;
+}
+
+static int apply_op(mut_ctx *m, json_object *op)
+{
+    static const struct {
+        const char *name;
+        int (*fn)(mut_ctx *, json_object *);
+    } ops[] = {{"add", op_add},
+               {"remove", op_remove},
+               {"rename", op_rename},
+               {"move", op_move},
+               {"add_dept", op_add_dept},
+               {"rename_dept", op_rename_dept},
+               {"remove_dept", op_remove_dept}};
+    const char *name;
+    if (!json_object_is_type(op, json_type_object))
+        return mut_fail(m, -EINVAL, "an op must be an object");
+    name = json_str_field(op, "op");
+    for (size_t i = 0; name && i < NELEM(ops); i++)
+        if (strcmp(name, ops[i].name) == 0)
+            return ops[i].fn(m, op);
+    return mut_fail(m, -EINVAL,
+                    "op must be one of add, remove, rename, move, add_dept, "
+                    "rename_dept, remove_dept");
+}
+
+/* "random": {"add":n,"remove":n,"rename":n,"move":n}, applied in that order. */
+static int apply_random(mut_ctx *m, json_object *r)
+{
+    static const char *const kinds[] = {"add", "remove", "rename", "move"};
+    int (*const fns[])(mut_ctx *, json_object *) = {op_add, op_remove, op_rename, op_move};
+    if (!json_object_is_type(r, json_type_object))
+        return mut_fail(m, -EINVAL, "random must be an object");
+    for (size_t k = 0; k < NELEM(kinds); k++) {
+        json_object *v;
+        if (!json_object_object_get_ex(r, kinds[k], &v))
+            continue;
+        int n = json_object_is_type(v, json_type_int) ? json_object_get_int(v) : -1;
+        if (n < 0 || n > 1000000)
+            return mut_fail(m, -EINVAL, "random.%s must be an integer 0..1000000", kinds[k]);
+        for (int i = 0; i < n; i++) {
+            int err = fns[k](m, NULL);
+            if (err)
+                return err;
+        }
+    }
+    return 0;
+}
+
+static int mut_answer(mut_ctx *m, buf *out)
+{
+    sim_corp *c = m->c;
+    size_t nusers = 0;
+    buf_reset(out);
+    for (size_t i = 0; i < c->nusers; i++)
+        nusers += c->users[i].alive != 0;
+    buf_printf(out, "{\"errcode\":0,\"errmsg\":\"ok\",\"corp_id\":\"%s\"", c->corp_id);
+    for (int k = 0; k < MUT_N; k++)
+        buf_printf(out, ",\"%s\":[%s]", mut_keys[k], m->lists[k].data ? m->lists[k].data : "");
+    buf_printf(out, ",\"users_total\":%zu}", nusers);
+    return out->oom ? -ENOMEM : 0;
+}
+
+int sim_dir_mutate(sim_dir *d, const char *json, size_t len, buf *out, char *err, size_t errlen)
+{
+    mut_ctx m = {.d = d, .err = err, .errlen = errlen, .where = "body"};
+    json_tokener *tok = json_tokener_new();
+    json_object *root = NULL, *v;
+    int rc = -ENOMEM;
+    char where[32];
+    if (errlen)
+        err[0] = '\0';
+    for (int k = 0; k < MUT_N; k++)
+        buf_init(&m.lists[k]);
+    if (!tok)
+        goto out;
+    root = json_tokener_parse_ex(tok, json, (int)len);
+    if (!root || json_tokener_get_error(tok) != json_tokener_success ||
+        !json_object_is_type(root, json_type_object)) {
+        rc = mut_fail(&m, -EINVAL, "a JSON object is required");
+        goto out;
+    }
+    const char *corp_id = json_str_field(root, "corp_id");
+    m.c = corp_id ? sim_dir_corp(d, corp_id) : d->ncorps == 1 ? &d->corps[0] : NULL;
+    if (!m.c) {
+        rc = mut_fail(&m, corp_id ? -ENOENT : -EINVAL, "%s",
+                      corp_id ? "unknown corp_id" : "corp_id missing");
+        goto out;
+    }
+    rc = 0;
+    if (json_object_object_get_ex(root, "ops", &v)) {
+        if (!json_object_is_type(v, json_type_array)) {
+            rc = mut_fail(&m, -EINVAL, "ops must be an array");
+            goto out;
+        }
+        for (size_t i = 0; i < json_object_array_length(v) && !rc; i++) {
+            snprintf(where, sizeof(where), "ops[%zu]", i);
+            m.where = where;
+            rc = apply_op(&m, json_object_array_get_idx(v, i));
+        }
+    }
+    if (!rc && json_object_object_get_ex(root, "random", &v)) {
+        m.where = "random";
+        rc = apply_random(&m, v);
+    }
+    if (!rc)
+        rc = mut_answer(&m, out);
+out:
+    for (int k = 0; k < MUT_N; k++)
+        buf_free(&m.lists[k]);
+    json_object_put(root);
+    if (tok)
+        json_tokener_free(tok);
+    if (rc == -ENOMEM && err[0] == '\0')
+        snprintf(err, errlen, "out of memory");
+    return rc;
+}

@@ -1,0 +1,725 @@
+/* The simulator's HTTP face: the WeCom API subset and the /sim/ control routes.
+ *
+ * One API request is judged in this order, all at its arrival time:
+ *   1. who: gettoken by ?corpid, the others by their token's enterprise (an expired
+ *      token still names it; an unknown token names none);
+ *   2. rate: the arrival joins the enterprise's window; over --rate in the trailing
+ *      second answers 45009 (refused arrivals count too, like the real upstream,
+ *      unless --count-rejected 0);
+ *   3. concurrency: more than --max-inflight requests in flight on this path answer
+ *      45009 (or --inflight-errcode, e.g. 45033);
+ *   4. token: missing 41001, unknown 40014, expired 42001;
+ *   5. faults (hang, HTTP 500, errcode -1, malformed body), then the answer itself,
+ *      where a failing department's user/list answers --fail-dept-errcode;
+ *   6. latency: every API answer waits latency + jitter on a uv timer.
+ * A hung request is never answered and leaves the in-flight count at once. */
+#include "tests/sim/sim.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "common/http_server.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+
+static const char JSON_CT[] = "application/json; charset=UTF-8";
+static const char HTML_CT[] = "text/html";
+static const char BODY_500[] = "<html><body><h1>500 Internal Server Error</h1></body></html>";
+
+struct sim_delayed {
+    uv_timer_t timer;
+    sim *s;
+    http_req *req;
+    sim_delayed *prev, *next;
+    int status, port, corp;
+    sim_path path;
+    const char *ctype;
+    size_t len;
+    char body[];
+};
+
+/* ---- answering ---- */
+
+static const char *errmsg_for(int code)
+{
+    switch (code) {
+    case 0:
+        return "ok";
+    case -1:
+        return "system busy";
+    case 40001:
+        return "invalid credential";
+    case 40013:
+        return "invalid corpid";
+    case 40014:
+        return "invalid access_token";
+    case 40058:
+        return "invalid parameter";
+    case 41001:
+        return "access_token missing";
+    case 41002:
+        return "corpid missing";
+    case 41004:
+        return "corpsecret missing";
+    case 41009:
+        return "missing userid";
+    case 42001:
+        return "access_token expired";
+    case 45009:
+        return "api freq out of limit";
+    case 45033:
+        return "api concurrent out of limit";
+    case 46004:
+        return "user no exist";
+    case 60003:
+        return "department not found";
+    case 60111:
+        return "userid not found";
+    default:
+        return "error";
+    }
+}
+
+static void inflight_leave(sim *s, sim_path path, int port, int corp)
+{
+    if (s->lim.inflight[path] > 0)
+        s->lim.inflight[path]--;
+    sim_stats_inflight(&s->stats, port, corp, -1);
+}
+
+static void delayed_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void delayed_unlink(sim_delayed *d)
+{
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        d->s->pending = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+}
+
+static void delayed_fire(uv_timer_t *t)
+{
+    sim_delayed *d = t->data;
+    delayed_unlink(d);
+    http_reply(d->req, d->status, d->ctype, d->body, d->len);
+    inflight_leave(d->s, d->path, d->port, d->corp);
+    uv_close((uv_handle_t *)&d->timer, delayed_closed);
+}
+
+/* Answers now, or after the configured latency (the body is copied either way). */
+static void api_send(sim *s, http_req *r, const sim_hit *h, int status, const char *ctype,
+                     const char *body, size_t len)
+{
+    uint32_t delay = sim_faults_delay_ms(&s->faults, &s->fault_rng);
+    sim_delayed *d;
+    if (delay == 0 || s->closing)
+        goto now;
+    d = malloc(sizeof(*d) + len);
+    if (!d)
+        goto now; /* no memory for a delay: answer at once rather than never */
+    if (uv_timer_init(s->loop, &d->timer) != 0) {
+        free(d);
+        goto now;
+    }
+    d->timer.data = d;
+    d->s = s;
+    d->req = r;
+    d->status = status;
+    d->port = h->port;
+    d->corp = h->corp;
+    d->path = h->path;
+    d->ctype = ctype;
+    d->len = len;
+    memcpy(d->body, body, len);
+    d->prev = NULL;
+    d->next = s->pending;
+    if (s->pending)
+        s->pending->prev = d;
+    s->pending = d;
+    uv_timer_start(&d->timer, delayed_fire, delay, 0);
+    return;
+now:
+    http_reply(r, status, ctype, body, len);
+    inflight_leave(s, h->path, h->port, h->corp);
+}
+
+void sim_routes_shutdown(sim *s)
+{
+    while (s->pending) {
+        sim_delayed *d = s->pending;
+        delayed_unlink(d);
+        uv_timer_stop(&d->timer);
+        uv_close((uv_handle_t *)&d->timer, delayed_closed);
+    }
+}
+
+/* Writes {"errcode":N,"errmsg":"..."} into scratch. */
+static void error_body(sim *s, int code)
+{
+    buf_reset(&s->scratch);
+    buf_printf(&s->scratch,
+               "{\"errcode\":%d,\"errmsg\":\"%s, more info at "
+               "https://open.work.weixin.qq.com/devtool/query?e=%d\"}",
+               code, errmsg_for(code), code);
+}
+
+/* ---- the API answers proper (after limits, tokens and faults) ---- */
+
+typedef struct answer {
+    int status;
+    const char *ctype;
+    const char *body;
+    size_t len;
+} answer;
+
+static void answer_code(sim *s, sim_hit *h, answer *a, int code)
+{
+    error_body(s, code);
+    h->errcode = code;
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+static void answer_oom(sim *s, sim_hit *h, answer *a)
+{
+    /* The real upstream's answer to trouble on its side. */
+    answer_code(s, h, a, -1);
+}
+
+/* A decimal id, or -1. */
+static long parse_id(const char *v)
+{
+    char *end = NULL;
+    if (!v || *v < '0' || *v > '9')
+        return -1;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    return (*end || errno || x > 2000000000L) ? -1 : x;
+}
+
+static void do_gettoken(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a, uint64_t now)
+{
+    const char *secret = http_req_query(r, "corpsecret"), *tok;
+    uint32_t expires_in;
+    int fresh;
+    if (!secret || !*secret) {
+        answer_code(s, h, a, 41004);
+        return;
+    }
+    if (strcmp(secret, c->secret) != 0) {
+        answer_code(s, h, a, 40001);
+        return;
+    }
+    if (sim_limits_token(&s->lim, c->index - 1, now, &tok, &expires_in, &fresh) != 0) {
+        answer_oom(s, h, a);
+        return;
+    }
+    h->token_issued = fresh;
+    h->errcode = 0;
+    buf_reset(&s->scratch);
+    buf_printf(&s->scratch,
+               "{\"errcode\":0,\"errmsg\":\"ok\",\"access_token\":\"%s\",\"expires_in\":%u}", tok,
+               expires_in);
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+static void do_dept_list(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a)
+{
+    const char *idv = http_req_query(r, "id");
+    long id = idv && *idv ? parse_id(idv) : 0;
+    if (id < 0) {
+        answer_code(s, h, a, 40058);
+        return;
+    }
+    int err = sim_corp_dept_list(c, (int)id, &s->scratch, &a->body, &a->len);
+    if (err == -ENOENT) {
+        answer_code(s, h, a, 60003);
+        return;
+    }
+    if (err) {
+        answer_oom(s, h, a);
+        return;
+    }
+    h->errcode = 0;
+}
+
+static int fails_dept(const sim *s, const sim_corp *c, int dept)
+{
+    const sim_faults *f = &s->faults;
+    return f->fail_dept > 0 && f->fail_dept == dept &&
+           (!f->fail_dept_corp[0] || strcmp(f->fail_dept_corp, c->corp_id) == 0);
+}
+
+static void do_user_list(sim *s, sim_corp *c, sim_hit *h, answer *a)
+{
+    /* fetch_child (sent by SDKs) is accepted and ignored: one department's members. */
+    if (h->dept <= 0) {
+        answer_code(s, h, a, h->dept == 0 ? 40058 : 60003);
+        return;
+    }
+    if (fails_dept(s, c, h->dept)) {
+        h->fault = SIM_F_FAIL_DEPT;
+        if (s->faults.fail_dept_errcode == 500) {
+            a->status = 500;
+            a->ctype = HTML_CT;
+            a->body = BODY_500;
+            a->len = sizeof(BODY_500) - 1;
+            return;
+        }
+        {
+            answer_code(s, h, a, s->faults.fail_dept_errcode);
+            return;
+        }
+    }
+    int err = sim_corp_user_list(c, h->dept, &a->body, &a->len);
+    if (err == -ENOENT) {
+        answer_code(s, h, a, 60003);
+        return;
+    }
+    if (err) {
+        answer_oom(s, h, a);
+        return;
+    }
+    h->errcode = 0;
+}
+
+static void do_user_get(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a)
+{
+    const char *userid = http_req_query(r, "userid");
+    if (!userid || !*userid) {
+        answer_code(s, h, a, 41009);
+        return;
+    }
+    int err = sim_corp_user_get(c, userid, &s->scratch);
+    if (err == -ENOENT) {
+        answer_code(s, h, a, 60111);
+        return;
+    }
+    if (err) {
+        answer_oom(s, h, a);
+        return;
+    }
+    h->errcode = 0;
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+static void do_getuserid(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a)
+{
+    size_t len = 0;
+    const char *body = http_req_body(r, &len);
+    json_object *root = body && len ? json_tokener_parse(body) : NULL, *v;
+    const char *mobile = NULL;
+    if (root && json_object_object_get_ex(root, "mobile", &v) &&
+        json_object_is_type(v, json_type_string))
+        mobile = json_object_get_string(v);
+    if (!mobile || !*mobile) {
+        json_object_put(root);
+        {
+            answer_code(s, h, a, 40058);
+            return;
+        }
+    }
+    sim_user *u = sim_corp_find_mobile(c, mobile);
+    json_object_put(root);
+    if (!u) {
+        answer_code(s, h, a, 46004);
+        return;
+    }
+    h->errcode = 0;
+    buf_reset(&s->scratch);
+    buf_printf(&s->scratch, "{\"errcode\":0,\"errmsg\":\"ok\",\"userid\":");
+    buf_json_str(&s->scratch, u->userid, strlen(u->userid));
+    buf_puts(&s->scratch, "}");
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+/* ---- the API request pipeline ---- */
+
+static sim_corp *identify(sim *s, http_req *r, sim_path path, uint64_t now, sim_tok_state *ts,
+                          const char **tok)
+{
+    int ci = -1;
+    if (path == SIM_P_GETTOKEN)
+        return sim_dir_corp(&s->dir, http_req_query(r, "corpid"));
+    *tok = http_req_query(r, "access_token");
+    *ts = *tok && **tok ? sim_limits_check_token(&s->lim, *tok, now, &ci) : SIM_TOK_UNKNOWN;
+    return *ts == SIM_TOK_UNKNOWN ? NULL : &s->dir.corps[ci];
+}
+
+static void api(sim *s, http_req *r, sim_path path)
+{
+    uint64_t now = time_mono_us();
+    sim_tok_state ts = SIM_TOK_OK;
+    const char *tok = NULL;
+    answer a = {200, JSON_CT, NULL, 0};
+    sim_hit h = {.port = sim_stats_port_index(&s->stats, http_req_local_port(r)),
+                 .corp = -1,
+                 .path = path,
+                 .errcode = SIM_NO_CODE};
+    sim_corp *c = identify(s, r, path, now, &ts, &tok);
+    if (c)
+        h.corp = c->index - 1;
+    if (path == SIM_P_USER_LIST) {
+        const char *dv = http_req_query(r, "department_id");
+        h.dept = dv ? (int)parse_id(dv) : 0;
+    }
+    s->lim.inflight[path]++;
+    sim_stats_inflight(&s->stats, h.port, h.corp, +1);
+
+    if (c && !sim_limits_arrive(&s->lim, h.corp, now)) {
+        h.violation = 1;
+        answer_code(s, &h, &a, 45009);
+        if (log_enabled(LOG_INFO))
+            log_info("rate limit violated", LF_S("corp_id", c->corp_id),
+                     LF_S("path", sim_path_names[path]), LF_I("rate", s->lim.rate));
+    } else if (s->lim.inflight[path] > s->lim.max_inflight) {
+        h.inflight_violation = 1;
+        answer_code(s, &h, &a, s->lim.inflight_errcode);
+        if (log_enabled(LOG_INFO))
+            log_info("concurrency limit violated", LF_S("path", sim_path_names[path]),
+                     LF_I("in_flight", s->lim.inflight[path]));
+    } else if (path != SIM_P_GETTOKEN && (!tok || !*tok)) {
+        answer_code(s, &h, &a, 41001);
+    } else if (path != SIM_P_GETTOKEN && ts != SIM_TOK_OK) {
+        answer_code(s, &h, &a, ts == SIM_TOK_EXPIRED ? 42001 : 40014);
+    } else if (!c) {
+        const char *corpid = http_req_query(r, "corpid");
+        answer_code(s, &h, &a, corpid && *corpid ? 40013 : 41002);
+    } else {
+        h.fault = sim_faults_pick(&s->faults, path, &s->fault_rng);
+        switch (h.fault) {
+        case SIM_F_HANG:
+            /* Never answered: the request leaves the books now, the server frees it
+             * when the client gives up and closes. */
+            sim_stats_record(&s->stats, &h, now);
+            inflight_leave(s, path, h.port, h.corp);
+            return;
+        case SIM_F_HTTP500:
+            a.status = 500;
+            a.ctype = HTML_CT;
+            a.body = BODY_500;
+            a.len = sizeof(BODY_500) - 1;
+            break;
+        case SIM_F_BUSY:
+            answer_code(s, &h, &a, -1);
+            break;
+        default:
+            switch (path) {
+            case SIM_P_GETTOKEN:
+                do_gettoken(s, r, c, &h, &a, now);
+                break;
+            case SIM_P_DEPT_LIST:
+                do_dept_list(s, r, c, &h, &a);
+                break;
+            case SIM_P_USER_LIST:
+                do_user_list(s, c, &h, &a);
+                break;
+            case SIM_P_USER_GET:
+                do_user_get(s, r, c, &h, &a);
+                break;
+            default:
+                do_getuserid(s, r, c, &h, &a);
+                break;
+            }
+            if (h.fault == SIM_F_MALFORMED) {
+                /* Half of the real answer: a body that stops mid-JSON. */
+                a.len = a.len > 1 ? a.len / 2 : a.len;
+                h.errcode = SIM_NO_CODE;
+            }
+            break;
+        }
+    }
+    if (!a.body) {
+        /* Only an allocation failure while writing an error leaves no body. */
+        a.body = "{\"errcode\":-1,\"errmsg\":\"system busy\"}";
+        a.len = strlen(a.body);
+    }
+    sim_stats_record(&s->stats, &h, now);
+    api_send(s, r, &h, a.status, a.ctype, a.body, a.len);
+}
+
+static void on_gettoken(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_GETTOKEN);
+}
+
+static void on_dept_list(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_DEPT_LIST);
+}
+
+static void on_user_list(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_USER_LIST);
+}
+
+static void on_user_get(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_USER_GET);
+}
+
+static void on_getuserid(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_GETUSERID);
+}
+
+/* ---- control routes ---- */
+
+static void reply_buf(http_req *r, buf *b)
+{
+    if (b->oom) {
+        http_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    http_reply(r, 200, JSON_CT, b->data ? b->data : "{}", b->data ? b->len : 2);
+}
+
+static void on_healthz(http_req *r, void *arg)
+{
+    (void)arg;
+    http_reply_json(r, 200, "{\"status\":\"ok\"}");
+}
+
+static sim_corp *corp_param(sim *s, http_req *r, int *bad)
+{
+    const char *id = http_req_query(r, "corp_id");
+    sim_corp *c = id ? sim_dir_corp(&s->dir, id) : NULL;
+    *bad = id && !c;
+    if (*bad)
+        http_reply_error(r, 404, "not_found", "unknown corp_id");
+    return c;
+}
+
+static void write_limits(jw *w, const sim_limits *l)
+{
+    jw_obj_begin(w);
+    jw_kint(w, "rate", l->rate);
+    jw_kint(w, "max_inflight", l->max_inflight);
+    jw_kint(w, "inflight_errcode", l->inflight_errcode);
+    jw_kint(w, "token_ttl_s", l->token_ttl_s);
+    jw_kbool(w, "count_rejected", l->count_rejected);
+    jw_kint(w, "ban_ms", l->ban_ms);
+    jw_obj_end(w);
+}
+
+static void on_stats(http_req *r, void *arg)
+{
+    sim *s = arg;
+    jw w;
+    buf b;
+    const char *only = http_req_query(r, "corp_id");
+    buf_init(&b);
+    jw_init(&w, &b);
+    jw_obj_begin(&w);
+    jw_kdbl(&w, "uptime_ms", (double)(time_mono_us() - s->stats.start_mono_us) / 1000.0);
+    jw_kint(&w, "enterprises", s->dir.ncorps);
+    jw_key(&w, "limits");
+    write_limits(&w, &s->lim);
+    jw_key(&w, "faults");
+    sim_faults_json(&s->faults, &w);
+    if (sim_stats_json(&s->stats, &s->dir, only, &w) == -ENOENT) {
+        http_reply_error(r, 404, "not_found", "unknown corp_id");
+        buf_free(&b);
+        return;
+    }
+    jw_obj_end(&w);
+    reply_buf(r, &b);
+    buf_free(&b);
+}
+
+static void on_org(http_req *r, void *arg)
+{
+    sim *s = arg;
+    int bad;
+    buf b;
+    sim_corp *c = corp_param(s, r, &bad);
+    if (bad)
+        return;
+    buf_init(&b);
+    sim_dir_org_json(&s->dir, c, &b);
+    reply_buf(r, &b);
+    buf_free(&b);
+}
+
+static void on_mutate(http_req *r, void *arg)
+{
+    sim *s = arg;
+    char err[256];
+    size_t len = 0;
+    const char *body = http_req_body(r, &len);
+    int rc = sim_dir_mutate(&s->dir, body ? body : "", len, &s->scratch, err, sizeof(err));
+    if (rc) {
+        int status = rc == -ENOENT ? 404 : rc == -EEXIST ? 409 : rc == -ENOMEM ? 500 : 400;
+        http_reply_error(r, status, status == 404 ? "not_found" : "bad_request", err);
+        return;
+    }
+    log_info("directory mutated", LF_I("bytes", (long long)s->scratch.len));
+    reply_buf(r, &s->scratch);
+}
+
+static void on_expire_tokens(http_req *r, void *arg)
+{
+    sim *s = arg;
+    int bad;
+    sim_corp *c = corp_param(s, r, &bad);
+    const char *mode = http_req_query(r, "mode");
+    if (bad)
+        return;
+    if (mode && strcmp(mode, "expire") != 0 && strcmp(mode, "invalid") != 0) {
+        http_reply_error(r, 400, "bad_request", "mode must be expire (42001) or invalid (40014)");
+        return;
+    }
+    int invalidate = mode && strcmp(mode, "invalid") == 0;
+    int n = sim_limits_expire_tokens(&s->lim, c ? c->index - 1 : -1, time_mono_us(), invalidate);
+    log_info("tokens expired", LF_S("corp_id", c ? c->corp_id : "*"), LF_I("tokens", n),
+             LF_S("mode", invalidate ? "invalid" : "expire"));
+    buf_reset(&s->scratch);
+    buf_printf(&s->scratch, "{\"errcode\":0,\"errmsg\":\"ok\",\"expired\":%d,\"mode\":\"%s\"}", n,
+               invalidate ? "invalid" : "expire");
+    reply_buf(r, &s->scratch);
+}
+
+static void on_reset_stats(http_req *r, void *arg)
+{
+    sim *s = arg;
+    sim_stats_reset(&s->stats);
+    http_reply_json(r, 200, "{\"errcode\":0,\"errmsg\":\"ok\"}");
+}
+
+static void reply_faults(sim *s, http_req *r)
+{
+    jw w;
+    buf_reset(&s->scratch);
+    jw_init(&w, &s->scratch);
+    sim_faults_json(&s->faults, &w);
+    reply_buf(r, &s->scratch);
+}
+
+static void on_faults_get(http_req *r, void *arg)
+{
+    reply_faults(arg, r);
+}
+
+static void on_faults_post(http_req *r, void *arg)
+{
+    sim *s = arg;
+    char err[256];
+    size_t len = 0;
+    const char *body = http_req_body(r, &len);
+    if (sim_faults_apply_json(&s->faults, body ? body : "", len, err, sizeof(err)) != 0) {
+        http_reply_error(r, 400, "bad_request", err);
+        return;
+    }
+    log_info("faults set", LF_I("latency_ms", s->faults.latency_ms),
+             LF_D("http500", s->faults.http500), LF_D("busy", s->faults.busy),
+             LF_D("malformed", s->faults.malformed), LF_D("hang", s->faults.hang),
+             LF_I("fail_dept", s->faults.fail_dept));
+    reply_faults(s, r);
+}
+
+static void on_limits_get(http_req *r, void *arg)
+{
+    sim *s = arg;
+    jw w;
+    buf_reset(&s->scratch);
+    jw_init(&w, &s->scratch);
+    write_limits(&w, &s->lim);
+    reply_buf(r, &s->scratch);
+}
+
+/* {"rate":n,"max_inflight":n,"inflight_errcode":n,"token_ttl_s":n,"count_rejected":b,
+ * "ban_ms":n}, any subset; applies to arrivals from now on. */
+static int limits_apply(sim_limits *l, json_object *root, char *err, size_t errlen)
+{
+    sim_limits next = *l;
+    json_object_object_foreach(root, key, v)
+    {
+        int is_int = json_object_is_type(v, json_type_int);
+        long long x = is_int ? json_object_get_int64(v) : -1;
+        if (strcmp(key, "count_rejected") == 0 && json_object_is_type(v, json_type_boolean)) {
+            next.count_rejected = json_object_get_boolean(v);
+            continue;
+        }
+        if (x < 0 || x > 100000000) {
+            snprintf(err, errlen, "%.40s must be an integer 0..100000000", key);
+            return -EINVAL;
+        }
+        if (strcmp(key, "rate") == 0 && x > 0)
+            next.rate = (uint32_t)x;
+        else if (strcmp(key, "max_inflight") == 0 && x > 0)
+            next.max_inflight = (uint32_t)x;
+        else if (strcmp(key, "inflight_errcode") == 0 && (x == 45009 || x == 45033))
+            next.inflight_errcode = (int)x;
+        else if (strcmp(key, "token_ttl_s") == 0 && x > 0)
+            next.token_ttl_s = (uint32_t)x;
+        else if (strcmp(key, "ban_ms") == 0)
+            next.ban_ms = (uint32_t)x;
+        else {
+            snprintf(err, errlen, "unknown or out-of-range limit \"%.40s\"", key);
+            return -EINVAL;
+        }
+    }
+    *l = next;
+    return 0;
+}
+
+static void on_limits_post(http_req *r, void *arg)
+{
+    sim *s = arg;
+    char err[160] = "a JSON object is required";
+    size_t len = 0;
+    const char *body = http_req_body(r, &len);
+    json_object *root = body && len ? json_tokener_parse(body) : NULL;
+    if (!root || !json_object_is_type(root, json_type_object) ||
+        limits_apply(&s->lim, root, err, sizeof(err)) != 0) {
+        json_object_put(root);
+        http_reply_error(r, 400, "bad_request", err);
+        return;
+    }
+    json_object_put(root);
+    log_info("limits set", LF_I("rate", s->lim.rate), LF_I("max_inflight", s->lim.max_inflight),
+             LF_I("token_ttl_s", s->lim.token_ttl_s));
+    on_limits_get(r, s);
+}
+
+int sim_routes_install(sim *s)
+{
+    static const struct {
+        const char *method, *pattern;
+        http_handler h;
+    } routes[] = {
+        {"GET", "/cgi-bin/gettoken", on_gettoken},
+        {"GET", "/cgi-bin/department/list", on_dept_list},
+        {"GET", "/cgi-bin/user/list", on_user_list},
+        {"GET", "/cgi-bin/user/get", on_user_get},
+        {"POST", "/cgi-bin/user/getuserid", on_getuserid},
+        {"GET", "/healthz", on_healthz},
+        {"GET", "/sim/stats", on_stats},
+        {"GET", "/sim/org", on_org},
+        {"POST", "/sim/mutate", on_mutate},
+        {"POST", "/sim/expire-tokens", on_expire_tokens},
+        {"POST", "/sim/reset-stats", on_reset_stats},
+        {"GET", "/sim/faults", on_faults_get},
+        {"POST", "/sim/faults", on_faults_post},
+        {"GET", "/sim/limits", on_limits_get},
+        {"POST", "/sim/limits", on_limits_post},
+    };
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        int err = http_server_route(s->srv, routes[i].method, routes[i].pattern, routes[i].h, s);
+        if (err)
+            return err;
+    }
+    return 0;
+}
