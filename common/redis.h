@@ -9,9 +9,11 @@
  * when it drops, a new context is made after a full-jitter exponential backoff
  * (100 ms base, 5 s cap). Connect and command timeouts are our own uv timers. A
  * command that times out gets "timeout" at once; the connection it was sent on is
- * then dropped and replaced, since replies come in order and a connection with a
- * stuck reply ahead of every later one is useless (and the late reply must never be
- * delivered to anyone). Nothing here blocks the loop. */
+ * then dropped and replaced (commands queued behind it get "disconnected"), since
+ * replies come in order and a connection with a stuck reply ahead of every later
+ * one is useless; a half-open connection would never recover at all. A late reply
+ * is never delivered to anyone. Host names are resolved on libuv's thread pool;
+ * nothing here blocks the loop. Not supported: pub/sub, MONITOR, TLS. */
 #ifndef ORGSYNC_REDIS_H
 #define ORGSYNC_REDIS_H
 
@@ -76,10 +78,12 @@ int redis_connected(const redis_client *c);
 
 typedef struct redis_stats {
     unsigned long commands, errors, timeouts, reconnects;
+    unsigned long connect_failures;
 } redis_stats;
-/* commands: sent to the server; errors: error replies and transport failures
- * (timeouts included); timeouts: command timeouts; reconnects: connections made
- * after the first one. */
+/* commands: sent to the server (an EVALSHA that falls back to EVAL counts 2);
+ * errors: callbacks that got an err (error replies and transport failures);
+ * timeouts: command timeouts; reconnects: connections made ready after the first
+ * one; connect_failures: attempts that failed or timed out before being ready. */
 void redis_get_stats(const redis_client *c, redis_stats *out);
 
 /* Fails every pending command with "closing" (each callback once), frees the
