@@ -56,7 +56,7 @@ c = json.load(sys.stdin)["corps"][0]
 print("%.1f" % (sum(d["members"] for d in c["departments"]) / len(c["departments"])))')
 BYTES=$(curl -fsS "$BASE/cgi-bin/user/list?access_token=$TOKEN&department_id=2" | wc -c)
 echo "simulator: $DEPARTMENTS departments, $AVG members per user/list on average, ~$BYTES bytes per answer"
-echo "${PIN_WRK[*]} wrk -t1 -c$CONNECTIONS -d$DURATION -s tests/bench/sim/user_list.lua $BASE -- TOKEN $DEPARTMENTS"
+echo "${PIN_WRK[*]:+${PIN_WRK[*]} }wrk -t1 -c$CONNECTIONS -d$DURATION -s tests/bench/sim/user_list.lua $BASE -- TOKEN $DEPARTMENTS"
 "${PIN_WRK[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$SRC/tests/bench/sim/user_list.lua" "$BASE" -- "$TOKEN" "$DEPARTMENTS"
 curl -fsS "$BASE/sim/stats" | python3 -c '
 import json, sys
