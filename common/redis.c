@@ -517,6 +517,13 @@ static void arm_cmd_timer(redis_client *c)
     uv_timer_start(&c->cmd_timer, on_cmd_timeout, delay, 0);
 }
 
+/* Redis < 6: "ERR Client sent AUTH, but no password is set"; 6 and later: "ERR
+ * AUTH <password> called without any password configured for the default user". */
+static int auth_not_needed(const char *err)
+{
+    return strstr(err, "no password is set") || strstr(err, "without any password configured");
+}
+
 static void handshake_reply(redis_req *q, const redisAsyncContext *ac, redisReply *reply)
 {
     redis_client *c = q->c;
@@ -525,6 +532,13 @@ static void handshake_reply(redis_req *q, const redisAsyncContext *ac, redisRepl
         return; /* an abandoned connection: nothing it says matters */
     if (!reply) {
         conn_lost(q->conn, ac, "redis connection lost");
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && q->kind == RQ_AUTH && auth_not_needed(reply->str)) {
+        /* A password the server does not ask for: it lets everyone in anyway, and
+         * tolerating it lets clients get the password before the server does. */
+        log_warn("redis: a password is configured but the server has none", LF_S("host", c->host),
+                 LF_I("port", c->port));
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR) {

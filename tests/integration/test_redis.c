@@ -573,6 +573,36 @@ static void test_hostname(void **state)
     assert_int_equal(tloop_close_client(&f->l, c), 0);
 }
 
+/* The /db part of the URL selects the database on every (re)connection. */
+static void test_select_db(void **state)
+{
+    fixture *f = *state;
+    char url[160], k[128];
+    const char *u = redis_url();
+    const char *slash = strrchr(u, '/');
+    redis_client *db3;
+    static result r;
+
+    assert_non_null(slash);
+    snprintf(url, sizeof(url), "%.*s/3", (int)(slash - u), u);
+    key(f, k, sizeof(k), "in-db3");
+    db3 = tloop_client(&f->l, &(redis_opts){.url = url});
+    assert_non_null(db3);
+    tloop_wait_connected(&f->l, db3, 3000);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(redis_cmd(db3, on_result, &r, "SET %s %s", k, "three"), 0);
+    tloop_wait(&f->l, &r, 3000);
+    assert_string_equal(r.str, "OK");
+    CMD(f, &r, "GET %s", k); /* the fixture's client is on db 0 */
+    assert_int_equal(r.type, REDIS_REPLY_NIL);
+    CMD(f, &r, "SELECT %d", 3);
+    CMD(f, &r, "GET %s", k);
+    assert_string_equal(r.str, "three");
+    CMD(f, &r, "DEL %s", k);
+    CMD(f, &r, "SELECT %d", 0);
+    assert_int_equal(tloop_close_client(&f->l, db3), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -589,6 +619,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_connected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostname, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_select_db, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -223,11 +223,71 @@ static void test_outage(void **state)
     assert_int_equal(st.reconnects, 1);
 }
 
+/* requirepass set on the private server: a wrong password never becomes
+ * connected (and keeps retrying), the right one does, again after its connection
+ * is killed. A password the server does not ask for is tolerated. */
+static void test_auth(void **state)
+{
+    fixture *f = *state;
+    char good[200], bad[200];
+    const char *hostport = f->url + strlen("redis://");
+    redis_client *ok, *wrong;
+    static result r, id;
+    redis_stats st;
+
+    tloop_wait_connected(&f->l, f->c, 4000);
+    snprintf(good, sizeof(good), "redis://:p%%40ss%%20word@%s", hostport);
+    snprintf(bad, sizeof(bad), "redis://:nope@%s", hostport);
+
+    /* No requirepass yet: the password is sent, refused as unneeded, and we go on. */
+    ok = tloop_client(&f->l, &(redis_opts){.url = good});
+    assert_non_null(ok);
+    tloop_wait_connected(&f->l, ok, 4000);
+    assert_int_equal(tloop_close_client(&f->l, ok), 0);
+
+    /* f->c stays logged in (setting requirepass does not log out connections). */
+    cmd_wait(f, &r, "CONFIG SET requirepass %s", "p@ss word");
+    assert_string_equal(r.str, "OK");
+    ok = tloop_client(&f->l, &(redis_opts){.url = good});
+    wrong = tloop_client(&f->l, &(redis_opts){.url = bad, .connect_timeout_ms = 300});
+    assert_non_null(ok);
+    assert_non_null(wrong);
+    tloop_wait_connected(&f->l, ok, 4000);
+    memset(&id, 0, sizeof(id));
+    assert_int_equal(redis_cmd(ok, on_result, &id, "CLIENT ID"), 0);
+    tloop_wait(&f->l, &id, 3000);
+    assert_int_equal(id.type, REDIS_REPLY_INTEGER);
+    tloop_run_for(&f->l, 400);
+    assert_false(redis_connected(wrong));
+    redis_get_stats(wrong, &st);
+    assert_true(st.connect_failures >= 1);
+
+    /* The reconnect logs in again. */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(redis_cmd(f->c, on_result, &r, "CLIENT KILL ID %lld", id.integer), 0);
+    tloop_wait(&f->l, &r, 3000);
+    assert_int_equal(r.integer, 1);
+    tloop_wait_connected(&f->l, ok, 4000);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(redis_cmd(ok, on_result, &r, "ECHO %s", "authed"), 0);
+    tloop_wait(&f->l, &r, 3000);
+    assert_string_equal(r.str, "authed");
+    redis_get_stats(ok, &st);
+    assert_int_equal(st.reconnects, 1);
+    assert_false(redis_connected(wrong));
+
+    /* servers.sh stops the server without a password. */
+    cmd_wait(f, &r, "CONFIG SET requirepass %s", "");
+    assert_int_equal(tloop_close_client(&f->l, ok), 0);
+    assert_int_equal(tloop_close_client(&f->l, wrong), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auth, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
