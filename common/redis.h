@@ -67,9 +67,10 @@ typedef struct redis_script {
     char sha[41];
 } redis_script; /* sha computed lazily (SHA-1, OpenSSL libcrypto is linked) */
 
-/* EVALSHA; on a NOSCRIPT error, EVAL the source once and deliver that reply. argv
- * = nkeys keys then args (argc of them, argv NUL-terminated strings). Same return
- * and callback rules as redis_cmd. */
+/* EVALSHA; on a NOSCRIPT error, EVAL the source once and deliver that reply.
+ * argc counts ALL of argv: nkeys keys first, then argc - nkeys args (NUL-terminated
+ * strings; copied, so argv may go away after the call). -EINVAL when argc < nkeys.
+ * Same return and callback rules as redis_cmd. */
 int redis_eval(redis_client *c, redis_script *s, int nkeys, int argc, const char **argv,
                redis_cb cb, void *arg);
 
