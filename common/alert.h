@@ -60,8 +60,9 @@ void alert_stats_get(alert_stats *out);
 
 /* Keeps delivering what is queued for at most flush_ms (0: drop at once), then
  * drops the rest (counted), waits for the request in flight to end, closes the
- * timer and calls done(arg) from a loop callback. Must be called before the http
- * client is closed. After done, alert_init may be called again. */
+ * timer and calls done(arg) from a loop callback (at once if alert_init was never
+ * called). Must be called before the http client is closed. After done,
+ * alert_init may be called again. */
 void alert_close(int flush_ms, void (*done)(void *arg), void *arg);
 
 #endif

@@ -19,10 +19,12 @@
  *
  * Failure handling:
  *   - lease lost (lock.c on_lost) or the job/heartbeat found the fence taken
- *     (fenced_out): ops->stop() at once, log + alert "lock_lost", the run stays
- *     resumable (a successor abandons and resumes it); the lock is NOT released
- *     on "lock taken over" (it is not ours); on "lease expired" a compare-and-
- *     delete is tried after the job stopped, which can only delete our own value.
+ *     (fenced_out): ops->stop() at once, log + alert "lock_lost", no more writes;
+ *     the run stays 'running' under the lost token and the next leader marks it
+ *     abandoned and resumes it. The lock is NOT released after "lock taken over"
+ *     (it is someone else's) nor after "lease expired" (the key has about a
+ *     margin left and Redis may be what is stuck); after "fenced out" a
+ *     compare-and-delete is sent, which can only ever delete our own value.
  *   - leader_session_shutdown() (SIGTERM in the caller): ops->stop(), wait up to
  *     stop_timeout_ms for finished(), mark the run 'abandoned' (fenced), release
  *     the lock. A job that does not finish in time is reported (LEADER_SHUTDOWN

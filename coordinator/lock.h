@@ -77,11 +77,15 @@ long long lock_lease_left_ms(const lock *l);
 long long lock_token(const lock *l);
 int lock_held(const lock *l);
 
-/* Compare-and-delete: deletes the key only if it still holds our value. Stops
- * renewal at once (the lease is no longer trusted after this call). cb status:
- * 1 deleted, 0 it was no longer ours (expired or a successor's: left alone),
- * LOCK_EREDIS (it will expire by itself). Returns 0 (cb will be called) or
- * LOCK_ESTATE when nothing is held (cb not called) or LOCK_ENOMEM. */
+/* Compare-and-delete: deletes the key only if it still holds our value (the
+ * one of the current holding, or of the last one if the lock was lost since:
+ * after a lease expiry the key may still be ours, and deleting it lets a
+ * successor in without waiting for the ttl). Stops renewal at once (the lease
+ * is no longer trusted after this call). cb status: 1 deleted, 0 it was no
+ * longer ours (expired or a successor's: left alone), LOCK_EREDIS (it will
+ * expire by itself). Returns 0 (cb will be called) or LOCK_ESTATE when there is
+ * no value to release (never held, already released or forgotten, an attempt
+ * under way) or LOCK_ENOMEM; then cb is not called. */
 typedef void (*lock_release_cb)(void *arg, lock *l, int status);
 int lock_release(lock *l, lock_release_cb cb, void *arg);
 
@@ -90,9 +94,11 @@ int lock_release(lock *l, lock_release_cb cb, void *arg);
 void lock_forget(lock *l);
 
 /* Stops everything (does NOT release: call lock_release first if you hold it
- * and want the key gone), waits for Redis replies still in flight (their
- * callbacks run with LOCK_EREDIS / are dropped), closes the timers, then calls
- * done(arg) from a close callback and frees l. done may be NULL. */
+ * and want the key gone), detaches the Redis operations still in flight (their
+ * callbacks are NOT called, and their late replies are ignored: closing never
+ * waits on a stalled Redis), closes the timers, then calls done(arg) from a
+ * close callback and frees l. done may be NULL. The redis_client must outlive
+ * the replies it still owes (redis_close fails them first). */
 void lock_close(lock *l, void (*done)(void *arg), void *arg);
 
 /* Statistics for GET /v1/leader and /metrics. */
