@@ -570,8 +570,9 @@ static void start_job(leader_session *s, const runs_claimed *c)
         kick_now(s);
         return;
     }
-    emit(s, LEADER_EV_RUN_STARTED, NULL, NULL, NULL);
     uv_timer_start(&s->hb_timer, hb_tick, (uint64_t)s->o.heartbeat_ms, (uint64_t)s->o.heartbeat_ms);
+    /* Last: the caller may react to the event (even shut the session down). */
+    emit(s, LEADER_EV_RUN_STARTED, NULL, NULL, NULL);
 }
 
 /* ---- claiming and creating runs --------------------------------------- */

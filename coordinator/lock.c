@@ -50,7 +50,8 @@ typedef struct lock_op {
     int kind;
     unsigned epoch;
     uint64_t sent_us;
-    void *cb; /* lock_acquire_cb or lock_release_cb */
+    lock_acquire_cb acquire_cb; /* OP_ACQUIRE */
+    lock_release_cb release_cb; /* OP_RELEASE */
     void *arg;
 } lock_op;
 
@@ -184,7 +185,7 @@ static void declare_lost(lock *l, const char *why)
 static void on_reply(void *arg, redisReply *reply, const char *err);
 
 static int send_op(lock *l, int kind, redis_script *script, const char *arg1, const char *arg2,
-                   int nargs, void *cb, void *cbarg)
+                   int nargs, lock_acquire_cb acb, lock_release_cb rcb, void *cbarg)
 {
     const char *argv[4];
     lock_op *op = calloc(1, sizeof(*op));
@@ -195,7 +196,8 @@ static int send_op(lock *l, int kind, redis_script *script, const char *arg1, co
     op->l = l;
     op->kind = kind;
     op->epoch = l->epoch;
-    op->cb = cb;
+    op->acquire_cb = acb;
+    op->release_cb = rcb;
     op->arg = cbarg;
     argv[0] = l->key;
     argv[1] = l->fence_key;
@@ -229,7 +231,7 @@ static int reply_int(const redisReply *r, long long *out)
 
 static void acquire_done(lock *l, lock_op *op, redisReply *reply, const char *err)
 {
-    lock_acquire_cb cb = (lock_acquire_cb)op->cb;
+    lock_acquire_cb cb = op->acquire_cb;
     long long flag, token = 0, pttl = -1;
     const char *holder = "";
 
@@ -262,7 +264,7 @@ static void acquire_done(lock *l, lock_op *op, redisReply *reply, const char *er
          * not trust it. Hand it back rather than lead on borrowed time. */
         log_warn("leader lock acquired too late to trust, releasing", LF_S("job", l->job),
                  LF_I("fencing_token", token));
-        if (send_op(l, OP_CLEANUP, &release_script, l->value, NULL, 1, NULL, NULL) == 0)
+        if (send_op(l, OP_CLEANUP, &release_script, l->value, NULL, 1, NULL, NULL, NULL) == 0)
             l->value_known = 0;
         cb(op->arg, l, LOCK_EREDIS, 0, NULL, -1);
         return;
@@ -285,9 +287,9 @@ static void renew_done(lock *l, lock_op *op, redisReply *reply, const char *err)
     long long ok;
     uint64_t now = time_mono_us(), nd;
 
-    l->renew_inflight = 0;
     if (op->epoch != l->epoch || l->state != LK_HELD)
         return; /* a late reply for a holding that is over */
+    l->renew_inflight = 0;
     if (now >= l->deadline_us) {
         /* Confirmed or not, it came after the lease ended: too late. */
         declare_lost(l, "lease expired");
@@ -319,7 +321,7 @@ static void renew_done(lock *l, lock_op *op, redisReply *reply, const char *err)
 
 static void release_done(lock *l, lock_op *op, redisReply *reply, const char *err)
 {
-    lock_release_cb cb = (lock_release_cb)op->cb;
+    lock_release_cb cb = op->release_cb;
     long long n;
     int status;
 
@@ -377,7 +379,7 @@ static void renew_tick(uv_timer_t *t)
     if (l->state != LK_HELD || l->renew_inflight)
         return; /* one renewal at a time; the lease timer watches the deadline */
     snprintf(ttl, sizeof(ttl), "%d", l->ttl_ms);
-    rc = send_op(l, OP_RENEW, &renew_script, l->value, ttl, 2, NULL, NULL);
+    rc = send_op(l, OP_RENEW, &renew_script, l->value, ttl, 2, NULL, NULL, NULL);
     if (rc) {
         STAT_INC(l, renew_failures);
         return;
@@ -460,7 +462,7 @@ int lock_acquire(lock *l, lock_acquire_cb cb, void *arg)
     if (l->closing || l->state != LK_IDLE)
         return LOCK_ESTATE;
     snprintf(ttl, sizeof(ttl), "%d", l->ttl_ms);
-    rc = send_op(l, OP_ACQUIRE, &acquire_script, l->instance, ttl, 2, (void *)cb, arg);
+    rc = send_op(l, OP_ACQUIRE, &acquire_script, l->instance, ttl, 2, cb, NULL, arg);
     if (rc)
         return rc;
     STAT_INC(l, attempts);
@@ -496,7 +498,7 @@ int lock_release(lock *l, lock_release_cb cb, void *arg)
         return LOCK_ESTATE;
     if (l->state == LK_HELD)
         end_holding(l);
-    rc = send_op(l, OP_RELEASE, &release_script, l->value, NULL, 1, (void *)cb, arg);
+    rc = send_op(l, OP_RELEASE, &release_script, l->value, NULL, 1, NULL, cb, arg);
     if (rc)
         return rc;
     l->value_known = 0;

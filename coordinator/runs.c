@@ -96,6 +96,13 @@ static const char find_sql[] =
 
 enum { Q_CREATE, Q_NOTIFY, Q_FENCE, Q_ABANDON_STALE, Q_CLAIM, Q_WRITE, Q_FIND };
 
+typedef union runs_any_cb {
+    runs_create_cb create;
+    runs_write_cb write;
+    runs_claim_cb claim;
+    runs_find_cb find;
+} runs_any_cb;
+
 /* One request in flight; owns copies of its parameters so it can retry or
  * chain a second statement after the caller's arguments are gone. */
 typedef struct runs_req {
@@ -108,7 +115,7 @@ typedef struct runs_req {
     char *params[MAX_PARAMS];
     runs_created created; /* Q_CREATE result, kept for the NOTIFY step */
     char created_state[16];
-    void *cb;
+    runs_any_cb cb;
     void *arg;
 } runs_req;
 
@@ -121,7 +128,7 @@ static void req_free(runs_req *q)
     free(q);
 }
 
-static runs_req *req_new(pg_pool *pg, int kind, void *cb, void *arg, int nparams,
+static runs_req *req_new(pg_pool *pg, int kind, runs_any_cb cb, void *arg, int nparams,
                          const char *const *params)
 {
     runs_req *q = calloc(1, sizeof(*q));
@@ -217,7 +224,7 @@ static int create_start(pg_pool *pg, const runs_new *rq, int notify, runs_create
     params[2] = rq->trigger;
     params[3] = rq->scheduled_for_ms > 0 ? ms : NULL;
     params[4] = corps;
-    q = req_new(pg, Q_CREATE, (void *)cb, arg, 5, params);
+    q = req_new(pg, Q_CREATE, (runs_any_cb){.create = cb}, arg, 5, params);
     free(corps);
     if (!q)
         return PG_ENOMEM;
@@ -240,7 +247,7 @@ int runs_request_now(pg_pool *pg, const runs_new *rq, runs_create_cb cb, void *a
 
 static void create_fail(runs_req *q, const char *err)
 {
-    ((runs_create_cb)q->cb)(q->arg, NULL, err);
+    q->cb.create(q->arg, NULL, err);
     req_free(q);
 }
 
@@ -268,7 +275,7 @@ static void create_result(runs_req *q, PGresult *res, const char *err)
              LF_I("run_id", q->created.run_id), LF_S("trigger", q->params[2]),
              LF_S("state", q->created_state));
     if (!q->notify) {
-        ((runs_create_cb)q->cb)(q->arg, &q->created, NULL);
+        q->cb.create(q->arg, &q->created, NULL);
         req_free(q);
         return;
     }
@@ -282,7 +289,7 @@ static void create_result(runs_req *q, PGresult *res, const char *err)
     }
     if (rc) {
         log_warn("run NOTIFY not sent", LF_I("run_id", q->created.run_id), LF_I("error", rc));
-        ((runs_create_cb)q->cb)(q->arg, &q->created, NULL);
+        q->cb.create(q->arg, &q->created, NULL);
         req_free(q);
     }
 }
@@ -291,7 +298,7 @@ static void notify_result(runs_req *q, const char *err)
 {
     if (err)
         log_warn("run NOTIFY failed", LF_I("run_id", q->created.run_id), LF_S("error", err));
-    ((runs_create_cb)q->cb)(q->arg, &q->created, NULL);
+    q->cb.create(q->arg, &q->created, NULL);
     req_free(q);
 }
 
@@ -316,7 +323,7 @@ int runs_fence_claim(pg_pool *pg, const runs_leader *ld, runs_write_cb cb, void 
     params[1] = ld->job;
     params[2] = tok;
     params[3] = ld->instance;
-    if (!(q = req_new(pg, Q_FENCE, (void *)cb, arg, 4, params)))
+    if (!(q = req_new(pg, Q_FENCE, (runs_any_cb){.write = cb}, arg, 4, params)))
         return PG_ENOMEM;
     rc = req_send(q, FENCE_CLAIM_SQL);
     if (rc)
@@ -331,7 +338,7 @@ static void fence_result(runs_req *q, PGresult *res, const char *err)
     if (!err)
         log_info(held ? "fence claimed" : "fence not claimed: a newer token holds it",
                  LF_S("job", q->params[1]), LF_S("fencing_token", q->params[2]));
-    ((runs_write_cb)q->cb)(q->arg, held, err);
+    q->cb.write(q->arg, held, err);
     req_free(q);
 }
 
@@ -352,7 +359,7 @@ int runs_claim(pg_pool *pg, const runs_leader *ld, long long run_id, runs_claim_
     params[3] = id;
     params[4] = ld->instance;
     params[5] = ld->code_version;
-    if (!(q = req_new(pg, Q_ABANDON_STALE, (void *)cb, arg, 6, params)))
+    if (!(q = req_new(pg, Q_ABANDON_STALE, (runs_any_cb){.claim = cb}, arg, 6, params)))
         return PG_ENOMEM;
     /* The abandon statement takes $1..$3 only; extra text parameters would
      * make PostgreSQL refuse the statement, so send just those. */
@@ -364,7 +371,7 @@ int runs_claim(pg_pool *pg, const runs_leader *ld, long long run_id, runs_claim_
 
 static void claim_fail(runs_req *q, int held, const char *err)
 {
-    ((runs_claim_cb)q->cb)(q->arg, held, NULL, err);
+    q->cb.claim(q->arg, held, NULL, err);
     req_free(q);
 }
 
@@ -458,7 +465,7 @@ static void claim_result(runs_req *q, PGresult *res, const char *err)
     c.ncorp_ids = ncorps;
     log_info("run claimed", LF_I("run_id", c.run_id), LF_I("attempt", c.attempt),
              LF_S("prev_state", c.prev_state), LF_S("fencing_token", q->params[2]));
-    ((runs_claim_cb)q->cb)(q->arg, 1, &c, NULL);
+    q->cb.claim(q->arg, 1, &c, NULL);
     for (i = 0; i < ncorps; i++)
         free(corps[i]);
     free(corps);
@@ -484,7 +491,7 @@ static int write_start(pg_pool *pg, const runs_leader *ld, long long run_id, con
     params[3] = id;
     params[4] = p5;
     params[5] = p6;
-    if (!(q = req_new(pg, Q_WRITE, (void *)cb, arg, nparams, params)))
+    if (!(q = req_new(pg, Q_WRITE, (runs_any_cb){.write = cb}, arg, nparams, params)))
         return PG_ENOMEM;
     q->what = what;
     rc = req_send(q, sql);
@@ -527,7 +534,7 @@ static void write_result(runs_req *q, PGresult *res, const char *err)
             log_warn("fenced write refused: a newer leader holds the fence", LF_S("write", q->what),
                      LF_S("run_id", q->params[3]), LF_S("fencing_token", q->params[2]));
     }
-    ((runs_write_cb)q->cb)(q->arg, held, err);
+    q->cb.write(q->arg, held, err);
     req_free(q);
 }
 
@@ -541,7 +548,7 @@ int runs_find_resumable(pg_pool *pg, const char *env, const char *job, runs_find
 
     if (!pg || !env || !job || !cb)
         return PG_EINVAL;
-    if (!(q = req_new(pg, Q_FIND, (void *)cb, arg, 2, params)))
+    if (!(q = req_new(pg, Q_FIND, (runs_any_cb){.find = cb}, arg, 2, params)))
         return PG_ENOMEM;
     rc = req_send(q, find_sql);
     if (rc)
@@ -555,7 +562,7 @@ static void find_result(runs_req *q, PGresult *res, const char *err)
 
     memset(&r, 0, sizeof(r));
     if (err) {
-        ((runs_find_cb)q->cb)(q->arg, NULL, err);
+        q->cb.find(q->arg, NULL, err);
     } else {
         if (PQntuples(res) > 0) {
             r.run_id = get_ll(res, 0, 0);
@@ -564,7 +571,7 @@ static void find_result(runs_req *q, PGresult *res, const char *err)
             r.heartbeat_age_s = strtod(PQgetvalue(res, 0, 3), NULL);
             r.attempt = (int)get_ll(res, 0, 4);
         }
-        ((runs_find_cb)q->cb)(q->arg, &r, NULL);
+        q->cb.find(q->arg, &r, NULL);
     }
     req_free(q);
 }
