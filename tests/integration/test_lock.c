@@ -359,6 +359,12 @@ static void test_frozen_holder_loses_lease_first(void **state)
     }
     assert_int_equal(b.status, 0);
     assert_true(b.token > a.token);
+    fprintf(
+        stderr,
+        "figures (ttl 1500 ms, margin 500 ms): lease lost %.0f ms after the freeze with %lld ms "
+        "left on the key; standby acquired %.0f ms after the loss\n",
+        (double)(lx.at_us - freeze_at) / 1000.0, lx.pttl_at_loss,
+        (double)(b.at_us - lx.at_us) / 1000.0);
     assert_true(b.at_us >= lx.at_us + (uint64_t)(lx.pttl_at_loss - 60) * 1000);
 
     /* Thaw: the stuck renewal's late reply must not revive the old holder, and
