@@ -25,6 +25,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,6 +77,7 @@ struct pg_conn {
     int leased, broken, release_pending;
     unsigned attempt;
     int ever_up;
+    int fatal; /* the server sent FATAL outside a query: the session is ending */
     char errbuf[256];
 };
 
@@ -125,7 +127,11 @@ struct pg_pool {
     pg_req *qhead, *qtail;
     int qlen;
     pg_req *live;
-    uv_timer_t kick; /* zero-delay "dispatch the queue" trigger */
+    /* "Dispatch the queue soon": the check handle runs after the loop has
+     * polled (idle keeps that poll from blocking), so a connection whose server
+     * went away is seen as lost before a query is sent on it. */
+    uv_check_t kick;
+    uv_idle_t kick_idle;
     pg_stats stats;
     uint64_t rng;
     unsigned handles;       /* initialised handles whose close callback has not run */
@@ -346,13 +352,20 @@ static void req_start(pg_pool *p, pg_req *r)
 
 /* ---- connection plumbing --------------------------------------------- */
 
-static void kick_cb(uv_timer_t *t);
+static void kick_cb(uv_check_t *h);
+
+static void kick_idle_cb(uv_idle_t *h)
+{
+    (void)h;
+}
 
 /* Dispatch the queue on the next loop turn (never from inside an API call). */
 static void kick(pg_pool *p)
 {
-    if (!p->closing)
-        uv_timer_start(&p->kick, kick_cb, 0, 0);
+    if (!p->closing) {
+        uv_idle_start(&p->kick_idle, kick_idle_cb);
+        uv_check_start(&p->kick, kick_cb);
+    }
 }
 
 static int poll_open(pg_conn *s, int events)
@@ -438,13 +451,23 @@ static uint64_t backoff_next(pg_conn *s)
                                   &s->pool->rng);
 }
 
-static void notice_cb(void *arg, const char *message)
+/* libpq hands errors that arrive outside a query (the FATAL a server sends
+ * idle sessions when it shuts down) to the notice receiver, and the socket's
+ * EOF may only come with a later read. Noting the FATAL lets us drop the
+ * session at once instead of sending the next query into it. */
+static void notice_cb(void *arg, const PGresult *res)
 {
     pg_conn *s = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     char buf[256];
 
-    log_debug("pg notice", LF_I("conn", s->id),
-              LF_S("message", trim_msg(message, buf, sizeof(buf))));
+    trim_msg(PQresultErrorMessage(res), buf, sizeof(buf));
+    if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0)) {
+        s->fatal = 1;
+        snprintf(s->errbuf, sizeof(s->errbuf), "%s", buf);
+        return;
+    }
+    log_debug("pg notice", LF_I("conn", s->id), LF_S("message", buf));
 }
 
 static void connect_failed(pg_conn *s, const char *why)
@@ -544,7 +567,8 @@ static void connect_with(pg_conn *s, const char *hosts, const char *hostaddrs)
         connect_failed(s, PQerrorMessage(c));
         return;
     }
-    PQsetNoticeProcessor(c, notice_cb, s);
+    PQsetNoticeReceiver(c, notice_cb, s);
+    s->fatal = 0;
     s->state = SL_CONNECTING;
     /* Right after PQconnectStart libpq waits for the socket to be writable. */
     err = poll_open(s, UV_WRITABLE);
@@ -900,6 +924,13 @@ static void slot_io(pg_conn *s, int events)
             slot_lost(s, PQerrorMessage(c));
             return;
         }
+        /* PQconsumeInput only reads; PQisBusy parses what came, which runs
+         * the notice receiver for a FATAL that arrived while idle. */
+        PQisBusy(c);
+        if (s->fatal) {
+            slot_lost(s, s->errbuf);
+            return;
+        }
         if (deliver_notifies(s, c))
             return;
     }
@@ -1120,10 +1151,13 @@ static void pump_listener(pg_conn *s)
     }
 }
 
-static void kick_cb(uv_timer_t *t)
+static void kick_cb(uv_check_t *h)
 {
-    pg_pool *p = t->data;
+    pg_pool *p = h->data;
     int i;
+
+    uv_check_stop(&p->kick);
+    uv_idle_stop(&p->kick_idle);
 
     for (i = 0; i < p->size && !p->closing; i++)
         pump_slot(&p->slots[i]);
@@ -1301,8 +1335,11 @@ pg_pool *pg_pool_new(uv_loop_t *loop, const pg_pool_opts *opts)
         goto fail;
     p->rng = backoff_seed();
     /* From here nothing fails: handles exist and must be closed, not freed. */
-    uv_timer_init(loop, &p->kick);
+    uv_check_init(loop, &p->kick);
     p->kick.data = p;
+    p->handles++;
+    uv_idle_init(loop, &p->kick_idle);
+    p->kick_idle.data = p;
     p->handles++;
     for (i = 0; i < p->size; i++) {
         slot_init(p, &p->slots[i], i + 1);
@@ -1627,6 +1664,7 @@ void pg_pool_close(pg_pool *p, void (*done)(void *arg), void *arg)
     if (p->listener)
         slot_close(p->listener);
     uv_close((uv_handle_t *)&p->kick, handle_closed);
+    uv_close((uv_handle_t *)&p->kick_idle, handle_closed);
     if (p->cancel)
         uv_cancel((uv_req_t *)&p->cancel->work);
     while (p->live)
