@@ -7,6 +7,7 @@
 
 #define EXIT_USAGE 2
 
+int cmd_serve(const settings *s, int argc, char **argv);
 int cmd_migrate(const settings *s, int argc, char **argv);
 int cmd_enterprise(const settings *s, int argc, char **argv);
 int cmd_version(const settings *s, int argc, char **argv);

@@ -1,0 +1,50 @@
+/* The process supervisor of `orgsync serve` (SPEC §1): forks N worker
+ * processes, restarts a crashed one with backoff, passes SIGTERM/SIGINT on and
+ * waits, bounded, for a graceful end.
+ *
+ * It deliberately has no libuv loop: a forked child would inherit the loop's
+ * signal pipe, and a signal delivered to the child would then be read by the
+ * parent's loop. The parent blocks its signals and waits on a signalfd and the
+ * workers' ready pipe with poll(); a child unblocks them, closes the parent's
+ * descriptors and runs the worker function with a loop of its own.
+ *
+ * Rules:
+ *   - each worker gets ORGSYNC_WORKER_ID = 1..N in its environment and as the
+ *     argument of run(); it reports ready with supervisor_worker_ready() once it
+ *     serves (the HTTP listener is up);
+ *   - a worker that exits after it was ready is restarted after a backoff that
+ *     doubles for every crash in a row (base .. cap, jittered), logged; a worker
+ *     that stayed up for stable_ms resets its count;
+ *   - a worker that exits with status 2 (configuration error), or exits before
+ *     ready start_failures_max times in a row, ends the supervisor: the others are
+ *     stopped and supervisor_run returns 2 or 1 ("workers cannot start");
+ *   - SIGTERM or SIGINT: every worker gets SIGTERM; after stop_timeout_ms the
+ *     ones still running get SIGKILL. Returns 0 when every worker exited 0;
+ *   - a worker dies with the supervisor (PR_SET_PDEATHSIG, SIGTERM), so a
+ *     killed supervisor leaves no orphans behind. */
+#ifndef ORGSYNC_SUPERVISOR_H
+#define ORGSYNC_SUPERVISOR_H
+
+/* Runs in the child; its return value is the child's exit status. */
+typedef int (*supervisor_worker_fn)(void *arg, int worker_id);
+
+typedef struct supervisor_opts {
+    int workers; /* 1 .. SETTINGS_MAX_WORKERS */
+    supervisor_worker_fn run;
+    void *arg;
+    int restart_base_ms;    /* 0: 500 */
+    int restart_cap_ms;     /* 0: 30000 */
+    int stable_ms;          /* 0: 10000 */
+    int start_failures_max; /* 0: 3 */
+    int stop_timeout_ms;    /* 0: 30000 */
+} supervisor_opts;
+
+/* Blocks until the end (this is the parent's whole life). Returns the exit
+ * status for the process: 0 graceful, 1 runtime failure, 2 configuration. */
+int supervisor_run(const supervisor_opts *opts);
+
+/* Called by a worker once it serves: tells the supervisor it started. A no-op
+ * outside a supervised worker. */
+void supervisor_worker_ready(int worker_id);
+
+#endif
