@@ -71,6 +71,7 @@ static int setup(void **state)
     const char *tmp = getenv("ORGSYNC_TEST_TMP");
     char sh[1200];
     fixture *f;
+    int attempt;
 
     if (!tmp || !*tmp || !getenv("ORGSYNC_SRC")) {
         print_error("ORGSYNC_TEST_TMP / ORGSYNC_SRC are not set: run under tests/run.sh\n");
@@ -80,7 +81,14 @@ static int setup(void **state)
     if (!f)
         return -1;
     snprintf(f->dir, sizeof(f->dir), "%s/pg-restart-%d", tmp, (int)getpid());
-    if (servers("start-pg", f->dir, f->dsn, sizeof(f->dsn)) < 0 || !f->dsn[0]) {
+    /* servers.sh picks a port that was free a moment ago; another process may
+     * take it before postgres binds it, so try a few times. */
+    for (attempt = 0; attempt < 3; attempt++) {
+        f->dsn[0] = '\0';
+        if (servers("start-pg", f->dir, f->dsn, sizeof(f->dsn)) == 0 && f->dsn[0])
+            break;
+    }
+    if (!f->dsn[0]) {
         print_error("tests/servers.sh start-pg %s failed\n", f->dir);
         goto fail;
     }
