@@ -60,6 +60,7 @@ struct schedule {
 
 static void compete(schedule *s, int kind, long long sched_ms);
 static void poll_tick(uv_timer_t *t);
+static void ensure_candidacy(schedule *s);
 static void maybe_free(schedule *s);
 
 /* ---- the latest fire -------------------------------------------------- */
@@ -266,6 +267,7 @@ static void compete(schedule *s, int kind, long long sched_ms)
     s->armed = 1;
     s->armed_kind = kind;
     s->armed_sched_ms = sched_ms;
+    ensure_candidacy(s);
     /* A manual request is the operator waiting: no rank grace. */
     if (!s->cand || kind == K_MANUAL) {
         arm(s, 0);
@@ -444,11 +446,40 @@ static void on_holder(void *arg, const char *instance, long long token, long lon
         look_in_pg(s);
 }
 
+/* A candidate heartbeats only while it could lead (so a read-only or
+ * unprobed worker never takes a rank ahead of the real candidates); an older
+ * version still heartbeats, which is how it learns when the newer ones are
+ * gone. */
+static void ensure_candidacy(schedule *s)
+{
+    candidacy_view v;
+
+    if (s->cand && candidacy_last_view(s->cand, &v) == 0)
+        note_view(s, &v);
+    if (!s->o.fair || s->cand || s->cand_open || !gate_may_schedule(s->o.gate) ||
+        gate_read_only(s->o.gate) != GATE_NO)
+        return;
+    s->cand = candidacy_new(s->o.loop, s->o.redis,
+                            &(candidacy_opts){.env = s->st.env,
+                                              .job = s->o.ops->name,
+                                              .instance = s->st.instance,
+                                              .code_version = s->st.code_version,
+                                              .heartbeat_ms = s->o.cand_heartbeat_ms,
+                                              .grace_ms = s->o.grace_ms});
+    if (s->cand)
+        s->cand_open = 1;
+    else
+        log_error("scheduler: cannot create the candidacy");
+}
+
 static void poll_tick(uv_timer_t *t)
 {
     schedule *s = t->data;
 
-    if (s->closing || s->sess || s->armed || s->watching)
+    if (s->closing)
+        return;
+    ensure_candidacy(s);
+    if (s->sess || s->armed || s->watching)
         return;
     if (!eligible_now(s))
         return;
@@ -605,20 +636,6 @@ int schedule_start(const schedule_opts *o, schedule **out)
     if (!s->o.catchup_check_ms)
         s->o.catchup_check_ms = 5000;
     s->last_eligible = -1;
-    if (o->fair) {
-        s->cand = candidacy_new(o->loop, o->redis,
-                                &(candidacy_opts){.env = s->st.env,
-                                                  .job = o->ops->name,
-                                                  .instance = s->st.instance,
-                                                  .code_version = s->st.code_version,
-                                                  .heartbeat_ms = o->cand_heartbeat_ms,
-                                                  .grace_ms = o->grace_ms});
-        if (!s->cand) {
-            free(s);
-            return -ENOMEM;
-        }
-        s->cand_open = 1;
-    }
     uv_timer_init(o->loop, &s->fire_timer);
     uv_timer_init(o->loop, &s->poll_timer);
     uv_timer_init(o->loop, &s->attempt_timer);

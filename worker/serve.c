@@ -227,6 +227,11 @@ static void final_close(worker *w)
     w->pg = NULL;
     uv_close((uv_handle_t *)&w->sig_term, NULL);
     uv_close((uv_handle_t *)&w->sig_int, NULL);
+    /* Closing the last uv_signal restores the default action: a second
+     * SIGTERM (the supervisor's and a process-group kill both arrive) must
+     * not cut the last closes short. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     uv_close((uv_handle_t *)&w->probe_timer, NULL);
     uv_close((uv_handle_t *)&w->api_timer, NULL);
 }
@@ -275,8 +280,6 @@ static void begin_shutdown(worker *w, const char *why)
     log_info("serve: worker shutting down", LF_S("why", why));
     uv_timer_stop(&w->probe_timer);
     uv_timer_stop(&w->api_timer);
-    uv_signal_stop(&w->sig_term);
-    uv_signal_stop(&w->sig_int);
     if (w->sched)
         schedule_close(w->sched, on_sched_closed, w);
     else
