@@ -15,7 +15,10 @@
  *   window that starts when the answer to an earlier call ARRIVED (an upper
  *   bound of when the upstream counted it), so the upstream's arrival count
  *   stays within the rate whatever the network jitter;
- * - across enterprises at most max_inflight calls are in flight;
+ * - the same window is kept in Redis (orgsync:<env>:rate:<corp>, scored on
+ *   Redis's clock), so calls for one enterprise from every process, and from
+ *   the previous run, count together;
+ * - across enterprises at most max_inflight calls are in flight (per process);
  * - the access token comes from Redis (orgsync:<env>:token:<corp>), shared by
  *   every process; a miss is refreshed by one process at a time (a short NX
  *   key), the others wait for it; an invalid or expired token errcode drops the
@@ -126,6 +129,7 @@ int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb 
 typedef struct wecom_stats {
     unsigned long requests, retries, token_refreshes, token_invalidations, bans, inflight,
         max_inflight;
+    unsigned long shared_waits; /* admissions the shared window deferred */
 } wecom_stats;
 void wecom_get_stats(const wecom *w, wecom_stats *out);
 

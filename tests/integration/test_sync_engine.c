@@ -1,0 +1,675 @@
+/* The directory sync job against the simulator, real PostgreSQL and Redis: the
+ * mirror equals GET /sim/org, pacing holds, tokens expiring mid-run, failing and
+ * vanished departments, malformed answers, bans, the daily quota, resume from
+ * checkpoints, fencing and a lost lease. The job runs as a leader session would
+ * run it: a leader_fence row and a 'running' run row made here. */
+#include "tests/integration/sync_helpers.h"
+
+#include "common/alert.h"
+#include "common/timeutil.h"
+#include "worker/wecom.h"
+
+#include <hiredis/hiredis.h>
+
+static char g_log_path[512];
+
+/* Log lines go to a file the tests grep (alerts are log lines). */
+static int log_contains(const char *needle)
+{
+    FILE *f = fopen(g_log_path, "r");
+    char line[4096];
+    int found = 0;
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+static void log_truncate(void)
+{
+    FILE *f = fopen(g_log_path, "w");
+    if (f)
+        fclose(f);
+}
+
+typedef struct fixture {
+    sh_db db;
+    sh_sim sim;
+    PGconn *pg;
+    char env[48];
+    sh_kv kv[12];
+    sh_run r;
+} fixture;
+
+/* A database, a simulator with flags, n enterprises, and a loop with clients.
+ * extra_kv: more settings (NULL-terminated pairs), may be NULL. */
+static void fx_up(fixture *f, const char *tag, const char *const *sim_args, int ncorps,
+                  const sh_kv *extra_kv)
+{
+    int k = 0;
+    static int seq;
+    memset(f, 0, sizeof(*f));
+    sh_db_create(&f->db, tag);
+    sh_sim_start(&f->sim, sim_args);
+    f->pg = sh_connect(f->db.dsn);
+    sh_add_enterprises(f->pg, ncorps);
+    snprintf(f->env, sizeof(f->env), "t%s%d_%d", tag, (int)getpid(), ++seq);
+    f->kv[k++] = (sh_kv){"ORGSYNC_ENV", f->env};
+    f->kv[k++] = (sh_kv){"ORGSYNC_PG_DSN", f->db.dsn};
+    f->kv[k++] = (sh_kv){"ORGSYNC_REDIS_URL", sh_need_env("ORGSYNC_TEST_REDIS_URL")};
+    f->kv[k++] = (sh_kv){"ORGSYNC_UPSTREAM_URL", f->sim.url};
+    f->kv[k++] = (sh_kv){"ORGSYNC_INSTANCE", "test-sync"};
+    for (int i = 0; extra_kv && extra_kv[i].k && k < 11; i++)
+        f->kv[k++] = extra_kv[i];
+    f->kv[k] = (sh_kv){NULL, NULL};
+    sh_run_init(&f->r, f->kv);
+}
+
+static void fx_down(fixture *f)
+{
+    directory_sync_set_tuning(NULL);
+    sh_run_close(&f->r);
+    PQfinish(f->pg);
+    sh_sim_stop(&f->sim);
+    sh_db_drop(&f->db);
+}
+
+/* One whole run (fresh run row, token 1): returns its id. */
+static long long fx_sync(fixture *f, const char *want_state)
+{
+    long long run = sh_make_run(f->pg, f->env, 1, NULL);
+    sh_run_job(&f->r, run, 1, 1, NULL, 0, 60000);
+    if (want_state && strcmp(f->r.state, want_state) != 0)
+        fail_msg("run %lld ended '%s' (%s), expected '%s'", run, f->r.state, f->r.error,
+                 want_state);
+    sh_end_run(f->pg, run, f->r.state[0] ? f->r.state : "abandoned");
+    return run;
+}
+
+static PGresult *progress_row(fixture *f, long long run, const char *corp)
+{
+    char id[24];
+    const char *p[2] = {id, corp};
+    snprintf(id, sizeof(id), "%lld", run);
+    PGresult *r = sh_exec(f->pg,
+                          "SELECT state, departments_total, departments_done, users_upserted, "
+                          "users_deleted, requests, retries, errors, coalesce(last_error, '') "
+                          "FROM sync_progress WHERE run_id = $1::bigint AND corp_id = $2",
+                          2, p);
+    if (PQntuples(r) != 1)
+        fail_msg("no progress row for %s in run %lld", corp, run);
+    return r;
+}
+
+/* Sum of today's quota counters of one enterprise in Redis. */
+static long long quota_sum(fixture *f, const char *corp)
+{
+    static const char *const apis[] = {"gettoken", "department/list", "user/list", "user/get",
+                                       "user/getuserid"};
+    char host[256], pw[256], perr[128], day[9];
+    int port, db;
+    long long sum = 0;
+    redisContext *c;
+
+    assert_int_equal(redis_url_parse(f->r.s.redis_url, host, sizeof(host), &port, pw, sizeof(pw),
+                                     &db, perr, sizeof(perr)),
+                     0);
+    c = redisConnect(host, port);
+    assert_true(c && !c->err);
+    if (db)
+        freeReplyObject(redisCommand(c, "SELECT %d", db));
+    wecom_quota_day(time(NULL), day);
+    for (size_t i = 0; i < 5; i++) {
+        redisReply *r =
+            redisCommand(c, "GET orgsync:%s:quota:%s:%s:%s", f->env, corp, apis[i], day);
+        if (r && r->type == REDIS_REPLY_STRING)
+            sum += atoll(r->str);
+        freeReplyObject(r);
+    }
+    redisFree(c);
+    return sum;
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+/* A fresh mirror equals the upstream; the next sync applies removals, moves,
+ * renames, added and removed departments; pacing and the in-flight cap hold. */
+static void test_full_sync_then_mutations(void **state)
+{
+    const char *args[] = {"--enterprises",
+                          "3",
+                          "--departments",
+                          "12",
+                          "--users-per-dept",
+                          "6",
+                          "--latency-ms",
+                          "15",
+                          "--jitter-ms",
+                          "10",
+                          NULL};
+    const sh_kv extra[] = {{"ORGSYNC_UPSTREAM_MAX_INFLIGHT", "2"}, {NULL, NULL}};
+    fixture f;
+    long long run;
+    json_object *st, *mut;
+    char corp[16], url[256];
+    (void)state;
+
+    fx_up(&f, "full", args, 3, extra);
+    /* An extra empty department, removed again before the second sync. */
+    sh_sim_post(&f.sim, "/sim/mutate",
+                "{\"corp_id\":\"wwsim0001\",\"ops\":[{\"op\":\"add_dept\",\"parentid\":1,"
+                "\"name\":\"临时部门\"}]}");
+    run = fx_sync(&f, "succeeded");
+    st = sh_sim_stats(&f.sim);
+    for (int i = 1; i <= 3; i++) {
+        snprintf(corp, sizeof(corp), "wwsim%04d", i);
+        int users = sh_assert_org(f.pg, &f.sim, corp);
+        PGresult *p = progress_row(&f, run, corp);
+        json_object *cs = sh_corp_stats(st, corp);
+        int depts = i == 1 ? 13 : 12;
+        assert_string_equal(PQgetvalue(p, 0, 0), "succeeded");
+        assert_int_equal(atoi(PQgetvalue(p, 0, 1)), depts);
+        assert_int_equal(atoi(PQgetvalue(p, 0, 2)), depts);
+        assert_int_equal(atoi(PQgetvalue(p, 0, 3)), users);
+        assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 0);
+        /* Every upstream call is counted: in the progress row and in Redis. */
+        assert_int_equal(atoll(PQgetvalue(p, 0, 5)), sh_get_int(cs, "requests"));
+        assert_int_equal(quota_sum(&f, corp), sh_get_int(cs, "requests"));
+        /* gettoken + department/list + one user/list per department, none twice. */
+        assert_int_equal(sh_get_int(cs, "requests"), depts + 2);
+        assert_int_equal(sh_get_int(cs, "refetched_departments"), 0);
+        PQclear(p);
+    }
+    assert_true(sh_get_int(st, "total.max_inflight") <= 2);
+    assert_int_equal(sh_get_int(st, "total.inflight_violations"), 0);
+    json_object_put(st);
+    sh_assert_paced(&f.sim, 10);
+    /* Members in two departments are stored once, with both. */
+    assert_true(sh_scalar(f.pg, "SELECT count(*) FROM users WHERE cardinality(department) > 1", 0,
+                          NULL) > 0);
+
+    snprintf(url, sizeof(url), "%s/sim/mutate", f.sim.url);
+    mut = sh_http("POST", url,
+                  "{\"corp_id\":\"wwsim0001\",\"random\":{\"add\":3,\"remove\":4,\"rename\":3,"
+                  "\"move\":3},\"ops\":[{\"op\":\"remove_dept\",\"id\":13},{\"op\":\"rename_dept\","
+                  "\"id\":5,\"name\":\"改名后的部门\"},{\"op\":\"add_dept\",\"parentid\":2,"
+                  "\"name\":\"新部门\"}]}");
+    int removed = (int)json_object_array_length(sh_get(mut, "removed"));
+    json_object_put(mut);
+    assert_int_equal(removed, 4);
+    sh_sim_post(&f.sim, "/sim/mutate",
+                "{\"corp_id\":\"wwsim0002\",\"random\":{\"remove\":2,\"move\":2}}");
+    run = fx_sync(&f, "succeeded");
+    for (int i = 1; i <= 3; i++) {
+        snprintf(corp, sizeof(corp), "wwsim%04d", i);
+        sh_assert_org(f.pg, &f.sim, corp);
+    }
+    PGresult *p = progress_row(&f, run, "wwsim0001");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 4);
+    PQclear(p);
+    p = progress_row(&f, run, "wwsim0002");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 2);
+    PQclear(p);
+    assert_int_equal(sh_scalar(f.pg,
+                               "SELECT count(*) FROM departments WHERE corp_id = 'wwsim0001' AND "
+                               "dept_id = 13 AND deleted_at IS NOT NULL",
+                               0, NULL),
+                     1);
+    sh_assert_paced(&f.sim, 10);
+    fx_down(&f);
+}
+
+typedef struct token_ctx {
+    fixture *f;
+    int step;
+} token_ctx;
+
+static void expire_tokens_tick(sh_run *r)
+{
+    token_ctx *t = r->user;
+    json_object *st;
+    long long n;
+
+    if (t->step >= 2)
+        return;
+    st = sh_sim_stats(&t->f->sim);
+    n = sh_get_int(st, "total.by_path.user/list");
+    json_object_put(st);
+    if (t->step == 0 && n >= 10) {
+        sh_sim_post(&t->f->sim, "/sim/expire-tokens?mode=expire", "");
+        t->step = 1;
+    } else if (t->step == 1 && n >= 25) {
+        sh_sim_post(&t->f->sim, "/sim/expire-tokens?mode=invalid", "");
+        t->step = 2;
+    }
+}
+
+/* Tokens expired (42001) and then invalidated (40014) mid-run: every enterprise
+ * drops its token, fetches a new one, retries once, alerts, and finishes. */
+static void test_tokens_expire_mid_run(void **state)
+{
+    const char *args[] = {"--enterprises",
+                          "2",
+                          "--departments",
+                          "20",
+                          "--users-per-dept",
+                          "3",
+                          "--latency-ms",
+                          "5",
+                          NULL};
+    fixture f;
+    token_ctx t;
+    json_object *st;
+    (void)state;
+
+    fx_up(&f, "tok", args, 2, NULL);
+    t.f = &f;
+    t.step = 0;
+    f.r.user = &t;
+    f.r.on_tick = expire_tokens_tick;
+    log_truncate();
+    fx_sync(&f, "succeeded");
+    assert_int_equal(t.step, 2);
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+    st = sh_sim_stats(&f.sim);
+    assert_true(sh_get_int(st, "total.errcodes.42001") >= 1);
+    assert_true(sh_get_int(st, "total.errcodes.40014") >= 1);
+    /* One token at first, and new ones after each expiry. */
+    assert_true(sh_get_int(st, "total.tokens_issued") >= 3);
+    json_object_put(st);
+    assert_true(log_contains("token_invalid"));
+    sh_assert_paced(&f.sim, 10);
+    /* The cached token is the one the upstream issued last. */
+    fx_down(&f);
+}
+
+/* A department that keeps failing: its enterprise ends failed, deletes nobody
+ * (though members were removed upstream), the other enterprise deletes; the run
+ * is partial. */
+static void test_failing_department_deletes_nobody(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "2", "--departments", "8", "--users-per-dept", "4", NULL};
+    fixture f;
+    long long run;
+    PGresult *p;
+    (void)state;
+
+    fx_up(&f, "fail", args, 2, NULL);
+    directory_sync_set_tuning(&(directory_sync_tuning){.backoff_base_ms = 5});
+    fx_sync(&f, "succeeded");
+    sh_sim_post(&f.sim, "/sim/mutate", "{\"corp_id\":\"wwsim0001\",\"random\":{\"remove\":3}}");
+    sh_sim_post(&f.sim, "/sim/mutate", "{\"corp_id\":\"wwsim0002\",\"random\":{\"remove\":3}}");
+    sh_sim_post(&f.sim, "/sim/faults", "{\"fail_dept\":3,\"fail_dept_corp\":\"wwsim0001\"}");
+    run = fx_sync(&f, "partial");
+    assert_non_null(strstr(f.r.error, "wwsim0001"));
+    p = progress_row(&f, run, "wwsim0001");
+    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 0);
+    assert_true(atoi(PQgetvalue(p, 0, 7)) >= 1);
+    assert_non_null(strstr(PQgetvalue(p, 0, 8), "department 3"));
+    assert_non_null(strstr(PQgetvalue(p, 0, 8), "nobody deleted"));
+    /* Retried before giving up: errcode -1 three times. */
+    assert_true(atoi(PQgetvalue(p, 0, 6)) >= 3);
+    PQclear(p);
+    assert_int_equal(sh_scalar(f.pg,
+                               "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND "
+                               "deleted_at IS NOT NULL",
+                               0, NULL),
+                     0);
+    p = progress_row(&f, run, "wwsim0002");
+    assert_string_equal(PQgetvalue(p, 0, 0), "succeeded");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 3);
+    PQclear(p);
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+
+    /* With the fault gone, the next sync catches up and deletes. */
+    sh_sim_post(&f.sim, "/sim/faults", "{\"reset\":true}");
+    fx_sync(&f, "succeeded");
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+    fx_down(&f);
+}
+
+/* A department the upstream no longer knows (60003) is recorded and skipped; a
+ * malformed answer that persists fails its department with a clear error; one
+ * that does not persist is retried away. */
+static void test_unknown_and_malformed(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "2", "--departments", "6", "--users-per-dept", "3", NULL};
+    fixture f;
+    long long run;
+    PGresult *p;
+    (void)state;
+
+    fx_up(&f, "malf", args, 2, NULL);
+    directory_sync_set_tuning(&(directory_sync_tuning){.backoff_base_ms = 5});
+    sh_sim_post(&f.sim, "/sim/faults",
+                "{\"fail_dept\":4,\"fail_dept_corp\":\"wwsim0001\",\"fail_dept_errcode\":60003,"
+                "\"malformed_next\":2,\"paths\":\"user/list\"}");
+    run = fx_sync(&f, "succeeded");
+    p = progress_row(&f, run, "wwsim0001");
+    assert_string_equal(PQgetvalue(p, 0, 0), "succeeded");
+    assert_non_null(strstr(PQgetvalue(p, 0, 8), "60003"));
+    assert_int_equal(atoi(PQgetvalue(p, 0, 2)), 6);
+    PQclear(p);
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+
+    /* Every user/list answer of wwsim0002 truncated: each department fails. */
+    sh_sim_post(&f.sim, "/sim/faults",
+                "{\"reset\":true,\"malformed\":1.0,\"paths\":\"user/list\"}");
+    run = fx_sync(&f, "failed");
+    p = progress_row(&f, run, "wwsim0002");
+    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
+    assert_non_null(strstr(PQgetvalue(p, 0, 8), "malformed"));
+    assert_int_equal(atoi(PQgetvalue(p, 0, 7)), 6);
+    PQclear(p);
+    fx_down(&f);
+}
+
+/* 45009 pauses the enterprise and alerts; if it persists, the department fails. */
+static void test_ban_pauses_and_alerts(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "1", "--departments", "5", "--users-per-dept", "2", NULL};
+    fixture f;
+    long long run;
+    PGresult *p;
+    uint64_t t0;
+    (void)state;
+
+    fx_up(&f, "ban", args, 1, NULL);
+    directory_sync_set_tuning(&(directory_sync_tuning){.ban_pause_ms = 40});
+    sh_sim_post(&f.sim, "/sim/faults", "{\"fail_dept\":2,\"fail_dept_errcode\":45009}");
+    log_truncate();
+    t0 = time_mono_us();
+    run = fx_sync(&f, "failed");
+    /* Five pauses of 40, 80, 160, 320, 640 ms before giving up. */
+    assert_true(time_mono_us() - t0 >= 1240000);
+    p = progress_row(&f, run, "wwsim0001");
+    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
+    assert_non_null(strstr(PQgetvalue(p, 0, 8), "45009"));
+    PQclear(p);
+    assert_true(log_contains("\"ban\""));
+    sh_assert_paced(&f.sim, 10);
+    fx_down(&f);
+}
+
+/* ORGSYNC_DAILY_QUOTA: the enterprise stops cleanly before exceeding it. */
+static void test_daily_quota(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "1", "--departments", "12", "--users-per-dept", "2", NULL};
+    const sh_kv extra[] = {{"ORGSYNC_DAILY_QUOTA", "8"}, {NULL, NULL}};
+    fixture f;
+    long long run;
+    PGresult *p;
+    json_object *st;
+    (void)state;
+
+    fx_up(&f, "quota", args, 1, extra);
+    run = fx_sync(&f, "failed");
+    p = progress_row(&f, run, "wwsim0001");
+    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
+    assert_string_equal(PQgetvalue(p, 0, 8), "daily quota");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 0);
+    PQclear(p);
+    st = sh_sim_stats(&f.sim);
+    assert_int_equal(sh_get_int(st, "total.requests"), 8);
+    json_object_put(st);
+    assert_int_equal(quota_sum(&f, "wwsim0001"), 8);
+    /* The quota is per day: a second sync sends nothing at all. */
+    run = fx_sync(&f, "failed");
+    st = sh_sim_stats(&f.sim);
+    assert_int_equal(sh_get_int(st, "total.requests"), 8);
+    json_object_put(st);
+    fx_down(&f);
+}
+
+typedef struct stop_ctx {
+    fixture *f;
+    int after;
+    int stopped;
+} stop_ctx;
+
+static void stop_tick(sh_run *r)
+{
+    stop_ctx *c = r->user;
+    if (c->stopped)
+        return;
+    long long done = sh_scalar(c->f->pg, "SELECT count(*) FROM sync_checkpoints", 0, NULL);
+    if (done >= c->after) {
+        c->stopped = 1;
+        directory_sync_ops.stop(&r->run, "test stop");
+    }
+}
+
+/* A run stopped midway is resumed by the next attempt from its checkpoints: no
+ * checkpointed department is fetched again, the result equals the upstream. */
+static void test_resume_from_checkpoints(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "3", "--departments", "15", "--users-per-dept", "3", NULL};
+    fixture f;
+    stop_ctx sc;
+    long long run, before;
+    PGresult *ck;
+    json_object *st;
+    (void)state;
+
+    fx_up(&f, "resume", args, 3, NULL);
+    sc.f = &f;
+    sc.after = 12;
+    sc.stopped = 0;
+    f.r.user = &sc;
+    f.r.on_tick = stop_tick;
+    run = sh_make_run(f.pg, f.env, 1, NULL);
+    sh_run_job(&f.r, run, 1, 1, NULL, 0, 60000);
+    assert_true(sc.stopped);
+    assert_string_equal(f.r.state, ""); /* stopped: resumable */
+    ck = sh_exec(f.pg, "SELECT corp_id, dept_id FROM sync_checkpoints ORDER BY 1, 2", 0, NULL);
+    before = PQntuples(ck);
+    assert_true(before >= 12 && before < 45);
+
+    /* Attempt 2, new leader token, same run. */
+    f.r.on_tick = NULL;
+    PQclear(sh_exec(f.pg, "UPDATE leader_fence SET token = 2", 0, NULL));
+    sh_run_job(&f.r, run, 2, 2, NULL, 0, 60000);
+    assert_string_equal(f.r.state, "succeeded");
+    sh_end_run(f.pg, run, f.r.state);
+    st = sh_sim_stats(&f.sim);
+    for (int i = 0; i < PQntuples(ck); i++) {
+        char path[64];
+        snprintf(path, sizeof(path), "user_list_ok.%s", PQgetvalue(ck, i, 1));
+        json_object *cs = sh_corp_stats(st, PQgetvalue(ck, i, 0));
+        if (sh_get_int(cs, path) != 1)
+            fail_msg("%s department %s checkpointed in attempt 1 but fetched %lld times",
+                     PQgetvalue(ck, i, 0), PQgetvalue(ck, i, 1), sh_get_int(cs, path));
+    }
+    /* At most the departments in flight at the stop (per enterprise: one being
+     * fetched, one waiting, one being written) were fetched twice. */
+    long long refetched = 0;
+    for (int i = 1; i <= 3; i++) {
+        char corp[16];
+        snprintf(corp, sizeof(corp), "wwsim%04d", i);
+        refetched += sh_get_int(sh_corp_stats(st, corp), "refetched_ok_departments");
+    }
+    if (refetched > 3 * 3)
+        fail_msg("%lld departments fetched twice", refetched);
+    json_object_put(st);
+    PQclear(ck);
+    for (int i = 1; i <= 3; i++) {
+        char corp[16];
+        snprintf(corp, sizeof(corp), "wwsim%04d", i);
+        int users = sh_assert_org(f.pg, &f.sim, corp);
+        PGresult *p = progress_row(&f, run, corp);
+        assert_string_equal(PQgetvalue(p, 0, 0), "succeeded");
+        assert_int_equal(atoi(PQgetvalue(p, 0, 2)), 15);
+        assert_int_equal(atoi(PQgetvalue(p, 0, 3)), users);
+        PQclear(p);
+    }
+    fx_down(&f);
+}
+
+typedef struct fence_ctx {
+    fixture *f;
+    int moved;
+    long long at_move;
+} fence_ctx;
+
+static void fence_tick(sh_run *r)
+{
+    fence_ctx *c = r->user;
+    if (c->moved)
+        return;
+    if (sh_scalar(c->f->pg, "SELECT count(*) FROM sync_checkpoints", 0, NULL) >= 5) {
+        /* A successor claims the fence: once this commits, no write of ours applies. */
+        PQclear(sh_exec(c->f->pg, "UPDATE leader_fence SET token = 99", 0, NULL));
+        c->at_move = sh_scalar(c->f->pg, "SELECT count(*) FROM sync_checkpoints", 0, NULL);
+        c->moved = 1;
+    }
+}
+
+/* A stale leader's writes change nothing, and the job steps down. */
+static void test_fenced_out(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "2", "--departments", "15", "--users-per-dept", "2", NULL};
+    fixture f;
+    fence_ctx fc = {0};
+    long long run;
+    (void)state;
+
+    fx_up(&f, "fence", args, 2, NULL);
+    fc.f = &f;
+    f.r.user = &fc;
+    f.r.on_tick = fence_tick;
+    run = sh_make_run(f.pg, f.env, 1, NULL);
+    sh_run_job(&f.r, run, 1, 1, NULL, 0, 60000);
+    assert_true(fc.moved);
+    assert_string_equal(f.r.state, "");
+    assert_true(f.r.fenced_out_calls >= 1);
+    assert_int_equal(sh_scalar(f.pg, "SELECT count(*) FROM sync_checkpoints", 0, NULL), fc.at_move);
+    assert_int_equal(sh_scalar(f.pg,
+                               "SELECT count(*) FROM sync_progress WHERE state IN ('succeeded', "
+                               "'failed')",
+                               0, NULL),
+                     0);
+    fx_down(&f);
+}
+
+typedef struct lease_ctx {
+    fixture *f;
+    long long requests_at_loss;
+} lease_ctx;
+
+static void lease_tick(sh_run *r)
+{
+    lease_ctx *c = r->user;
+    if (!r->lease)
+        return;
+    json_object *st = sh_sim_stats(&c->f->sim);
+    long long n = sh_get_int(st, "total.requests");
+    json_object_put(st);
+    if (n >= 8) {
+        r->lease = 0;
+        c->requests_at_loss = n;
+    }
+}
+
+/* The lease expires: no new upstream request, no new write, the job stops. */
+static void test_lease_lost_stops(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "2", "--departments", "20", "--users-per-dept", "2", NULL};
+    fixture f;
+    lease_ctx lc = {0};
+    long long run;
+    json_object *st;
+    (void)state;
+
+    fx_up(&f, "lease", args, 2, NULL);
+    lc.f = &f;
+    f.r.user = &lc;
+    f.r.on_tick = lease_tick;
+    run = sh_make_run(f.pg, f.env, 1, NULL);
+    sh_run_job(&f.r, run, 1, 1, NULL, 0, 60000);
+    assert_string_equal(f.r.state, "");
+    assert_true(lc.requests_at_loss >= 8);
+    st = sh_sim_stats(&f.sim);
+    /* Requests already in flight when the lease went (one per enterprise) may land. */
+    assert_true(sh_get_int(st, "total.requests") <= lc.requests_at_loss + 2);
+    json_object_put(st);
+    (void)run;
+    fx_down(&f);
+}
+
+/* --corp: only the named enterprises run. */
+static void test_corp_filter(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "3", "--departments", "4", "--users-per-dept", "2", NULL};
+    const char *only[] = {"wwsim0002"};
+    fixture f;
+    long long run;
+    (void)state;
+
+    fx_up(&f, "filter", args, 3, NULL);
+    run = sh_make_run(f.pg, f.env, 1, "{wwsim0002}");
+    sh_run_job(&f.r, run, 1, 1, only, 1, 60000);
+    assert_string_equal(f.r.state, "succeeded");
+    assert_int_equal(sh_scalar(f.pg, "SELECT count(*) FROM sync_progress", 0, NULL), 1);
+    assert_int_equal(
+        sh_scalar(f.pg, "SELECT count(*) FROM users WHERE corp_id <> 'wwsim0002'", 0, NULL), 0);
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+    fx_down(&f);
+}
+
+/* After a failure too: the simulator must not outlive its test. */
+static int teardown(void **state)
+{
+    (void)state;
+    directory_sync_set_tuning(NULL);
+    sh_sim_kill_all();
+    return 0;
+}
+
+int main(void)
+{
+    const char *tmp = getenv("ORGSYNC_TEST_TMP");
+    FILE *logf;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_full_sync_then_mutations, teardown),
+        cmocka_unit_test_teardown(test_tokens_expire_mid_run, teardown),
+        cmocka_unit_test_teardown(test_failing_department_deletes_nobody, teardown),
+        cmocka_unit_test_teardown(test_unknown_and_malformed, teardown),
+        cmocka_unit_test_teardown(test_ban_pauses_and_alerts, teardown),
+        cmocka_unit_test_teardown(test_daily_quota, teardown),
+        cmocka_unit_test_teardown(test_resume_from_checkpoints, teardown),
+        cmocka_unit_test_teardown(test_fenced_out, teardown),
+        cmocka_unit_test_teardown(test_lease_lost_stops, teardown),
+        cmocka_unit_test_teardown(test_corp_filter, teardown),
+    };
+    if (!tmp || !getenv("ORGSYNC_TEST_PG_ADMIN_DSN") || !getenv("ORGSYNC_TEST_REDIS_URL") ||
+        !getenv("ORGSYNC_SIM_BIN")) {
+        fprintf(stderr, "it.sync_engine: ORGSYNC_TEST_* / ORGSYNC_SIM_BIN missing: run it under "
+                        "tests/run.sh\n");
+        return 1;
+    }
+    snprintf(g_log_path, sizeof(g_log_path), "%s/sync_engine.%d.log", tmp, (int)getpid());
+    logf = fopen(g_log_path, "a");
+    if (!logf)
+        return 1;
+    setvbuf(logf, NULL, _IOLBF, 0);
+    log_init(LOG_INFO, 1, "test-sync", 0);
+    log_set_stream(logf);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_cleanup();
+    log_set_stream(NULL);
+    fclose(logf);
+    return rc;
+}

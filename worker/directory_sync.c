@@ -1,0 +1,1280 @@
+/* The directory sync job. Each enterprise is a small state machine on the loop;
+ * the job ends when every enterprise has ended (or at once when stopped).
+ *
+ * Writes: every write is ONE fenced statement (coordinator/fence.h) that also
+ * carries the progress counters, so a department's members, its checkpoint and
+ * the enterprise's progress commit together or not at all, and a stale leader
+ * changes nothing. Per enterprise, writes go one at a time: progress counters
+ * then only ever move forward, and two batches of one enterprise never lock the
+ * same member rows in opposite orders.
+ *
+ * The members of a department go to PostgreSQL as the upstream's own answer
+ * text (after it was checked here): PostgreSQL extracts the columns with
+ * jsonb_to_record, so the answer is not rebuilt in C and the raw column keeps
+ * the member exactly as the upstream sent it. */
+#include "worker/directory_sync.h"
+
+#include "common/alert.h"
+#include "common/log.h"
+#include "common/timeutil.h"
+#include "coordinator/fence.h"
+#include "worker/wecom.h"
+
+#include "common/buf.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DS_ERR_MAX 512
+/* Transient database failures (timeout, lost connection) of one write are retried. */
+#define DS_WRITE_ATTEMPTS 3
+
+typedef struct ds_job ds_job;
+typedef struct ds_corp ds_corp;
+
+typedef struct ds_batch {
+    long long dept_id;
+    char *body; /* the user/list answer, or NULL for a department the upstream does not know */
+    int members;
+} ds_batch;
+
+typedef enum { CS_PENDING = 0, CS_LISTING, CS_DEPTS, CS_FINAL, CS_ENDED } corp_state;
+
+struct ds_corp {
+    ds_job *job;
+    char corp_id[72];
+    char *secret;
+    corp_state state;
+    int ok;           /* ended succeeded */
+    long long *depts; /* user/list still to fetch, in id order */
+    int ndepts, next;
+    int total;
+    int fetching;      /* a wecom request is outstanding */
+    ds_batch *ready;   /* fetched, waiting for the write slot */
+    ds_batch *writing; /* in the write slot */
+    int write_attempts;
+    int failed_depts;
+    int quota_hit;
+    char last_error[DS_ERR_MAX];
+    char note[DS_ERR_MAX]; /* recorded, not an error (60003) */
+    /* Counters not yet written (added to the progress row by the next write). */
+    long long d_requests, d_retries, d_errors;
+    /* In flight with the write, restored if it fails. */
+    long long w_requests, w_retries, w_errors;
+    long long users_seen;
+};
+
+struct ds_job {
+    job_run *run;
+    wecom *wc;
+    ds_corp *corps;
+    int ncorps;
+    int ended, succeeded;
+    int db_inflight;
+    int stopping;
+    int decided; /* every enterprise ended: end_state says how the run went */
+    int end_called;
+    const char *end_state; /* "succeeded" | "partial" | "failed" | NULL (stopped) */
+    char end_error[DS_ERR_MAX];
+    uv_timer_t closer;
+    char token[24], run_id[24];
+    uint64_t started_us;
+};
+
+static directory_sync_tuning tuning;
+
+void directory_sync_set_tuning(const directory_sync_tuning *t)
+{
+    if (t)
+        tuning = *t;
+    else
+        memset(&tuning, 0, sizeof(tuning));
+}
+
+/* ---- SQL ---------------------------------------------------------------------------- */
+
+#define Q_PROGRESS_INIT "ds_progress_init"
+#define Q_PROGRESS_READ "ds_progress_read"
+#define Q_DEPTS "ds_departments"
+#define Q_USERS "ds_users"
+#define Q_CORP_OK "ds_corp_succeeded"
+#define Q_CORP_FAIL "ds_corp_failed"
+
+/* $4 run_id, $5 corp_ids text[]. Enterprises of an earlier attempt that are no
+ * longer part of the run end 'failed' instead of staying 'pending' forever. */
+static const char sql_progress_init[] =
+    "WITH " FENCE_CTE ", "
+    "ins AS (INSERT INTO sync_progress (run_id, corp_id) SELECT $4::bigint, c "
+    "  FROM unnest($5::text[]) AS c WHERE EXISTS (SELECT 1 FROM fence) "
+    "  ON CONFLICT (run_id, corp_id) DO NOTHING RETURNING 1), "
+    "gone AS (UPDATE sync_progress SET state = 'failed', last_error = 'enterprise is no longer "
+    "  enabled', finished_at = now(), updated_at = now() WHERE run_id = $4::bigint "
+    "  AND NOT (corp_id = ANY ($5::text[])) AND state IN ('pending', 'running') "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
+
+static const char sql_progress_read[] =
+    "SELECT corp_id, state, users_upserted FROM sync_progress WHERE run_id = $1::bigint";
+
+/* $4 run, $5 corp, $6 department/list answer, $7 total, $8 ids bigint[], $9..$11
+ * requests, retries, errors. Returns fenced and this run's checkpoints. */
+static const char sql_departments[] =
+    "WITH " FENCE_CTE ", "
+    "src AS (SELECT DISTINCT ON (d.id) d.id, d.name, d.parentid, d.\"order\" "
+    "  FROM jsonb_to_recordset($6::jsonb -> 'department') AS d(id bigint, name text, "
+    "  parentid bigint, \"order\" bigint) WHERE EXISTS (SELECT 1 FROM fence) ORDER BY d.id), "
+    "up AS (INSERT INTO departments AS t (corp_id, dept_id, name, parent_id, \"order\", "
+    "  sync_run_id, synced_at, deleted_at) SELECT $5, id, coalesce(name, ''), parentid, "
+    "  \"order\", $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, dept_id) DO UPDATE "
+    "  SET name = EXCLUDED.name, parent_id = EXCLUDED.parent_id, \"order\" = EXCLUDED.\"order\", "
+    "  sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, deleted_at = NULL "
+    "  RETURNING 1), "
+    "pr AS (UPDATE sync_progress SET state = 'running', departments_total = $7::int, "
+    "  departments_done = (SELECT count(*) FROM sync_checkpoints k WHERE k.run_id = $4::bigint "
+    "    AND k.corp_id = $5 AND k.dept_id = ANY ($8::bigint[])), "
+    "  started_at = coalesce(started_at, now()), updated_at = now(), "
+    "  requests = requests + $9::bigint, retries = retries + $10::bigint, "
+    "  errors = errors + $11::bigint "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "
+    "  (SELECT coalesce(array_agg(dept_id ORDER BY dept_id), '{}')::text FROM sync_checkpoints "
+    "   WHERE run_id = $4::bigint AND corp_id = $5)";
+
+/* $4 run, $5 corp, $6 user/list answer ('{}' for a department the upstream does
+ * not know: its row loses this run's mark, so it is deleted if the enterprise
+ * succeeds), $7 dept, $8..$10 counters, $11 note for last_error or NULL.
+ * users_upserted counts members first written in this run, so a member in
+ * several departments counts once (the snapshot shows sync_run_id as it was
+ * before this statement). */
+static const char sql_users[] =
+    "WITH " FENCE_CTE ", "
+    "src AS (SELECT DISTINCT ON (r.userid) r.userid, r.name, r.mobile, r.email, r.position, "
+    "  r.status, coalesce(r.department, '{}') AS department, r.main_department, e AS raw "
+    "  FROM jsonb_array_elements(coalesce($6::jsonb -> 'userlist', '[]')) AS e, "
+    "  jsonb_to_record(e) AS r(userid text, name text, mobile text, email text, position text, "
+    "  status int, department int[], main_department int) "
+    "  WHERE EXISTS (SELECT 1 FROM fence) ORDER BY r.userid), "
+    "fresh AS (SELECT count(*) AS n FROM src LEFT JOIN users cur ON cur.corp_id = $5 "
+    "  AND cur.userid = src.userid WHERE cur.sync_run_id IS DISTINCT FROM $4::bigint), "
+    "up AS (INSERT INTO users AS u (corp_id, userid, name, mobile, email, position, status, "
+    "  department, main_department, raw, sync_run_id, synced_at, deleted_at) "
+    "  SELECT $5, userid, name, mobile, email, position, status, department, main_department, "
+    "  raw, $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, userid) DO UPDATE SET "
+    "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "
+    "  position = EXCLUDED.position, status = EXCLUDED.status, "
+    "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
+    "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
+    "  deleted_at = NULL RETURNING 1), "
+    "gone AS (UPDATE departments SET sync_run_id = NULL WHERE $6::jsonb = '{}'::jsonb "
+    "  AND corp_id = $5 AND dept_id = $7::bigint AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "
+    "  SELECT $4::bigint, $5, $7::bigint, (SELECT count(*) FROM up) "
+    "  WHERE EXISTS (SELECT 1 FROM fence) ON CONFLICT DO NOTHING RETURNING 1), "
+    "pr AS (UPDATE sync_progress SET departments_done = departments_done + "
+    "  (SELECT count(*) FROM cp), users_upserted = users_upserted + (SELECT n FROM fresh), "
+    "  requests = requests + $8::bigint, retries = retries + $9::bigint, "
+    "  errors = errors + $10::bigint, last_error = coalesce($11, last_error), "
+    "  updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "
+    "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
+
+/* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL. Only after
+ * every department succeeded: whoever this run did not see is gone. */
+static const char sql_corp_ok[] =
+    "WITH " FENCE_CTE ", "
+    "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
+    "  AND sync_run_id IS DISTINCT FROM $4::bigint AND EXISTS (SELECT 1 FROM fence) "
+    "  RETURNING 1), "
+    "dd AS (UPDATE departments SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
+    "  AND sync_run_id IS DISTINCT FROM $4::bigint AND EXISTS (SELECT 1 FROM fence) "
+    "  RETURNING 1), "
+    "pr AS (UPDATE sync_progress SET state = 'succeeded', users_deleted = users_deleted + "
+    "  (SELECT count(*) FROM du), requests = requests + $6::bigint, "
+    "  retries = retries + $7::bigint, errors = errors + $8::bigint, "
+    "  last_error = coalesce($9, last_error), finished_at = now(), updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM du), "
+    "  (SELECT count(*) FROM dd)";
+
+/* $4 run, $5 corp, $6 last_error, $7..$9 counters. */
+static const char sql_corp_fail[] =
+    "WITH " FENCE_CTE ", "
+    "pr AS (UPDATE sync_progress SET state = 'failed', last_error = $6, "
+    "  requests = requests + $7::bigint, retries = retries + $8::bigint, "
+    "  errors = errors + $9::bigint, started_at = coalesce(started_at, now()), "
+    "  finished_at = now(), updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
+
+static const char sql_enterprises[] =
+    "SELECT corp_id, corp_secret FROM enterprises WHERE enabled "
+    "AND ($1::text[] IS NULL OR corp_id = ANY ($1::text[])) ORDER BY corp_id";
+
+static int prepare_all(pg_pool *pg)
+{
+    static const struct {
+        const char *name, *sql;
+    } stmts[] = {
+        {Q_PROGRESS_INIT, sql_progress_init},
+        {Q_PROGRESS_READ, sql_progress_read},
+        {Q_DEPTS, sql_departments},
+        {Q_USERS, sql_users},
+        {Q_CORP_OK, sql_corp_ok},
+        {Q_CORP_FAIL, sql_corp_fail},
+    };
+    for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
+        /* Registered once per pool: a second job on the same pool finds them there. */
+        int rc = pg_pool_prepare(pg, stmts[i].name, stmts[i].sql);
+        if (rc && rc != PG_EEXIST)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+static void ds_end_check(ds_job *j);
+static void corp_pump(ds_corp *c);
+static void corp_finish(ds_corp *c);
+static void job_stop(ds_job *j, const char *reason);
+
+static void batch_free(ds_batch *b)
+{
+    if (!b)
+        return;
+    free(b->body);
+    free(b);
+}
+
+static int lease_ok(ds_job *j)
+{
+    if (j->stopping)
+        return 0;
+    if (j->run->lease_valid && !j->run->lease_valid(j->run)) {
+        job_stop(j, "lease not valid");
+        return 0;
+    }
+    return 1;
+}
+
+/* A false `fenced` column: a successor holds the fence. */
+static int check_fenced(ds_job *j, PGresult *res)
+{
+    if (PQntuples(res) >= 1 && PQgetvalue(res, 0, 0)[0] == 't')
+        return 1;
+    log_warn("directory sync: fenced out, stopping", LF_I("run_id", j->run->run_id),
+             LF_I("fencing_token", j->run->fencing_token));
+    if (!j->stopping) {
+        if (j->run->fenced_out)
+            j->run->fenced_out(j->run);
+        job_stop(j, "fenced out");
+    }
+    return 0;
+}
+
+static void fmt_ll(char *out, size_t n, long long v)
+{
+    snprintf(out, n, "%lld", v);
+}
+
+/* Transient database failures are worth another try; a server error about the
+ * data is not. */
+static int db_transient(const char *err)
+{
+    return !strcmp(err, "timeout") || !strcmp(err, "connection lost") ||
+           strstr(err, "could not serialize") || strstr(err, "deadlock detected");
+}
+
+/* Takes the counters that the next write carries. */
+static void take_counters(ds_corp *c, char *req, char *ret, char *errs)
+{
+    c->w_requests = c->d_requests;
+    c->w_retries = c->d_retries;
+    c->w_errors = c->d_errors;
+    c->d_requests = c->d_retries = c->d_errors = 0;
+    fmt_ll(req, 24, c->w_requests);
+    fmt_ll(ret, 24, c->w_retries);
+    fmt_ll(errs, 24, c->w_errors);
+}
+
+static void restore_counters(ds_corp *c)
+{
+    c->d_requests += c->w_requests;
+    c->d_retries += c->w_retries;
+    c->d_errors += c->w_errors;
+    c->w_requests = c->w_retries = c->w_errors = 0;
+}
+
+static void add_result(ds_corp *c, const wecom_result *res)
+{
+    c->d_requests += res->requests;
+    c->d_retries += res->retries;
+}
+
+static void corp_error(ds_corp *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void corp_error(ds_corp *c, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof(c->last_error), fmt, ap);
+    va_end(ap);
+    c->d_errors++;
+}
+
+/* ---- JSON checks -------------------------------------------------------------------- */
+
+static int is_int(json_object *o)
+{
+    return o && json_object_is_type(o, json_type_int);
+}
+
+/* A member field of the given type, or absent/null. */
+static int field_ok(json_object *m, const char *k, json_type t)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(m, k, &v) || !v)
+        return 1;
+    return json_object_is_type(v, t);
+}
+
+static int int_array_ok(json_object *m, const char *k)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(m, k, &v) || !v)
+        return 1;
+    if (!json_object_is_type(v, json_type_array))
+        return 0;
+    for (size_t i = 0; i < json_object_array_length(v); i++)
+        if (!is_int(json_object_array_get_idx(v, i)))
+            return 0;
+    return 1;
+}
+
+/* Checks a user/list answer so the write cannot fail on its shape. Returns the
+ * member count, or -1 with why. */
+static int check_userlist(json_object *root, char *why, size_t n)
+{
+    json_object *ul, *m, *uid;
+    size_t len;
+
+    if (!json_object_object_get_ex(root, "userlist", &ul) ||
+        !json_object_is_type(ul, json_type_array)) {
+        snprintf(why, n, "no userlist array");
+        return -1;
+    }
+    len = json_object_array_length(ul);
+    for (size_t i = 0; i < len; i++) {
+        m = json_object_array_get_idx(ul, i);
+        if (!m || !json_object_is_type(m, json_type_object)) {
+            snprintf(why, n, "member %zu is not an object", i);
+            return -1;
+        }
+        if (!json_object_object_get_ex(m, "userid", &uid) ||
+            !json_object_is_type(uid, json_type_string) || json_object_get_string_len(uid) == 0 ||
+            json_object_get_string_len(uid) > 64) {
+            snprintf(why, n, "member %zu has no usable userid", i);
+            return -1;
+        }
+        if (!field_ok(m, "name", json_type_string) || !field_ok(m, "mobile", json_type_string) ||
+            !field_ok(m, "email", json_type_string) || !field_ok(m, "position", json_type_string) ||
+            !field_ok(m, "status", json_type_int) ||
+            !field_ok(m, "main_department", json_type_int) || !int_array_ok(m, "department")) {
+            snprintf(why, n, "member %.64s has a field of the wrong type",
+                     json_object_get_string(uid));
+            return -1;
+        }
+    }
+    return (int)len;
+}
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Collects department ids (sorted, unique) from a department/list answer. */
+static int check_departments(json_object *root, long long **ids, int *nids, char *why, size_t n)
+{
+    json_object *arr, *d, *id;
+    size_t len;
+    long long *v;
+    int k = 0;
+
+    if (!json_object_object_get_ex(root, "department", &arr) ||
+        !json_object_is_type(arr, json_type_array)) {
+        snprintf(why, n, "no department array");
+        return -1;
+    }
+    len = json_object_array_length(arr);
+    v = malloc((len ? len : 1) * sizeof(*v));
+    if (!v) {
+        snprintf(why, n, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        d = json_object_array_get_idx(arr, i);
+        if (!d || !json_object_is_type(d, json_type_object) ||
+            !json_object_object_get_ex(d, "id", &id) || !is_int(id) ||
+            json_object_get_int64(id) <= 0 || !field_ok(d, "name", json_type_string) ||
+            !field_ok(d, "parentid", json_type_int) || !field_ok(d, "order", json_type_int)) {
+            snprintf(why, n, "department entry %zu is malformed", i);
+            free(v);
+            return -1;
+        }
+        v[k++] = json_object_get_int64(id);
+    }
+    qsort(v, (size_t)k, sizeof(*v), cmp_ll);
+    int u = 0;
+    for (int i = 0; i < k; i++)
+        if (u == 0 || v[u - 1] != v[i])
+            v[u++] = v[i];
+    *ids = v;
+    *nids = u;
+    return 0;
+}
+
+/* "{1,2,3}" */
+static char *ids_literal(const long long *ids, int n)
+{
+    size_t cap = 3 + (size_t)n * 21;
+    char *s = malloc(cap), *p;
+
+    if (!s)
+        return NULL;
+    p = s;
+    *p++ = '{';
+    for (int i = 0; i < n; i++)
+        p += snprintf(p, cap - (size_t)(p - s), "%s%lld", i ? "," : "", ids[i]);
+    *p++ = '}';
+    *p = '\0';
+    return s;
+}
+
+/* ---- the per-department write ------------------------------------------------------- */
+
+static void on_users_written(void *arg, PGresult *res, const char *err);
+
+static void write_batch(ds_corp *c)
+{
+    ds_job *j = c->job;
+    ds_batch *b = c->writing;
+    char dept[24], req[24], ret[24], errs[24];
+    const char *p[11];
+    int rc;
+
+    if (!lease_ok(j))
+        return;
+    fmt_ll(dept, sizeof(dept), b->dept_id);
+    take_counters(c, req, ret, errs);
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = c->corp_id;
+    p[5] = b->body ? b->body : "{}";
+    p[6] = dept;
+    p[7] = req;
+    p[8] = ret;
+    p[9] = errs;
+    p[10] = c->note[0] ? c->note : NULL;
+    rc = pg_query_prepared(j->run->pg, Q_USERS, 11, p, on_users_written, c);
+    if (rc) {
+        restore_counters(c);
+        corp_error(c, "department %lld: cannot queue the write (%d)", b->dept_id, rc);
+        c->failed_depts++;
+        batch_free(b);
+        c->writing = NULL;
+        corp_pump(c);
+        return;
+    }
+    c->note[0] = '\0';
+    j->db_inflight++;
+}
+
+static void on_users_written(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    ds_batch *b = c->writing;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        batch_free(b);
+        c->writing = NULL;
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        restore_counters(c);
+        if (db_transient(err) && ++c->write_attempts < DS_WRITE_ATTEMPTS) {
+            log_warn("directory sync: department write failed, retrying",
+                     LF_S("corp_id", c->corp_id), LF_I("dept_id", b->dept_id), LF_S("error", err));
+            write_batch(c);
+            return;
+        }
+        corp_error(c, "department %lld: database: %.300s", b->dept_id, err);
+        log_error("directory sync: department write failed", LF_S("corp_id", c->corp_id),
+                  LF_I("dept_id", b->dept_id), LF_S("error", err));
+        c->failed_depts++;
+    } else if (!check_fenced(j, res)) {
+        batch_free(b);
+        c->writing = NULL;
+        ds_end_check(j);
+        return;
+    } else {
+        c->users_seen += b->members;
+    }
+    c->write_attempts = 0;
+    batch_free(b);
+    c->writing = NULL;
+    corp_pump(c);
+}
+
+/* ---- fetching ----------------------------------------------------------------------- */
+
+static void on_user_list(void *arg, const wecom_result *res);
+
+static void fetch_next(ds_corp *c)
+{
+    ds_job *j = c->job;
+    int rc;
+
+    rc = wecom_user_list(j->wc, c->corp_id, c->depts[c->next], on_user_list, c);
+    if (rc) {
+        corp_error(c, "department %lld: cannot queue user/list (%d)", c->depts[c->next], rc);
+        c->failed_depts++;
+        c->next++;
+        return;
+    }
+    c->next++;
+    c->fetching = 1;
+}
+
+static void on_user_list(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    long long dept = c->depts[c->next - 1];
+    ds_batch *b;
+    char why[200];
+    int n;
+
+    c->fetching = 0;
+    add_result(c, res);
+    if (j->stopping || res->status == WECOM_E_STOPPED) {
+        ds_end_check(j);
+        if (!j->stopping)
+            job_stop(j, "upstream client stopped");
+        return;
+    }
+    if (res->status == WECOM_E_QUOTA) {
+        c->quota_hit = 1;
+        log_warn("directory sync: daily quota reached, enterprise stops",
+                 LF_S("corp_id", c->corp_id));
+        corp_pump(c);
+        return;
+    }
+    if (res->status == WECOM_E_ERRCODE && res->errcode == 60003) {
+        /* The department vanished since department/list: nothing to fetch. */
+        snprintf(c->note, sizeof(c->note), "department %lld: unknown upstream (60003), skipped",
+                 dept);
+        log_info("directory sync: department unknown upstream, skipped",
+                 LF_S("corp_id", c->corp_id), LF_I("dept_id", dept));
+        n = 0;
+        b = calloc(1, sizeof(*b));
+        if (!b)
+            goto oom;
+        b->dept_id = dept;
+        c->ready = b;
+        corp_pump(c);
+        return;
+    }
+    if (res->status != WECOM_OK) {
+        corp_error(c, "department %lld: %s", dept, res->error ? res->error : "failed");
+        log_warn("directory sync: department failed", LF_S("corp_id", c->corp_id),
+                 LF_I("dept_id", dept), LF_S("error", c->last_error));
+        c->failed_depts++;
+        corp_pump(c);
+        return;
+    }
+    n = check_userlist(res->json, why, sizeof(why));
+    if (n < 0) {
+        corp_error(c, "department %lld: malformed user/list answer: %s", dept, why);
+        log_warn("directory sync: department failed", LF_S("corp_id", c->corp_id),
+                 LF_I("dept_id", dept), LF_S("error", c->last_error));
+        c->failed_depts++;
+        corp_pump(c);
+        return;
+    }
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        goto oom;
+    b->dept_id = dept;
+    b->members = n;
+    b->body = malloc(res->body_len + 1);
+    if (!b->body) {
+        free(b);
+        goto oom;
+    }
+    memcpy(b->body, res->body, res->body_len);
+    b->body[res->body_len] = '\0';
+    c->ready = b;
+    corp_pump(c);
+    return;
+oom:
+    corp_error(c, "department %lld: out of memory", dept);
+    c->failed_depts++;
+    corp_pump(c);
+}
+
+/* Moves the enterprise forward: start the next fetch and the next write if their
+ * slots are free; end the enterprise when nothing is left. */
+static void corp_pump(ds_corp *c)
+{
+    ds_job *j = c->job;
+
+    if (j->stopping || c->state != CS_DEPTS)
+        return;
+    if (!c->writing && c->ready) {
+        c->writing = c->ready;
+        c->ready = NULL;
+        c->write_attempts = 0;
+        write_batch(c);
+        if (j->stopping)
+            return;
+    }
+    while (!c->fetching && !c->ready && !c->quota_hit && c->next < c->ndepts) {
+        if (!lease_ok(j))
+            return;
+        fetch_next(c);
+    }
+    if (!c->fetching && !c->ready && !c->writing && (c->quota_hit || c->next >= c->ndepts))
+        corp_finish(c);
+}
+
+/* ---- the department list ------------------------------------------------------------ */
+
+static void on_departments_written(void *arg, PGresult *res, const char *err);
+
+static void corp_fail(ds_corp *c, const char *why);
+
+static void on_department_list(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    char why[200], total[24], req[24], ret[24], errs[24];
+    char *ids = NULL;
+    const char *p[11];
+    int rc;
+
+    add_result(c, res);
+    if (j->stopping || res->status == WECOM_E_STOPPED) {
+        ds_end_check(j);
+        if (!j->stopping)
+            job_stop(j, "upstream client stopped");
+        return;
+    }
+    if (res->status == WECOM_E_QUOTA) {
+        c->quota_hit = 1;
+        corp_fail(c, "daily quota");
+        return;
+    }
+    if (res->status != WECOM_OK) {
+        corp_error(c, "%s", res->error ? res->error : "department/list failed");
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (check_departments(res->json, &c->depts, &c->ndepts, why, sizeof(why))) {
+        corp_error(c, "department/list: malformed answer: %s", why);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    c->total = c->ndepts;
+    ids = ids_literal(c->depts, c->ndepts);
+    if (!ids) {
+        corp_error(c, "out of memory");
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (!lease_ok(j)) {
+        free(ids);
+        return;
+    }
+    fmt_ll(total, sizeof(total), c->ndepts);
+    take_counters(c, req, ret, errs);
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = c->corp_id;
+    p[5] = res->body;
+    p[6] = total;
+    p[7] = ids;
+    p[8] = req;
+    p[9] = ret;
+    p[10] = errs;
+    /* libpq copies the parameters, so the answer need not outlive this callback. */
+    rc = pg_query_prepared(j->run->pg, Q_DEPTS, 11, p, on_departments_written, c);
+    free(ids);
+    if (rc) {
+        restore_counters(c);
+        corp_error(c, "cannot queue the department write (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    j->db_inflight++;
+}
+
+/* Parses "{1,2,3}" and drops those departments from the fetch list. */
+static void skip_checkpointed(ds_corp *c, const char *arr)
+{
+    const char *p = arr;
+    int w = 0, k = 0, n = 0;
+    long long *done = malloc((strlen(arr) / 2 + 1) * sizeof(*done));
+
+    if (!done)
+        return; /* fetching again is safe, only slower */
+    while (*p) {
+        char *end;
+        long long v;
+        if (*p < '0' || *p > '9') {
+            p++;
+            continue;
+        }
+        v = strtoll(p, &end, 10);
+        done[n++] = v;
+        p = end;
+    }
+    qsort(done, (size_t)n, sizeof(*done), cmp_ll);
+    for (int i = 0; i < c->ndepts; i++) {
+        while (k < n && done[k] < c->depts[i])
+            k++;
+        if (k < n && done[k] == c->depts[i])
+            continue;
+        c->depts[w++] = c->depts[i];
+    }
+    free(done);
+    if (w < c->ndepts)
+        log_info("directory sync: resuming enterprise from checkpoints",
+                 LF_S("corp_id", c->corp_id), LF_I("departments_done", c->ndepts - w),
+                 LF_I("departments_left", w));
+    c->ndepts = w;
+}
+
+static void on_departments_written(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        restore_counters(c);
+        corp_error(c, "department/list: database: %.300s", err);
+        log_error("directory sync: department upsert failed", LF_S("corp_id", c->corp_id),
+                  LF_S("error", err));
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    }
+    skip_checkpointed(c, PQgetvalue(res, 0, 2));
+    c->state = CS_DEPTS;
+    corp_pump(c);
+}
+
+/* ---- ending an enterprise ----------------------------------------------------------- */
+
+static void on_corp_final(void *arg, PGresult *res, const char *err);
+
+static void corp_final_write(ds_corp *c, int ok, const char *why)
+{
+    ds_job *j = c->job;
+    char req[24], ret[24], errs[24];
+    const char *p[9];
+    int rc;
+
+    if (!lease_ok(j))
+        return;
+    c->state = CS_FINAL;
+    c->ok = ok;
+    take_counters(c, req, ret, errs);
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = c->corp_id;
+    if (ok) {
+        p[5] = req;
+        p[6] = ret;
+        p[7] = errs;
+        p[8] = c->note[0] ? c->note : NULL;
+        rc = pg_query_prepared(j->run->pg, Q_CORP_OK, 9, p, on_corp_final, c);
+    } else {
+        p[5] = why;
+        p[6] = req;
+        p[7] = ret;
+        p[8] = errs;
+        rc = pg_query_prepared(j->run->pg, Q_CORP_FAIL, 9, p, on_corp_final, c);
+    }
+    if (rc) {
+        /* Nothing more can be written for it: leave the row as it is (a resumed run
+         * finishes it) and count the enterprise as failed. */
+        restore_counters(c);
+        log_error("directory sync: cannot queue the final write", LF_S("corp_id", c->corp_id),
+                  LF_I("rc", rc));
+        c->ok = 0;
+        c->state = CS_ENDED;
+        j->ended++;
+        ds_end_check(j);
+        return;
+    }
+    j->db_inflight++;
+}
+
+static void corp_fail(ds_corp *c, const char *why)
+{
+    if (why != c->last_error)
+        snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+    log_warn("directory sync: enterprise failed", LF_S("corp_id", c->corp_id),
+             LF_S("error", c->last_error));
+    corp_final_write(c, 0, c->last_error);
+}
+
+static void corp_finish(ds_corp *c)
+{
+    if (c->quota_hit) {
+        corp_fail(c, "daily quota");
+        return;
+    }
+    if (c->failed_depts > 0) {
+        char why[DS_ERR_MAX];
+        snprintf(why, sizeof(why), "%d of %d departments failed, nobody deleted; last: %.400s",
+                 c->failed_depts, c->total, c->last_error);
+        corp_fail(c, why);
+        return;
+    }
+    corp_final_write(c, 1, NULL);
+}
+
+static void on_corp_final(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        restore_counters(c);
+        if (db_transient(err) && ++c->write_attempts < DS_WRITE_ATTEMPTS) {
+            corp_final_write(c, c->ok, c->ok ? NULL : c->last_error);
+            return;
+        }
+        log_error("directory sync: final enterprise write failed", LF_S("corp_id", c->corp_id),
+                  LF_S("error", err));
+        snprintf(c->last_error, sizeof(c->last_error), "database: %.300s", err);
+        c->ok = 0;
+    } else if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    } else if (c->ok) {
+        log_info("directory sync: enterprise succeeded", LF_S("corp_id", c->corp_id),
+                 LF_I("departments", c->total), LF_I("users_deleted", atoll(PQgetvalue(res, 0, 1))),
+                 LF_I("departments_deleted", atoll(PQgetvalue(res, 0, 2))));
+    }
+    c->state = CS_ENDED;
+    j->ended++;
+    if (c->ok)
+        j->succeeded++;
+    ds_end_check(j);
+}
+
+/* ---- starting ----------------------------------------------------------------------- */
+
+static void corp_start(ds_corp *c)
+{
+    ds_job *j = c->job;
+    int rc;
+
+    rc = wecom_corp_set(j->wc, c->corp_id, c->secret);
+    if (rc == 0)
+        rc = wecom_department_list(j->wc, c->corp_id, 0, on_department_list, c);
+    if (rc) {
+        corp_error(c, "cannot queue department/list (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    c->state = CS_LISTING;
+}
+
+static void on_progress_read(void *arg, PGresult *res, const char *err)
+{
+    ds_job *j = arg;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        snprintf(j->end_error, sizeof(j->end_error), "reading progress: %.300s", err);
+        job_stop(j, j->end_error);
+        return;
+    }
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *corp = PQgetvalue(res, r, 0), *st = PQgetvalue(res, r, 1);
+        for (int i = 0; i < j->ncorps; i++) {
+            ds_corp *c = &j->corps[i];
+            if (strcmp(c->corp_id, corp) != 0)
+                continue;
+            if (!strcmp(st, "succeeded") || !strcmp(st, "failed")) {
+                /* Ended in an earlier attempt of this run: done. */
+                c->state = CS_ENDED;
+                c->ok = st[0] == 's';
+                j->ended++;
+                j->succeeded += c->ok;
+            }
+        }
+    }
+    log_info("directory sync: starting", LF_I("run_id", j->run->run_id),
+             LF_I("attempt", j->run->attempt), LF_I("enterprises", j->ncorps),
+             LF_I("already_ended", j->ended));
+    for (int i = 0; i < j->ncorps && !j->stopping; i++)
+        if (j->corps[i].state == CS_PENDING)
+            corp_start(&j->corps[i]);
+    ds_end_check(j);
+}
+
+static void on_progress_init(void *arg, PGresult *res, const char *err)
+{
+    ds_job *j = arg;
+    const char *p[1] = {j->run_id};
+    int rc;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        snprintf(j->end_error, sizeof(j->end_error), "creating progress rows: %.300s", err);
+        job_stop(j, j->end_error);
+        return;
+    }
+    if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    }
+    rc = pg_query_prepared(j->run->pg, Q_PROGRESS_READ, 1, p, on_progress_read, j);
+    if (rc) {
+        job_stop(j, "cannot queue the progress read");
+        return;
+    }
+    j->db_inflight++;
+}
+
+/* "{"a","b"}": corp ids are [A-Za-z0-9_-] (schema CHECK), quoted anyway. */
+static char *corps_literal(ds_corp *corps, int n)
+{
+    size_t cap = 3;
+    char *s, *p;
+
+    for (int i = 0; i < n; i++)
+        cap += strlen(corps[i].corp_id) + 3;
+    s = malloc(cap);
+    if (!s)
+        return NULL;
+    p = s;
+    *p++ = '{';
+    for (int i = 0; i < n; i++)
+        p += snprintf(p, cap - (size_t)(p - s), "%s\"%s\"", i ? "," : "", corps[i].corp_id);
+    *p++ = '}';
+    *p = '\0';
+    return s;
+}
+
+static void on_enterprises(void *arg, PGresult *res, const char *err)
+{
+    ds_job *j = arg;
+    const char *p[5];
+    char *lit;
+    int n, rc;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        snprintf(j->end_error, sizeof(j->end_error), "reading enterprises: %.300s", err);
+        job_stop(j, j->end_error);
+        return;
+    }
+    n = PQntuples(res);
+    j->corps = calloc((size_t)(n ? n : 1), sizeof(*j->corps));
+    if (!j->corps) {
+        job_stop(j, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        ds_corp *c = &j->corps[i];
+        c->job = j;
+        snprintf(c->corp_id, sizeof(c->corp_id), "%s", PQgetvalue(res, i, 0));
+        c->secret = strdup(PQgetvalue(res, i, 1));
+        j->ncorps = i + 1;
+        if (!c->secret) {
+            job_stop(j, "out of memory");
+            return;
+        }
+    }
+    if (j->run->ncorp_ids > 0 && n < j->run->ncorp_ids)
+        log_warn("directory sync: some requested enterprises are unknown or disabled",
+                 LF_I("requested", j->run->ncorp_ids), LF_I("found", n));
+    lit = corps_literal(j->corps, j->ncorps);
+    if (!lit) {
+        job_stop(j, "out of memory");
+        return;
+    }
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = lit;
+    if (!lease_ok(j)) {
+        free(lit);
+        return;
+    }
+    rc = pg_query_prepared(j->run->pg, Q_PROGRESS_INIT, 5, p, on_progress_init, j);
+    free(lit);
+    if (rc) {
+        job_stop(j, "cannot queue the progress rows");
+        return;
+    }
+    j->db_inflight++;
+}
+
+/* ---- ending the job ----------------------------------------------------------------- */
+
+static void job_free(ds_job *j)
+{
+    for (int i = 0; i < j->ncorps; i++) {
+        ds_corp *c = &j->corps[i];
+        free(c->secret);
+        free(c->depts);
+        batch_free(c->ready);
+        batch_free(c->writing);
+    }
+    free(j->corps);
+    free(j);
+}
+
+static void on_closer_closed(uv_handle_t *h)
+{
+    ds_job *j = h->data;
+    job_run *run = j->run;
+    const char *state = j->end_state;
+    char err[DS_ERR_MAX];
+
+    snprintf(err, sizeof(err), "%s", j->end_error);
+    log_info("directory sync: finished", LF_I("run_id", run->run_id),
+             LF_S("state", state ? state : "stopped"), LF_S("error", err[0] ? err : NULL),
+             LF_D("seconds", (double)(time_mono_us() - j->started_us) / 1e6));
+    job_free(j);
+    run->job_state = NULL;
+    run->finished(run, state, err[0] ? err : NULL);
+}
+
+/* The run's verdict from its enterprises. */
+static void decide(ds_job *j)
+{
+    buf b;
+    int failed = j->ncorps - j->succeeded;
+
+    if (failed == 0) {
+        j->end_state = "succeeded";
+        return;
+    }
+    j->end_state = j->succeeded == 0 ? "failed" : "partial";
+    buf_init(&b);
+    buf_printf(&b, "%d of %d enterprises failed:", failed, j->ncorps);
+    for (int i = 0, shown = 0; i < j->ncorps; i++) {
+        ds_corp *c = &j->corps[i];
+        if (c->ok)
+            continue;
+        if (shown++ == 5) {
+            buf_puts(&b, " ...");
+            break;
+        }
+        buf_printf(&b, " %s (%.80s)", c->corp_id, c->last_error[0] ? c->last_error : "failed");
+    }
+    snprintf(j->end_error, sizeof(j->end_error), "%s", b.data ? b.data : "enterprises failed");
+    buf_free(&b);
+}
+
+/* Ends the job once nothing of it is in flight. finished() is called from a
+ * close callback, never from inside start() or stop(). */
+static void ds_end_check(ds_job *j)
+{
+    if (j->end_called)
+        return;
+    if (!j->stopping && !j->decided) {
+        if (!j->corps || j->ended < j->ncorps)
+            return;
+        decide(j);
+        j->decided = 1;
+        j->stopping = 1; /* nothing more to send or write */
+    }
+    if (j->wc) {
+        wecom *wc = j->wc;
+        j->wc = NULL;
+        /* Answers to requests still queued come back as STOPPED, right here, and
+         * may end the job re-entrantly. */
+        wecom_close(wc, NULL, NULL);
+        if (j->end_called)
+            return;
+    }
+    if (j->db_inflight > 0)
+        return;
+    j->end_called = 1;
+    uv_close((uv_handle_t *)&j->closer, on_closer_closed);
+}
+
+static void job_stop(ds_job *j, const char *reason)
+{
+    if (j->stopping)
+        return;
+    j->stopping = 1;
+    if (reason && !j->end_error[0])
+        snprintf(j->end_error, sizeof(j->end_error), "%s", reason);
+    log_warn("directory sync: stopping", LF_I("run_id", j->run->run_id),
+             LF_S("reason", reason ? reason : ""));
+    ds_end_check(j);
+}
+
+/* ---- job_ops ------------------------------------------------------------------------ */
+
+static int gate(void *arg)
+{
+    ds_job *j = arg;
+    return !j->stopping && (!j->run->lease_valid || j->run->lease_valid(j->run));
+}
+
+static void on_alert(void *arg, const char *kind, const char *corp_id, const char *message)
+{
+    ds_job *j = arg;
+    alert_raise(kind, message, corp_id, j->run->run_id);
+}
+
+static char *corp_ids_literal(const job_run *run)
+{
+    size_t cap = 3;
+    char *s, *p;
+
+    for (int i = 0; i < run->ncorp_ids; i++)
+        cap += strlen(run->corp_ids[i]) * 2 + 3;
+    s = malloc(cap);
+    if (!s)
+        return NULL;
+    p = s;
+    *p++ = '{';
+    for (int i = 0; i < run->ncorp_ids; i++) {
+        if (i)
+            *p++ = ',';
+        *p++ = '"';
+        for (const char *q = run->corp_ids[i]; *q; q++) {
+            if (*q == '"' || *q == '\\')
+                *p++ = '\\';
+            *p++ = *q;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return s;
+}
+
+static int ds_start(job_run *run)
+{
+    const settings *s = run->settings;
+    ds_job *j;
+    char *filter = NULL;
+    const char *p[1];
+    int rc;
+
+    if (!run || !run->loop || !run->pg || !run->redis || !run->http || !run->finished || !s)
+        return -EINVAL;
+    rc = prepare_all(run->pg);
+    if (rc)
+        return rc;
+    j = calloc(1, sizeof(*j));
+    if (!j)
+        return -ENOMEM;
+    j->run = run;
+    j->started_us = time_mono_us();
+    fmt_ll(j->token, sizeof(j->token), run->fencing_token);
+    fmt_ll(j->run_id, sizeof(j->run_id), run->run_id);
+    j->wc = wecom_new(run->loop, run->http, run->redis,
+                      &(wecom_opts){.base_url = s->upstream_url,
+                                    .env = run->env,
+                                    .instance = s->instance,
+                                    .rate = s->dept_rate,
+                                    .max_inflight = s->upstream_max_inflight,
+                                    .daily_quota = s->daily_quota,
+                                    .timeout_ms = tuning.timeout_ms,
+                                    .backoff_base_ms = tuning.backoff_base_ms,
+                                    .ban_pause_ms = tuning.ban_pause_ms,
+                                    .gate = gate,
+                                    .gate_arg = j,
+                                    .alert = on_alert,
+                                    .alert_arg = j});
+    if (!j->wc) {
+        free(j);
+        return -ENOMEM;
+    }
+    if (run->ncorp_ids > 0 && !(filter = corp_ids_literal(run))) {
+        wecom_close(j->wc, NULL, NULL);
+        free(j);
+        return -ENOMEM;
+    }
+    p[0] = filter;
+    rc = pg_query(run->pg, sql_enterprises, 1, p, on_enterprises, j);
+    free(filter);
+    if (rc) {
+        wecom_close(j->wc, NULL, NULL);
+        free(j);
+        return rc;
+    }
+    uv_timer_init(run->loop, &j->closer);
+    j->closer.data = j;
+    j->db_inflight = 1;
+    run->job_state = j;
+    return 0;
+}
+
+static void ds_stop(job_run *run, const char *reason)
+{
+    ds_job *j = run ? run->job_state : NULL;
+
+    if (!j)
+        return;
+    job_stop(j, reason ? reason : "stopped");
+}
+
+const job_ops directory_sync_ops = {DIRECTORY_SYNC_JOB, ds_start, ds_stop};

@@ -1,0 +1,42 @@
+/* The directory sync job ("directory-sync", SPEC §3 §7, DESIGN §3 "The sync
+ * engine"): mirrors every enabled enterprise's departments and members into
+ * PostgreSQL, enterprises in parallel on one loop.
+ *
+ * Per enterprise: department/list -> one fenced statement upserting the
+ * departments (and reading this run's checkpoints) -> for each department not
+ * checkpointed yet: user/list -> one fenced statement that upserts its members,
+ * writes its checkpoint row and adds to the enterprise's progress counters ->
+ * after the last one, only if every department succeeded: one fenced statement
+ * that marks members and departments not seen in this run deleted and ends the
+ * enterprise 'succeeded'; otherwise the enterprise ends 'failed' with the reason
+ * in last_error and nobody is deleted.
+ *
+ * Memory is bounded by departments in flight: per enterprise at most one
+ * user/list answer being fetched, one waiting and one being written.
+ *
+ * The run ends "succeeded" (every enterprise succeeded), "partial" (some
+ * failed) or "failed" (all failed). A stopped or fenced-out job leaves the run
+ * resumable: a later attempt of the same run skips enterprises already ended and
+ * departments already checkpointed. */
+#ifndef ORGSYNC_DIRECTORY_SYNC_H
+#define ORGSYNC_DIRECTORY_SYNC_H
+
+#include "coordinator/job.h"
+
+#include <stdint.h>
+
+#define DIRECTORY_SYNC_JOB "directory-sync"
+
+extern const job_ops directory_sync_ops;
+
+/* Knobs of the upstream client that tests turn down (0 keeps the default:
+ * timeout 10000 ms, backoff base 200 ms, first ban pause 1000 ms). Process-wide;
+ * applies to jobs started afterwards. */
+typedef struct directory_sync_tuning {
+    int timeout_ms;
+    uint32_t backoff_base_ms;
+    uint32_t ban_pause_ms;
+} directory_sync_tuning;
+void directory_sync_set_tuning(const directory_sync_tuning *t);
+
+#endif
