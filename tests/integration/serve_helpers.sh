@@ -46,7 +46,7 @@ serve_cleanup() {
             tail -25 "$n"
         done
     fi
-    rm -rf "$SV_DIR"
+    if [ -n "${SV_KEEP:-}" ]; then echo "kept $SV_DIR"; else rm -rf "$SV_DIR"; fi
     exit "$rc"
 }
 serve_trap() { trap serve_cleanup EXIT; }
@@ -104,7 +104,7 @@ serve_start() {
         ORGSYNC_REDIS_URL="$SV_REDIS_URL" ORGSYNC_CRON="0 0 0 1 1 *" ORGSYNC_TZ=UTC \
         ORGSYNC_LOCK_TTL_MS=2000 ORGSYNC_UPSTREAM_URL="http://127.0.0.1:${SIM_PORTS[$idx]}" \
         ORGSYNC_HTTP_ADDR="127.0.0.1:$port" ORGSYNC_ADMIN_TOKEN="$SV_ADMIN" \
-        ORGSYNC_DEPT_RATE=50 ORGSYNC_LOG_LEVEL=info "$@" \
+        ORGSYNC_LOG_LEVEL=info "$@" \
         setsid "$ORGSYNC_BIN" serve >>"$SV_DIR/$name.log" 2>&1 &
     SV_PID[$name]=$!
 }

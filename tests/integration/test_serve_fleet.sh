@@ -10,13 +10,13 @@ serve_trap
 SV_ENV="fleet$$"
 SDB=$(fresh_db)
 SV_DBS+=("$SDB")
-serve_sim 3 --enterprises 2 --departments 5 --users-per-dept 3 --seed 11
+serve_sim 3 --enterprises 2 --departments 5 --users-per-dept 3 --seed 11 --rate 50
 serve_corps "$SDB" 2
 
 CRON='*/3 * * * * *'
 for n in a b c; do
     i=$(( $(printf '%d' "'$n") - 97 ))
-    serve_start "$n" "$i" ORGSYNC_CRON="$CRON"
+    serve_start "$n" "$i" ORGSYNC_CRON="$CRON" ORGSYNC_DEPT_RATE=40
 done
 serve_wait_ready a b c
 
