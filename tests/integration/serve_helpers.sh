@@ -53,7 +53,7 @@ serve_trap() { trap serve_cleanup EXIT; }
 
 redis_port() { sed -n 's#^redis://[^:]*:\([0-9]*\).*#\1#p' <<<"$1"; }
 SV_REDIS_URL=${SV_REDIS_URL:-$ORGSYNC_TEST_REDIS_URL}
-rcli() { redis-cli -p "$(redis_port "$SV_REDIS_URL")" --no-raw "$@" 2>/dev/null | sed 's/^"\(.*\)"$/\1/; s/^(nil)$//; s/^(integer) //'; }
+rcli() { redis-cli -p "$(redis_port "$SV_REDIS_URL")" --raw "$@" 2>/dev/null; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
