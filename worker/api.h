@@ -57,7 +57,8 @@ typedef struct api_deps {
 
 /* Registers every route of SPEC §5 on srv and sets srv's observer (HTTP metrics).
  * deps is copied (the pointers in it must outlive the api). 0 and *out set, or a
- * negative errno. */
+ * negative errno (out of memory): then close srv without serving, since routes
+ * registered before the failure are left pointing at freed memory. */
 int api_register(http_server *srv, const api_deps *deps, api **out);
 
 /* From now on no request is answered by the api (requests still waiting for
