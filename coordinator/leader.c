@@ -33,6 +33,7 @@ enum {
     P_STOPPING, /* stop() sent, waiting for finished() */
     P_WRITE,    /* finish/abandon of the run row in flight */
     P_RELEASE,  /* compare-and-delete in flight */
+    P_REPAIR,   /* raising the Redis fencing counter above the fence row */
     P_CLOSING,  /* handles closing */
 };
 
@@ -62,6 +63,7 @@ struct leader_session {
     char shutdown_reason[128];
     const char *lost_why; /* static string from lock.c, or "fenced out" */
     int fenced;
+    int fence_repaired; /* the one counter repair of this session was tried */
     int stop_sent;
     int job_active;  /* start() succeeded and finished() not yet called */
     int job_done;    /* finished() arrived, not yet handled */
@@ -683,6 +685,88 @@ static void create_requested(leader_session *s)
     s->phase = P_CREATE;
 }
 
+/* ---- fencing counter repair ------------------------------------------- */
+
+/* If Redis lost its data (a restart without persistence, a failover to an
+ * empty replica), INCR starts again from 1 and every new token is below the
+ * fence row in PostgreSQL: nobody could ever lead again. So when our claim is
+ * refused, raise the counter to the fence row's token (it only ever goes up),
+ * give our lock back and try once more. If a successor really holds the fence,
+ * the counter is already above it and the retry just finds its lock. */
+static redis_script raise_script = {
+    .src = "local c = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+           "local f = tonumber(ARGV[1])\n"
+           "if c < f then redis.call('SET', KEYS[1], ARGV[1]) end\n"
+           "return c\n",
+};
+
+static void on_repair_released(void *arg, lock *l, int status)
+{
+    leader_session *s = arg;
+
+    (void)l;
+    (void)status;
+    if (s->shutdown_req) {
+        set_result(s, LEADER_SHUTDOWN, s->shutdown_reason);
+        close_all(s);
+        return;
+    }
+    s->token = 0;
+    s->ld.token = 0;
+    try_acquire(s);
+}
+
+static void repair_done(leader_session *s)
+{
+    if (lock_release(s->lk, on_repair_released, s) != 0)
+        on_repair_released(s, s->lk, LOCK_ESTATE);
+}
+
+static void on_raised(void *arg, redisReply *reply, const char *err)
+{
+    leader_session *s = arg;
+
+    s->pending--;
+    if (err)
+        log_warn("could not raise the fencing counter", LF_S("error", err));
+    else if (reply && reply->type == REDIS_REPLY_INTEGER)
+        log_warn("fencing counter was behind the fence row (Redis lost its data?): raised",
+                 LF_I("counter_was", reply->integer), LF_I("our_token", s->token));
+    repair_done(s);
+}
+
+static void on_fence_token(void *arg, PGresult *res, const char *err)
+{
+    leader_session *s = arg;
+    char key[256];
+    const char *argv[2];
+
+    s->pending--;
+    if (err || PQntuples(res) != 1 || lock_fence_key(s->st.env, s->o.ops->name, key, sizeof(key))) {
+        repair_done(s);
+        return;
+    }
+    argv[0] = key;
+    argv[1] = PQgetvalue(res, 0, 0);
+    if (redis_eval(s->o.redis, &raise_script, 1, 2, argv, on_raised, s) == 0)
+        s->pending++;
+    else
+        repair_done(s);
+}
+
+static int start_fence_repair(leader_session *s)
+{
+    const char *p[2] = {s->st.env, s->o.ops->name};
+
+    if (pg_query(s->o.pg, "SELECT token FROM leader_fence WHERE env = $1 AND job = $2", 2, p,
+                 on_fence_token, s) != 0)
+        return -1;
+    s->fence_repaired = 1;
+    s->pending++;
+    s->phase = P_REPAIR;
+    return 0;
+}
+
 static void on_fence(void *arg, int held, const char *err)
 {
     leader_session *s = arg;
@@ -693,6 +777,8 @@ static void on_fence(void *arg, int held, const char *err)
         end_session(s);
         return;
     }
+    if (!held && !s->fence_repaired && !interrupted(s) && start_fence_repair(s) == 0)
+        return;
     if (!held) {
         s->fenced = 1;
         s->lost_why = "fenced out";

@@ -18,6 +18,11 @@
  * there is none it releases the lock and reports LEADER_NOTHING.
  *
  * Failure handling:
+ *   - the fence claim is refused (a newer token is in leader_fence): once per
+ *     session, the Redis fencing counter is raised to the fence row's token (it
+ *     only ever goes up: this repairs a Redis that lost its data and restarted
+ *     INCR from 1), our lock is given back and acquired again; a second refusal
+ *     ends the session with LEADER_FENCED.
  *   - lease lost (lock.c on_lost) or the job/heartbeat found the fence taken
  *     (fenced_out): ops->stop() at once, log + alert "lock_lost", no more writes;
  *     the run stays 'running' under the lost token and the next leader marks it

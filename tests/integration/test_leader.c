@@ -699,6 +699,58 @@ static void test_resume_then_requested(void **state)
     tjob_close(&f->loop, &jb);
 }
 
+/* Redis lost its data: the fencing counter starts again below the fence row.
+ * The session raises the counter and leads with a token above the row. */
+static void test_fence_counter_repair(void **state)
+{
+    fixture *f = *state;
+    tjob j = {.mode = J_FINISH, .finish_after_ms = 20, .final_state = "succeeded"};
+    outcome o1 = {0}, o2 = {0};
+    leader_opts lo;
+    char fk[256], v[64];
+    redisReply *rr;
+
+    J = &j;
+    th_pg_str(f->db, v, sizeof(v),
+              "INSERT INTO leader_fence (env, job, token, instance) VALUES ('%s', '%s', 41, "
+              "'old-life') RETURNING token",
+              f->env, JOB);
+    lock_fence_key(f->env, JOB, fk, sizeof(fk));
+    rr = redisCommand(f->direct, "DEL %s", fk);
+    freeReplyObject(rr);
+
+    lo = opts(f, &f->st, NULL, &o1);
+    lo.create = 1;
+    lo.trigger = "cli";
+    start(&lo);
+    assert_true(th_run_until(&f->loop, &o1.done, 10000));
+    assert_int_equal(o1.r.status, LEADER_DONE);
+    assert_string_equal(o1.state, "succeeded");
+    assert_int_equal(o1.r.fencing_token, 42);
+    assert_int_equal(o1.ev[LEADER_EV_ACQUIRED], 2); /* token 1 refused, then 42 */
+    th_redis_get(f->direct, fk, v, sizeof(v));
+    assert_string_equal(v, "42");
+    th_pg_str(f->db, v, sizeof(v), "SELECT token FROM leader_fence WHERE env = '%s'", f->env);
+    assert_string_equal(v, "42");
+
+    /* a counter already above the row is left alone: no refusal, no repair */
+    th_pg_str(f->db, v, sizeof(v),
+              "UPDATE leader_fence SET token = 1000 WHERE env = '%s' RETURNING token", f->env);
+    rr = redisCommand(f->direct, "SET %s 5000", fk);
+    freeReplyObject(rr);
+    lo = opts(f, &f->st, NULL, &o2);
+    lo.create = 1;
+    lo.trigger = "cli";
+    start(&lo);
+    assert_true(th_run_until(&f->loop, &o2.done, 10000));
+    assert_int_equal(o2.r.status, LEADER_DONE);
+    assert_int_equal(o2.r.fencing_token, 5001);
+    assert_int_equal(o2.ev[LEADER_EV_ACQUIRED], 1);
+    th_redis_get(f->direct, fk, v, sizeof(v));
+    assert_string_equal(v, "5001");
+    tjob_close(&f->loop, &j);
+}
+
 typedef struct info_rec {
     int calls, is_null;
     char instance[160], err[128];
@@ -774,6 +826,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fire_already_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_then_requested, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leader_lookup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fence_counter_repair, setup, teardown),
     };
 
     log_init(LOG_WARN, 0, "test_leader", 0);
