@@ -23,6 +23,16 @@ eq "bad ORGSYNC_DEPT_RATE exits 2" 2 "$rc"
 check "the message names ORGSYNC_DEPT_RATE" grep -q "^orgsync: ORGSYNC_DEPT_RATE: expected" <<<"$out"
 eq "the message is one line" 1 "$(wc -l <<<"$out")"
 eq "nothing connected anywhere" 0 "$(grep -c 'connect(' "$ORGSYNC_TEST_TMP/strace.$$" || true)"
+# serve too: the supervisor must not fork workers (nor connect) on a bad setting.
+set +e
+out=$(ASAN_OPTIONS=detect_leaks=0 ORGSYNC_DEPT_RATE=abc strace -f -qq -e trace=connect,clone,fork,vfork -o "$ORGSYNC_TEST_TMP/strace.serve.$$" \
+    "$ORGSYNC_BIN" serve 2>&1)
+rc=$?
+set -e
+eq "serve: bad ORGSYNC_DEPT_RATE exits 2" 2 "$rc"
+check "serve: the message names ORGSYNC_DEPT_RATE" grep -q "^orgsync: ORGSYNC_DEPT_RATE: expected" <<<"$out"
+eq "serve: nothing connected anywhere" 0 "$(grep -c 'connect(' "$ORGSYNC_TEST_TMP/strace.serve.$$" || true)"
+eq "serve: no worker forked" 0 "$(grep -cE '(clone|fork)\(' "$ORGSYNC_TEST_TMP/strace.serve.$$" || true)"
 
 set +e
 "$ORGSYNC_BIN" frobnicate >/dev/null 2>&1; eq "unknown command exits 2" 2 $?
