@@ -86,6 +86,12 @@ int api_valid_corp_id(const char *s);
  * 15 digits. 1 if valid. */
 int api_valid_mobile(const char *s);
 
+/* The realtime lookup body: a JSON object with string corp_id and mobile (other
+ * keys ignored), nothing after it. 0 with both copied, or -1 and *why says what is
+ * wrong. len may exceed INT_MAX only in theory (bodies are capped at 64 KiB). */
+int api_lookup_body_parse(const char *body, size_t len, char *corp, size_t clen, char *mobile,
+                          size_t mlen, const char **why);
+
 /* Column helpers on a PGresult: NULL-aware. */
 const char *api_col(const PGresult *r, int row, int col); /* NULL when SQL NULL */
 long long api_col_ll(const PGresult *r, int row, int col);

@@ -435,6 +435,12 @@ static void on_post_run(http_req *req, void *arg)
     api *a = arg;
     if (!api_admin_ok(a, req))
         return;
+    /* found by fuzz_request: with the database down the pool would hold the
+     * request until its query timeout; answer now */
+    if (!pg_pool_ready(a->d.pg)) {
+        http_reply_error(req, 503, "database_unavailable", "PostgreSQL is not connected");
+        return;
+    }
     post_op *op = calloc(1, sizeof(*op));
     if (!op) {
         http_reply_error(req, 503, "out_of_memory", "out of memory");

@@ -288,18 +288,21 @@ done:
     free(op);
 }
 
-/* The body: {"corp_id": "...", "mobile": "..."}, nothing else required. */
-static int parse_lookup_body(http_req *req, char *corp, size_t clen, char *mobile, size_t mlen,
-                             const char **why)
+/* "\u0000" inside a JSON string would cut it short in C: refuse it. */
+static int has_nul(json_object *s)
 {
-    size_t len = 0;
-    const char *body = http_req_body(req, &len);
+    return (size_t)json_object_get_string_len(s) != strlen(json_object_get_string(s));
+}
+
+int api_lookup_body_parse(const char *body, size_t len, char *corp, size_t clen, char *mobile,
+                          size_t mlen, const char **why)
+{
     json_tokener *tok = NULL;
     json_object *o = NULL, *c, *m;
     int rc = -1;
 
     *why = "body must be a JSON object {\"corp_id\", \"mobile\"}";
-    if (!body || len == 0)
+    if (!body || len == 0 || len > (1u << 20))
         goto cleanup;
     tok = json_tokener_new_ex(16); /* shallow: the object has two strings */
     if (!tok)
@@ -309,12 +312,12 @@ static int parse_lookup_body(http_req *req, char *corp, size_t clen, char *mobil
         json_tokener_get_parse_end(tok) != len || !json_object_is_type(o, json_type_object))
         goto cleanup;
     if (!json_object_object_get_ex(o, "corp_id", &c) || !json_object_is_type(c, json_type_string) ||
-        !api_valid_corp_id(json_object_get_string(c))) {
+        !api_valid_corp_id(json_object_get_string(c)) || has_nul(c)) {
         *why = "corp_id must be a string of 1-64 [A-Za-z0-9_-]";
         goto cleanup;
     }
     if (!json_object_object_get_ex(o, "mobile", &m) || !json_object_is_type(m, json_type_string) ||
-        !api_valid_mobile(json_object_get_string(m))) {
+        !api_valid_mobile(json_object_get_string(m)) || has_nul(m)) {
         *why = "mobile must be 11 digits starting with 1, or + and 6 to 15 digits";
         goto cleanup;
     }
@@ -336,7 +339,9 @@ static void on_realtime_lookup(http_req *req, void *arg)
 
     if (!api_admin_ok(a, req))
         return;
-    if (parse_lookup_body(req, corp, sizeof corp, mobile, sizeof mobile, &why)) {
+    size_t len = 0;
+    const char *body = http_req_body(req, &len);
+    if (api_lookup_body_parse(body, len, corp, sizeof corp, mobile, sizeof mobile, &why)) {
         http_reply_error(req, 400, "bad_request", why);
         return;
     }
@@ -347,7 +352,8 @@ static void on_realtime_lookup(http_req *req, void *arg)
     if (rc) {
         api_unref(a);
         free(op);
-        http_reply_error(req, rc == -EINVAL ? 400 : 503, rc == -EINVAL ? "bad_request" : "busy",
+        http_reply_error(req, rc == -EINVAL ? 400 : 503,
+                         rc == -EINVAL ? "bad_request" : "unavailable",
                          rc == -EINVAL ? "bad corp_id or mobile" : "could not start the lookup");
     }
 }

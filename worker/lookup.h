@@ -44,7 +44,8 @@ lookup *lookup_new(uv_loop_t *loop, const settings *s, pg_pool *pg, redis_client
 void lookup_free(lookup *lk);
 
 /* 0 when cb will be called once (never from inside this call), or a negative
- * errno (-EINVAL: bad corp or mobile format, -ENOMEM). */
+ * errno (-EINVAL: bad corp or mobile format, -EAGAIN: PostgreSQL not connected,
+ * -ENOMEM, or the pool's PG_E*). */
 int lookup_realtime(lookup *lk, const char *corp_id, const char *mobile, lookup_cb cb, void *arg);
 
 /* Redis key of the negative cache entry for (corp, mobile). 0, or -1 if too long. */

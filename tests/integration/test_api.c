@@ -967,6 +967,13 @@ static void test_dependencies_down(void **state)
     expect_status("GET", "/healthz", NULL, NULL, 200);
     expect_status("GET", "/v1/runs/latest", NULL, NULL, 503);
     expect_status("GET", "/v1/leader", NULL, NULL, 503);
+    expect_status("GET", "/v1/users?mobile=13800000000", NULL, NULL, 503);
+    /* at once, not after the pool's query timeout (fuzz_request found that one) */
+    uint64_t t0 = time_mono_us();
+    expect_status("POST", "/v1/runs", auth, NULL, 503);
+    expect_status("POST", "/v1/users/realtime-lookup", auth,
+                  "{\"corp_id\":\"wwsim0001\",\"mobile\":\"13800000000\"}", 503);
+    assert_true(time_mono_us() - t0 < 2000000);
     r = get("/metrics");
     assert_int_equal(r.status, 200);
     resp_free(&r);
