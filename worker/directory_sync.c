@@ -40,6 +40,8 @@ typedef struct ds_batch {
     long long dept_id;
     char *body; /* the user/list answer, or NULL for a department the upstream does not know */
     int members;
+    int primary; /* members whose main department this is: counted once, here */
+    int dups;    /* the answer lists a member twice */
 } ds_batch;
 
 typedef enum { CS_PENDING = 0, CS_LISTING, CS_DEPTS, CS_FINAL, CS_ENDED } corp_state;
@@ -101,6 +103,7 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
 #define Q_PROGRESS_READ "ds_progress_read"
 #define Q_DEPTS "ds_departments"
 #define Q_USERS "ds_users"
+#define Q_USERS_DEDUP "ds_users_dedup"
 #define Q_CORP_OK "ds_corp_succeeded"
 #define Q_CORP_FAIL "ds_corp_failed"
 
@@ -144,44 +147,51 @@ static const char sql_departments[] =
     "  (SELECT coalesce(array_agg(dept_id ORDER BY dept_id), '{}')::text FROM sync_checkpoints "
     "   WHERE run_id = $4::bigint AND corp_id = $5)";
 
-/* $4 run, $5 corp, $6 user/list answer ('{}' for a department the upstream does
- * not know: its row loses this run's mark, so it is deleted if the enterprise
- * succeeds), $7 dept, $8..$10 counters, $11 note for last_error or NULL.
- * users_upserted counts members first written in this run, so a member in
- * several departments counts once (the snapshot shows sync_run_id as it was
- * before this statement). */
-static const char sql_users[] =
-    "WITH " FENCE_CTE ", "
-    "src AS (SELECT DISTINCT ON (r.userid) r.userid, r.name, r.mobile, r.email, r.position, "
-    "  r.status, coalesce(r.department, '{}') AS department, r.main_department, e AS raw "
-    "  FROM jsonb_array_elements(coalesce($6::jsonb -> 'userlist', '[]')) AS e, "
-    "  jsonb_to_record(e) AS r(userid text, name text, mobile text, email text, position text, "
-    "  status int, department int[], main_department int) "
-    "  WHERE EXISTS (SELECT 1 FROM fence) ORDER BY r.userid), "
-    "fresh AS (SELECT count(*) AS n FROM src LEFT JOIN users cur ON cur.corp_id = $5 "
-    "  AND cur.userid = src.userid WHERE cur.sync_run_id IS DISTINCT FROM $4::bigint), "
-    "up AS (INSERT INTO users AS u (corp_id, userid, name, mobile, email, position, status, "
-    "  department, main_department, raw, sync_run_id, synced_at, deleted_at) "
-    "  SELECT $5, userid, name, mobile, email, position, status, department, main_department, "
-    "  raw, $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, userid) DO UPDATE SET "
-    "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "
-    "  position = EXCLUDED.position, status = EXCLUDED.status, "
-    "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
-    "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
-    "  deleted_at = NULL RETURNING 1), "
-    "gone AS (UPDATE departments SET sync_run_id = NULL WHERE $6::jsonb = '{}'::jsonb "
-    "  AND corp_id = $5 AND dept_id = $7::bigint AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
-    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "
-    "  SELECT $4::bigint, $5, $7::bigint, (SELECT count(*) FROM up) "
-    "  WHERE EXISTS (SELECT 1 FROM fence) ON CONFLICT DO NOTHING RETURNING 1), "
-    "pr AS (UPDATE sync_progress SET departments_done = departments_done + "
-    "  (SELECT count(*) FROM cp), users_upserted = users_upserted + (SELECT n FROM fresh), "
-    "  requests = requests + $8::bigint, retries = retries + $9::bigint, "
-    "  errors = errors + $10::bigint, last_error = coalesce($11, last_error), "
-    "  updated_at = now() "
-    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
-    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "
-    "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
+/* $4 run, $5 corp, $6 user/list answer, $7 dept, $8..$10 counters, $11 note for
+ * last_error or NULL, $12 members first counted here, $13 't' for a department
+ * the upstream does not know (60003): its row loses this run's mark, so it is
+ * deleted if the enterprise succeeds.
+ *
+ * The answer is cast to jsonb once (the cost that matters at 2,000 departments
+ * a second); members are inserted in the answer's order, since one enterprise's
+ * writes never overlap. users_upserted counts each member once, in the batch of
+ * its main department ($12, counted here in C). The DISTINCT ON variant is for
+ * an answer that lists a member twice, which ON CONFLICT cannot take. */
+#define USERS_SRC(distinct, order)                                                                 \
+    "src AS (SELECT " distinct " r.userid, r.name, r.mobile, r.email, r.position, r.status, "      \
+    "  coalesce(r.department, '{}') AS department, r.main_department, e AS raw "                   \
+    "  FROM jsonb_array_elements(coalesce($6::jsonb -> 'userlist', '[]')) AS e, "                  \
+    "  jsonb_to_record(e) AS r(userid text, name text, mobile text, email text, position text, "   \
+    "  status int, department int[], main_department int) "                                        \
+    "  WHERE EXISTS (SELECT 1 FROM fence) " order "), "
+#define USERS_REST                                                                                 \
+    "up AS (INSERT INTO users AS u (corp_id, userid, name, mobile, email, position, status, "      \
+    "  department, main_department, raw, sync_run_id, synced_at, deleted_at) "                     \
+    "  SELECT $5, userid, name, mobile, email, position, status, department, main_department, "    \
+    "  raw, $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, userid) DO UPDATE SET "         \
+    "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "                   \
+    "  position = EXCLUDED.position, status = EXCLUDED.status, "                                   \
+    "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "             \
+    "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "   \
+    "  deleted_at = NULL RETURNING 1), "                                                           \
+    "gone AS (UPDATE departments SET sync_run_id = NULL WHERE $13::boolean "                       \
+    "  AND corp_id = $5 AND dept_id = $7::bigint AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "  \
+    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "                       \
+    "  SELECT $4::bigint, $5, $7::bigint, (SELECT count(*) FROM up) "                              \
+    "  WHERE EXISTS (SELECT 1 FROM fence) ON CONFLICT DO NOTHING RETURNING 1), "                   \
+    "pr AS (UPDATE sync_progress SET departments_done = departments_done + "                       \
+    "  (SELECT count(*) FROM cp), users_upserted = users_upserted + "                              \
+    "  CASE WHEN EXISTS (SELECT 1 FROM cp) THEN $12::bigint ELSE 0 END, "                          \
+    "  requests = requests + $8::bigint, retries = retries + $9::bigint, "                         \
+    "  errors = errors + $10::bigint, last_error = coalesce($11, last_error), "                    \
+    "  updated_at = now() "                                                                        \
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "  \
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "                   \
+    "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)"
+
+static const char sql_users[] = "WITH " FENCE_CTE ", " USERS_SRC("", "") USERS_REST;
+static const char sql_users_dedup[] =
+    "WITH " FENCE_CTE ", " USERS_SRC("DISTINCT ON (r.userid)", "ORDER BY r.userid") USERS_REST;
 
 /* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL. Only after
  * every department succeeded: whoever this run did not see is gone. */
@@ -220,11 +230,9 @@ static int prepare_all(pg_pool *pg)
     static const struct {
         const char *name, *sql;
     } stmts[] = {
-        {Q_PROGRESS_INIT, sql_progress_init},
-        {Q_PROGRESS_READ, sql_progress_read},
-        {Q_DEPTS, sql_departments},
-        {Q_USERS, sql_users},
-        {Q_CORP_OK, sql_corp_ok},
+        {Q_PROGRESS_INIT, sql_progress_init}, {Q_PROGRESS_READ, sql_progress_read},
+        {Q_DEPTS, sql_departments},           {Q_USERS, sql_users},
+        {Q_USERS_DEDUP, sql_users_dedup},     {Q_CORP_OK, sql_corp_ok},
         {Q_CORP_FAIL, sql_corp_fail},
     };
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
@@ -358,11 +366,30 @@ static int int_array_ok(json_object *m, const char *k)
     return 1;
 }
 
-/* Checks a user/list answer so the write cannot fail on its shape. Returns the
- * member count, or -1 with why. */
-static int check_userlist(json_object *root, char *why, size_t n)
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The department a member is counted in: its main one, else its first. */
+static long long primary_dept(json_object *m, long long fallback)
+{
+    json_object *v;
+
+    if (json_object_object_get_ex(m, "main_department", &v) && is_int(v))
+        return json_object_get_int64(v);
+    if (json_object_object_get_ex(m, "department", &v) && v &&
+        json_object_is_type(v, json_type_array) && json_object_array_length(v) > 0)
+        return json_object_get_int64(json_object_array_get_idx(v, 0));
+    return fallback;
+}
+
+/* Checks a user/list answer so the write cannot fail on its shape, and fills
+ * the batch's counts. Returns the member count, or -1 with why. */
+static int check_userlist(json_object *root, ds_batch *b, char *why, size_t n)
 {
     json_object *ul, *m, *uid;
+    const char **ids;
     size_t len;
 
     if (!json_object_object_get_ex(root, "userlist", &ul) ||
@@ -371,16 +398,24 @@ static int check_userlist(json_object *root, char *why, size_t n)
         return -1;
     }
     len = json_object_array_length(ul);
+    ids = malloc((len ? len : 1) * sizeof(*ids));
+    if (!ids) {
+        snprintf(why, n, "out of memory");
+        return -1;
+    }
+    b->primary = 0;
     for (size_t i = 0; i < len; i++) {
         m = json_object_array_get_idx(ul, i);
         if (!m || !json_object_is_type(m, json_type_object)) {
             snprintf(why, n, "member %zu is not an object", i);
+            free(ids);
             return -1;
         }
         if (!json_object_object_get_ex(m, "userid", &uid) ||
             !json_object_is_type(uid, json_type_string) || json_object_get_string_len(uid) == 0 ||
             json_object_get_string_len(uid) > 64) {
             snprintf(why, n, "member %zu has no usable userid", i);
+            free(ids);
             return -1;
         }
         if (!field_ok(m, "name", json_type_string) || !field_ok(m, "mobile", json_type_string) ||
@@ -389,9 +424,17 @@ static int check_userlist(json_object *root, char *why, size_t n)
             !field_ok(m, "main_department", json_type_int) || !int_array_ok(m, "department")) {
             snprintf(why, n, "member %.64s has a field of the wrong type",
                      json_object_get_string(uid));
+            free(ids);
             return -1;
         }
+        ids[i] = json_object_get_string(uid);
+        b->primary += primary_dept(m, b->dept_id) == b->dept_id;
     }
+    qsort(ids, len, sizeof(*ids), cmp_str);
+    b->dups = 0;
+    for (size_t i = 1; i < len && !b->dups; i++)
+        b->dups = strcmp(ids[i - 1], ids[i]) == 0;
+    free(ids);
     return (int)len;
 }
 
@@ -467,13 +510,14 @@ static void write_batch(ds_corp *c)
 {
     ds_job *j = c->job;
     ds_batch *b = c->writing;
-    char dept[24], req[24], ret[24], errs[24];
-    const char *p[11];
+    char dept[24], req[24], ret[24], errs[24], primary[24];
+    const char *p[13];
     int rc;
 
     if (!lease_ok(j))
         return;
     fmt_ll(dept, sizeof(dept), b->dept_id);
+    fmt_ll(primary, sizeof(primary), b->primary);
     take_counters(c, req, ret, errs);
     p[0] = j->run->env;
     p[1] = j->run->job;
@@ -486,7 +530,10 @@ static void write_batch(ds_corp *c)
     p[8] = ret;
     p[9] = errs;
     p[10] = c->note[0] ? c->note : NULL;
-    rc = pg_query_prepared(j->run->pg, Q_USERS, 11, p, on_users_written, c);
+    p[11] = primary;
+    p[12] = b->body ? "f" : "t";
+    rc = pg_query_prepared(j->run->pg, b->dups ? Q_USERS_DEDUP : Q_USERS, 13, p, on_users_written,
+                           c);
     if (rc) {
         restore_counters(c);
         corp_error(c, "department %lld: cannot queue the write (%d)", b->dept_id, rc);
@@ -606,8 +653,13 @@ static void on_user_list(void *arg, const wecom_result *res)
         corp_pump(c);
         return;
     }
-    n = check_userlist(res->json, why, sizeof(why));
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        goto oom;
+    b->dept_id = dept;
+    n = check_userlist(res->json, b, why, sizeof(why));
     if (n < 0) {
+        free(b);
         corp_error(c, "department %lld: malformed user/list answer: %s", dept, why);
         log_warn("directory sync: department failed", LF_S("corp_id", c->corp_id),
                  LF_I("dept_id", dept), LF_S("error", c->last_error));
@@ -615,10 +667,6 @@ static void on_user_list(void *arg, const wecom_result *res)
         corp_pump(c);
         return;
     }
-    b = calloc(1, sizeof(*b));
-    if (!b)
-        goto oom;
-    b->dept_id = dept;
     b->members = n;
     b->body = malloc(res->body_len + 1);
     if (!b->body) {

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Benchmark of `orgsync sync` against the simulator (issue 4, item 9).
+#
+#   tests/bench/sync/run.sh                       # 200 x 50 x 40, latency 5 ms
+#   CORPS=20 DEPTS=20 USERS=10 tests/bench/sync/run.sh
+#
+# Builds a Release binary (no sanitizers) in BUILD_DIR (default build-bench),
+# starts a private PostgreSQL and Redis (tests/servers.sh) and the simulator,
+# registers the enterprises, runs one `orgsync sync` and prints:
+#   wall time and its ratio to the floor set by the rate (the largest
+#   per-enterprise request count / ORGSYNC_DEPT_RATE), achieved requests per
+#   second per enterprise, the most requests for one enterprise in any 1 s window
+#   (the simulator's count), peak RSS of the syncing process, members written per
+#   second, and whether PostgreSQL holds every member.
+# Figures are printed, not judged: this is not a pass/fail timing test.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/../../.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$SRC/build-bench}
+CORPS=${CORPS:-200}
+DEPTS=${DEPTS:-50}
+USERS=${USERS:-40}
+LATENCY_MS=${LATENCY_MS:-5}
+RATE=${RATE:-10}
+
+for tool in jq psql curl; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 2; }
+done
+
+echo "== build ($BUILD_DIR, Release)"
+cmake -S "$SRC" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DORGSYNC_SANITIZE=OFF >/dev/null
+cmake --build "$BUILD_DIR" -j"$(nproc)" --target orgsync orgsync-sim >"$BUILD_DIR/bench-build.log" 2>&1 ||
+    { tail -30 "$BUILD_DIR/bench-build.log" >&2; exit 1; }
+
+TMP=$(mktemp -d /tmp/orgsync-bench.XXXXXX)
+chmod 755 "$TMP"
+SIM_PID=
+cleanup() {
+    [ -n "$SIM_PID" ] && kill "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null || true
+    "$SRC/tests/servers.sh" stop-redis "$TMP/redis" || true
+    "$SRC/tests/servers.sh" stop-pg "$TMP/pg" || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+echo "== servers"
+eval "$("$SRC/tests/servers.sh" start-pg "$TMP/pg")"
+eval "$("$SRC/tests/servers.sh" start-redis "$TMP/redis")"
+psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -c "CREATE ROLE orgsync LOGIN" -c "CREATE DATABASE orgsync OWNER orgsync"
+export ORGSYNC_PG_DSN="host=127.0.0.1 port=$PG_PORT user=orgsync dbname=orgsync"
+export ORGSYNC_REDIS_URL="$REDIS_URL"
+export ORGSYNC_ENV=bench
+export ORGSYNC_DEPT_RATE=$RATE
+export ORGSYNC_LOG_LEVEL=${ORGSYNC_LOG_LEVEL:-warn}
+"$BUILD_DIR/orgsync" migrate >/dev/null
+
+echo "== simulator: $CORPS enterprises x $DEPTS departments x $USERS members, latency $LATENCY_MS ms"
+"$BUILD_DIR/orgsync-sim" --port 0 --quiet --enterprises "$CORPS" --departments "$DEPTS" \
+    --users-per-dept "$USERS" --latency-ms "$LATENCY_MS" --rate "$RATE" >"$TMP/sim.out" 2>"$TMP/sim.err" &
+SIM_PID=$!
+for _ in $(seq 1 200); do
+    SIM_PORT=$(sed -n 's/^listening \([0-9]*\).*/\1/p' "$TMP/sim.out" | head -1)
+    [ -n "$SIM_PORT" ] && break
+    sleep 0.05
+done
+[ -n "${SIM_PORT:-}" ] || { cat "$TMP/sim.err" >&2; echo "simulator did not start" >&2; exit 1; }
+export ORGSYNC_UPSTREAM_URL="http://127.0.0.1:$SIM_PORT"
+USERS_TOTAL=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/org" | jq '[.corps[].users_total] | add')
+
+psql -q -X -v ON_ERROR_STOP=1 "$ORGSYNC_PG_DSN" -c "
+    INSERT INTO enterprises (corp_id, name, corp_secret)
+    SELECT format('wwsim%s', lpad(i::text, 4, '0')), format('Sim %s', i),
+           format('secret-wwsim%s', lpad(i::text, 4, '0'))
+    FROM generate_series(1, $CORPS) AS i"
+
+# CPU seconds a process and its reaped children used (utime+stime+cutime+cstime):
+# PostgreSQL's backends are reaped by the postmaster, so its total covers them.
+TCK=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$TCK" '{printf "%.2f", ($14 + $15 + $16 + $17) / t}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+PG_PID=$(head -1 "$PG_DIR/pgdata/postmaster.pid")
+REDIS_PID=$(cat "$TMP/redis/redis.pid")
+pg_cpu() { # postmaster + every live child
+    local sum
+    sum=$(cpu_of "$PG_PID")
+    for c in $(pgrep -P "$PG_PID"); do sum=$(awk -v a="$sum" -v b="$(cpu_of "$c")" 'BEGIN {print a + b}'); done
+    echo "$sum"
+}
+PG_CPU0=$(pg_cpu)
+SIM_CPU0=$(cpu_of "$SIM_PID")
+REDIS_CPU0=$(cpu_of "$REDIS_PID")
+
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "== orgsync sync"
+start=$(date +%s.%N)
+"$BUILD_DIR/orgsync" sync >"$TMP/sync.out" 2>"$TMP/sync.err" &
+SYNC_PID=$!
+HWM=0
+SYNC_CPU=0
+# VmHWM is the process's peak RSS so far; the last sample before it exits is its peak.
+while kill -0 "$SYNC_PID" 2>/dev/null; do
+    h=$(awk '/^VmHWM:/ {print $2}' "/proc/$SYNC_PID/status" 2>/dev/null || true)
+    [ -n "$h" ] && HWM=$h
+    c=$(cpu_of "$SYNC_PID")
+    [ "$c" != 0 ] && SYNC_CPU=$c
+    sleep 0.05
+done
+set +e
+wait "$SYNC_PID"
+SYNC_RC=$?
+set -e
+end=$(date +%s.%N)
+sleep 0.2 # let the postmaster reap the last backends
+PG_CPU=$(awk -v a="$(pg_cpu)" -v b="$PG_CPU0" 'BEGIN {printf "%.2f", a - b}')
+SIM_CPU=$(awk -v a="$(cpu_of "$SIM_PID")" -v b="$SIM_CPU0" 'BEGIN {printf "%.2f", a - b}')
+REDIS_CPU=$(awk -v a="$(cpu_of "$REDIS_PID")" -v b="$REDIS_CPU0" 'BEGIN {printf "%.2f", a - b}')
+tail -3 "$TMP/sync.out" | sed 's/^/  /'
+if [ "$SYNC_RC" != 0 ]; then
+    echo "orgsync sync exited $SYNC_RC" >&2
+    tail -20 "$TMP/sync.err" >&2
+fi
+
+STATS=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/stats")
+PG_USERS=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT count(*) FROM users WHERE deleted_at IS NULL")
+jq -r --arg t0 "$start" --arg t1 "$end" --arg rate "$RATE" --arg hwm "$HWM" \
+    --arg pgusers "$PG_USERS" --arg want "$USERS_TOTAL" --arg rc "$SYNC_RC" '
+  def r2: (. * 100 | round) / 100;
+  (($t1 | tonumber) - ($t0 | tonumber)) as $wall | ($rate | tonumber) as $rate |
+  [.corps[] | {n: .requests,
+               span: ((.last_request_ms - .first_request_ms) / 1000),
+               max1s: .max_1s, viol: .violations}] as $c |
+  ($c | map(.n) | max) as $maxreq |
+  ($maxreq / $rate) as $floor |
+  ($c | map(select(.span > 0) | (.n - 1) / .span) | sort) as $rps |
+  "== results",
+  "wall time                     \($wall | r2) s",
+  "floor (max requests/rate)     \($floor | r2) s  (\($maxreq) requests for one enterprise at \($rate)/s)",
+  "wall / floor                  \($wall / $floor | r2)  (goal <= 1.25)",
+  "requests/s per enterprise     min \($rps[0] | r2)  median \($rps[($rps | length) / 2 | floor] | r2)  max \($rps[-1] | r2)  (goal >= 9.5)",
+  "max requests in any 1 s       \($c | map(.max1s) | max)  (limit \($rate)); violations \($c | map(.viol) | add)",
+  "upstream requests             \(.total.requests) total, max in flight \(.total.max_inflight)",
+  "peak RSS of orgsync sync      \(($hwm | tonumber) / 1024 | r2) MB  (goal <= 64)",
+  "members written per second    \(($pgusers | tonumber) / $wall | round)  (\($pgusers) of \($want) members in PostgreSQL)",
+  "orgsync sync exit status      \($rc)"
+' <<<"$STATS"
+echo "CPU seconds used              postgres $PG_CPU, orgsync sync $SYNC_CPU (last sample), simulator $SIM_CPU, redis $REDIS_CPU ($(nproc) CPUs; load before: $LOAD0)"
