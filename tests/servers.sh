@@ -14,10 +14,13 @@ set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
+# Ports are picked below the kernel's ephemeral range (32768 and up), so an
+# outgoing connection cannot take one between this check and the server's bind;
+# a start that still loses a race is retried on another port.
 free_port() {
     local p
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((15000 + RANDOM % 17000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
@@ -52,10 +55,16 @@ start_pg() {
         as_pg "$PGBIN/initdb" -D "$dir/pgdata" -U postgres --auth=trust -E UTF8 --no-locale \
             >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
     fi
-    port=$(free_port)
-    as_pg "$PGBIN/pg_ctl" -D "$dir/pgdata" -l "$dir/pg.log" -w -t 30 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
-        start >/dev/null || { tail -20 "$dir/pg.log" >&2; return 1; }
+    local try
+    for try in 1 2 3 4 5; do
+        port=$(free_port)
+        if as_pg "$PGBIN/pg_ctl" -D "$dir/pgdata" -l "$dir/pg.log" -w -t 30 \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+            start >/dev/null; then
+            break
+        fi
+        [ "$try" = 5 ] && { tail -20 "$dir/pg.log" >&2; return 1; }
+    done
     echo "$port" >"$dir/pg.port"
     echo "PG_DIR=$dir"
     echo "PG_PORT=$port"
@@ -92,8 +101,12 @@ start_redis() {
     local dir=$1 port
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    port=$(free_port)
-    start_redis_on "$dir" "$port"
+    local try
+    for try in 1 2 3 4 5; do
+        port=$(free_port)
+        start_redis_on "$dir" "$port" && break
+        [ "$try" = 5 ] && return 1
+    done
     echo "$port" >"$dir/redis.port"
     echo "REDIS_PORT=$port"
     echo "REDIS_URL=redis://127.0.0.1:$port/0"
