@@ -545,7 +545,7 @@ static void on_fence_row(void *arg, PGresult *res, const char *err)
         return;
     }
     if (lock_fence_key(s->st.env, s->o.ops->name, key, sizeof(key)))
-        return;
+        return; /* cannot happen: env and job were checked by the lock */
     snprintf(tok, sizeof(tok), "%s", PQgetvalue(res, 0, 0));
     snprintf(margin, sizeof(margin), "%d", SCHEDULE_FENCE_MARGIN);
     argv[0] = key;

@@ -38,7 +38,13 @@ run_with() {
     done_depts() { psql_q "SELECT coalesce(sum(departments_done), 0) FROM sync_progress WHERE run_id = $rid"; }
     T=10 wait_for eval '[ "$(done_depts)" -ge 25 ]' || true
     echo "$what: restarting at $(done_depts) of 90 departments (leader $(serve_leader))"
-    "$ORGSYNC_SRC/tests/servers.sh" "$what" "$PRIV/${what#restart-}"
+    # The port may be taken meanwhile as some connection's ephemeral port
+    # (servers.sh picks ports inside ip_local_port_range): try a few times.
+    for try in 1 2 3 4 5; do
+        "$ORGSYNC_SRC/tests/servers.sh" "$what" "$PRIV/${what#restart-}" && break
+        echo "$what: attempt $try failed; again"
+        sleep 0.5
+    done
     T=60 wait_for eval '! [ "$(run_state "$rid")" = running ] && ! [ "$(run_state "$rid")" = abandoned ]' ||
         not_ok "$what: run $rid did not end"
     eq "$what: run $rid succeeded" succeeded "$(run_state "$rid")"
