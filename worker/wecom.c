@@ -19,8 +19,10 @@
 #include "common/loop_sem.h"
 #include "common/pacer.h"
 #include "common/timeutil.h"
+#include "worker/json_scan.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +76,7 @@ struct wc_req {
     int requests, retries;
     int net_failures, busy_failures, ban_pauses, token_retried;
     int refresh_polls;
+    int text_only; /* no json-c tree in the result */
     int errcode;
     wecom_status fail_status; /* of the last retried failure */
     char err[WC_ERR_MAX];
@@ -762,57 +765,36 @@ static void alert(wc_corp *c, const char *kind, const char *msg)
         w->o.alert(w->o.alert_arg, kind, c->corp_id, msg);
 }
 
-static json_object *parse_body(const char *body, size_t len, int *errcode, char *why, size_t whylen)
+/* An answer checked without building a tree (json_scan.h): the root object,
+ * its integer errcode and its errmsg. */
+typedef struct answer {
+    js_val root;
+    int errcode;
+    char errmsg[128];
+} answer;
+
+static int parse_body(const char *body, size_t len, answer *a, char *why, size_t whylen)
 {
-    json_tokener *tok;
-    json_object *j, *ec;
-    size_t used;
+    js_val v;
+    long long ec;
 
     if (!body || len == 0) {
         snprintf(why, whylen, "empty body");
-        return NULL;
+        return -1;
     }
-    tok = json_tokener_new();
-    if (!tok) {
-        snprintf(why, whylen, "out of memory");
-        return NULL;
-    }
-    j = json_tokener_parse_ex(tok, body, (int)len);
-    used = json_tokener_get_parse_end(tok);
-    if (!j) {
-        enum json_tokener_error e = json_tokener_get_error(tok);
-        snprintf(why, whylen, "%s at byte %zu of %zu",
-                 e == json_tokener_continue ? "truncated JSON" : json_tokener_error_desc(e), used,
-                 len);
-        json_tokener_free(tok);
-        return NULL;
-    }
-    json_tokener_free(tok);
-    while (used < len &&
-           (body[used] == ' ' || body[used] == '\n' || body[used] == '\r' || body[used] == '\t'))
-        used++;
-    if (used != len) {
-        snprintf(why, whylen, "trailing data at byte %zu of %zu", used, len);
-        json_object_put(j);
-        return NULL;
-    }
-    if (!json_object_is_type(j, json_type_object) ||
-        !json_object_object_get_ex(j, "errcode", &ec) || !json_object_is_type(ec, json_type_int)) {
+    if (js_check(body, len, why, whylen))
+        return -1;
+    js_root(body, len, &a->root);
+    if (a->root.type != JS_OBJECT || !js_get(&a->root, "errcode", &v) || !js_int(&v, &ec) ||
+        ec < INT_MIN || ec > INT_MAX) {
         snprintf(why, whylen, "no integer errcode");
-        json_object_put(j);
-        return NULL;
+        return -1;
     }
-    *errcode = json_object_get_int(ec);
-    return j;
-}
-
-static const char *errmsg_of(json_object *j)
-{
-    json_object *m;
-
-    if (j && json_object_object_get_ex(j, "errmsg", &m) && json_object_is_type(m, json_type_string))
-        return json_object_get_string(m);
-    return "";
+    a->errcode = (int)ec;
+    a->errmsg[0] = '\0';
+    if (js_get(&a->root, "errmsg", &v))
+        js_str_copy(&v, a->errmsg, sizeof(a->errmsg));
+    return 0;
 }
 
 /* Answer times feed the arrival window (see the top of the file). */
@@ -853,32 +835,30 @@ static void answered(wc_corp *c)
         w->pending++;
 }
 
-static void gettoken_answered(wc_corp *c, json_object *j, int errcode)
+static void gettoken_answered(wc_corp *c, const answer *a)
 {
     wc_req *r = c->head;
-    json_object *t, *e;
+    js_val t, e;
+    char token[WC_TOKEN_MAX];
+    long long exp = 0;
+    int n;
 
     c->call_token = 0;
-    if (errcode != 0) {
-        r->errcode = errcode;
-        set_err(r, WECOM_E_TOKEN, "gettoken: errcode %d (%.120s)", errcode, errmsg_of(j));
-        json_object_put(j);
+    if (a->errcode != 0) {
+        r->errcode = a->errcode;
+        set_err(r, WECOM_E_TOKEN, "gettoken: errcode %d (%.120s)", a->errcode, a->errmsg);
         req_fail(c, WECOM_E_TOKEN);
         return;
     }
-    if (!json_object_object_get_ex(j, "access_token", &t) ||
-        !json_object_is_type(t, json_type_string) || json_object_get_string_len(t) <= 0 ||
-        json_object_get_string_len(t) >= WC_TOKEN_MAX) {
+    n = js_get(&a->root, "access_token", &t) ? js_str_copy(&t, token, sizeof(token)) : -1;
+    if (n <= 0 || n >= WC_TOKEN_MAX) {
         set_err(r, WECOM_E_MALFORMED, "gettoken: answer without a usable access_token");
-        json_object_put(j);
         req_fail(c, WECOM_E_MALFORMED);
         return;
     }
-    long long exp = json_object_object_get_ex(j, "expires_in", &e) ? json_object_get_int64(e) : 0;
-    if (exp <= 0)
+    if (!js_get(&a->root, "expires_in", &e) || !js_int(&e, &exp) || exp <= 0)
         exp = 7200;
-    token_store(c, json_object_get_string(t), exp);
-    json_object_put(j);
+    token_store(c, token, exp);
 }
 
 static int is_token_error(int ec)
@@ -886,7 +866,7 @@ static int is_token_error(int ec)
     return ec == 40014 || ec == 42001 || ec == 40001;
 }
 
-static void ban(wc_corp *c, int errcode, json_object *j)
+static void ban(wc_corp *c, int errcode, const char *errmsg)
 {
     wecom *w = c->w;
     wc_req *r = c->head;
@@ -898,8 +878,7 @@ static void ban(wc_corp *c, int errcode, json_object *j)
     if (pause > w->o.ban_pause_cap_ms)
         pause = w->o.ban_pause_cap_ms;
     r->errcode = errcode;
-    set_err(r, WECOM_E_BANNED, "%s: errcode %d (%.120s)", wecom_api_names[r->api], errcode,
-            errmsg_of(j));
+    set_err(r, WECOM_E_BANNED, "%s: errcode %d (%.120s)", wecom_api_names[r->api], errcode, errmsg);
     if (r->ban_pauses >= w->o.ban_retries) {
         req_fail(c, WECOM_E_BANNED);
         return;
@@ -927,7 +906,9 @@ static void on_http(void *arg, const http_response *res)
     wecom *w = c->w;
     wc_req *r;
     wecom_api api;
-    json_object *j;
+    json_object *j = NULL;
+    json_tokener *tok = NULL;
+    answer a;
     int errcode = 0;
     char why[160];
 
@@ -949,36 +930,33 @@ static void on_http(void *arg, const http_response *res)
         retry_or_fail(c, &r->net_failures, w->o.max_retries, st);
         return;
     }
-    j = parse_body(res->body, res->body_len, &errcode, why, sizeof(why));
-    if (!j) {
+    if (parse_body(res->body, res->body_len, &a, why, sizeof(why))) {
         set_err(r, WECOM_E_MALFORMED, "%s: malformed answer: %s", wecom_api_names[api], why);
         retry_or_fail(c, &r->net_failures, w->o.max_retries, WECOM_E_MALFORMED);
         return;
     }
+    errcode = a.errcode;
     if (errcode == 45009 || errcode == 45033) {
-        ban(c, errcode, j);
-        json_object_put(j);
+        ban(c, errcode, a.errmsg);
         return;
     }
     c->ban_level = 0;
     c->ban_alerted = 0;
     if (errcode == -1) {
         r->errcode = errcode;
-        set_err(r, WECOM_E_BUSY, "%s: errcode -1 (%.120s)", wecom_api_names[api], errmsg_of(j));
-        json_object_put(j);
+        set_err(r, WECOM_E_BUSY, "%s: errcode -1 (%.120s)", wecom_api_names[api], a.errmsg);
         retry_or_fail(c, &r->busy_failures, w->o.busy_retries, WECOM_E_BUSY);
         return;
     }
     if (c->call_token) {
-        gettoken_answered(c, j, errcode);
+        gettoken_answered(c, &a);
         return;
     }
     if (is_token_error(errcode)) {
         char msg[200];
         r->errcode = errcode;
         set_err(r, WECOM_E_TOKEN, "%s: errcode %d (%.120s)", wecom_api_names[api], errcode,
-                errmsg_of(j));
-        json_object_put(j);
+                a.errmsg);
         w->stats.token_invalidations++;
         snprintf(msg, sizeof(msg), "access token refused with errcode %d on %s%s", errcode,
                  wecom_api_names[api], r->token_retried ? " after a refresh" : "");
@@ -998,7 +976,21 @@ static void on_http(void *arg, const http_response *res)
     r->errcode = errcode;
     if (errcode != 0)
         set_err(r, WECOM_E_ERRCODE, "%s: errcode %d (%.120s)", wecom_api_names[api], errcode,
-                errmsg_of(j));
+                a.errmsg);
+    /* Text-only requests skip the tree: the text was checked, which is all they need. */
+    if (!r->text_only) {
+        tok = json_tokener_new();
+        if (tok) {
+            j = json_tokener_parse_ex(tok, res->body, (int)res->body_len);
+            json_tokener_free(tok);
+        }
+        if (!j) {
+            set_err(r, WECOM_E_MALFORMED, "%s: answer not representable: out of memory",
+                    wecom_api_names[api]);
+            req_fail(c, WECOM_E_MALFORMED);
+            return;
+        }
+    }
     req_complete(c, errcode == 0 ? WECOM_OK : WECOM_E_ERRCODE, errcode, j, res->body,
                  res->body_len);
     json_object_put(j);
@@ -1034,7 +1026,7 @@ static wc_corp *corp_find(const wecom *w, const char *corp_id)
 }
 
 static int enqueue(wecom *w, const char *corp_id, wecom_api api, char *query, char *post,
-                   wecom_cb cb, void *arg)
+                   int text_only, wecom_cb cb, void *arg)
 {
     wc_corp *c;
     wc_req *r;
@@ -1062,6 +1054,7 @@ static int enqueue(wecom *w, const char *corp_id, wecom_api api, char *query, ch
         return -ENOMEM;
     }
     r->api = api;
+    r->text_only = text_only;
     r->query = query;
     r->post = post;
     r->cb = cb;
@@ -1095,7 +1088,7 @@ static char *query_printf(const char *fmt, ...)
 int wecom_department_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg)
 {
     char *q = dept_id > 0 ? query_printf("id=%lld", dept_id) : xstrdup("");
-    return enqueue(w, corp_id, WECOM_API_DEPT_LIST, q, NULL, cb, arg);
+    return enqueue(w, corp_id, WECOM_API_DEPT_LIST, q, NULL, 0, cb, arg);
 }
 
 int wecom_user_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg)
@@ -1103,7 +1096,15 @@ int wecom_user_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb c
     if (dept_id <= 0)
         return -EINVAL;
     return enqueue(w, corp_id, WECOM_API_USER_LIST, query_printf("department_id=%lld", dept_id),
-                   NULL, cb, arg);
+                   NULL, 0, cb, arg);
+}
+
+int wecom_user_list_text(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg)
+{
+    if (dept_id <= 0)
+        return -EINVAL;
+    return enqueue(w, corp_id, WECOM_API_USER_LIST, query_printf("department_id=%lld", dept_id),
+                   NULL, 1, cb, arg);
 }
 
 int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb cb, void *arg)
@@ -1112,7 +1113,8 @@ int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb c
 
     if (!userid || !*userid || url_escape(userid, esc, sizeof(esc)))
         return -EINVAL;
-    return enqueue(w, corp_id, WECOM_API_USER_GET, query_printf("userid=%s", esc), NULL, cb, arg);
+    return enqueue(w, corp_id, WECOM_API_USER_GET, query_printf("userid=%s", esc), NULL, 0, cb,
+                   arg);
 }
 
 int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb cb, void *arg)
@@ -1135,7 +1137,7 @@ int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb 
     post = buf_detach(&b, NULL);
     if (!post)
         return -ENOMEM;
-    return enqueue(w, corp_id, WECOM_API_GETUSERID, xstrdup(""), post, cb, arg);
+    return enqueue(w, corp_id, WECOM_API_GETUSERID, xstrdup(""), post, 0, cb, arg);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------- */

@@ -79,7 +79,8 @@ typedef struct wecom_result {
     wecom_status status;
     int errcode;       /* errcode of the last answer that had one, else 0 */
     const char *error; /* NULL when OK; else one line, e.g. "user/list: errcode 60003 (...)" */
-    json_object *json; /* the parsed body when OK or E_ERRCODE; valid during the callback */
+    json_object *json; /* the parsed body when OK or E_ERRCODE (NULL for *_text requests);
+                          valid during the callback */
     const char *body; /* the raw body of the last answer (may be NULL); valid during the callback */
     size_t body_len;
     int requests; /* upstream calls made for this request (gettoken included) */
@@ -122,6 +123,10 @@ int wecom_corp_set(wecom *w, const char *corp_id, const char *secret);
 /* dept_id <= 0: the whole directory (no id parameter). */
 int wecom_department_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg);
 int wecom_user_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg);
+/* The same, but res->json is NULL: the body was checked to be JSON (strict,
+ * worker/json_scan.h) with an integer errcode, and is handed over as text only,
+ * for a caller that reads it in place (no json-c tree built). */
+int wecom_user_list_text(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg);
 int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb cb, void *arg);
 /* mobile is sent in the POST body only; it is never logged. */
 int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb cb, void *arg);

@@ -44,8 +44,19 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== servers"
-eval "$("$SRC/tests/servers.sh" start-pg "$TMP/pg")"
-eval "$("$SRC/tests/servers.sh" start-redis "$TMP/redis")"
+# A free port can be taken between the check and the bind: try again then.
+for _ in 1 2 3; do
+    out=$("$SRC/tests/servers.sh" start-pg "$TMP/pg" 2>"$TMP/pg-start.err") && break
+    out=
+done
+[ -n "$out" ] || { cat "$TMP/pg-start.err" >&2; exit 1; }
+eval "$out"
+for _ in 1 2 3; do
+    out=$("$SRC/tests/servers.sh" start-redis "$TMP/redis" 2>"$TMP/redis-start.err") && break
+    out=
+done
+[ -n "$out" ] || { cat "$TMP/redis-start.err" >&2; exit 1; }
+eval "$out"
 psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -c "CREATE ROLE orgsync LOGIN" -c "CREATE DATABASE orgsync OWNER orgsync"
 export ORGSYNC_PG_DSN="host=127.0.0.1 port=$PG_PORT user=orgsync dbname=orgsync"
 export ORGSYNC_REDIS_URL="$REDIS_URL"
