@@ -120,8 +120,6 @@ static void note_view(schedule *s, const candidacy_view *v)
 
 /* ---- the leader session ------------------------------------------------ */
 
-static void fence_repair(schedule *s);
-
 static void on_event(void *arg, const leader_event *ev)
 {
     schedule *s = arg;
@@ -153,8 +151,6 @@ static void on_session_done(void *arg, const leader_result *r)
         maybe_free(s);
         return;
     }
-    if (r->status == LEADER_FENCED && !s->sess_ran)
-        fence_repair(s);
     /* Whatever happened, look again at once: a run may be waiting (a manual
      * request that came meanwhile, a fire owed, a run we had to give up). */
     s->lock_seen_held = 1;
@@ -499,69 +495,6 @@ void schedule_notify(schedule *s, const char *payload)
         return;
     }
     compete(s, K_MANUAL, 0);
-}
-
-/* ---- fence counter repair --------------------------------------------- */
-
-/* Raises the counter only if it is below the fence row: never lowers it, and
- * leaves it alone when a successor legitimately holds a newer token. */
-static redis_script raise_script = {
-    .src = "local c = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
-           "local f = tonumber(ARGV[1])\n"
-           "if c < f then\n"
-           "  local n = f + tonumber(ARGV[2])\n"
-           "  redis.call('SET', KEYS[1], string.format('%d', n))\n"
-           "  return {c, n}\n"
-           "end\n"
-           "return {c, c}\n",
-};
-
-static void on_raised(void *arg, redisReply *reply, const char *err)
-{
-    schedule *s = arg;
-
-    s->pending--;
-    if (err)
-        log_warn("scheduler: could not raise the fencing counter", LF_S("error", err));
-    else if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
-             reply->element[0]->integer != reply->element[1]->integer) {
-        s->stats.fence_repairs++;
-        log_warn("scheduler: fencing counter was behind the fence row (Redis lost its data?);"
-                 " raised it",
-                 LF_I("was", reply->element[0]->integer), LF_I("now", reply->element[1]->integer));
-    }
-    maybe_free(s);
-}
-
-static void on_fence_row(void *arg, PGresult *res, const char *err)
-{
-    schedule *s = arg;
-    char key[256], tok[24], margin[24];
-    const char *argv[3];
-
-    s->pending--;
-    if (s->closing || err || PQntuples(res) != 1) {
-        maybe_free(s);
-        return;
-    }
-    if (lock_fence_key(s->st.env, s->o.ops->name, key, sizeof(key)))
-        return; /* cannot happen: env and job were checked by the lock */
-    snprintf(tok, sizeof(tok), "%s", PQgetvalue(res, 0, 0));
-    snprintf(margin, sizeof(margin), "%d", SCHEDULE_FENCE_MARGIN);
-    argv[0] = key;
-    argv[1] = tok;
-    argv[2] = margin;
-    if (redis_eval(s->o.redis, &raise_script, 1, 3, argv, on_raised, s) == 0)
-        s->pending++;
-}
-
-static void fence_repair(schedule *s)
-{
-    const char *p[2] = {s->st.env, s->o.ops->name};
-
-    if (pg_query(s->o.pg, "SELECT token FROM leader_fence WHERE env = $1 AND job = $2", 2, p,
-                 on_fence_row, s) == 0)
-        s->pending++;
 }
 
 /* ---- lifetime --------------------------------------------------------- */

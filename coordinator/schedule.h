@@ -24,10 +24,9 @@
  * and PostgreSQL almost nothing.
  *
  * Redis losing its data (a restart without persistence) resets the fencing
- * counter below the token recorded in leader_fence, and every new token would
- * then be refused by the fence forever. A session fenced out at its claim makes
- * the scheduler compare the two and raise the counter past the fence row
- * (plus a margin, for tokens handed out but never recorded). */
+ * counter below leader_fence; the leader session repairs that itself
+ * (coordinator/leader.h), and the scheduler simply tries again at its next
+ * look. */
 #ifndef ORGSYNC_SCHEDULE_H
 #define ORGSYNC_SCHEDULE_H
 
@@ -43,8 +42,6 @@
 #include <uv.h>
 
 typedef struct schedule schedule;
-
-#define SCHEDULE_FENCE_MARGIN 1000
 
 typedef struct schedule_opts {
     uv_loop_t *loop;
@@ -85,7 +82,6 @@ typedef struct schedule_stats {
     unsigned long attempts;  /* sessions started */
     unsigned long led;       /* sessions that ran at least one run */
     unsigned long takeovers; /* orphans taken over */
-    unsigned long fence_repairs;
 } schedule_stats;
 void schedule_stats_get(const schedule *s, schedule_stats *out);
 
