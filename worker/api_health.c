@@ -12,6 +12,7 @@
 #include "common/timeutil.h"
 #include "coordinator/leader.h"
 #include "coordinator/lock.h"
+#include "worker/wecom.h"
 
 /* ---- /healthz ---- */
 
@@ -139,6 +140,26 @@ static void copy_client_stats(api *a)
     metrics_counter_set("orgsync_redis_timeouts_total", NULL, (double)rs.timeouts);
     metrics_counter_set("orgsync_redis_reconnects_total", NULL, (double)rs.reconnects);
     metrics_gauge_set("orgsync_http_connections", NULL, http_server_conn_count(a->srv));
+    if (a->d.wecom) {
+        /* process totals kept by the upstream client; the per-API, per-errcode
+         * series (M_UPSTREAM_REQUESTS) are for the client itself to add */
+        wecom_stats ws;
+        wecom_get_stats(a->d.wecom, &ws);
+        metrics_counter_set("orgsync_upstream_calls_total", NULL, (double)ws.requests);
+        metrics_counter_set(M_RETRIES, "source=\"wecom\"", (double)ws.retries);
+        metrics_counter_set("orgsync_upstream_token_refreshes_total", NULL,
+                            (double)ws.token_refreshes);
+        metrics_counter_set("orgsync_upstream_bans_total", NULL, (double)ws.bans);
+        metrics_gauge_set("orgsync_upstream_inflight", NULL, (double)ws.inflight);
+    }
+    /* each worker answers from its own registry: say which one this is */
+    char inst[65], info[128];
+    size_t n = 0;
+    for (const char *p = a->d.settings->instance; *p && n < sizeof inst - 1; p++)
+        inst[n++] = (*p == '"' || *p == '\\' || *p == '\n') ? '_' : *p; /* label-safe */
+    inst[n] = '\0';
+    snprintf(info, sizeof info, "instance=\"%s\",worker_id=\"%d\"", inst, a->d.settings->worker_id);
+    metrics_gauge_set("orgsync_worker_info", info, 1);
     lock_process_stats(&ls);
     snprintf(labels, sizeof labels, "job=\"%s\"", API_JOB);
     metrics_gauge_set(M_LOCK_HELD, labels, ls.held);

@@ -487,6 +487,9 @@ static void test_health(void **state)
     assert_non_null(strstr(r.body, "orgsync_runs{state=\"succeeded\"} 1"));
     assert_non_null(strstr(r.body, "# TYPE orgsync_http_request_duration_seconds histogram"));
     assert_non_null(strstr(r.body, "orgsync_lock_held{job=\"directory-sync\"} 0"));
+    assert_non_null(
+        strstr(r.body, "orgsync_worker_info{instance=\"apitest:1\",worker_id=\"0\"} 1"));
+    assert_non_null(strstr(r.body, "# TYPE orgsync_upstream_calls_total counter"));
     resp_free(&r);
 }
 
