@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,13 @@
 #define DS_ERR_MAX 512
 /* Transient database failures (timeout, lost connection) of one write are retried. */
 #define DS_WRITE_ATTEMPTS 3
+/* Departments written by one statement, at most: when PostgreSQL falls behind,
+ * the answers that piled up for an enterprise go in one statement, which saves
+ * the per-statement costs (executor start-up, fence lock, progress row, commit). */
+#define DS_BATCH_MAX 4
+/* Answers held in memory (waiting or being written) across the job: fetching
+ * pauses above it, so memory follows this bound, not the directory's size. */
+#define DS_BUFFER_MAX (16u << 20)
 
 typedef struct ds_job ds_job;
 typedef struct ds_corp ds_corp;
@@ -56,9 +64,12 @@ struct ds_corp {
     long long *depts; /* user/list still to fetch, in id order */
     int ndepts, next;
     int total;
-    int fetching;      /* a wecom request is outstanding */
-    ds_batch *ready;   /* fetched, waiting for the write slot */
-    ds_batch *writing; /* in the write slot */
+    int fetching;                  /* a wecom request is outstanding */
+    ds_batch *ready[DS_BATCH_MAX]; /* fetched, waiting for the write slot, in order */
+    int nready;
+    ds_batch *writing[DS_BATCH_MAX]; /* in the write slot: one statement */
+    int nwriting;
+    int starved; /* a fetch waits for the job's answer buffer to drain */
     int write_attempts;
     int failed_depts;
     int quota_hit;
@@ -86,6 +97,7 @@ struct ds_job {
     uv_timer_t closer;
     char token[24], run_id[24];
     uint64_t started_us;
+    size_t buffered; /* bytes of answers held, see DS_BUFFER_MAX */
 };
 
 static directory_sync_tuning tuning;
@@ -105,6 +117,7 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
 #define Q_DEPTS "ds_departments"
 #define Q_USERS "ds_users"
 #define Q_USERS_DEDUP "ds_users_dedup"
+#define Q_USERS_MULTI "ds_users_multi"
 #define Q_CORP_OK "ds_corp_succeeded"
 #define Q_CORP_FAIL "ds_corp_failed"
 
@@ -191,6 +204,44 @@ static const char sql_departments[] =
     "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)"
 
 static const char sql_users[] = "WITH " FENCE_CTE ", " USERS_SRC("", "") USERS_REST;
+
+/* Several departments of one enterprise in one statement (same effects as one
+ * sql_users per department, committed together). $4 run, $5 corp, $6 a JSON
+ * array of {"d": dept, "p": members counted here, "s": unknown upstream, "b":
+ * the user/list answer}, $7..$9 counters, $10 note for last_error or NULL. A
+ * member in two of the departments appears twice: DISTINCT ON keeps one. */
+static const char sql_users_multi[] =
+    "WITH " FENCE_CTE ", "
+    "batch AS (SELECT x.d, x.p, x.s, x.b FROM jsonb_to_recordset($6::jsonb) AS x(d bigint, "
+    "  p bigint, s boolean, b jsonb) WHERE EXISTS (SELECT 1 FROM fence)), "
+    "src AS (SELECT DISTINCT ON (r.userid) r.userid, r.name, r.mobile, r.email, r.position, "
+    "  r.status, coalesce(r.department, '{}') AS department, r.main_department, e AS raw "
+    "  FROM batch, jsonb_array_elements(coalesce(batch.b -> 'userlist', '[]')) AS e, "
+    "  jsonb_to_record(e) AS r(userid text, name text, mobile text, email text, position text, "
+    "  status int, department int[], main_department int) ORDER BY r.userid), "
+    "up AS (INSERT INTO users AS u (corp_id, userid, name, mobile, email, position, status, "
+    "  department, main_department, raw, sync_run_id, synced_at, deleted_at) "
+    "  SELECT $5, userid, name, mobile, email, position, status, department, main_department, "
+    "  raw, $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, userid) DO UPDATE SET "
+    "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "
+    "  position = EXCLUDED.position, status = EXCLUDED.status, "
+    "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
+    "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
+    "  deleted_at = NULL RETURNING 1), "
+    "gone AS (UPDATE departments SET sync_run_id = NULL WHERE corp_id = $5 "
+    "  AND dept_id IN (SELECT d FROM batch WHERE s) AND EXISTS (SELECT 1 FROM fence) "
+    "  RETURNING 1), "
+    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "
+    "  SELECT $4::bigint, $5, d, jsonb_array_length(coalesce(b -> 'userlist', '[]')) FROM batch "
+    "  ON CONFLICT DO NOTHING RETURNING dept_id), "
+    "pr AS (UPDATE sync_progress SET departments_done = departments_done + "
+    "  (SELECT count(*) FROM cp), users_upserted = users_upserted + "
+    "  (SELECT coalesce(sum(p), 0) FROM batch WHERE d IN (SELECT dept_id FROM cp)), "
+    "  requests = requests + $7::bigint, retries = retries + $8::bigint, "
+    "  errors = errors + $9::bigint, last_error = coalesce($10, last_error), updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "
+    "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
 static const char sql_users_dedup[] =
     "WITH " FENCE_CTE ", " USERS_SRC("DISTINCT ON (r.userid)", "ORDER BY r.userid") USERS_REST;
 
@@ -231,9 +282,13 @@ static int prepare_all(pg_pool *pg)
     static const struct {
         const char *name, *sql;
     } stmts[] = {
-        {Q_PROGRESS_INIT, sql_progress_init}, {Q_PROGRESS_READ, sql_progress_read},
-        {Q_DEPTS, sql_departments},           {Q_USERS, sql_users},
-        {Q_USERS_DEDUP, sql_users_dedup},     {Q_CORP_OK, sql_corp_ok},
+        {Q_PROGRESS_INIT, sql_progress_init},
+        {Q_PROGRESS_READ, sql_progress_read},
+        {Q_DEPTS, sql_departments},
+        {Q_USERS, sql_users},
+        {Q_USERS_DEDUP, sql_users_dedup},
+        {Q_USERS_MULTI, sql_users_multi},
+        {Q_CORP_OK, sql_corp_ok},
         {Q_CORP_FAIL, sql_corp_fail},
     };
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
@@ -360,10 +415,12 @@ static int js_field_ok(const js_val *m, const char *k, js_type t)
     return !js_get(m, k, &v) || v.type == JS_NULL || v.type == t;
 }
 
+/* An integer PostgreSQL's int columns take, so the write cannot fail on a
+ * value the upstream sent (a batch of departments would fail with it). */
 static int js_is_int(const js_val *v)
 {
     long long x;
-    return js_int(v, &x);
+    return js_int(v, &x) && x >= INT32_MIN && x <= INT32_MAX;
 }
 
 static int js_field_int_ok(const js_val *m, const char *k)
@@ -538,40 +595,89 @@ static char *ids_literal(const long long *ids, int n)
 
 static void on_users_written(void *arg, PGresult *res, const char *err);
 
+static size_t batch_bytes(const ds_batch *b)
+{
+    return b->body ? strlen(b->body) : 0;
+}
+
+static void writing_free(ds_corp *c)
+{
+    for (int i = 0; i < c->nwriting; i++) {
+        c->job->buffered -= batch_bytes(c->writing[i]);
+        batch_free(c->writing[i]);
+    }
+    c->nwriting = 0;
+}
+
+/* [{"d":..,"p":..,"s":..,"b":<answer>},...]: the answers are checked JSON, so
+ * they go in as they are. */
+static char *multi_param(ds_corp *c)
+{
+    buf b;
+
+    buf_init(&b);
+    buf_puts(&b, "[");
+    for (int i = 0; i < c->nwriting; i++) {
+        ds_batch *x = c->writing[i];
+        buf_printf(&b, "%s{\"d\":%lld,\"p\":%d,\"s\":%s,\"b\":", i ? "," : "", x->dept_id,
+                   x->primary, x->body ? "false" : "true");
+        buf_puts(&b, x->body ? x->body : "{}");
+        buf_puts(&b, "}");
+    }
+    buf_puts(&b, "]");
+    if (b.oom) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_detach(&b, NULL);
+}
+
 static void write_batch(ds_corp *c)
 {
     ds_job *j = c->job;
-    ds_batch *b = c->writing;
+    ds_batch *b = c->writing[0];
     char dept[24], req[24], ret[24], errs[24], primary[24];
     const char *p[13];
+    char *multi = NULL;
     int rc;
 
     if (!lease_ok(j))
         return;
-    fmt_ll(dept, sizeof(dept), b->dept_id);
-    fmt_ll(primary, sizeof(primary), b->primary);
     take_counters(c, req, ret, errs);
     p[0] = j->run->env;
     p[1] = j->run->job;
     p[2] = j->token;
     p[3] = j->run_id;
     p[4] = c->corp_id;
-    p[5] = b->body ? b->body : "{}";
-    p[6] = dept;
-    p[7] = req;
-    p[8] = ret;
-    p[9] = errs;
-    p[10] = c->note[0] ? c->note : NULL;
-    p[11] = primary;
-    p[12] = b->body ? "f" : "t";
-    rc = pg_query_prepared(j->run->pg, b->dups ? Q_USERS_DEDUP : Q_USERS, 13, p, on_users_written,
-                           c);
+    if (c->nwriting > 1) {
+        multi = multi_param(c);
+        p[5] = multi;
+        p[6] = req;
+        p[7] = ret;
+        p[8] = errs;
+        p[9] = c->note[0] ? c->note : NULL;
+        rc = multi ? pg_query_prepared(j->run->pg, Q_USERS_MULTI, 10, p, on_users_written, c)
+                   : -ENOMEM;
+        free(multi);
+    } else {
+        fmt_ll(dept, sizeof(dept), b->dept_id);
+        fmt_ll(primary, sizeof(primary), b->primary);
+        p[5] = b->body ? b->body : "{}";
+        p[6] = dept;
+        p[7] = req;
+        p[8] = ret;
+        p[9] = errs;
+        p[10] = c->note[0] ? c->note : NULL;
+        p[11] = primary;
+        p[12] = b->body ? "f" : "t";
+        rc = pg_query_prepared(j->run->pg, b->dups ? Q_USERS_DEDUP : Q_USERS, 13, p,
+                               on_users_written, c);
+    }
     if (rc) {
         restore_counters(c);
         corp_error(c, "department %lld: cannot queue the write (%d)", b->dept_id, rc);
-        c->failed_depts++;
-        batch_free(b);
-        c->writing = NULL;
+        c->failed_depts += c->nwriting;
+        writing_free(c);
         corp_pump(c);
         return;
     }
@@ -583,12 +689,11 @@ static void on_users_written(void *arg, PGresult *res, const char *err)
 {
     ds_corp *c = arg;
     ds_job *j = c->job;
-    ds_batch *b = c->writing;
+    long long first = c->nwriting ? c->writing[0]->dept_id : 0;
 
     j->db_inflight--;
     if (j->stopping) {
-        batch_free(b);
-        c->writing = NULL;
+        writing_free(c);
         ds_end_check(j);
         return;
     }
@@ -596,26 +701,31 @@ static void on_users_written(void *arg, PGresult *res, const char *err)
         restore_counters(c);
         if (db_transient(err) && ++c->write_attempts < DS_WRITE_ATTEMPTS) {
             log_warn("directory sync: department write failed, retrying",
-                     LF_S("corp_id", c->corp_id), LF_I("dept_id", b->dept_id), LF_S("error", err));
+                     LF_S("corp_id", c->corp_id), LF_I("dept_id", first),
+                     LF_I("departments", c->nwriting), LF_S("error", err));
             write_batch(c);
             return;
         }
-        corp_error(c, "department %lld: database: %.300s", b->dept_id, err);
+        corp_error(c, "department %lld: database: %.300s", first, err);
         log_error("directory sync: department write failed", LF_S("corp_id", c->corp_id),
-                  LF_I("dept_id", b->dept_id), LF_S("error", err));
-        c->failed_depts++;
+                  LF_I("dept_id", first), LF_S("error", err));
+        c->failed_depts += c->nwriting;
     } else if (!check_fenced(j, res)) {
-        batch_free(b);
-        c->writing = NULL;
+        writing_free(c);
         ds_end_check(j);
         return;
     } else {
-        c->users_seen += b->members;
+        for (int i = 0; i < c->nwriting; i++)
+            c->users_seen += c->writing[i]->members;
     }
     c->write_attempts = 0;
-    batch_free(b);
-    c->writing = NULL;
+    writing_free(c);
     corp_pump(c);
+    /* Memory freed: enterprises that waited for the buffer may fetch again. */
+    if (j->buffered < DS_BUFFER_MAX && !j->stopping)
+        for (int i = 0; i < j->ncorps && !j->stopping; i++)
+            if (j->corps[i].starved)
+                corp_pump(&j->corps[i]);
 }
 
 /* ---- fetching ----------------------------------------------------------------------- */
@@ -673,7 +783,7 @@ static void on_user_list(void *arg, const wecom_result *res)
         if (!b)
             goto oom;
         b->dept_id = dept;
-        c->ready = b;
+        c->ready[c->nready++] = b;
         corp_pump(c);
         return;
     }
@@ -707,7 +817,8 @@ static void on_user_list(void *arg, const wecom_result *res)
     }
     memcpy(b->body, res->body, res->body_len);
     b->body[res->body_len] = '\0';
-    c->ready = b;
+    j->buffered += res->body_len;
+    c->ready[c->nready++] = b;
     corp_pump(c);
     return;
 oom:
@@ -724,20 +835,28 @@ static void corp_pump(ds_corp *c)
 
     if (j->stopping || c->state != CS_DEPTS)
         return;
-    if (!c->writing && c->ready) {
-        c->writing = c->ready;
-        c->ready = NULL;
+    if (!c->nwriting && c->nready) {
+        int n = c->nready;
+        memcpy(c->writing, c->ready, (size_t)n * sizeof(c->ready[0]));
+        memmove(c->ready, c->ready + n, (size_t)(c->nready - n) * sizeof(c->ready[0]));
+        c->nready -= n;
+        c->nwriting = n;
         c->write_attempts = 0;
         write_batch(c);
         if (j->stopping)
             return;
     }
-    while (!c->fetching && !c->ready && !c->quota_hit && c->next < c->ndepts) {
+    c->starved = 0;
+    while (!c->fetching && c->nready < DS_BATCH_MAX && !c->quota_hit && c->next < c->ndepts) {
+        if (j->buffered >= DS_BUFFER_MAX) {
+            c->starved = 1;
+            break;
+        }
         if (!lease_ok(j))
             return;
         fetch_next(c);
     }
-    if (!c->fetching && !c->ready && !c->writing && (c->quota_hit || c->next >= c->ndepts))
+    if (!c->fetching && !c->nready && !c->nwriting && (c->quota_hit || c->next >= c->ndepts))
         corp_finish(c);
 }
 
@@ -1158,8 +1277,10 @@ static void job_free(ds_job *j)
         ds_corp *c = &j->corps[i];
         free(c->secret);
         free(c->depts);
-        batch_free(c->ready);
-        batch_free(c->writing);
+        for (int k = 0; k < c->nready; k++)
+            batch_free(c->ready[k]);
+        for (int k = 0; k < c->nwriting; k++)
+            batch_free(c->writing[k]);
     }
     free(j->corps);
     free(j);

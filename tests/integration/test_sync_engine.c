@@ -607,6 +607,72 @@ static void test_lease_lost_stops(void **state)
     fx_down(&f);
 }
 
+typedef struct stall_ctx {
+    fixture *f;
+    PGconn *locker;
+    uint64_t locked_at;
+    int state; /* 0 waiting, 1 locked, 2 released */
+} stall_ctx;
+
+static void stall_tick(sh_run *r)
+{
+    stall_ctx *c = r->user;
+    if (c->state == 0 &&
+        sh_scalar(c->f->pg, "SELECT count(*) FROM sync_checkpoints", 0, NULL) >= 4) {
+        /* PostgreSQL stalls for a while: every department write waits. */
+        c->locker = sh_connect(c->f->db.dsn);
+        sh_exec0(c->locker, "BEGIN");
+        sh_exec0(c->locker, "LOCK TABLE sync_checkpoints IN EXCLUSIVE MODE");
+        c->locked_at = time_mono_us();
+        c->state = 1;
+    } else if (c->state == 1 && time_mono_us() - c->locked_at > 1500000) {
+        sh_exec0(c->locker, "COMMIT");
+        PQfinish(c->locker);
+        c->locker = NULL;
+        c->state = 2;
+    }
+}
+
+/* Writes that fell behind catch up several departments per statement; the
+ * result is the same, and fetching paused instead of piling answers up. */
+static void test_writes_catch_up_after_a_stall(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "2", "--departments", "30", "--users-per-dept", "3", NULL};
+    fixture f;
+    stall_ctx sc = {0};
+    long long run;
+    (void)state;
+
+    fx_up(&f, "stall", args, 2, NULL);
+    sc.f = &f;
+    f.r.user = &sc;
+    f.r.on_tick = stall_tick;
+    run = fx_sync(&f, "succeeded");
+    assert_int_equal(sc.state, 2);
+    for (int i = 1; i <= 2; i++) {
+        char corp[16];
+        snprintf(corp, sizeof(corp), "wwsim%04d", i);
+        int users = sh_assert_org(f.pg, &f.sim, corp);
+        PGresult *p = progress_row(&f, run, corp);
+        assert_int_equal(atoi(PQgetvalue(p, 0, 2)), 30);
+        assert_int_equal(atoi(PQgetvalue(p, 0, 3)), users);
+        PQclear(p);
+    }
+    /* One statement's checkpoints share its transaction's now(). */
+    assert_true(sh_scalar(f.pg,
+                          "SELECT max(n) FROM (SELECT count(*) AS n FROM sync_checkpoints "
+                          "GROUP BY corp_id, done_at) x",
+                          0, NULL) >= 2);
+    /* While writes waited, each enterprise fetched at most a few answers ahead. */
+    json_object *st = sh_sim_stats(&f.sim);
+    assert_int_equal(sh_get_int(sh_corp_stats(st, "wwsim0001"), "refetched_departments"), 0);
+    assert_int_equal(sh_get_int(sh_corp_stats(st, "wwsim0002"), "refetched_departments"), 0);
+    json_object_put(st);
+    sh_assert_paced(&f.sim, 10);
+    fx_down(&f);
+}
+
 /* --corp: only the named enterprises run. */
 static void test_corp_filter(void **state)
 {
@@ -652,6 +718,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fenced_out, teardown),
         cmocka_unit_test_teardown(test_lease_lost_stops, teardown),
         cmocka_unit_test_teardown(test_corp_filter, teardown),
+        cmocka_unit_test_teardown(test_writes_catch_up_after_a_stall, teardown),
     };
     if (!tmp || !getenv("ORGSYNC_TEST_PG_ADMIN_DSN") || !getenv("ORGSYNC_TEST_REDIS_URL") ||
         !getenv("ORGSYNC_SIM_BIN")) {
