@@ -206,6 +206,14 @@ static void test_full_sync_then_mutations(void **state)
         snprintf(corp, sizeof(corp), "wwsim%04d", i);
         sh_assert_org(f.pg, &f.sim, corp);
     }
+    /* The second run (a new client, as a new process would be) took the tokens
+     * from Redis: no gettoken beyond the first one per enterprise. */
+    st = sh_sim_stats(&f.sim);
+    for (int i = 1; i <= 3; i++) {
+        snprintf(corp, sizeof(corp), "wwsim%04d", i);
+        assert_int_equal(sh_get_int(sh_corp_stats(st, corp), "by_path.gettoken"), 1);
+    }
+    json_object_put(st);
     PGresult *p = progress_row(&f, run, "wwsim0001");
     assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 4);
     PQclear(p);
@@ -673,6 +681,86 @@ static void test_writes_catch_up_after_a_stall(void **state)
     fx_down(&f);
 }
 
+/* HTTP 500s and a request that never answers are retried with backoff; the
+ * sync still ends with everything. */
+static void test_http_errors_and_timeouts_retried(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "1", "--departments", "8", "--users-per-dept", "3", NULL};
+    fixture f;
+    long long run;
+    PGresult *p;
+    json_object *st;
+    (void)state;
+
+    fx_up(&f, "retry", args, 1, NULL);
+    directory_sync_set_tuning(&(directory_sync_tuning){.timeout_ms = 400, .backoff_base_ms = 5});
+    sh_sim_post(&f.sim, "/sim/faults",
+                "{\"http500_next\":3,\"hang_next\":1,\"busy_next\":2,\"paths\":\"user/list\"}");
+    run = fx_sync(&f, "succeeded");
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+    st = sh_sim_stats(&f.sim);
+    assert_int_equal(sh_get_int(st, "total.faults.http500"), 3);
+    assert_int_equal(sh_get_int(st, "total.faults.hang"), 1);
+    assert_int_equal(sh_get_int(st, "total.faults.busy"), 2);
+    p = progress_row(&f, run, "wwsim0001");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 6)), 6); /* retries */
+    assert_int_equal(atoll(PQgetvalue(p, 0, 5)), sh_get_int(st, "total.requests"));
+    PQclear(p);
+    json_object_put(st);
+    sh_assert_paced(&f.sim, 10);
+    fx_down(&f);
+}
+
+typedef struct burst {
+    int answered, ok;
+} burst;
+
+static void on_burst(void *arg, const wecom_result *res)
+{
+    burst *b = arg;
+    b->answered++;
+    b->ok += res->status == WECOM_OK;
+}
+
+/* Two clients (two processes, as far as pacing goes) sending for the same
+ * enterprise at once stay within its rate together: the window is in Redis. */
+static void test_two_clients_share_the_window(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "1", "--departments", "5", "--users-per-dept", "1", NULL};
+    fixture f;
+    wecom *w[2];
+    burst b = {0};
+    json_object *st;
+    uint64_t t0;
+    (void)state;
+
+    fx_up(&f, "share", args, 1, NULL);
+    for (int i = 0; i < 2; i++) {
+        w[i] = wecom_new(&f.r.loop, f.r.http, f.r.redis,
+                         &(wecom_opts){.base_url = f.sim.url, .env = f.env, .rate = 10});
+        assert_non_null(w[i]);
+        assert_int_equal(wecom_corp_set(w[i], "wwsim0001", "secret-wwsim0001"), 0);
+        for (int k = 0; k < 15; k++)
+            assert_int_equal(wecom_user_list(w[i], "wwsim0001", 1 + k % 5, on_burst, &b), 0);
+    }
+    t0 = time_mono_us();
+    while (b.answered < 30 && time_mono_us() - t0 < 20000000)
+        uv_run(&f.r.loop, UV_RUN_ONCE);
+    assert_int_equal(b.ok, 30);
+    /* 31 calls (one gettoken) at 10 per second take three seconds at least. */
+    assert_true(time_mono_us() - t0 >= 3000000);
+    st = sh_sim_stats(&f.sim);
+    assert_int_equal(sh_get_int(st, "total.requests"), 31);
+    assert_true(sh_get_int(st, "total.max_1s") <= 10);
+    assert_int_equal(sh_get_int(st, "total.violations"), 0);
+    json_object_put(st);
+    wecom_close(w[0], NULL, NULL);
+    wecom_close(w[1], NULL, NULL);
+    fx_down(&f);
+}
+
 /* --corp: only the named enterprises run. */
 static void test_corp_filter(void **state)
 {
@@ -719,6 +807,8 @@ int main(void)
         cmocka_unit_test_teardown(test_lease_lost_stops, teardown),
         cmocka_unit_test_teardown(test_corp_filter, teardown),
         cmocka_unit_test_teardown(test_writes_catch_up_after_a_stall, teardown),
+        cmocka_unit_test_teardown(test_http_errors_and_timeouts_retried, teardown),
+        cmocka_unit_test_teardown(test_two_clients_share_the_window, teardown),
     };
     if (!tmp || !getenv("ORGSYNC_TEST_PG_ADMIN_DSN") || !getenv("ORGSYNC_TEST_REDIS_URL") ||
         !getenv("ORGSYNC_SIM_BIN")) {
