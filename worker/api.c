@@ -156,6 +156,21 @@ static void reply_entry(api_centry *e, http_req *req)
         http_reply_error(req, 503, "unavailable", "answer not available");
 }
 
+/* A hot answer is refreshed in the background during the last fifth of its
+ * life, so polls keep being answered from memory and never queue behind the
+ * query; an answer is still never older than cache_ms (counted from when its
+ * query was sent). */
+static void refresh_ahead(api *a, api_centry *e, api_fill_fn fill, uint64_t now)
+{
+    e->loading = 1;
+    e->started_us = now;
+    api_ref(a);
+    if (fill(a, e) == 0)
+        return;
+    api_unref(a);
+    e->loading = 0; /* keep the answer we have until it expires */
+}
+
 void api_cached(api *a, http_req *req, const char *key, api_centry_init init, const void *arg,
                 api_fill_fn fill)
 {
@@ -165,13 +180,15 @@ void api_cached(api *a, http_req *req, const char *key, api_centry_init init, co
 
     if (slot >= 0 && a->cache[slot] && strcmp(a->cache[slot]->key, key) == 0) {
         e = a->cache[slot];
+        if (e->body && e->expires_us > now) {
+            reply_entry(e, req);
+            if (!e->loading && now + (uint64_t)a->cache_ms * 200 > e->expires_us)
+                refresh_ahead(a, e, fill, now);
+            return;
+        }
         if (e->loading) {
             if (add_waiter(e, req))
                 http_reply_error(req, 503, "out_of_memory", "out of memory");
-            return;
-        }
-        if (e->expires_us > now) {
-            reply_entry(e, req);
             return;
         }
         free(e->body);
@@ -203,6 +220,7 @@ void api_cached(api *a, http_req *req, const char *key, api_centry_init init, co
         goto drop;
     }
     e->loading = 1;
+    e->started_us = now;
     api_ref(a);
     if (fill(a, e) == 0)
         return;
@@ -211,19 +229,18 @@ void api_cached(api *a, http_req *req, const char *key, api_centry_init init, co
     http_reply_error(req, 503, "database_unavailable", "could not query PostgreSQL");
     e->nwait = 0;
 drop:
-    if (e->transient) {
-        centry_free(e);
-    } else {
+    if (!e->transient)
         for (int i = 0; i < API_CACHE_SLOTS; i++)
             if (a->cache[i] == e)
                 a->cache[i] = NULL;
-        centry_free(e);
-    }
+    centry_free(e);
 }
 
 void api_cache_done(api_centry *e, int status, char *body, size_t len)
 {
     api *a = e->a;
+    /* a dependency failure is not remembered: the next poll tries again */
+    uint64_t expires = status >= 500 ? 0 : e->started_us + (uint64_t)a->cache_ms * 1000;
 
     if (a->closing) { /* nobody to answer: the entry goes with this callback */
         for (int i = 0; i < API_CACHE_SLOTS; i++)
@@ -231,14 +248,13 @@ void api_cache_done(api_centry *e, int status, char *body, size_t len)
                 a->cache[i] = NULL;
         e->transient = 1;
     }
-    int live = api_unref(a); /* may free a */
+    int live = api_unref(a); /* may free a: not used below unless live */
     e->loading = 0;
     free(e->body);
     e->body = body;
     e->len = body ? len : 0;
     e->status = status;
-    /* a dependency failure is not remembered: the next poll tries again */
-    e->expires_us = status >= 500 ? 0 : time_mono_us() + (uint64_t)a->cache_ms * 1000;
+    e->expires_us = expires;
     if (live)
         for (size_t i = 0; i < e->nwait; i++)
             reply_entry(e, e->waiters[i]);

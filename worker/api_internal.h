@@ -38,7 +38,8 @@ struct api_centry {
     int status;
     char *body;
     size_t len;
-    uint64_t expires_us;
+    uint64_t expires_us; /* started_us + cache_ms: never older than that */
+    uint64_t started_us; /* when the query that made (or will make) the body was sent */
     int loading;
     int transient; /* not in the table: freed once answered */
     http_req **waiters;
