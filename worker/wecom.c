@@ -57,7 +57,8 @@ typedef enum wc_phase {
     PH_TOKEN_UNLOCK, /* Redis: release the refresh key */
     PH_TOKEN_DROP,   /* Redis: compare-and-delete a refused token */
     PH_WAIT,         /* timer: a backoff or ban pause before the next step */
-    PH_PACE,         /* timer: pacing, before the call */
+    PH_PACE,         /* timer: a pause, before the admission */
+    PH_HOLD,         /* timer: admitted, local pacing before the send */
     PH_ADMIT,        /* Redis: quota counter */
     PH_SEM,          /* waiting for a global in-flight slot */
     PH_HTTP,         /* upstream call in flight */
@@ -173,6 +174,7 @@ static redis_script answered_script = {
 
 static void corp_step(wc_corp *c);
 static void call_begin(wc_corp *c);
+static void hold_then_send(wc_corp *c);
 
 const char *wecom_status_name(wecom_status s)
 {
@@ -310,6 +312,9 @@ static void on_corp_timer(uv_timer_t *t)
         break;
     case PH_PACE:
         call_begin(c);
+        break;
+    case PH_HOLD:
+        hold_then_send(c);
         break;
     default:
         break;
@@ -534,7 +539,8 @@ static void on_token_drop(void *arg, redisReply *reply, const char *err)
 
 /* ---- the upstream call -------------------------------------------------------------- */
 
-/* Microseconds until a call may be sent (0 = now). */
+/* Microseconds until this process's pacing lets a call go (0 = now): 1/rate
+ * since the last send, and the arrival window over the last answers. */
 static uint64_t pace_wait_us(const wc_corp *c, uint64_t now)
 {
     uint64_t wait = pacer_wait_us(&c->pacer, now), next;
@@ -545,23 +551,38 @@ static uint64_t pace_wait_us(const wc_corp *c, uint64_t now)
         if (next > now && next - now > wait)
             wait = next - now;
     }
-    if (c->paused_until_us > now && c->paused_until_us - now > wait)
-        wait = c->paused_until_us - now;
     return wait;
 }
 
 static void admit(wc_corp *c);
 
-/* PH_PACE: wait until pacing, the arrival window and any pause allow a send. */
+/* A call starts with its admission (shared window, quota), after any pause.
+ * The admission is asked for before the local pacing wait, not after it, so its
+ * round trip overlaps the wait instead of adding to every interval: admitting
+ * early only makes the shared window more conservative, since the call counts
+ * from its admission on. */
 static void call_begin(wc_corp *c)
+{
+    uint64_t now = time_mono_us();
+
+    if (c->paused_until_us > now) {
+        corp_timer(c, PH_PACE, ms_ceil(c->paused_until_us - now));
+        return;
+    }
+    admit(c);
+}
+
+/* Admitted: wait for local pacing, then for an in-flight slot. */
+static void hold_then_send(wc_corp *c)
 {
     uint64_t wait = pace_wait_us(c, time_mono_us());
 
     if (wait > 0) {
-        corp_timer(c, PH_PACE, ms_ceil(wait));
+        corp_timer(c, PH_HOLD, ms_ceil(wait));
         return;
     }
-    admit(c);
+    c->phase = PH_SEM;
+    loop_sem_wait(&c->w->sem, &c->semw);
 }
 
 static void admit(wc_corp *c)
@@ -645,8 +666,7 @@ static void on_admit(void *arg, redisReply *reply, const char *err)
     } else {
         c->member_live = 1;
     }
-    c->phase = PH_SEM;
-    loop_sem_wait(&w->sem, &c->semw);
+    hold_then_send(c);
 }
 
 static void on_http(void *arg, const http_response *res);
@@ -689,6 +709,15 @@ static void on_sem_granted(loop_sem_waiter *sw)
     char *url = NULL;
     int rc;
 
+    /* The lease may have ended while this call waited for pacing. */
+    if (w->o.gate && !w->o.gate(w->o.gate_arg)) {
+        answered(c);
+        loop_sem_release(&w->sem);
+        set_err(r, WECOM_E_STOPPED, "%s: not sent: stopped (lease not valid)",
+                wecom_api_names[c->call_token ? WECOM_API_GETTOKEN : r->api]);
+        req_fail(c, WECOM_E_STOPPED);
+        return;
+    }
     w->stats.inflight++;
     if (w->stats.inflight > w->stats.max_inflight)
         w->stats.max_inflight = w->stats.inflight;
@@ -1318,6 +1347,7 @@ void wecom_close(wecom *w, void (*done)(void *arg), void *arg)
         }
         c->tail = NULL;
         c->phase = PH_IDLE;
+        answered(c); /* an admitted call that will not be sent frees its place */
         w->pending++;
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     }
