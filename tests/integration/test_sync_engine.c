@@ -497,15 +497,16 @@ static void test_resume_from_checkpoints(void **state)
             fail_msg("%s department %s checkpointed in attempt 1 but fetched %lld times",
                      PQgetvalue(ck, i, 0), PQgetvalue(ck, i, 1), sh_get_int(cs, path));
     }
-    /* At most the departments in flight at the stop (per enterprise: one being
-     * fetched, one waiting, one being written) were fetched twice. */
+    /* At most the departments in flight at the stop were fetched twice: per
+     * enterprise one being fetched, and answers waiting for or in a write (at most
+     * 2 x 4 when PostgreSQL lags; one or two here, where it keeps up). */
     long long refetched = 0;
     for (int i = 1; i <= 3; i++) {
         char corp[16];
         snprintf(corp, sizeof(corp), "wwsim%04d", i);
         refetched += sh_get_int(sh_corp_stats(st, corp), "refetched_ok_departments");
     }
-    if (refetched > 3 * 3)
+    if (refetched > 3 * 9)
         fail_msg("%lld departments fetched twice", refetched);
     json_object_put(st);
     PQclear(ck);
