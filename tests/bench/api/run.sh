@@ -116,6 +116,9 @@ http {
     access_log off;
     default_type application/json;
     keepalive_requests 1000000;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=16 inactive=60s;
     client_body_temp_path $TMP/nginx/tmp_body;
     proxy_temp_path $TMP/nginx/tmp_proxy;
     fastcgi_temp_path $TMP/nginx/tmp_fastcgi;
@@ -134,7 +137,7 @@ for _ in $(seq 1 50); do
     sleep 0.1
 done
 cmp -s "$TMP/latest.json" <(curl -sf "http://127.0.0.1:$NGINX_PORT/v1/runs/latest") ||
-    { echo "bench: nginx does not serve the file" >&2; cat "$TMP/nginx/logs/error.log" >&2; exit 1; }
+    { echo "bench: nginx does not serve the file" >&2; cat "$TMP/nginx/logs/"* >&2; exit 1; }
 
 queries() {
     psql -At -X "$APP_DSN" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'orgsync'"
