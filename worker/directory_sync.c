@@ -61,6 +61,7 @@ struct ds_corp {
     char *secret;
     corp_state state;
     int ok;           /* ended succeeded */
+    int missing;      /* asked for by --corp, but unknown or disabled */
     long long *depts; /* user/list still to fetch, in id order */
     int ndepts, next;
     int total;
@@ -1155,9 +1156,15 @@ static void on_progress_read(void *arg, PGresult *res, const char *err)
     log_info("directory sync: starting", LF_I("run_id", j->run->run_id),
              LF_I("attempt", j->run->attempt), LF_I("enterprises", j->ncorps),
              LF_I("already_ended", j->ended));
-    for (int i = 0; i < j->ncorps && !j->stopping; i++)
-        if (j->corps[i].state == CS_PENDING)
-            corp_start(&j->corps[i]);
+    for (int i = 0; i < j->ncorps && !j->stopping; i++) {
+        ds_corp *c = &j->corps[i];
+        if (c->state != CS_PENDING)
+            continue;
+        if (c->missing)
+            corp_fail(c, "no such enabled enterprise");
+        else
+            corp_start(c);
+    }
     ds_end_check(j);
 }
 
@@ -1227,7 +1234,7 @@ static void on_enterprises(void *arg, PGresult *res, const char *err)
         return;
     }
     n = PQntuples(res);
-    j->corps = calloc((size_t)(n ? n : 1), sizeof(*j->corps));
+    j->corps = calloc((size_t)(n + j->run->ncorp_ids + 1), sizeof(*j->corps));
     if (!j->corps) {
         job_stop(j, "out of memory");
         return;
@@ -1243,9 +1250,22 @@ static void on_enterprises(void *arg, PGresult *res, const char *err)
             return;
         }
     }
-    if (j->run->ncorp_ids > 0 && n < j->run->ncorp_ids)
-        log_warn("directory sync: some requested enterprises are unknown or disabled",
-                 LF_I("requested", j->run->ncorp_ids), LF_I("found", n));
+    /* An enterprise asked for by name that is unknown or disabled is part of the
+     * run, and fails: `orgsync sync --corp typo` must not report success. */
+    for (int k = 0; k < j->run->ncorp_ids; k++) {
+        const char *want = j->run->corp_ids[k];
+        int found = 0;
+        for (int i = 0; i < j->ncorps && !found; i++)
+            found = strcmp(j->corps[i].corp_id, want) == 0;
+        if (found || strlen(want) >= sizeof(j->corps[0].corp_id))
+            continue;
+        ds_corp *c = &j->corps[j->ncorps++];
+        c->job = j;
+        c->missing = 1;
+        snprintf(c->corp_id, sizeof(c->corp_id), "%s", want);
+        log_warn("directory sync: requested enterprise is unknown or disabled",
+                 LF_S("corp_id", want));
+    }
     lit = corps_literal(j->corps, j->ncorps);
     if (!lit) {
         job_stop(j, "out of memory");

@@ -95,6 +95,42 @@ eq "sync --corp exits 0" 0 "$rc"
 eq "the run covered one enterprise" 1 "$(sql "SELECT count(*) FROM sync_progress WHERE run_id = 3")"
 eq "wwsim0002 equals /sim/org after the catch-up" "$(org_users wwsim0002 | md5sum)" "$(pg_users wwsim0002 | md5sum)"
 
+# ---- --corp naming an unknown enterprise: it fails, and so does the command
+set +e
+"$ORGSYNC_BIN" sync --corp wwsim0001 --corp nosuchcorp >"$ORGSYNC_TEST_TMP/cli.$$.out" 2>&1
+rc=$?
+set -e
+eq "sync --corp with an unknown enterprise exits 1" 1 "$rc"
+check "the summary says why" grep -q "nosuchcorp .*failed.*no such enabled enterprise" "$ORGSYNC_TEST_TMP/cli.$$.out"
+
+# ---- SIGTERM: stops at once, the run stays resumable (abandoned), the next sync finishes it
+kill "$SIM_PID" 2>/dev/null || true
+start_sim --enterprises 3 --departments 40 --users-per-dept 2 --latency-ms 5
+SIM_PIDS+=("$SIM_PID")
+export ORGSYNC_UPSTREAM_URL="$SIM_URL"
+"$ORGSYNC_BIN" sync >"$ORGSYNC_TEST_TMP/cli.$$.term" 2>&1 &
+SYNC_PID=$!
+for _ in $(seq 1 200); do
+    [ "$(sql "SELECT count(*) FROM sync_checkpoints k JOIN sync_runs r USING (run_id) WHERE r.state = 'running'")" -ge 10 ] && break
+    sleep 0.05
+done
+t0=$(date +%s%N)
+kill -TERM "$SYNC_PID"
+set +e
+wait "$SYNC_PID"
+rc=$?
+set -e
+SYNC_PID=
+ms=$((($(date +%s%N) - t0) / 1000000))
+eq "SIGTERM: exit 1" 1 "$rc"
+check "SIGTERM: stopped within 3 s ($ms ms)" test "$ms" -lt 3000
+eq "SIGTERM: the run is left abandoned" "abandoned" "$(sql "SELECT state FROM sync_runs ORDER BY run_id DESC LIMIT 1")"
+set +e
+"$ORGSYNC_BIN" sync >"$ORGSYNC_TEST_TMP/cli.$$.out" 2>&1
+rc=$?
+set -e
+eq "the next sync resumes and ends it" "0 succeeded 2" "$rc $(sql "SELECT state, attempt FROM sync_runs ORDER BY run_id DESC LIMIT 1" | tr '|' ' ')"
+
 # ---- --no-wait while someone else holds the lock
 redis-cli -p "$REDIS_PORT" SET "orgsync:$ORGSYNC_ENV:lock:directory-sync" "elsewhere|999999" PX 5000 >/dev/null
 set +e
