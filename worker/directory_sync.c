@@ -48,6 +48,7 @@ typedef struct ds_corp ds_corp;
 typedef struct ds_batch {
     long long dept_id;
     char *body; /* the user/list answer, or NULL for a department the upstream does not know */
+    size_t len;
     int members;
     int primary; /* members whose main department this is: counted once, here */
     int dups;    /* the answer lists a member twice */
@@ -598,7 +599,7 @@ static void on_users_written(void *arg, PGresult *res, const char *err);
 
 static size_t batch_bytes(const ds_batch *b)
 {
-    return b->body ? strlen(b->body) : 0;
+    return b->body ? b->len : 0;
 }
 
 static void writing_free(ds_corp *c)
@@ -817,6 +818,7 @@ static void on_user_list(void *arg, const wecom_result *res)
         goto oom;
     }
     memcpy(b->body, res->body, res->body_len);
+    b->len = res->body_len;
     b->body[res->body_len] = '\0';
     j->buffered += res->body_len;
     c->ready[c->nready++] = b;
