@@ -11,8 +11,12 @@
  * enterprise 'succeeded'; otherwise the enterprise ends 'failed' with the reason
  * in last_error and nobody is deleted.
  *
- * Memory is bounded by departments in flight: per enterprise at most one
- * user/list answer being fetched, one waiting and one being written.
+ * Writes of one enterprise go one statement at a time; answers that arrive
+ * while one is running wait, and go together (up to 4 departments) in the next
+ * statement, so a slow PostgreSQL costs fewer statements, not more memory.
+ * Memory is bounded by departments in flight: per enterprise one user/list
+ * being fetched and at most 4 waiting and 4 being written, and fetching pauses
+ * while 16 MiB of answers wait across the job.
  *
  * The run ends "succeeded" (every enterprise succeeded), "partial" (some
  * failed) or "failed" (all failed). A stopped or fenced-out job leaves the run
