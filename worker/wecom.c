@@ -113,7 +113,7 @@ struct wecom {
     redis_client *redis;
     char *base_url, *env, *instance;
     wecom_opts o;
-    loop_sem sem;
+    struct wc_shared *shared; /* the in-flight cap, shared by every client on the loop */
     uint64_t rng;
     wc_corp *corps;
     int closing;
@@ -125,6 +125,53 @@ struct wecom {
     int admit_warned;
     uint64_t member_salt, member_seq;
 };
+
+/* ORGSYNC_UPSTREAM_MAX_INFLIGHT bounds a process's calls, and a worker has two
+ * clients (the sync's and the realtime lookup's): one semaphore per loop, shared
+ * by every client on it, counted by reference. One loop per process (and per
+ * thread at most), so a plain list suffices. */
+typedef struct wc_shared {
+    struct wc_shared *next;
+    uv_loop_t *loop;
+    loop_sem sem;
+    int refs;
+} wc_shared;
+
+static wc_shared *shared_list;
+
+static wc_shared *shared_get(uv_loop_t *loop, int max_inflight)
+{
+    wc_shared *sh;
+
+    for (sh = shared_list; sh; sh = sh->next)
+        if (sh->loop == loop) {
+            sh->refs++;
+            return sh;
+        }
+    sh = calloc(1, sizeof(*sh));
+    if (!sh)
+        return NULL;
+    sh->loop = loop;
+    sh->refs = 1;
+    loop_sem_init(&sh->sem, max_inflight);
+    sh->next = shared_list;
+    shared_list = sh;
+    return sh;
+}
+
+static void shared_put(wc_shared *sh)
+{
+    wc_shared **pp;
+
+    if (!sh || --sh->refs > 0)
+        return;
+    for (pp = &shared_list; *pp; pp = &(*pp)->next)
+        if (*pp == sh) {
+            *pp = sh->next;
+            break;
+        }
+    free(sh);
+}
 
 static redis_script token_get_script = {
     "local v = redis.call('GET', KEYS[1]) if not v then return nil end "
@@ -582,7 +629,7 @@ static void hold_then_send(wc_corp *c)
         return;
     }
     c->phase = PH_SEM;
-    loop_sem_wait(&c->w->sem, &c->semw);
+    loop_sem_wait(&c->w->shared->sem, &c->semw);
 }
 
 static void admit(wc_corp *c)
@@ -712,7 +759,7 @@ static void on_sem_granted(loop_sem_waiter *sw)
     /* The lease may have ended while this call waited for pacing. */
     if (w->o.gate && !w->o.gate(w->o.gate_arg)) {
         answered(c);
-        loop_sem_release(&w->sem);
+        loop_sem_release(&w->shared->sem);
         set_err(r, WECOM_E_STOPPED, "%s: not sent: stopped (lease not valid)",
                 wecom_api_names[c->call_token ? WECOM_API_GETTOKEN : r->api]);
         req_fail(c, WECOM_E_STOPPED);
@@ -738,7 +785,7 @@ static void on_sem_granted(loop_sem_waiter *sw)
     if (rc) {
         w->stats.inflight--;
         answered(c);
-        loop_sem_release(&w->sem);
+        loop_sem_release(&w->shared->sem);
         set_err(r, WECOM_E_HTTP, "%s: cannot send (%s)", wecom_api_names[r->api], strerror(-rc));
         req_fail(c, WECOM_E_HTTP);
         return;
@@ -942,7 +989,7 @@ static void on_http(void *arg, const http_response *res)
     char why[160];
 
     w->stats.inflight--;
-    loop_sem_release(&w->sem);
+    loop_sem_release(&w->shared->sem);
     pacer_done(&c->pacer);
     ring_push(c, time_mono_us());
     answered(c);
@@ -1264,7 +1311,14 @@ wecom *wecom_new(uv_loop_t *loop, http_client *http, redis_client *redis, const 
     w->o.base_url = w->base_url;
     w->o.env = w->env;
     w->o.instance = w->instance;
-    loop_sem_init(&w->sem, w->o.max_inflight);
+    w->shared = shared_get(loop, w->o.max_inflight);
+    if (!w->shared) {
+        free(w->base_url);
+        free(w->env);
+        free(w->instance);
+        free(w);
+        return NULL;
+    }
     w->rng = backoff_seed();
     w->member_salt = backoff_rand(&w->rng);
     uv_timer_init(loop, &w->closer);
@@ -1288,6 +1342,7 @@ static void free_all(wecom *w)
         free(c->ring);
         free(c);
     }
+    shared_put(w->shared);
     free(w->base_url);
     free(w->env);
     free(w->instance);
@@ -1330,7 +1385,7 @@ void wecom_close(wecom *w, void (*done)(void *arg), void *arg)
     w->done_arg = arg;
     for (wc_corp *c = w->corps; c; c = c->next) {
         if (c->phase == PH_SEM)
-            loop_sem_cancel(&w->sem, &c->semw);
+            loop_sem_cancel(&w->shared->sem, &c->semw);
         while (c->head) {
             wc_req *r = c->head;
             wecom_result res;

@@ -18,7 +18,9 @@
  * - the same window is kept in Redis (orgsync:<env>:rate:<corp>, scored on
  *   Redis's clock), so calls for one enterprise from every process, and from
  *   the previous run, count together;
- * - across enterprises at most max_inflight calls are in flight (per process);
+ * - across enterprises at most max_inflight calls are in flight per process:
+ *   every client on the same loop shares one cap (the first client's
+ *   max_inflight sets it);
  * - the access token comes from Redis (orgsync:<env>:token:<corp>), shared by
  *   every process; a miss is refreshed by one process at a time (a short NX
  *   key), the others wait for it; an invalid or expired token errcode drops the

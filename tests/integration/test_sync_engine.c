@@ -762,6 +762,51 @@ static void test_two_clients_share_the_window(void **state)
     fx_down(&f);
 }
 
+/* ORGSYNC_UPSTREAM_MAX_INFLIGHT is per process: two clients on one loop (the
+ * sync's and the lookup's, in a worker) share it. */
+static void test_clients_share_the_inflight_cap(void **state)
+{
+    const char *args[] = {"--enterprises",
+                          "2",
+                          "--departments",
+                          "3",
+                          "--users-per-dept",
+                          "1",
+                          "--latency-ms",
+                          "60",
+                          NULL};
+    fixture f;
+    wecom *w[2];
+    burst b = {0};
+    json_object *st;
+    uint64_t t0;
+    (void)state;
+
+    fx_up(&f, "cap", args, 2, NULL);
+    for (int i = 0; i < 2; i++) {
+        char corp[16], secret[32];
+        snprintf(corp, sizeof(corp), "wwsim%04d", i + 1);
+        snprintf(secret, sizeof(secret), "secret-%s", corp);
+        w[i] = wecom_new(&f.r.loop, f.r.http, f.r.redis,
+                         &(wecom_opts){.base_url = f.sim.url, .env = f.env, .max_inflight = 1});
+        assert_non_null(w[i]);
+        assert_int_equal(wecom_corp_set(w[i], corp, secret), 0);
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(wecom_user_list(w[i], corp, 1 + k, on_burst, &b), 0);
+    }
+    t0 = time_mono_us();
+    while (b.answered < 6 && time_mono_us() - t0 < 20000000)
+        uv_run(&f.r.loop, UV_RUN_ONCE);
+    assert_int_equal(b.ok, 6);
+    st = sh_sim_stats(&f.sim);
+    assert_int_equal(sh_get_int(st, "total.requests"), 8);
+    assert_int_equal(sh_get_int(st, "total.max_inflight"), 1);
+    json_object_put(st);
+    wecom_close(w[0], NULL, NULL);
+    wecom_close(w[1], NULL, NULL);
+    fx_down(&f);
+}
+
 /* --corp: only the named enterprises run. */
 static void test_corp_filter(void **state)
 {
@@ -810,6 +855,7 @@ int main(void)
         cmocka_unit_test_teardown(test_writes_catch_up_after_a_stall, teardown),
         cmocka_unit_test_teardown(test_http_errors_and_timeouts_retried, teardown),
         cmocka_unit_test_teardown(test_two_clients_share_the_window, teardown),
+        cmocka_unit_test_teardown(test_clients_share_the_inflight_cap, teardown),
     };
     if (!tmp || !getenv("ORGSYNC_TEST_PG_ADMIN_DSN") || !getenv("ORGSYNC_TEST_REDIS_URL") ||
         !getenv("ORGSYNC_SIM_BIN")) {
