@@ -93,13 +93,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         setup();
     if (size > 256 * 1024)
         return 0;
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        abort();
     sa.sin_port = htons((uint16_t)port);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa))
-        abort();
+    /* Hundreds of thousands of connections: a failed connect is the machine
+     * running out of ephemeral ports, not a finding; let the loop close what it
+     * can and try again. */
+    for (int attempt = 0;; attempt++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            abort();
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+            break;
+        int e = errno;
+        close(fd);
+        if (attempt == 200) {
+            fprintf(stderr, "fuzz_request: connect: %s\n", strerror(e));
+            abort();
+        }
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(10000);
+    }
     fcntl(fd, F_SETFL, O_NONBLOCK);
     uint64_t end = time_mono_us() + 5000000;
     for (;;) {
@@ -128,6 +141,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         }
     }
+    /* RST instead of FIN: no TIME_WAIT left behind on our side */
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     close(fd);
     return 0;
 }
