@@ -102,17 +102,16 @@ void api_kepoch(jw *w, const char *key, const PGresult *r, int row, int col);
 void api_kll_or_null(jw *w, const char *key, const PGresult *r, int row, int col);
 
 /* SQL expressions shared by the routes and the realtime lookup, so a member or
- * a department has one JSON shape wherever it is answered. The table alias must
- * be u (users) or d (departments). */
+ * a department has one JSON shape wherever it is answered (row_to_json: compact,
+ * keys in this order). The table alias must be u (users) or d (departments). */
 #define API_SQL_TS(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 #define API_SQL_USER_JSON                                                                          \
-    "json_build_object('corp_id', u.corp_id, 'userid', u.userid, 'name', u.name, 'mobile', "       \
-    "u.mobile, 'email', u.email, 'position', u.position, 'status', u.status, 'department', "       \
-    "u.department, 'main_department', u.main_department, 'synced_at', " API_SQL_TS(                \
-        "u.synced_at") ")::text"
+    "(SELECT row_to_json(t)::text FROM (SELECT u.corp_id, u.userid, u.name, u.mobile, u.email, "   \
+    "u.position, u.status, u.department, u.main_department, " API_SQL_TS(                          \
+        "u.synced_at") " AS synced_at) t)"
 #define API_SQL_DEPT_JSON                                                                          \
-    "json_build_object('dept_id', d.dept_id, 'name', d.name, 'parent_id', d.parent_id, 'order', "  \
-    "d.\"order\", 'synced_at', " API_SQL_TS("d.synced_at") ")::text"
+    "(SELECT row_to_json(t)::text FROM (SELECT d.dept_id, d.name, d.parent_id, "                   \
+    "d.\"order\", " API_SQL_TS("d.synced_at") " AS synced_at) t)"
 
 /* Route registration, per file. */
 int api_health_register(api *a);
