@@ -26,6 +26,7 @@
 #include "worker/api.h"
 #include "worker/commands.h"
 #include "worker/directory_sync.h"
+#include "worker/page.h"
 #include "worker/wecom.h"
 
 #include <signal.h>
@@ -148,6 +149,8 @@ static void bring_up_api(worker *w)
                                   .leader_local_arg = w,
                                   .read_only = gate_read_only(&w->g) == GATE_YES},
                       &w->api);
+    if (rc == 0)
+        rc = page_register(w->srv);
     if (rc == 0)
         rc = http_server_listen(w->srv, w->st.http_addr, err, sizeof(err));
     else

@@ -8,7 +8,7 @@
 
 ORGSYNC_DEPS_BUILD="build-essential cmake pkg-config libuv1-dev libhiredis-dev libcurl4-openssl-dev libjson-c-dev libpq-dev libhttp-parser-dev libssl-dev"
 ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procps python3 strace tzdata jq"
-ORGSYNC_DEPS_TEST="libcmocka-dev"
+ORGSYNC_DEPS_TEST="libcmocka-dev chromium"
 ORGSYNC_DEPS_BENCH="wrk nginx-light valgrind"
 
 deps_missing() {
