@@ -10,7 +10,8 @@
 #
 # BUILD_DIR (default build-test) picks the build directory; ORGSYNC_TEST_JOBS
 # (default 2) how many tests run at once; ORGSYNC_NO_BUILD=1 reuses the build
-# as it is; ORGSYNC_KEEP_TMP=1 keeps the servers' files of a failed run.
+# as it is; ORGSYNC_KEEP_TMP=1 keeps the servers' files of a failed run;
+# ORGSYNC_NO_FUZZ=1 skips the fuzzers that a full run ends with.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,7 +82,24 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 echo "== ctest"
 set +e
-ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$JOBS" "$@"
-rc=$?
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$JOBS" "$@" 2>&1 | tee "$TMP/ctest.log"
+rc=${PIPESTATUS[0]}
 set -e
-exit "$rc"
+summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$TMP/ctest.log" | tail -1)
+
+# The fuzz targets (libFuzzer, when clang is present) run 60 s each on a full
+# run; a filtered run (ctest arguments given) or ORGSYNC_NO_FUZZ=1 skips them.
+fuzz_rc=0
+if [ $# -eq 0 ] && [ -z "${ORGSYNC_NO_FUZZ:-}" ]; then
+    echo "== fuzz"
+    "$SRC/tests/fuzz/run.sh" || fuzz_rc=$?
+fi
+
+if [ -n "$summary" ]; then
+    total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$summary")
+    failed=$(sed -E 's/.*, ([0-9]+) tests? failed.*/\1/' <<<"$summary")
+    [ "$fuzz_rc" = 0 ] || echo "fuzzing failed (exit $fuzz_rc)"
+    echo "$((total - failed)) passed, $failed failed"
+fi
+[ "$rc" = 0 ] || exit "$rc"
+exit "$fuzz_rc"
