@@ -11,6 +11,7 @@ int cmd_serve(const settings *s, int argc, char **argv);
 int cmd_migrate(const settings *s, int argc, char **argv);
 int cmd_sync(const settings *s, int argc, char **argv);
 int cmd_enterprise(const settings *s, int argc, char **argv);
+int cmd_status(const settings *s, int argc, char **argv);
 int cmd_version(const settings *s, int argc, char **argv);
 
 /* Prints "orgsync <cmd>: <message>" on stderr and returns EXIT_USAGE. */

@@ -18,6 +18,7 @@ static const command commands[] = {
     {"serve", cmd_serve, "the per-host daemon: supervisor, workers, API, scheduler"},
     {"migrate", cmd_migrate, "apply sql/ migrations in order, idempotently"},
     {"sync", cmd_sync, "one directory sync in the foreground, with live progress"},
+    {"status", cmd_status, "runs and per-enterprise progress from PostgreSQL"},
     {"enterprise", cmd_enterprise, "add|list|disable|enable enterprises"},
     {"version", cmd_version, "print the version and the schema version it needs"},
     {NULL, NULL, NULL},
