@@ -10,6 +10,7 @@
 
 #include "common/alert.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/timeutil.h"
 #include "coordinator/lock.h"
 #include "coordinator/runs.h"
@@ -84,6 +85,7 @@ struct leader_session {
 
     char last_holder[160];
     uint64_t wait_start_us;
+    uint64_t run_start_us; /* when this attempt's job started (run duration metric) */
 
     uv_timer_t timer;    /* lock retry, stop timeout */
     uv_timer_t hb_timer; /* heartbeats */
@@ -394,6 +396,11 @@ static void on_finished_written(void *arg, int held, const char *err)
     }
     s->runs_done++;
     snprintf(s->final_state, sizeof(s->final_state), "%s", s->fin_state);
+    {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "state=\"%s\"", s->fin_state);
+        metrics_observe(M_RUN_DURATION, labels, (double)(time_mono_us() - s->run_start_us) / 1e6);
+    }
     log_info("run finished", LF_I("run_id", s->run_id), LF_I("attempt", s->attempt),
              LF_S("state", s->fin_state), LF_S("error", s->fin_error ? s->fin_error : ""));
     if (strcmp(s->fin_state, "succeeded") != 0) {
@@ -555,6 +562,7 @@ static void start_job(leader_session *s, const runs_claimed *c)
     log_info("run starting", LF_S("job", s->o.ops->name), LF_I("run_id", c->run_id),
              LF_I("attempt", c->attempt), LF_S("trigger", c->trigger),
              LF_S("prev_state", c->prev_state), LF_I("fencing_token", s->token));
+    s->run_start_us = time_mono_us();
     rc = s->o.ops->start(&s->run);
     if (rc) {
         s->job_active = 0;
