@@ -91,7 +91,12 @@ export ORGSYNC_UPSTREAM_URL=$SIM_URL ORGSYNC_ADMIN_TOKEN=$ADMIN_TOKEN ORGSYNC_LO
 export ORGSYNC_CRON="0 0 2 * * *" ORGSYNC_LOG_LEVEL=warn
 HOSTS=(host-a host-b host-c)
 declare -A HOST_PORT HOST_PID
-port=$((20000 + RANDOM % 20000))
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Three consecutive free ports below the ephemeral range (32768 and up).
+while :; do
+    port=$((15000 + RANDOM % 17000))
+    port_free "$port" && port_free $((port + 1)) && port_free $((port + 2)) && break
+done
 for h in "${HOSTS[@]}"; do
     HOST_PORT[$h]=$port
     ORGSYNC_INSTANCE=$h ORGSYNC_HTTP_ADDR="127.0.0.1:$port" setsid "$BIN" serve \
@@ -104,20 +109,20 @@ done
 say "three orgsync hosts: ${HOSTS[*]} on ports ${HOST_PORT[*]} (2 workers each)"
 API="http://127.0.0.1:${HOST_PORT[host-a]}"
 for _ in $(seq 1 100); do
-    curl -fsS "$API/readyz" >/dev/null 2>&1 && break
+    curl -fsS -m 5 "$API/readyz" >/dev/null 2>&1 && break
     sleep 0.1
 done
-curl -fsS "$API/readyz" >/dev/null || { tail -20 "$TMP/host-a.log" >&2; echo "host-a is not ready" >&2; exit 1; }
+curl -fsS -m 5 "$API/readyz" >/dev/null || { tail -20 "$TMP/host-a.log" >&2; echo "host-a is not ready" >&2; exit 1; }
 pause 1
 
 say "asking for a run: POST /v1/runs"
-RUN_ID=$(curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" "$API/v1/runs" |
+RUN_ID=$(curl -fsS -m 5 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" "$API/v1/runs" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
 echo "run $RUN_ID"
 
 # The leader's host: its instance id starts with the host name.
 leader_host() {
-    curl -fsS "$API/v1/leader" 2>/dev/null | python3 -c '
+    curl -fsS -m 5 "$API/v1/leader" 2>/dev/null | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 i = d.get("instance") or ""
@@ -153,8 +158,14 @@ PY
 }
 
 STATE=pending
+DEADLINE=$(($(date +%s) + 180))
 while :; do
-    RUN=$(curl -fsS "$API/v1/runs/$RUN_ID" 2>/dev/null || echo '')
+    if [ "$(date +%s)" -gt "$DEADLINE" ]; then
+        echo "demo: the run did not finish within 180 s; the hosts' logs:" >&2
+        for h in "${HOSTS[@]}"; do echo "--- $h" >&2; tail -15 "$TMP/$h.log" >&2; done
+        exit 1
+    fi
+    RUN=$(curl -fsS -m 5 "$API/v1/runs/$RUN_ID" 2>/dev/null || echo '')
     [ -n "$RUN" ] || { sleep 0.5; continue; }
     STATE=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["state"])' "$RUN")
     PCT=$(python3 -c 'import json,sys; print(int(json.loads(sys.argv[1])["percent"]))' "$RUN")
@@ -179,10 +190,10 @@ done
 END=$(date +%s.%N)
 
 MEMBERS_SYNCED=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT count(*) FROM users WHERE deleted_at IS NULL")
-EXPECTED=$(curl -fsS "$SIM_URL/sim/org" | python3 -c '
+EXPECTED=$(curl -fsS -m 5 "$SIM_URL/sim/org" | python3 -c '
 import json, sys
 print(sum(len(c["users"]) for c in json.load(sys.stdin)["corps"]))')
-REFETCH=$(curl -fsS "$SIM_URL/sim/stats" | python3 -c '
+REFETCH=$(curl -fsS -m 5 "$SIM_URL/sim/stats" | python3 -c '
 import json, sys
 print(sum(c["refetched_ok_departments"] for c in json.load(sys.stdin)["corps"]))')
 CHANGES=$(($(wc -w <<<"$LEADERS") - 1))
