@@ -16,6 +16,7 @@
 
 #include "common/alert.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/timeutil.h"
 #include "coordinator/fence.h"
 #include "worker/json_scan.h"
@@ -719,6 +720,8 @@ static void on_users_written(void *arg, PGresult *res, const char *err)
     } else {
         for (int i = 0; i < c->nwriting; i++)
             c->users_seen += c->writing[i]->members;
+        metrics_counter_add(M_DEPARTMENTS_SYNCED, NULL, c->nwriting);
+        metrics_counter_add(M_MEMBERS_SYNCED, NULL, strtod(PQgetvalue(res, 0, 1), NULL));
     }
     c->write_attempts = 0;
     writing_free(c);

@@ -17,6 +17,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/loop_sem.h"
+#include "common/metrics.h"
 #include "common/pacer.h"
 #include "common/timeutil.h"
 #include "worker/json_scan.h"
@@ -625,6 +626,8 @@ static void hold_then_send(wc_corp *c)
     uint64_t wait = pace_wait_us(c, time_mono_us());
 
     if (wait > 0) {
+        metrics_counter_add(M_PACING_WAITS, NULL, 1);
+        metrics_counter_add(M_PACING_WAIT_SECONDS, NULL, (double)wait / 1e6);
         corp_timer(c, PH_HOLD, ms_ceil(wait));
         return;
     }
@@ -911,6 +914,16 @@ static void answered(wc_corp *c)
         w->pending++;
 }
 
+/* Upstream answers by API and outcome (an errcode, or http/timeout/malformed). */
+static void count_answer(wecom_api api, const char *outcome, double seconds)
+{
+    char labels[96];
+    snprintf(labels, sizeof(labels), "api=\"%s\",errcode=\"%s\"", wecom_api_names[api], outcome);
+    metrics_counter_add(M_UPSTREAM_REQUESTS, labels, 1);
+    snprintf(labels, sizeof(labels), "api=\"%s\"", wecom_api_names[api]);
+    metrics_observe(M_UPSTREAM_DURATION, labels, seconds);
+}
+
 static void gettoken_answered(wc_corp *c, const answer *a)
 {
     wc_req *r = c->head;
@@ -999,6 +1012,7 @@ static void on_http(void *arg, const http_response *res)
     api = c->call_token ? WECOM_API_GETTOKEN : r->api;
     if (res->error || res->status != 200) {
         wecom_status st = res->timed_out ? WECOM_E_TIMEOUT : WECOM_E_HTTP;
+        count_answer(api, res->timed_out ? "timeout" : "http", res->seconds);
         if (res->error)
             set_err(r, st, "%s: %s", wecom_api_names[api], res->error);
         else
@@ -1007,11 +1021,17 @@ static void on_http(void *arg, const http_response *res)
         return;
     }
     if (parse_body(res->body, res->body_len, &a, why, sizeof(why))) {
+        count_answer(api, "malformed", res->seconds);
         set_err(r, WECOM_E_MALFORMED, "%s: malformed answer: %s", wecom_api_names[api], why);
         retry_or_fail(c, &r->net_failures, w->o.max_retries, WECOM_E_MALFORMED);
         return;
     }
     errcode = a.errcode;
+    {
+        char code[16];
+        snprintf(code, sizeof(code), "%d", errcode);
+        count_answer(api, code, res->seconds);
+    }
     if (errcode == 45009 || errcode == 45033) {
         ban(c, errcode, a.errmsg);
         return;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# /metrics after a run on a one-worker host (so the worker that synced is the
+# one that answers): run duration, departments and members synced, upstream
+# requests by API and errcode, pacing waits, lock and leader figures.
+. "$(dirname "$0")/../lib/testlib.sh"
+. "$(dirname "$0")/serve_helpers.sh"
+serve_trap
+
+SV_ENV="met$$"
+SDB=$(fresh_db)
+SV_DBS+=("$SDB")
+serve_sim 1 --enterprises 2 --departments 6 --users-per-dept 3 --seed 4
+serve_corps "$SDB" 2
+serve_start a 0 ORGSYNC_WORKERS=1
+serve_wait_ready a
+rid=$(serve_request_run a)
+T=30 wait_for run_is "$rid" succeeded || not_ok "run $rid did not succeed"
+m=$(curl -fsS "http://127.0.0.1:${SV_HTTP[a]}/metrics")
+val() { awk -v k="$1" '$1 == k {print $2}' <<<"$m"; }
+members=$(psql -qAtX "$SDB" -c "SELECT sum(users_upserted) FROM sync_progress WHERE run_id = $rid")
+
+eq "departments synced" 12 "$(val orgsync_departments_synced_total)"
+eq "members synced" "$members" "$(val orgsync_members_synced_total)"
+eq "user/list answers with errcode 0" 12 "$(val 'orgsync_upstream_requests_total{api="user/list",errcode="0"}')"
+eq "department/list answers" 2 "$(val 'orgsync_upstream_requests_total{api="department/list",errcode="0"}')"
+check "pacing waits counted" awk -v v="$(val orgsync_pacing_waits_total)" 'BEGIN { exit !(v > 0) }'
+eq "one succeeded run timed" 1 "$(val 'orgsync_run_duration_seconds_count{state="succeeded"}')"
+check "runs by state" grep -q '^orgsync_runs{state="succeeded"} 1' <<<"$m"
+check "leader changes counted" grep -q '^orgsync_leader_changes_total{job="directory-sync"} [1-9]' <<<"$m"
+check "HTTP requests by route and status" grep -q '^orgsync_http_requests_total{.*route="/v1/runs".*status="202"' <<<"$m"
+check "valid exposition: every sample line is 'name{labels} value'" \
+    bash -c '! grep -v "^#" <<<"$1" | grep -Ev "^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfa]+$" | grep -q .' _ "$m"
+finish
