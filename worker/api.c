@@ -373,20 +373,6 @@ int api_parse_pos_ll(const char *s, long long max, long long *out)
     return 0;
 }
 
-int api_valid_corp_id(const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (n < 1 || n > 64)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
 static int all_digits(const char *s, size_t min, size_t max)
 {
     size_t n = strlen(s);

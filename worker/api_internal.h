@@ -10,6 +10,7 @@
 
 #include "common/buf.h"
 #include "worker/api.h"
+#include "worker/corp_id.h"
 
 typedef struct api_centry api_centry;
 typedef struct lookup lookup;
@@ -82,7 +83,6 @@ int api_pg_failed(api *a, const char *what, const char *err);
 
 /* Parsing helpers shared by the routes: 0 ok, -1 bad. */
 int api_parse_pos_ll(const char *s, long long max, long long *out);
-int api_valid_corp_id(const char *s);
 /* SPEC §5 mobile format (docs/API.md): 11 digits starting with 1, or '+' and 6 to
  * 15 digits. 1 if valid. */
 int api_valid_mobile(const char *s);

@@ -211,7 +211,7 @@ static void on_enterprise_progress(http_req *req, void *arg)
 {
     const char *corp = http_req_param(req, "corp_id");
     char key[API_CACHE_KEY];
-    if (!api_valid_corp_id(corp)) {
+    if (!corp_id_valid(corp)) {
         http_reply_error(req, 400, "bad_request", "corp_id must be 1-64 of [A-Za-z0-9_-]");
         return;
     }

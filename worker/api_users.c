@@ -115,7 +115,7 @@ static void on_enterprise_users(http_req *req, void *arg)
     long long page, size;
     char lim[24], off[24];
 
-    if (!api_valid_corp_id(corp)) {
+    if (!corp_id_valid(corp)) {
         http_reply_error(req, 400, "bad_request", "corp_id must be 1-64 of [A-Za-z0-9_-]");
         return;
     }
@@ -189,7 +189,7 @@ static void on_enterprise_depts(http_req *req, void *arg)
 {
     api *a = arg;
     const char *corp = http_req_param(req, "corp_id");
-    if (!api_valid_corp_id(corp)) {
+    if (!corp_id_valid(corp)) {
         http_reply_error(req, 400, "bad_request", "corp_id must be 1-64 of [A-Za-z0-9_-]");
         return;
     }
@@ -312,7 +312,7 @@ int api_lookup_body_parse(const char *body, size_t len, char *corp, size_t clen,
         json_tokener_get_parse_end(tok) != len || !json_object_is_type(o, json_type_object))
         goto cleanup;
     if (!json_object_object_get_ex(o, "corp_id", &c) || !json_object_is_type(c, json_type_string) ||
-        !api_valid_corp_id(json_object_get_string(c)) || has_nul(c)) {
+        !corp_id_valid(json_object_get_string(c)) || has_nul(c)) {
         *why = "corp_id must be a string of 1-64 [A-Za-z0-9_-]";
         goto cleanup;
     }

@@ -3,6 +3,7 @@
  * (argv is visible to every user through ps). */
 #include "worker/cli_db.h"
 #include "worker/commands.h"
+#include "worker/corp_id.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -14,17 +15,6 @@ typedef struct ent_args {
     const char *secret_env;
     const char *name;
 } ent_args;
-
-static int valid_corp_id(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-')
-            return 0;
-    return 1;
-}
 
 static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
 {
@@ -42,7 +32,7 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
             return cmd_usage_error("enterprise", "%s: %s needs a value", sub, argv[i]);
         *dst = argv[++i];
     }
-    if (a->corp_id && !valid_corp_id(a->corp_id))
+    if (a->corp_id && !corp_id_valid(a->corp_id))
         return cmd_usage_error("enterprise",
                                "--corp-id: expected 1-64 characters of A-Z, a-z, 0-9, '_' or '-'");
     return 0;

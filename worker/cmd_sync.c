@@ -20,6 +20,7 @@
 #include "common/timeutil.h"
 #include "coordinator/leader.h"
 #include "worker/commands.h"
+#include "worker/corp_id.h"
 #include "worker/directory_sync.h"
 
 #include <ctype.h>
@@ -93,17 +94,6 @@ typedef struct sync_cli {
 
 /* ---- arguments ---------------------------------------------------------------------- */
 
-static int valid_corp_id(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-')
-            return 0;
-    return 1;
-}
-
 static void usage(FILE *f)
 {
     fprintf(f, "usage: orgsync sync [--corp ID]... [--no-wait]\n\n"
@@ -135,7 +125,7 @@ static int parse_args(sync_cli *c, int argc, char **argv)
         } else {
             return cmd_usage_error("sync", "unknown option '%s' (try orgsync sync --help)", a);
         }
-        if (!valid_corp_id(v))
+        if (!corp_id_valid(v))
             return cmd_usage_error("sync",
                                    "--corp: expected 1-64 characters of A-Z, a-z, 0-9, '_' or "
                                    "'-', got '%.80s'",

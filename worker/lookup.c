@@ -370,7 +370,7 @@ static void step_getuserid(lk_req *q)
 
 int lookup_realtime(lookup *lk, const char *corp_id, const char *mobile, lookup_cb cb, void *arg)
 {
-    if (!lk || !cb || !api_valid_corp_id(corp_id) || !api_valid_mobile(mobile))
+    if (!lk || !cb || !corp_id_valid(corp_id) || !api_valid_mobile(mobile))
         return -EINVAL;
     lk_req *q = calloc(1, sizeof(*q));
     if (!q)

@@ -52,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (api_lookup_body_parse((const char *)data, size, corp, sizeof corp, mobile, sizeof mobile,
                               &why) == 0) {
-        if (!api_valid_corp_id(corp) || !api_valid_mobile(mobile))
+        if (!corp_id_valid(corp) || !api_valid_mobile(mobile))
             abort();
     } else if (!why || !*why) {
         abort();

@@ -41,18 +41,18 @@ static void test_positive_integers(void **state)
 static void test_corp_ids(void **state)
 {
     (void)state;
-    assert_true(api_valid_corp_id("wwsim0001"));
-    assert_true(api_valid_corp_id("a-b_C9"));
+    assert_true(corp_id_valid("wwsim0001"));
+    assert_true(corp_id_valid("a-b_C9"));
     char long_id[66];
     memset(long_id, 'a', 65);
     long_id[65] = '\0';
-    assert_false(api_valid_corp_id(long_id));
+    assert_false(corp_id_valid(long_id));
     long_id[64] = '\0';
-    assert_true(api_valid_corp_id(long_id));
+    assert_true(corp_id_valid(long_id));
     const char *bad[] = {NULL,   "",      "ww'x", "ww x",  "../etc",
                          "ww/x", "ww%00", "ww\"", "ww;--", "ww\n"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_false(api_valid_corp_id(bad[i]));
+        assert_false(corp_id_valid(bad[i]));
 }
 
 static void test_mobiles(void **state)
