@@ -37,10 +37,22 @@ void log_set_stream(void *file);
 
 void log_emit(log_level lvl, const char *msg, const log_field *fields);
 
-#define log_debug(msg, ...) log_emit(LOG_DEBUG, (msg), (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
-#define log_info(msg, ...) log_emit(LOG_INFO, (msg), (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
-#define log_warn(msg, ...) log_emit(LOG_WARN, (msg), (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
-#define log_error(msg, ...) log_emit(LOG_ERROR, (msg), (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
+#define log_debug(msg, ...)                                                                        \
+    log_emit(                                                                                      \
+        LOG_DEBUG, (msg),                                                                          \
+        (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
+#define log_info(msg, ...)                                                                         \
+    log_emit(                                                                                      \
+        LOG_INFO, (msg),                                                                           \
+        (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
+#define log_warn(msg, ...)                                                                         \
+    log_emit(                                                                                      \
+        LOG_WARN, (msg),                                                                           \
+        (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
+#define log_error(msg, ...)                                                                        \
+    log_emit(                                                                                      \
+        LOG_ERROR, (msg),                                                                          \
+        (const log_field[]){{LOG_F_SKIP, 0, 0, 0, 0}, ##__VA_ARGS__, {LOG_F_END, 0, 0, 0, 0}})
 
 /* Masks a mobile to its first 3 and last 2 digits ("138******12"); anything
  * shorter than 6 characters becomes all stars. out needs len(mobile)+1 bytes,

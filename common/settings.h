@@ -14,30 +14,30 @@
 typedef enum { READ_ONLY_AUTO = 0, READ_ONLY_ON, READ_ONLY_OFF } settings_read_only;
 
 typedef struct settings {
-    char env[64];                   /* ORGSYNC_ENV */
-    int schedule;                   /* ORGSYNC_SCHEDULE on/off */
+    char env[64];                                        /* ORGSYNC_ENV */
+    int schedule;                                        /* ORGSYNC_SCHEDULE on/off */
     uint8_t scheduler_workers[SETTINGS_MAX_WORKERS + 1]; /* [id] = 1 if id may compete */
     char scheduler_workers_text[256];
-    int workers;                    /* ORGSYNC_WORKERS */
-    char instance[128];             /* ORGSYNC_INSTANCE */
-    char pg_dsn[1024];              /* ORGSYNC_PG_DSN */
-    char redis_url[512];            /* ORGSYNC_REDIS_URL */
-    settings_read_only read_only;   /* ORGSYNC_READ_ONLY */
-    char http_addr[128];            /* ORGSYNC_HTTP_ADDR host:port */
-    char cron[128];                 /* ORGSYNC_CRON */
-    char tz[64];                    /* ORGSYNC_TZ */
-    int lock_ttl_ms;                /* ORGSYNC_LOCK_TTL_MS */
-    double dept_rate;               /* ORGSYNC_DEPT_RATE */
-    int upstream_max_inflight;      /* ORGSYNC_UPSTREAM_MAX_INFLIGHT */
-    char upstream_url[512];         /* ORGSYNC_UPSTREAM_URL, no trailing slash */
-    long daily_quota;               /* ORGSYNC_DAILY_QUOTA, 0 = unset */
-    int lookup_budget;              /* ORGSYNC_LOOKUP_BUDGET per enterprise per hour */
-    char admin_token[256];          /* ORGSYNC_ADMIN_TOKEN, "" = write endpoints refused */
-    char alert_webhook[512];        /* ORGSYNC_ALERT_WEBHOOK, "" = none */
-    int log_level;                  /* ORGSYNC_LOG_LEVEL (log_level) */
-    int log_json;                   /* ORGSYNC_LOG_FORMAT json|text */
-    char code_version[64];          /* ORGSYNC_CODE_VERSION: defaults to the build's version */
-    int worker_id;                  /* ORGSYNC_WORKER_ID, set by the supervisor; 0 outside */
+    int workers;                  /* ORGSYNC_WORKERS */
+    char instance[128];           /* ORGSYNC_INSTANCE */
+    char pg_dsn[1024];            /* ORGSYNC_PG_DSN */
+    char redis_url[512];          /* ORGSYNC_REDIS_URL */
+    settings_read_only read_only; /* ORGSYNC_READ_ONLY */
+    char http_addr[128];          /* ORGSYNC_HTTP_ADDR host:port */
+    char cron[128];               /* ORGSYNC_CRON */
+    char tz[64];                  /* ORGSYNC_TZ */
+    int lock_ttl_ms;              /* ORGSYNC_LOCK_TTL_MS */
+    double dept_rate;             /* ORGSYNC_DEPT_RATE */
+    int upstream_max_inflight;    /* ORGSYNC_UPSTREAM_MAX_INFLIGHT */
+    char upstream_url[512];       /* ORGSYNC_UPSTREAM_URL, no trailing slash */
+    long daily_quota;             /* ORGSYNC_DAILY_QUOTA, 0 = unset */
+    int lookup_budget;            /* ORGSYNC_LOOKUP_BUDGET per enterprise per hour */
+    char admin_token[256];        /* ORGSYNC_ADMIN_TOKEN, "" = write endpoints refused */
+    char alert_webhook[512];      /* ORGSYNC_ALERT_WEBHOOK, "" = none */
+    int log_level;                /* ORGSYNC_LOG_LEVEL (log_level) */
+    int log_json;                 /* ORGSYNC_LOG_FORMAT json|text */
+    char code_version[64];        /* ORGSYNC_CODE_VERSION: defaults to the build's version */
+    int worker_id;                /* ORGSYNC_WORKER_ID, set by the supervisor; 0 outside */
 } settings;
 
 /* Fills s from defaults, the optional config file and the environment.

@@ -22,7 +22,7 @@
  * instance. Returns one row (token) when this token now holds the fence. */
 #define FENCE_CLAIM_SQL                                                                            \
     "INSERT INTO leader_fence AS f (env, job, token, instance) VALUES ($1, $2, $3::bigint, $4) "   \
-    "ON CONFLICT (env, job) DO UPDATE SET token = EXCLUDED.token, instance = EXCLUDED.instance, "   \
+    "ON CONFLICT (env, job) DO UPDATE SET token = EXCLUDED.token, instance = EXCLUDED.instance, "  \
     "acquired_at = now() WHERE f.token < EXCLUDED.token RETURNING token"
 
 #endif

@@ -21,11 +21,11 @@ struct job_run {
     pg_pool *pg;
     redis_client *redis;
     http_client *http;
-    const char *env;           /* settings->env: $1 of every fenced statement */
-    const char *job;           /* the job's name: $2 */
-    long long fencing_token;   /* $3 */
-    long long run_id;          /* the sync_runs row, already 'running' */
-    int attempt;               /* 1 for a fresh run; higher when resumed */
+    const char *env;             /* settings->env: $1 of every fenced statement */
+    const char *job;             /* the job's name: $2 */
+    long long fencing_token;     /* $3 */
+    long long run_id;            /* the sync_runs row, already 'running' */
+    int attempt;                 /* 1 for a fresh run; higher when resumed */
     const char *const *corp_ids; /* NULL: every enabled enterprise; else only these */
     int ncorp_ids;
 
@@ -39,8 +39,8 @@ struct job_run {
      * stopped early (stop() was called, or it was fenced out) and the run must
      * stay resumable. error may be NULL. */
     void (*finished)(job_run *run, const char *state, const char *error);
-    void *coord;               /* the coordinator's own */
-    void *job_state;           /* the job's own */
+    void *coord;     /* the coordinator's own */
+    void *job_state; /* the job's own */
 };
 
 typedef struct job_ops {

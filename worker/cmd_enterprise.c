@@ -44,8 +44,7 @@ static int ent_add(const settings *s, const ent_args *a)
     PGconn *c;
     PGresult *r;
     if (!a->corp_id || !a->secret_env || !a->name)
-        return cmd_usage_error("enterprise",
-                               "add needs --corp-id ID --secret-env VAR --name NAME");
+        return cmd_usage_error("enterprise", "add needs --corp-id ID --secret-env VAR --name NAME");
     secret = getenv(a->secret_env);
     if (!secret || !*secret)
         return cmd_usage_error("enterprise",

@@ -8,9 +8,10 @@ static void on_page(http_req *req, void *arg)
     (void)arg;
     http_req_add_header(req, "Cache-Control", "no-cache");
     http_req_add_header(req, "X-Content-Type-Options", "nosniff");
-    http_req_add_header(req, "Content-Security-Policy",
-                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                        "connect-src 'self'");
+    http_req_add_header(
+        req, "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'");
     http_reply(req, 200, "text/html; charset=utf-8", page_index_html, page_index_html_len);
 }
 

@@ -7,7 +7,6 @@
 extern const char page_index_html[];
 extern const size_t page_index_html_len;
 
-
 #include "common/http_server.h"
 
 /* Registers GET / (the progress page) on srv. 0 or a negative errno. */
