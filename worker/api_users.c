@@ -46,6 +46,26 @@ static void op_query_failed(read_op *op)
     free(op);
 }
 
+/* The common start of a read callback: 1 when the route may build its answer;
+ * 0 when the api is closing or the request has been answered (database error:
+ * 503; with corp_col0, an unknown enterprise: 404). The caller frees op. */
+static int op_result_ok(read_op *op, PGresult *res, const char *err, const char *what,
+                        int corp_col0)
+{
+    if (!api_unref(op->a))
+        return 0;
+    if (err) {
+        http_reply_error(op->req, api_pg_failed(op->a, what, err), "database_unavailable",
+                         "could not query PostgreSQL");
+        return 0;
+    }
+    if (corp_col0 && (PQntuples(res) < 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0)) {
+        http_reply_error(op->req, 404, "not_found", "no enterprise with that corp_id");
+        return 0;
+    }
+    return 1;
+}
+
 static void reply_buf(http_req *req, buf *b)
 {
     if (b->oom)
@@ -69,17 +89,8 @@ static void on_users(void *arg, PGresult *res, const char *err)
     buf b;
     jw w;
 
-    if (!api_unref(op->a))
+    if (!op_result_ok(op, res, err, "users", 1))
         goto done;
-    if (err) {
-        http_reply_error(op->req, api_pg_failed(op->a, "users", err), "database_unavailable",
-                         "could not query PostgreSQL");
-        goto done;
-    }
-    if (PQntuples(res) < 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-        http_reply_error(op->req, 404, "not_found", "no enterprise with that corp_id");
-        goto done;
-    }
     buf_init(&b);
     jw_init(&w, &b);
     jw_obj_begin(&w);
@@ -154,17 +165,8 @@ static void on_depts(void *arg, PGresult *res, const char *err)
     jw w;
     int n = 0;
 
-    if (!api_unref(op->a))
+    if (!op_result_ok(op, res, err, "departments", 1))
         goto done;
-    if (err) {
-        http_reply_error(op->req, api_pg_failed(op->a, "departments", err), "database_unavailable",
-                         "could not query PostgreSQL");
-        goto done;
-    }
-    if (PQntuples(res) < 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-        http_reply_error(op->req, 404, "not_found", "no enterprise with that corp_id");
-        goto done;
-    }
     buf_init(&b);
     jw_init(&w, &b);
     jw_obj_begin(&w);
@@ -213,13 +215,8 @@ static void on_mobile(void *arg, PGresult *res, const char *err)
     buf b;
     jw w;
 
-    if (!api_unref(op->a))
+    if (!op_result_ok(op, res, err, "users by mobile", 0))
         goto done;
-    if (err) {
-        http_reply_error(op->req, api_pg_failed(op->a, "users by mobile", err),
-                         "database_unavailable", "could not query PostgreSQL");
-        goto done;
-    }
     buf_init(&b);
     jw_init(&w, &b);
     jw_obj_begin(&w);
