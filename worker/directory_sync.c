@@ -124,6 +124,20 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
 #define Q_CORP_OK "ds_corp_succeeded"
 #define Q_CORP_FAIL "ds_corp_failed"
 
+/* The enterprise's row, locked for the statement ($5 corp): since users and
+ * departments keep no foreign key (sql/002), a delete of the enterprise waits
+ * for the write, and its trigger then removes what the write added; a write
+ * after the delete finds no row and adds nothing. One lock per statement, where
+ * the key took one per row. */
+#define ENTERPRISE_CTE "ent AS (SELECT 1 FROM enterprises WHERE corp_id = $5 FOR KEY SHARE)"
+
+/* ON CONFLICT ... DO UPDATE ... WHERE: a member this run already wrote (listed
+ * by another of its departments, fetched earlier) is left as it is, which saves
+ * PostgreSQL a new row version and its index entries for every second
+ * membership. A member deleted earlier comes back. */
+#define SKIP_WRITTEN                                                                               \
+    "WHERE u.sync_run_id IS DISTINCT FROM EXCLUDED.sync_run_id OR u.deleted_at IS NOT NULL"
+
 /* $4 run_id, $5 corp_ids text[]. Enterprises of an earlier attempt that are no
  * longer part of the run end 'failed' instead of staying 'pending' forever. */
 static const char sql_progress_init[] =
@@ -143,10 +157,11 @@ static const char sql_progress_read[] =
 /* $4 run, $5 corp, $6 department/list answer, $7 total, $8 ids bigint[], $9..$11
  * requests, retries, errors. Returns fenced and this run's checkpoints. */
 static const char sql_departments[] =
-    "WITH " FENCE_CTE ", "
+    "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
     "src AS (SELECT DISTINCT ON (d.id) d.id, d.name, d.parentid, d.\"order\" "
     "  FROM jsonb_to_recordset($6::jsonb -> 'department') AS d(id bigint, name text, "
-    "  parentid bigint, \"order\" bigint) WHERE EXISTS (SELECT 1 FROM fence) ORDER BY d.id), "
+    "  parentid bigint, \"order\" bigint) WHERE EXISTS (SELECT 1 FROM fence) "
+    "  AND EXISTS (SELECT 1 FROM ent) ORDER BY d.id), "
     "up AS (INSERT INTO departments AS t (corp_id, dept_id, name, parent_id, \"order\", "
     "  sync_run_id, synced_at, deleted_at) SELECT $5, id, coalesce(name, ''), parentid, "
     "  \"order\", $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, dept_id) DO UPDATE "
@@ -180,7 +195,7 @@ static const char sql_departments[] =
     "  FROM jsonb_array_elements(coalesce($6::jsonb -> 'userlist', '[]')) AS e, "                  \
     "  jsonb_to_record(e) AS r(userid text, name text, mobile text, email text, position text, "   \
     "  status int, department int[], main_department int) "                                        \
-    "  WHERE EXISTS (SELECT 1 FROM fence) " order "), "
+    "  WHERE EXISTS (SELECT 1 FROM fence) AND EXISTS (SELECT 1 FROM ent) " order "), "
 #define USERS_REST                                                                                 \
     "up AS (INSERT INTO users AS u (corp_id, userid, name, mobile, email, position, status, "      \
     "  department, main_department, raw, sync_run_id, synced_at, deleted_at) "                     \
@@ -190,11 +205,11 @@ static const char sql_departments[] =
     "  position = EXCLUDED.position, status = EXCLUDED.status, "                                   \
     "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "             \
     "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "   \
-    "  deleted_at = NULL RETURNING 1), "                                                           \
+    "  deleted_at = NULL " SKIP_WRITTEN " RETURNING 1), "                                          \
     "gone AS (UPDATE departments SET sync_run_id = NULL WHERE $13::boolean "                       \
     "  AND corp_id = $5 AND dept_id = $7::bigint AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "  \
     "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "                       \
-    "  SELECT $4::bigint, $5, $7::bigint, (SELECT count(*) FROM up) "                              \
+    "  SELECT $4::bigint, $5, $7::bigint, (SELECT count(*) FROM src) "                             \
     "  WHERE EXISTS (SELECT 1 FROM fence) ON CONFLICT DO NOTHING RETURNING 1), "                   \
     "pr AS (UPDATE sync_progress SET departments_done = departments_done + "                       \
     "  (SELECT count(*) FROM cp), users_upserted = users_upserted + "                              \
@@ -206,7 +221,8 @@ static const char sql_departments[] =
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "                   \
     "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)"
 
-static const char sql_users[] = "WITH " FENCE_CTE ", " USERS_SRC("", "") USERS_REST;
+static const char sql_users[] =
+    "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", " USERS_SRC("", "") USERS_REST;
 
 /* Several departments of one enterprise in one statement (same effects as one
  * sql_users per department, committed together). $4 run, $5 corp, $6 a JSON
@@ -214,9 +230,10 @@ static const char sql_users[] = "WITH " FENCE_CTE ", " USERS_SRC("", "") USERS_R
  * the user/list answer}, $7..$9 counters, $10 note for last_error or NULL. A
  * member in two of the departments appears twice: DISTINCT ON keeps one. */
 static const char sql_users_multi[] =
-    "WITH " FENCE_CTE ", "
+    "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
     "batch AS (SELECT x.d, x.p, x.s, x.b FROM jsonb_to_recordset($6::jsonb) AS x(d bigint, "
-    "  p bigint, s boolean, b jsonb) WHERE EXISTS (SELECT 1 FROM fence)), "
+    "  p bigint, s boolean, b jsonb) WHERE EXISTS (SELECT 1 FROM fence) "
+    "  AND EXISTS (SELECT 1 FROM ent)), "
     "src AS (SELECT DISTINCT ON (r.userid) r.userid, r.name, r.mobile, r.email, r.position, "
     "  r.status, coalesce(r.department, '{}') AS department, r.main_department, e AS raw "
     "  FROM batch, jsonb_array_elements(coalesce(batch.b -> 'userlist', '[]')) AS e, "
@@ -230,7 +247,7 @@ static const char sql_users_multi[] =
     "  position = EXCLUDED.position, status = EXCLUDED.status, "
     "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
     "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
-    "  deleted_at = NULL RETURNING 1), "
+    "  deleted_at = NULL " SKIP_WRITTEN " RETURNING 1), "
     "gone AS (UPDATE departments SET sync_run_id = NULL WHERE corp_id = $5 "
     "  AND dept_id IN (SELECT d FROM batch WHERE s) AND EXISTS (SELECT 1 FROM fence) "
     "  RETURNING 1), "
@@ -246,7 +263,8 @@ static const char sql_users_multi[] =
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "
     "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
 static const char sql_users_dedup[] =
-    "WITH " FENCE_CTE ", " USERS_SRC("DISTINCT ON (r.userid)", "ORDER BY r.userid") USERS_REST;
+    "WITH " FENCE_CTE ", " ENTERPRISE_CTE
+    ", " USERS_SRC("DISTINCT ON (r.userid)", "ORDER BY r.userid") USERS_REST;
 
 /* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL. Only after
  * every department succeeded: whoever this run did not see is gone. */
@@ -411,13 +429,6 @@ static int field_ok(json_object *m, const char *k, json_type t)
     return json_object_is_type(v, t);
 }
 
-/* A member field that is absent, null, or of type t. */
-static int js_field_ok(const js_val *m, const char *k, js_type t)
-{
-    js_val v;
-    return !js_get(m, k, &v) || v.type == JS_NULL || v.type == t;
-}
-
 /* An integer PostgreSQL's int columns take, so the write cannot fail on a
  * value the upstream sent (a batch of departments would fail with it). */
 static int js_is_int(const js_val *v)
@@ -426,20 +437,12 @@ static int js_is_int(const js_val *v)
     return js_int(v, &x) && x >= INT32_MIN && x <= INT32_MAX;
 }
 
-static int js_field_int_ok(const js_val *m, const char *k)
+static int js_int_array_ok(const js_val *v)
 {
-    js_val v;
-    return !js_get(m, k, &v) || v.type == JS_NULL || js_is_int(&v);
-}
-
-static int js_int_array_ok(const js_val *m, const char *k)
-{
-    js_val v, e;
+    js_val e;
     js_iter it;
 
-    if (!js_get(m, k, &v) || v.type == JS_NULL)
-        return 1;
-    if (!js_iter_begin(&it, &v) || v.type != JS_ARRAY)
+    if (!js_iter_begin(&it, v) || v->type != JS_ARRAY)
         return 0;
     while (js_next(&it, NULL, &e))
         if (!js_is_int(&e))
@@ -447,19 +450,86 @@ static int js_int_array_ok(const js_val *m, const char *k)
     return 1;
 }
 
-/* The department a member is counted in: its main one, else its first. */
-static long long primary_dept(const js_val *m, long long fallback)
-{
-    js_val v, e;
-    js_iter it;
-    long long x;
+/* The member fields PostgreSQL reads into columns (jsonb_to_record in USERS_SRC). */
+enum { F_OTHER, F_USERID, F_STRING, F_INT, F_MAIN, F_DEPARTMENT };
 
-    if (js_get(m, "main_department", &v) && js_int(&v, &x))
-        return x;
-    if (js_get(m, "department", &v) && js_iter_begin(&it, &v) && js_next(&it, NULL, &e) &&
-        js_int(&e, &x))
-        return x;
-    return fallback;
+static int member_field(const js_val *k)
+{
+    static const struct {
+        const char *name;
+        size_t n;
+        int field;
+    } fields[] = {
+        {"userid", 6, F_USERID},         {"name", 4, F_STRING},
+        {"mobile", 6, F_STRING},         {"email", 5, F_STRING},
+        {"position", 8, F_STRING},       {"status", 6, F_INT},
+        {"main_department", 15, F_MAIN}, {"department", 10, F_DEPARTMENT},
+    };
+    int escaped = memchr(k->p, '\\', k->n) != NULL;
+
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (escaped ? js_key_is(k, fields[i].name)
+                    : k->n == fields[i].n && memcmp(k->p, fields[i].name, k->n) == 0)
+            return fields[i].field;
+    return F_OTHER;
+}
+
+/* Checks one member in a single pass over its fields: each field PostgreSQL
+ * reads is absent, null or of its column's type (every occurrence of a repeated
+ * key, since jsonb keeps the last). Sets *uid (the last userid) and *primary (the
+ * department the member is counted in: its main one, else its first, else
+ * fallback). 0, or -1 for no usable userid, -2 for a field of the wrong type. */
+static int check_member(const js_val *m, js_val *uid, long long *primary, long long fallback)
+{
+    js_val k, v, first;
+    js_iter it;
+    long long x, main_dept = 0, first_dept = 0;
+    int has_uid = 0, has_main = 0, has_first = 0, bad = 0;
+
+    js_iter_begin(&it, m);
+    while (js_next(&it, &k, &v)) {
+        int f = member_field(&k);
+        if (f == F_OTHER)
+            continue;
+        if (f == F_USERID) {
+            has_uid = v.type == JS_STRING && v.n > 0 && v.n <= 64;
+            *uid = v;
+            continue;
+        }
+        if (v.type == JS_NULL) {
+            if (f == F_MAIN)
+                has_main = 0;
+            else if (f == F_DEPARTMENT)
+                has_first = 0;
+            continue;
+        }
+        switch (f) {
+        case F_STRING:
+            bad |= v.type != JS_STRING;
+            break;
+        case F_INT:
+            bad |= !js_is_int(&v);
+            break;
+        case F_MAIN:
+            bad |= !js_is_int(&v);
+            has_main = js_int(&v, &main_dept);
+            break;
+        case F_DEPARTMENT: {
+            js_iter di;
+            bad |= !js_int_array_ok(&v);
+            has_first = js_iter_begin(&di, &v) && js_next(&di, NULL, &first) && js_int(&first, &x);
+            if (has_first)
+                first_dept = x;
+            break;
+        }
+        }
+    }
+    if (!has_uid)
+        return -1;
+    if (bad)
+        return -2;
+    *primary = has_main ? main_dept : has_first ? first_dept : fallback;
+    return 0;
 }
 
 static int cmp_slice(const void *a, const void *b)
@@ -479,6 +549,7 @@ static int check_userlist(const char *body, size_t len, ds_batch *b, char *why, 
     js_val root, ul, m, uid;
     js_iter it;
     js_val *ids = NULL;
+    long long primary;
     size_t count = 0, cap = 0;
 
     js_root(body, len, &root);
@@ -492,14 +563,11 @@ static int check_userlist(const char *body, size_t len, ds_batch *b, char *why, 
             snprintf(why, n, "member %zu is not an object", count);
             goto bad;
         }
-        if (!js_get(&m, "userid", &uid) || uid.type != JS_STRING || uid.n == 0 || uid.n > 64) {
+        switch (check_member(&m, &uid, &primary, b->dept_id)) {
+        case -1:
             snprintf(why, n, "member %zu has no usable userid", count);
             goto bad;
-        }
-        if (!js_field_ok(&m, "name", JS_STRING) || !js_field_ok(&m, "mobile", JS_STRING) ||
-            !js_field_ok(&m, "email", JS_STRING) || !js_field_ok(&m, "position", JS_STRING) ||
-            !js_field_int_ok(&m, "status") || !js_field_int_ok(&m, "main_department") ||
-            !js_int_array_ok(&m, "department")) {
+        case -2:
             snprintf(why, n, "member %.*s has a field of the wrong type", (int)uid.n, uid.p);
             goto bad;
         }
@@ -514,7 +582,7 @@ static int check_userlist(const char *body, size_t len, ds_batch *b, char *why, 
             cap = nc;
         }
         ids[count++] = uid;
-        b->primary += primary_dept(&m, b->dept_id) == b->dept_id;
+        b->primary += primary == b->dept_id;
     }
     /* Two spellings of one id (escapes) are not caught here; PostgreSQL then
      * refuses the batch with a clear error, and the department fails. */

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Schema version 2 (sql/002): users and departments lose their foreign key to
+# enterprises, and a trigger keeps what the key guaranteed. Upgrading a version 1
+# database that holds data keeps the data; deleting or truncating enterprises
+# removes their rows; a corp_id with rows cannot change.
+. "$(dirname "$0")/../lib/testlib.sh"
+
+DSN=$(fresh_db)
+trap 'drop_db "$DSN"' EXIT
+q() { psql -qAtX -v ON_ERROR_STOP=1 "$DSN" -c "$1" 2>&1; }
+
+# A version 1 database, as an earlier binary's migrate left it, with data.
+q "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null
+psql -qAtX -v ON_ERROR_STOP=1 "$DSN" -1 -f "$ORGSYNC_SRC/sql/001_init.sql" >/dev/null
+q "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+     applied_at timestamptz NOT NULL DEFAULT now());
+   INSERT INTO schema_migrations (version, name) VALUES (1, '001_init.sql')" >/dev/null
+q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww1', 'One', 's1'), ('ww2', 'Two', 's2');
+   INSERT INTO departments (corp_id, dept_id, name) VALUES ('ww1', 1, 'd'), ('ww2', 1, 'd');
+   INSERT INTO users (corp_id, userid, department) VALUES ('ww1', 'a', '{1}'), ('ww1', 'b', '{1}'),
+     ('ww2', 'a', '{1}')" >/dev/null
+eq "version 1 has the foreign keys" 2 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
+
+out=$(ORGSYNC_PG_DSN="$DSN" "$ORGSYNC_BIN" migrate 2>/dev/null)
+check "migrate applies 002 only" grep -q "migrated to schema version 2 (1 file applied)" <<<"$out"
+eq "no foreign key to enterprises left" 0 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
+eq "the data is kept" "3|2" "$(q "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM departments)")"
+
+# Deleting an enterprise deletes its users and departments, and only those.
+q "DELETE FROM enterprises WHERE corp_id = 'ww1'" >/dev/null
+eq "delete: its users and departments are gone, the other's stay" "ww2|ww2" \
+    "$(q "SELECT (SELECT string_agg(DISTINCT corp_id, ',') FROM users), (SELECT string_agg(DISTINCT corp_id, ',') FROM departments)")"
+
+# A corp_id that rows refer to cannot change; one without rows can.
+out=$(q "UPDATE enterprises SET corp_id = 'ww9' WHERE corp_id = 'ww2'" || true)
+check "rename with rows is refused, saying why" grep -q "enterprise ww2 has synced users or departments" <<<"$out"
+eq "refused rename changed nothing" ww2 "$(q "SELECT corp_id FROM enterprises")"
+q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww3', 'Three', 's3')" >/dev/null
+check "rename without rows is allowed" q "UPDATE enterprises SET corp_id = 'ww4' WHERE corp_id = 'ww3'"
+
+# TRUNCATE enterprises takes every user and department with it.
+q "TRUNCATE enterprises" >/dev/null
+eq "truncate: no users or departments left" "0|0" "$(q "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM departments)")"
+
+# What the sync's writes rely on (ENTERPRISE_CTE in worker/directory_sync.c):
+# a write that holds the enterprise row FOR KEY SHARE makes a delete wait, and
+# the delete's trigger then removes what the write added.
+q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww5', 'Five', 's5')" >/dev/null
+psql -qAtX -v ON_ERROR_STOP=1 "$DSN" -c "BEGIN" \
+    -c "SELECT 1 FROM enterprises WHERE corp_id = 'ww5' FOR KEY SHARE" \
+    -c "INSERT INTO users (corp_id, userid) VALUES ('ww5', 'late')" \
+    -c "SELECT pg_sleep(1)" -c "COMMIT" >/dev/null &
+writer=$!
+sleep 0.3
+t0=$(date +%s%N)
+q "DELETE FROM enterprises WHERE corp_id = 'ww5'" >/dev/null
+waited=$((($(date +%s%N) - t0) / 1000000))
+wait "$writer"
+check "the delete waited for the write (${waited} ms)" test "$waited" -ge 300
+eq "the write's rows went with the enterprise" 0 "$(q "SELECT count(*) FROM users WHERE corp_id = 'ww5'")"
+finish
