@@ -8,10 +8,11 @@
  * again finishes the interrupted run from its checkpoints instead of starting
  * over, and does not then fetch everything a second time.
  *
- * Progress comes from sync_progress in PostgreSQL (what every process shows):
- * redrawn in place on a terminal, a plain line every few seconds otherwise, and
- * a summary per run at the end. Exit 0 only if every run it worked on ended
- * 'succeeded', that is every enterprise succeeded. */
+ * Progress is read from PostgreSQL with the query and the percent and ETA rules
+ * of the API and `orgsync status` (worker/run_view.c), so that all three say
+ * the same for the same rows: redrawn in place on a terminal, a plain line every
+ * few seconds otherwise, and a summary per run at the end. Exit 0 only if every
+ * run it worked on ended 'succeeded', that is every enterprise succeeded. */
 #include "common/alert.h"
 #include "common/http_client.h"
 #include "common/log.h"
@@ -22,9 +23,11 @@
 #include "worker/commands.h"
 #include "worker/corp_id.h"
 #include "worker/directory_sync.h"
+#include "worker/run_view.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +46,8 @@ typedef struct corp_row {
     char corp_id[72];
     char state[16];
     long long total, done, users, deleted, requests, retries, errors;
-    double elapsed_s;
+    double percent; /* run_view's */
+    long long eta;  /* run_view's, seconds; -1: no rate yet */
     char last_error[200];
 } corp_row;
 
@@ -73,13 +77,11 @@ typedef struct sync_cli {
     uint64_t prev_us;
     long long prev_requests;
     double rate; /* requests per second, smoothed */
-    double dept_rate;
-    long long prev_done;
 
     /* Per enterprise, the first sample of this run: rates are measured from it. */
     struct {
         char corp_id[72];
-        long long requests, done;
+        long long requests;
         uint64_t at_us;
     } * base;
     int nbase;
@@ -139,38 +141,47 @@ static int parse_args(sync_cli *c, int argc, char **argv)
 
 /* ---- progress ----------------------------------------------------------------------- */
 
-static const char sql_progress[] =
-    "SELECT corp_id, state, departments_total, departments_done, users_upserted, "
-    "users_deleted, requests, retries, errors, coalesce(last_error, ''), "
-    "coalesce(extract(epoch FROM coalesce(finished_at, now()) - started_at), 0) "
-    "FROM sync_progress WHERE run_id = $1::bigint ORDER BY corp_id";
+/* The summary's rows: progress columns from 0. The live display reads
+ * run_view_sql (run columns, then progress columns from RC_N). */
+static const char sql_summary[] =
+    "SELECT " PROGRESS_COLS " FROM sync_progress p WHERE p.run_id = $1::bigint "
+    "ORDER BY p.corp_id";
 
 typedef struct totals {
     int n, succeeded, failed, running, pending;
     long long total, done, users, deleted, requests, retries, errors;
+    double percent; /* the run's, run_view's */
+    long long eta;  /* the run's, run_view's, seconds; -1: no rate yet */
 } totals;
 
-static int read_rows(PGresult *res, corp_row **out, totals *t)
+/* The progress rows of res (columns from c0), with run_view's percent and ETA
+ * of each enterprise at `now` (PostgreSQL's clock; NAN: no ETA). */
+static int read_rows(PGresult *res, int c0, double now, corp_row **out, totals *t)
 {
     int n = PQntuples(res);
     corp_row *rows = calloc((size_t)(n ? n : 1), sizeof(*rows));
 
     memset(t, 0, sizeof(*t));
+    t->eta = -1;
     if (!rows)
         return -ENOMEM;
     for (int i = 0; i < n; i++) {
-        corp_row *r = &rows[i];
-        snprintf(r->corp_id, sizeof(r->corp_id), "%s", PQgetvalue(res, i, 0));
-        snprintf(r->state, sizeof(r->state), "%s", PQgetvalue(res, i, 1));
-        r->total = atoll(PQgetvalue(res, i, 2));
-        r->done = atoll(PQgetvalue(res, i, 3));
-        r->users = atoll(PQgetvalue(res, i, 4));
-        r->deleted = atoll(PQgetvalue(res, i, 5));
-        r->requests = atoll(PQgetvalue(res, i, 6));
-        r->retries = atoll(PQgetvalue(res, i, 7));
-        r->errors = atoll(PQgetvalue(res, i, 8));
-        snprintf(r->last_error, sizeof(r->last_error), "%s", PQgetvalue(res, i, 9));
-        r->elapsed_s = atof(PQgetvalue(res, i, 10));
+        corp_row *r = &rows[t->n];
+        if (PQgetisnull(res, i, c0 + PC_CORP))
+            continue; /* run_view_sql: a run with no progress rows yet */
+        snprintf(r->corp_id, sizeof(r->corp_id), "%s", PQgetvalue(res, i, c0 + PC_CORP));
+        snprintf(r->state, sizeof(r->state), "%s", PQgetvalue(res, i, c0 + PC_STATE));
+        r->total = atoll(PQgetvalue(res, i, c0 + PC_TOTAL));
+        r->done = atoll(PQgetvalue(res, i, c0 + PC_DONE));
+        r->users = atoll(PQgetvalue(res, i, c0 + PC_UPSERTED));
+        r->deleted = atoll(PQgetvalue(res, i, c0 + PC_DELETED));
+        r->requests = atoll(PQgetvalue(res, i, c0 + PC_REQUESTS));
+        r->retries = atoll(PQgetvalue(res, i, c0 + PC_RETRIES));
+        r->errors = atoll(PQgetvalue(res, i, c0 + PC_ERRORS));
+        snprintf(r->last_error, sizeof(r->last_error), "%s",
+                 PQgetvalue(res, i, c0 + PC_LAST_ERROR));
+        r->percent = run_view_ent_percent(res, i, c0);
+        r->eta = run_view_ent_eta(res, i, c0, now);
         t->n++;
         t->succeeded += !strcmp(r->state, "succeeded");
         t->failed += !strcmp(r->state, "failed");
@@ -185,7 +196,7 @@ static int read_rows(PGresult *res, corp_row **out, totals *t)
         t->errors += r->errors;
     }
     *out = rows;
-    return n;
+    return t->n;
 }
 
 static void fmt_eta(double s, char *out, size_t n)
@@ -225,20 +236,17 @@ static void term_size(int *rows, int *cols)
     }
 }
 
-/* Overall rates from the change since the last sample, smoothed. */
+/* The overall request rate from the change since the last sample, smoothed. */
 static void sample(sync_cli *c, const totals *t)
 {
     uint64_t now = time_mono_us();
     if (c->prev_us && now > c->prev_us) {
         double dt = (double)(now - c->prev_us) / 1e6;
         double r = (double)(t->requests - c->prev_requests) / dt;
-        double d = (double)(t->done - c->prev_done) / dt;
         c->rate = c->rate > 0 ? 0.6 * c->rate + 0.4 * r : r;
-        c->dept_rate = c->dept_rate > 0 ? 0.6 * c->dept_rate + 0.4 * d : d;
     }
     c->prev_us = now;
     c->prev_requests = t->requests;
-    c->prev_done = t->done;
 }
 
 static double run_seconds(const sync_cli *c)
@@ -246,20 +254,18 @@ static double run_seconds(const sync_cli *c)
     return c->run_started_us ? (double)(time_mono_us() - c->run_started_us) / 1e6 : 0;
 }
 
-/* Requests and departments per second of one enterprise since the run's first
- * sample (its own counters include the work of earlier attempts). */
-static void corp_rates(sync_cli *c, int i, const corp_row *r, double *rps, double *dps)
+/* Requests per second of one enterprise since the run's first sample (its own
+ * counters include the work of earlier attempts). */
+static double corp_rate(sync_cli *c, int i, const corp_row *r)
 {
     uint64_t now = time_mono_us();
 
-    *rps = *dps = 0;
     if (i >= c->nbase || strcmp(c->base[i].corp_id, r->corp_id) != 0)
-        return;
+        return 0;
     double dt = (double)(now - c->base[i].at_us) / 1e6;
     if (dt < 0.9)
-        return;
-    *rps = (double)(r->requests - c->base[i].requests) / dt;
-    *dps = (double)(r->done - c->base[i].done) / dt;
+        return 0;
+    return (double)(r->requests - c->base[i].requests) / dt;
 }
 
 static void take_base(sync_cli *c, const corp_row *rows, int n)
@@ -274,7 +280,6 @@ static void take_base(sync_cli *c, const corp_row *rows, int n)
     for (int i = 0; i < c->nbase; i++) {
         snprintf(c->base[i].corp_id, sizeof(c->base[i].corp_id), "%s", rows[i].corp_id);
         c->base[i].requests = rows[i].requests;
-        c->base[i].done = rows[i].done;
         c->base[i].at_us = now;
     }
 }
@@ -283,7 +288,6 @@ static void draw_tty(sync_cli *c, const corp_row *rows, const totals *t)
 {
     int trows, tcols, shown = 0, budget;
     char b[64], eta[32], line[512];
-    double frac = t->total ? (double)t->done / (double)t->total : 0;
 
     term_size(&trows, &tcols);
     if (tcols > (int)sizeof(line) - 1)
@@ -291,10 +295,10 @@ static void draw_tty(sync_cli *c, const corp_row *rows, const totals *t)
     for (int i = 0; i < c->lines_drawn; i++)
         fputs("\033[1A\033[2K", stdout);
     c->lines_drawn = 0;
-    bar(b, 30, frac);
-    fmt_eta(c->dept_rate > 0 ? (double)(t->total - t->done) / c->dept_rate : -1, eta, sizeof(eta));
-    snprintf(line, sizeof(line), "run %lld (attempt %d)  %s %3.0f%%  %lld/%lld departments  ETA %s",
-             c->run_id, c->attempt, b, frac * 100, t->done, t->total, eta);
+    bar(b, 30, t->percent / 100);
+    fmt_eta((double)t->eta, eta, sizeof(eta));
+    snprintf(line, sizeof(line), "run %lld (attempt %d)  %s %5.1f%%  %lld/%lld departments  ETA %s",
+             c->run_id, c->attempt, b, t->percent, t->done, t->total, eta);
     printf("%.*s\n", tcols, line);
     snprintf(line, sizeof(line),
              "  %lld members  %lld requests (%.0f/s)  enterprises: %d succeeded, %d failed, %d "
@@ -310,14 +314,13 @@ static void draw_tty(sync_cli *c, const corp_row *rows, const totals *t)
             const corp_row *r = &rows[i];
             if (strcmp(r->state, pass == 0 ? "running" : "failed") != 0)
                 continue;
-            double f = r->total ? (double)r->done / (double)r->total : 0, rps, dps;
-            corp_rates(c, i, r, &rps, &dps);
-            bar(b, 12, f);
-            fmt_eta(dps > 0 ? (double)(r->total - r->done) / dps : -1, eta, sizeof(eta));
+            bar(b, 12, r->percent / 100);
+            fmt_eta((double)r->eta, eta, sizeof(eta));
             if (pass == 0)
                 snprintf(line, sizeof(line),
-                         "  %-20s running %s %4lld/%-4lld %7lld members %5.1f req/s ETA %s",
-                         r->corp_id, b, r->done, r->total, r->users, rps, eta);
+                         "  %-20s running %s %5.1f%% %4lld/%-4lld %7lld members %5.1f req/s ETA %s",
+                         r->corp_id, b, r->percent, r->done, r->total, r->users, corp_rate(c, i, r),
+                         eta);
             else
                 snprintf(line, sizeof(line), "  %-20s FAILED  %s", r->corp_id, r->last_error);
             printf("%.*s\n", tcols, line);
@@ -331,13 +334,13 @@ static void draw_tty(sync_cli *c, const corp_row *rows, const totals *t)
 static void draw_plain(sync_cli *c, const totals *t)
 {
     char eta[32];
-    fmt_eta(c->dept_rate > 0 ? (double)(t->total - t->done) / c->dept_rate : -1, eta, sizeof(eta));
-    printf("progress run=%lld attempt=%d percent=%.0f departments=%lld/%lld members=%lld "
+    fmt_eta((double)t->eta, eta, sizeof(eta));
+    /* percent as the API writes it (one decimal at most, "62.5", "40"). */
+    printf("progress run=%lld attempt=%d percent=%g departments=%lld/%lld members=%lld "
            "requests=%lld rate=%.1f/s enterprises=%d succeeded=%d failed=%d running=%d "
            "pending=%d eta=%s elapsed=%.0fs\n",
-           c->run_id, c->attempt, t->total ? 100.0 * (double)t->done / (double)t->total : 0.0,
-           t->done, t->total, t->users, t->requests, c->rate, t->n, t->succeeded, t->failed,
-           t->running, t->pending, eta, run_seconds(c));
+           c->run_id, c->attempt, t->percent, t->done, t->total, t->users, t->requests, c->rate,
+           t->n, t->succeeded, t->failed, t->running, t->pending, eta, run_seconds(c));
     fflush(stdout);
 }
 
@@ -350,7 +353,10 @@ static void on_progress(void *arg, PGresult *res, const char *err)
     totals t;
 
     c->query_inflight--;
-    if (!err && c->run_id && !c->closing && read_rows(res, &rows, &t) >= 0) {
+    /* No row: the run is not this environment's (cannot happen; shows nothing). */
+    if (!err && c->run_id && !c->closing && PQntuples(res) > 0 &&
+        read_rows(res, RC_N, run_view_col_d(res, 0, RC_NOW), &rows, &t) >= 0) {
+        run_view_run_progress(res, &t.percent, &t.eta);
         sample(c, &t);
         take_base(c, rows, t.n);
         if (c->tty)
@@ -365,12 +371,12 @@ static void on_progress(void *arg, PGresult *res, const char *err)
 static void query_progress(sync_cli *c)
 {
     char id[24];
-    const char *p[1] = {id};
+    const char *p[3] = {c->s->env, DIRECTORY_SYNC_JOB, id};
 
     if (!c->run_id || c->query_inflight || c->closing)
         return;
     snprintf(id, sizeof(id), "%lld", c->run_id);
-    if (pg_query(c->pg, sql_progress, 1, p, on_progress, c) == 0)
+    if (pg_query(c->pg, run_view_sql, 3, p, on_progress, c) == 0)
         c->query_inflight++;
 }
 
@@ -394,7 +400,7 @@ static void print_summary(summary_req *q, PGresult *res)
     corp_row *rows = NULL;
     totals t;
 
-    if (read_rows(res, &rows, &t) < 0)
+    if (read_rows(res, 0, NAN, &rows, &t) < 0)
         return;
     printf("run %lld %s in %.1f s: %d enterprises (%d succeeded, %d failed), %lld/%lld "
            "departments, %lld members upserted, %lld deleted, %lld upstream requests, %lld "
@@ -446,7 +452,7 @@ static void query_summary(sync_cli *c, long long run_id, const char *state, cons
     snprintf(q->state, sizeof(q->state), "%s", state ? state : "stopped");
     snprintf(q->error, sizeof(q->error), "%s", error ? error : "");
     snprintf(id, sizeof(id), "%lld", run_id);
-    if (pg_query(c->pg, sql_progress, 1, p, on_summary, q) != 0) {
+    if (pg_query(c->pg, sql_summary, 1, p, on_summary, q) != 0) {
         free(q);
         return;
     }
@@ -483,7 +489,7 @@ static void on_event(void *arg, const leader_event *ev)
         c->attempt = ev->attempt;
         c->run_started_us = time_mono_us();
         c->prev_us = 0;
-        c->rate = c->dept_rate = 0;
+        c->rate = 0;
         free(c->base);
         c->base = NULL;
         c->nbase = 0;

@@ -1,5 +1,6 @@
 /* A run and its per-enterprise progress as JSON (SPEC §5 shapes): the one
- * definition of percent and ETA, used by the HTTP API and `orgsync status`.
+ * definition of percent and ETA, used by the HTTP API, `orgsync status` and the
+ * live display of `orgsync sync`.
  *
  * Percent and ETA (docs/API.md):
  *   enterprise percent: 100 once succeeded or failed; else departments_done /
@@ -48,26 +49,45 @@ double run_view_ent_percent(const PGresult *r, int row, int c0)
     return p > 99.9 ? 99.9 : p;
 }
 
+long long run_view_eta(int finished, double started, double now, double done, double left)
+{
+    if (finished)
+        return 0;
+    if (isnan(started) || isnan(now) || done <= 0 || now <= started)
+        return -1;
+    double eta = (now - started) * left / done;
+    return (long long)ceil(eta < 0 ? 0 : eta);
+}
+
+long long run_view_ent_eta(const PGresult *r, int row, int c0, double now)
+{
+    const char *st = PQgetvalue(r, row, c0 + PC_STATE);
+    long long total = api_col_ll(r, row, c0 + PC_TOTAL), done = api_col_ll(r, row, c0 + PC_DONE);
+    int fin = !strcmp(st, "succeeded") || !strcmp(st, "failed");
+
+    return run_view_eta(fin, run_view_col_d(r, row, c0 + PC_STARTED), now, (double)done,
+                        total > done ? (double)(total - done) : 0);
+}
+
+static void put_eta_value(jw *w, long long eta)
+{
+    if (eta < 0)
+        jw_knull(w, "eta_seconds");
+    else
+        jw_kint(w, "eta_seconds", eta);
+}
+
 /* Writes eta_seconds: elapsed * left / done, rounded up; null without a rate. */
 void run_view_put_eta(jw *w, int finished, double started, double now, double done, double left)
 {
-    if (finished) {
-        jw_kint(w, "eta_seconds", 0);
-        return;
-    }
-    if (isnan(started) || isnan(now) || done <= 0 || now <= started) {
-        jw_knull(w, "eta_seconds");
-        return;
-    }
-    double eta = (now - started) * left / done;
-    jw_kint(w, "eta_seconds", (long long)ceil(eta < 0 ? 0 : eta));
+    put_eta_value(w, run_view_eta(finished, started, now, done, left));
 }
 
 void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double now)
 {
     const char *st = PQgetvalue(r, row, c0 + PC_STATE);
     long long total = api_col_ll(r, row, c0 + PC_TOTAL), done = api_col_ll(r, row, c0 + PC_DONE);
-    int fin = !strcmp(st, "succeeded") || !strcmp(st, "failed");
+    long long eta = run_view_ent_eta(r, row, c0, now);
 
     jw_obj_begin(w);
     jw_kstr(w, "corp_id", PQgetvalue(r, row, c0 + PC_CORP));
@@ -81,8 +101,7 @@ void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double n
     jw_kint(w, "errors", api_col_ll(r, row, c0 + PC_ERRORS));
     jw_kstr(w, "last_error", api_col(r, row, c0 + PC_LAST_ERROR));
     jw_kdbl(w, "percent", run_view_ent_percent(r, row, c0));
-    run_view_put_eta(w, fin, run_view_col_d(r, row, c0 + PC_STARTED), now, (double)done,
-                     total > done ? (double)(total - done) : 0);
+    put_eta_value(w, eta);
     api_kepoch(w, "started_at", r, row, c0 + PC_STARTED);
     api_kepoch(w, "updated_at", r, row, c0 + PC_UPDATED);
     api_kepoch(w, "finished_at", r, row, c0 + PC_FINISHED);
@@ -114,37 +133,64 @@ void run_view_put_fields(jw *w, const PGresult *r, int row)
     jw_kstr(w, "error", api_col(r, row, RC_ERROR));
 }
 
+double run_view_percent(const char *state, double mean, int nent)
+{
+    if (run_view_finished(state))
+        return 100;
+    return !strcmp(state, "pending") || nent == 0 ? 0 : floor(mean * 10 + 0.5) / 10;
+}
+
 /* percent and eta_seconds of a run from the mean enterprise percent. */
 void run_view_put_progress(jw *w, const PGresult *r, int row, double mean, int nent)
 {
     const char *st = PQgetvalue(r, row, RC_STATE);
-    int fin = run_view_finished(st);
-    double pct = fin ? 100 : !strcmp(st, "pending") || nent == 0 ? 0 : floor(mean * 10 + 0.5) / 10;
+    double pct = run_view_percent(st, mean, nent);
     jw_kdbl(w, "percent", pct);
-    run_view_put_eta(w, fin, run_view_col_d(r, row, RC_STARTED), run_view_col_d(r, row, RC_NOW),
-                     pct, 100 - pct);
+    run_view_put_eta(w, run_view_finished(st), run_view_col_d(r, row, RC_STARTED),
+                     run_view_col_d(r, row, RC_NOW), pct, 100 - pct);
+}
+
+/* The mean percent of the enterprises of a run_view_sql result; *nent of them. */
+static double ent_mean(const PGresult *res, int *nent)
+{
+    int n = PQntuples(res);
+    double sum = 0;
+
+    *nent = 0;
+    for (int i = 0; i < n; i++) {
+        if (PQgetisnull(res, i, RC_N + PC_CORP))
+            continue; /* a run with no progress rows yet: one row of NULLs */
+        sum += run_view_ent_percent(res, i, RC_N);
+        (*nent)++;
+    }
+    return *nent ? sum / *nent : 0;
+}
+
+void run_view_run_progress(const PGresult *res, double *percent, long long *eta)
+{
+    const char *st = PQgetvalue(res, 0, RC_STATE);
+    int nent;
+    double mean = ent_mean(res, &nent);
+
+    *percent = run_view_percent(st, mean, nent);
+    *eta = run_view_eta(run_view_finished(st), run_view_col_d(res, 0, RC_STARTED),
+                        run_view_col_d(res, 0, RC_NOW), *percent, 100 - *percent);
 }
 
 /* Builds the run object from a run_view_sql result with at least one row. */
 char *run_view_json(const PGresult *res, size_t *len)
 {
-    int n = PQntuples(res), nent = 0;
-    double sum = 0, now = run_view_col_d(res, 0, RC_NOW);
+    int n = PQntuples(res), nent;
+    double mean = ent_mean(res, &nent), now = run_view_col_d(res, 0, RC_NOW);
     char *body;
     buf b;
     jw w;
 
-    for (int i = 0; i < n; i++) {
-        if (PQgetisnull(res, i, RC_N + PC_CORP))
-            continue; /* a run with no progress rows yet: one row of NULLs */
-        sum += run_view_ent_percent(res, i, RC_N);
-        nent++;
-    }
     buf_init(&b);
     jw_init(&w, &b);
     jw_obj_begin(&w);
     run_view_put_fields(&w, res, 0);
-    run_view_put_progress(&w, res, 0, nent ? sum / nent : 0, nent);
+    run_view_put_progress(&w, res, 0, mean, nent);
     jw_kint(&w, "enterprises_total", nent);
     jw_key(&w, "enterprises");
     jw_arr_begin(&w);

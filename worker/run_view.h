@@ -1,6 +1,7 @@
 /* A run and its per-enterprise progress as JSON: the query, the column
- * layout, and the builders shared by the HTTP API (worker/api_runs.c) and
- * `orgsync status`, so that both say the same percent and ETA. */
+ * layout, and the builders shared by the HTTP API (worker/api_runs.c),
+ * `orgsync status` and the progress display of `orgsync sync`, so that all
+ * three say the same percent and ETA. */
 #ifndef ORGSYNC_RUN_VIEW_H
 #define ORGSYNC_RUN_VIEW_H
 
@@ -64,6 +65,17 @@ extern const char run_view_sql[];
 int run_view_finished(const char *state);
 double run_view_col_d(const PGresult *r, int row, int col);
 double run_view_ent_percent(const PGresult *r, int row, int c0);
+/* ETA in whole seconds, rounded up: (now - started) * left / done; 0 once
+ * finished, -1 while there is no rate yet (the API's null). */
+long long run_view_eta(int finished, double started, double now, double done, double left);
+/* The eta_seconds of enterprise `row` (progress columns from c0), -1 for null. */
+long long run_view_ent_eta(const PGresult *r, int row, int c0, double now);
+/* A run's percent from its state and the mean of its nent enterprises' percents. */
+double run_view_percent(const char *state, double mean, int nent);
+/* The run's percent and eta_seconds (-1 for null) from a run_view_sql result
+ * with at least one row: the figures run_view_json writes, for a caller that
+ * shows them without JSON (the live display of `orgsync sync`). */
+void run_view_run_progress(const PGresult *res, double *percent, long long *eta);
 void run_view_put_eta(jw *w, int finished, double started, double now, double done, double left);
 void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double now);
 void run_view_put_fields(jw *w, const PGresult *r, int row);

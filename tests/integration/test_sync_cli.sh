@@ -3,7 +3,8 @@
 # /sim/org, progress lines and summary, exit status on a failing enterprise,
 # --no-wait against a held lock, and a sync killed mid-run (kill -9) that the
 # next `orgsync sync` resumes from its checkpoints without fetching the
-# checkpointed departments again.
+# checkpointed departments again; and progress lines whose percent and ETA are
+# run_view's (what `orgsync status` and the API say).
 # shellcheck source=tests/lib/testlib.sh
 . "$(dirname "$0")/../lib/testlib.sh"
 : "${ORGSYNC_SIM_BIN:?ORGSYNC_SIM_BIN missing}"
@@ -187,5 +188,86 @@ for c in wwsim0001 wwsim0002 wwsim0003; do
 done
 eq "zero rate violations across the kill" 0 "$(jq '[.corps[].violations] | add' <<<"$STATS")"
 eq "at most 10 requests for one enterprise in any second" 1 "$(jq '[.corps[].max_1s] | max <= 10 | if . then 1 else 0 end' <<<"$STATS")"
+
+# ---- progress lines say what `orgsync status` (and the API) say: run_view's percent
+# One enterprise of 100 departments and two of 4: the small ones are done within a
+# second, the big one takes about 12 s at 8 requests per second, so mid-run the mean
+# of the enterprises' percents (run_view, docs/API.md) and departments done / total
+# differ by tens of points. Each progress line is checked (a) against run_view's
+# formula applied to its own departments=D/T (the small enterprises finished, so the
+# big one has done D-8 of T-8), and (b) against `orgsync status --json` read right
+# after the line appeared: percent only grows, and by at most what the departments
+# finished in between account for, so neither depends on timing; (c) its eta against
+# run_view's ETA rule applied to its own percent and elapsed= (loosely).
+kill "$SIM_PID" 2>/dev/null || true
+start_sim --enterprises 3 --departments 4 --users-per-dept 2 --latency-ms 5
+SIM_PIDS+=("$SIM_PID")
+export ORGSYNC_UPSTREAM_URL="$SIM_URL"
+export ORGSYNC_ENV="tcli$$p"
+export ORGSYNC_DEPT_RATE=8
+unset ORGSYNC_LOCK_TTL_MS
+ops=$(jq -cn '[range(96) | {op: "add_dept"}]')
+curl -sf -X POST "$SIM_URL/sim/mutate" -d "{\"corp_id\":\"wwsim0001\",\"ops\":$ops}" >/dev/null
+eq "wwsim0001 has 100 departments, the others 4" "100 4 4" \
+    "$(curl -sf "$SIM_URL/sim/org" | jq -r '[.corps[].departments_total] | map(tostring) | join(" ")')"
+OUT="$ORGSYNC_TEST_TMP/cli.$$.progress"
+"$ORGSYNC_BIN" sync >"$OUT" 2>&1 &
+SYNC_PID=$!
+seen=0 checked=0 bad=0
+: >"$OUT.checks"
+while kill -0 "$SYNC_PID" 2>/dev/null; do
+    # Only whole lines (the last field ends them).
+    mapfile -t lines < <(grep -E '^progress .* elapsed=[0-9]+s$' "$OUT" || true)
+    if [ "${#lines[@]}" -gt "$seen" ]; then
+        line=${lines[${#lines[@]} - 1]}
+        seen=${#lines[@]}
+        run=$(sed -n 's/.* run=\([0-9]*\) .*/\1/p' <<<"$line")
+        st=$("$ORGSYNC_BIN" status --run "$run" --json 2>/dev/null || true)
+        echo "line:   $line" >>"$OUT.checks"
+        echo "status: $(jq -c '{state, percent, eta_seconds, d: ([.enterprises[].departments_done] | add)}' <<<"$st" 2>/dev/null)" >>"$OUT.checks"
+        # Mid-run with the two small enterprises done: the lines this check is about.
+        grep -q ' succeeded=2 failed=0 running=1 pending=0 ' <<<"$line" || continue
+        [ "$(jq -r .state <<<"$st" 2>/dev/null)" = running ] || continue
+        checked=$((checked + 1))
+        verdict=$(awk -v line="$line" -v sp="$(jq -r .percent <<<"$st")" \
+            -v sd="$(jq '[.enterprises[].departments_done] | add' <<<"$st")" '
+            function fl(x) { return int(x) }       # x >= 0 here
+            BEGIN {
+                n = split(line, f, " ")
+                for (i = 1; i <= n; i++) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
+                p = v["percent"] + 0; split(v["departments"], dt, "/"); d = dt[1]; t = dt[2]
+                big = fl(1000 * (d - 8) / (t - 8)) / 10; if (big > 99.9) big = 99.9
+                want = fl((big + 100 + 100) / 3 * 10 + 0.5) / 10
+                old = 100 * d / t
+                if (old - want < 10 && want - old < 10) { print "setup: dept-weighted " old " too close to " want; exit }
+                if (p - want > 0.05 || want - p > 0.05) { print "line percent " p ", run_view says " want; exit }
+                # Each department of the big enterprise moves the run by 1/3 point.
+                slack = (sd - d) / 3 + 0.2
+                if (p > sp + 0.05 || sp - p > slack) { print "line percent " p ", status " sp " (" sd - d " departments later)"; exit }
+                # ETA: run_view rule, elapsed * (100 - percent) / percent (elapsed= is
+                # the command'"'"'s own clock, within a second of the run'"'"'s start).
+                e = v["eta"]; es = 0
+                if (e ~ /^[0-9]+s$/) es = e + 0
+                else if (e ~ /^[0-9]+m[0-9]+s$/) { split(e, ms, "m"); es = ms[1] * 60 + ms[2] }
+                else { print "eta " e " is not a duration"; exit }
+                ew = (v["elapsed"] + 0) * (100 - p) / p
+                if (es - ew > 2 + ew / 5 || ew - es > 2 + ew / 5) { print "eta " e ", run_view rule says about " ew "s"; exit }
+                print "ok"
+            }')
+        echo "check:  $verdict" >>"$OUT.checks"
+        [ "$verdict" = ok ] || bad=$((bad + 1))
+    fi
+    sleep 0.1
+done
+set +e
+wait "$SYNC_PID"
+rc=$?
+set -e
+SYNC_PID=
+eq "the progress sync exits 0" 0 "$rc"
+check "at least one progress line mid-run with the small enterprises done ($checked of $seen)" test "$checked" -ge 1
+eq "progress lines agree with run_view and orgsync status ($(grep -c '^check:  ok' "$OUT.checks") ok)" 0 "$bad"
+if [ "$bad" != 0 ] || [ "$checked" -lt 1 ]; then cat "$OUT.checks"; fi
+unset ORGSYNC_DEPT_RATE
 
 finish
