@@ -196,6 +196,12 @@ print(sum(len(c["users"]) for c in json.load(sys.stdin)["corps"]))')
 REFETCH=$(curl -fsS -m 5 "$SIM_URL/sim/stats" | python3 -c '
 import json, sys
 print(sum(c["refetched_ok_departments"] for c in json.load(sys.stdin)["corps"]))')
+# The run row names the leader that finished it: a takeover that began and ended
+# between two polls of /v1/leader is still seen.
+FINAL=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT leader_instance FROM sync_runs WHERE run_id = $RUN_ID")
+FINAL=${FINAL%%/*}
+FINAL=${FINAL%%:*}
+[ -n "$FINAL" ] && case " $LEADERS " in *" $FINAL "*) ;; *) LEADERS="$LEADERS $FINAL" ;; esac
 CHANGES=$(($(wc -w <<<"$LEADERS") - 1))
 [ "$CHANGES" -lt 0 ] && CHANGES=0
 

@@ -4,7 +4,8 @@
 #   tests/bench/sync/run.sh                       # 200 x 50 x 40, latency 5 ms
 #   CORPS=20 DEPTS=20 USERS=10 tests/bench/sync/run.sh
 #
-# Builds a Release binary (no sanitizers) in BUILD_DIR (default build-bench),
+# Builds Release binaries (no sanitizers) in BUILD_DIR (default build-bench)
+# unless BIN / SIM_BIN name the orgsync / orgsync-sim binaries to use,
 # starts a private PostgreSQL and Redis (tests/servers.sh) and the simulator,
 # registers the enterprises, runs one `orgsync sync` and prints:
 #   wall time and its ratio to the floor set by the rate (the largest
@@ -26,11 +27,24 @@ RATE=${RATE:-10}
 for tool in jq psql curl; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 2; }
 done
+# GNU time reports the sync's peak RSS and CPU from the kernel (getrusage) when it
+# exits, so the bench needs no polling loop competing for the two CPUs.
+[ -x /usr/bin/time ] || { echo "bench: /usr/bin/time is required (apt-get install time)" >&2; exit 2; }
 
-echo "== build ($BUILD_DIR, Release)"
-cmake -S "$SRC" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DORGSYNC_SANITIZE=OFF >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)" --target orgsync orgsync-sim >"$BUILD_DIR/bench-build.log" 2>&1 ||
-    { tail -30 "$BUILD_DIR/bench-build.log" >&2; exit 1; }
+# BIN and SIM_BIN name other builds (an older commit's, to compare like with like in
+# one session); what is not given is built here.
+targets=
+[ -n "${BIN:-}" ] || targets="orgsync"
+[ -n "${SIM_BIN:-}" ] || targets="$targets orgsync-sim"
+if [ -n "$targets" ]; then
+    echo "== build ($BUILD_DIR, Release:$targets)"
+    cmake -S "$SRC" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DORGSYNC_SANITIZE=OFF >/dev/null
+    # shellcheck disable=SC2086 # targets is a list
+    cmake --build "$BUILD_DIR" -j"$(nproc)" --target $targets >"$BUILD_DIR/bench-build.log" 2>&1 ||
+        { tail -30 "$BUILD_DIR/bench-build.log" >&2; exit 1; }
+fi
+BIN=${BIN:-$BUILD_DIR/orgsync}
+SIM_BIN=${SIM_BIN:-$BUILD_DIR/orgsync-sim}
 
 TMP=$(mktemp -d /tmp/orgsync-bench.XXXXXX)
 chmod 755 "$TMP"
@@ -63,10 +77,10 @@ export ORGSYNC_REDIS_URL="$REDIS_URL"
 export ORGSYNC_ENV=bench
 export ORGSYNC_DEPT_RATE=$RATE
 export ORGSYNC_LOG_LEVEL=${ORGSYNC_LOG_LEVEL:-warn}
-"$BUILD_DIR/orgsync" migrate >/dev/null
+"$BIN" migrate >/dev/null
 
 echo "== simulator: $CORPS enterprises x $DEPTS departments x $USERS members, latency $LATENCY_MS ms"
-"$BUILD_DIR/orgsync-sim" --port 0 --quiet --enterprises "$CORPS" --departments "$DEPTS" \
+"$SIM_BIN" --port 0 --quiet --enterprises "$CORPS" --departments "$DEPTS" \
     --users-per-dept "$USERS" --latency-ms "$LATENCY_MS" --rate "$RATE" >"$TMP/sim.out" 2>"$TMP/sim.err" &
 SIM_PID=$!
 for _ in $(seq 1 200); do
@@ -103,23 +117,14 @@ REDIS_CPU0=$(cpu_of "$REDIS_PID")
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== orgsync sync"
 start=$(date +%s.%N)
-"$BUILD_DIR/orgsync" sync >"$TMP/sync.out" 2>"$TMP/sync.err" &
-SYNC_PID=$!
-HWM=0
-SYNC_CPU=0
-# VmHWM is the process's peak RSS so far; the last sample before it exits is its peak.
-while kill -0 "$SYNC_PID" 2>/dev/null; do
-    h=$(awk '/^VmHWM:/ {print $2}' "/proc/$SYNC_PID/status" 2>/dev/null || true)
-    [ -n "$h" ] && HWM=$h
-    c=$(cpu_of "$SYNC_PID")
-    [ "$c" != 0 ] && SYNC_CPU=$c
-    sleep 0.05
-done
 set +e
-wait "$SYNC_PID"
+/usr/bin/time -f "%M %U %S" -o "$TMP/sync.time" "$BIN" sync >"$TMP/sync.out" 2>"$TMP/sync.err"
 SYNC_RC=$?
 set -e
 end=$(date +%s.%N)
+# (a failed sync adds a "Command exited with non-zero status" line before the figures)
+read -r HWM SYNC_U SYNC_S < <(tail -1 "$TMP/sync.time")
+SYNC_CPU=$(awk -v u="$SYNC_U" -v s="$SYNC_S" 'BEGIN {printf "%.2f", u + s}')
 sleep 0.2 # let the postmaster reap the last backends
 PG_CPU=$(awk -v a="$(pg_cpu)" -v b="$PG_CPU0" 'BEGIN {printf "%.2f", a - b}')
 SIM_CPU=$(awk -v a="$(cpu_of "$SIM_PID")" -v b="$SIM_CPU0" 'BEGIN {printf "%.2f", a - b}')
@@ -153,4 +158,24 @@ jq -r --arg t0 "$start" --arg t1 "$end" --arg rate "$RATE" --arg hwm "$HWM" \
   "members written per second    \(($pgusers | tonumber) / $wall | round)  (\($pgusers) of \($want) members in PostgreSQL)",
   "orgsync sync exit status      \($rc)"
 ' <<<"$STATS"
-echo "CPU seconds used              postgres $PG_CPU, orgsync sync $SYNC_CPU (last sample), simulator $SIM_CPU, redis $REDIS_CPU ($(nproc) CPUs; load before: $LOAD0)"
+echo "CPU seconds used              postgres $PG_CPU, orgsync sync $SYNC_CPU, simulator $SIM_CPU, redis $REDIS_CPU ($(nproc) CPUs; load before: $LOAD0)"
+awk -v p="$PG_CPU" -v o="$SYNC_CPU" -v s="$SIM_CPU" -v r="$REDIS_CPU" -v t0="$start" -v t1="$end" -v n="$(nproc)" \
+    'BEGIN {printf "CPU busy during the sync       %.0f%% of %d CPUs x wall time\n", 100 * (p + o + s + r) / ((t1 - t0) * n), n}'
+
+# PostgreSQL's own floor for these rows, measured now on the same server: COPY (its
+# cheapest way in) of the same members, text as the sync sends it, into a copy of
+# users with the same indexes. The sync's PostgreSQL CPU over this is what the
+# upsert, the checkpoints and the progress rows cost on top of storing the rows.
+if [ "$PG_USERS" -gt 0 ]; then
+    psql -qX -v ON_ERROR_STOP=1 "$ORGSYNC_PG_DSN" -c "\\copy users TO '$TMP/users.csv' csv" \
+        -c "CREATE TABLE bench_copy (LIKE users INCLUDING ALL)" >/dev/null
+    psql -qX -v ON_ERROR_STOP=1 "$PG_DSN" -c "CHECKPOINT" >/dev/null # as the superuser
+    sleep 0.2
+    c0=$(pg_cpu)
+    t0=$(date +%s.%N)
+    psql -qX -v ON_ERROR_STOP=1 "$ORGSYNC_PG_DSN" -c "\\copy bench_copy FROM '$TMP/users.csv' csv" >/dev/null
+    t1=$(date +%s.%N)
+    sleep 0.2
+    awk -v a="$(pg_cpu)" -v b="$c0" -v t0="$t0" -v t1="$t1" -v pg="$PG_CPU" -v n="$PG_USERS" \
+        'BEGIN {printf "PostgreSQL floor (COPY)       %.2f CPU s, %.2f s wall for the same %d rows; sync / COPY = %.2f\n", a - b, t1 - t0, n, pg / (a - b)}'
+fi
