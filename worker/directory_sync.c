@@ -474,19 +474,21 @@ static int member_field(const js_val *k)
     return F_OTHER;
 }
 
-/* Checks one member in a single pass over its fields: each field PostgreSQL
- * reads is absent, null or of its column's type (every occurrence of a repeated
- * key, since jsonb keeps the last). Sets *uid (the last userid) and *primary (the
- * department the member is counted in: its main one, else its first, else
+/* Checks one member (m: its opening brace, in checked text ending at end) in a
+ * single pass over its fields: each field PostgreSQL reads is absent, null or of
+ * its column's type (every occurrence of a repeated key, since jsonb keeps the
+ * last). Sets *after (just past the member), *uid (the last userid) and *primary
+ * (the department the member is counted in: its main one, else its first, else
  * fallback). 0, or -1 for no usable userid, -2 for a field of the wrong type. */
-static int check_member(const js_val *m, js_val *uid, long long *primary, long long fallback)
+static int check_member(const js_val *m, const char *end, const char **after, js_val *uid,
+                        long long *primary, long long fallback)
 {
     js_val k, v, first;
     js_iter it;
     long long x, main_dept = 0, first_dept = 0;
     int has_uid = 0, has_main = 0, has_first = 0, bad = 0;
 
-    js_iter_begin(&it, m);
+    js_iter_begin_in(&it, m, end);
     while (js_next(&it, &k, &v)) {
         int f = member_field(&k);
         if (f == F_OTHER)
@@ -524,6 +526,7 @@ static int check_member(const js_val *m, js_val *uid, long long *primary, long l
         }
         }
     }
+    *after = js_iter_after(&it);
     if (!has_uid)
         return -1;
     if (bad)
@@ -546,24 +549,40 @@ static int cmp_slice(const void *a, const void *b)
  * second a parse tree per answer was most of this process's CPU. */
 static int check_userlist(const char *body, size_t len, ds_batch *b, char *why, size_t n)
 {
-    js_val root, ul, m, uid;
-    js_iter it;
+    js_val root, ul = {0}, k, v, m, uid;
+    js_iter rit, it;
     js_val *ids = NULL;
     long long primary;
     size_t count = 0, cap = 0;
+    const char *end = body + len, *after;
 
-    js_root(body, len, &root);
-    if (!js_get(&root, "userlist", &ul) || ul.type != JS_ARRAY || !js_iter_begin(&it, &ul)) {
+    /* One pass: the answer's keys without reading their values' insides, then
+     * the members of its userlist. (An answer with two userlist keys is checked
+     * on the first; PostgreSQL reads the last, and refuses the write if that
+     * one does not fit: the department then fails with that error.) */
+    js_root_shallow(body, len, &root);
+    if (!js_iter_begin_in(&rit, &root, end) || root.type != JS_OBJECT) {
+        snprintf(why, n, "no userlist array");
+        return -1;
+    }
+    while (js_next_shallow(&rit, &k, &v))
+        if (js_key_is(&k, "userlist")) {
+            ul = v;
+            break;
+        }
+    if (ul.type != JS_ARRAY || !js_iter_begin_in(&it, &ul, end)) {
         snprintf(why, n, "no userlist array");
         return -1;
     }
     b->primary = 0;
-    while (js_next(&it, NULL, &m)) {
+    while (js_next_shallow(&it, NULL, &m)) {
         if (m.type != JS_OBJECT) {
             snprintf(why, n, "member %zu is not an object", count);
             goto bad;
         }
-        switch (check_member(&m, &uid, &primary, b->dept_id)) {
+        int rc = check_member(&m, end, &after, &uid, &primary, b->dept_id);
+        js_iter_resume(&it, after);
+        switch (rc) {
         case -1:
             snprintf(why, n, "member %zu has no usable userid", count);
             goto bad;

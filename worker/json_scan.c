@@ -377,28 +377,72 @@ void js_root(const char *s, size_t len, js_val *out)
         read_value(p, end, out);
 }
 
+void js_root_shallow(const char *s, size_t len, js_val *out)
+{
+    const char *end = s + len, *p = skip_ws(s, end);
+
+    memset(out, 0, sizeof(*out));
+    if (p >= end)
+        return;
+    if (*p == '{' || *p == '[') {
+        out->type = *p == '{' ? JS_OBJECT : JS_ARRAY;
+        out->p = p;
+        return;
+    }
+    read_value(p, end, out);
+}
+
 int js_iter_begin(js_iter *it, const js_val *v)
 {
     if (!v || (v->type != JS_OBJECT && v->type != JS_ARRAY))
         return 0;
+    if (v->n == 0) /* end unknown: js_iter_begin_in */
+        return 0;
     it->p = v->p + 1;
     it->end = v->p + v->n - 1; /* the closing bracket */
+    it->pending = NULL;
     it->is_object = v->type == JS_OBJECT;
     it->started = 0;
     return 1;
 }
 
-int js_next(js_iter *it, js_val *key, js_val *val)
+int js_iter_begin_in(js_iter *it, const js_val *v, const char *end)
 {
-    const char *p = skip_ws(it->p, it->end);
-
-    if (it->started) {
-        if (p >= it->end || *p != ',')
-            return 0;
-        p = skip_ws(p + 1, it->end);
-    }
-    if (p >= it->end)
+    if (!v || (v->type != JS_OBJECT && v->type != JS_ARRAY) || !end || v->p >= end)
         return 0;
+    it->p = v->p + 1;
+    it->end = v->n ? v->p + v->n - 1 : end;
+    it->pending = NULL;
+    it->is_object = v->type == JS_OBJECT;
+    it->started = 0;
+    return 1;
+}
+
+/* The next member or element; containers are read to their end unless shallow. */
+static int next(js_iter *it, js_val *key, js_val *val, int shallow)
+{
+    const char *p;
+
+    if (it->pending) { /* a container the caller did not walk: skip it */
+        js_val skip;
+        it->p = read_value(it->pending, it->end, &skip);
+        it->pending = NULL;
+    }
+    p = skip_ws(it->p, it->end);
+    if (it->started) {
+        if (p >= it->end || *p != ',') {
+            it->p = p;
+            return 0;
+        }
+        p = skip_ws(p + 1, it->end);
+    } else if (p < it->end && (*p == '}' || *p == ']')) {
+        it->p = p; /* an empty container */
+        return 0;
+    }
+    if (p >= it->end) {
+        it->p = p;
+        return 0;
+    }
     it->started = 1;
     if (it->is_object) {
         js_val k;
@@ -411,9 +455,38 @@ int js_next(js_iter *it, js_val *key, js_val *val)
     } else if (key) {
         memset(key, 0, sizeof(*key));
     }
+    if (shallow && p < it->end && (*p == '{' || *p == '[')) {
+        val->type = *p == '{' ? JS_OBJECT : JS_ARRAY;
+        val->p = p;
+        val->n = 0;
+        it->pending = p;
+        it->p = p;
+        return 1;
+    }
     p = read_value(p, it->end, val);
     it->p = p;
     return 1;
+}
+
+int js_next(js_iter *it, js_val *key, js_val *val)
+{
+    return next(it, key, val, 0);
+}
+
+int js_next_shallow(js_iter *it, js_val *key, js_val *val)
+{
+    return next(it, key, val, 1);
+}
+
+const char *js_iter_after(const js_iter *it)
+{
+    return it->p + 1; /* it->p is at the closing bracket (checked text) */
+}
+
+void js_iter_resume(js_iter *it, const char *after)
+{
+    it->pending = NULL;
+    it->p = after;
 }
 
 /* Decodes one character of a string's contents at *p into buf (UTF-8);

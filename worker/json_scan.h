@@ -40,6 +40,7 @@ typedef struct js_val {
 
 typedef struct js_iter {
     const char *p, *end;
+    const char *pending; /* a container js_next_shallow returned, not yet walked */
     int is_object;
     int started;
 } js_iter;
@@ -56,6 +57,30 @@ void js_root(const char *s, size_t len, js_val *out);
 int js_iter_begin(js_iter *it, const js_val *v);
 /* 1 and the next member (key set for objects) or element, 0 at the end. */
 int js_next(js_iter *it, js_val *key, js_val *val);
+
+/* Streaming, for reading a large answer in one pass: a container whose end is
+ * not known yet (n == 0, from js_root_shallow or js_next_shallow) is iterated
+ * with js_iter_begin_in, given the end of the text; the iteration stops at its
+ * closing bracket. Reading an answer this way touches each byte once, where
+ * js_root/js_next find the end of every container before it is walked.
+ *
+ *   js_root_shallow(body, len, &root);
+ *   js_iter_begin_in(&it, &root, body + len);
+ *   while (js_next_shallow(&it, &k, &v))          // v.n == 0 for a container
+ *       if (is the one to walk) {
+ *           js_iter_begin_in(&in, &v, body + len);
+ *           while (js_next(&in, ...)) ...           // to its end
+ *           js_iter_resume(&it, js_iter_after(&in));
+ *       }                                           // else js_next_shallow skips it
+ */
+void js_root_shallow(const char *s, size_t len, js_val *out);
+int js_iter_begin_in(js_iter *it, const js_val *v, const char *end);
+int js_next_shallow(js_iter *it, js_val *key, js_val *val);
+/* After js_next or js_next_shallow returned 0: just past the closing bracket. */
+const char *js_iter_after(const js_iter *it);
+/* Continues an iteration after the container its last js_next_shallow returned,
+ * which the caller walked to `after` (js_iter_after of the inner iteration). */
+void js_iter_resume(js_iter *it, const char *after);
 
 /* A string key or value equal to lit (escapes decoded). */
 int js_str_is(const js_val *v, const char *lit);

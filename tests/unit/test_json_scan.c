@@ -185,6 +185,119 @@ static void test_reader_matches_json_c(void **state)
     json_object_put(j);
 }
 
+/* Writes a value's structure (keys, scalars' text, brackets) with the sized
+ * reader (js_next). */
+static void dump_sized(const js_val *v, char *out, size_t *o)
+{
+    js_iter it;
+    js_val k, e;
+    int first = 1;
+
+    if (v->type != JS_OBJECT && v->type != JS_ARRAY) {
+        *o += (size_t)sprintf(out + *o, "%.*s", (int)v->n, v->p);
+        return;
+    }
+    out[(*o)++] = v->type == JS_OBJECT ? '{' : '[';
+    js_iter_begin(&it, v);
+    while (js_next(&it, &k, &e)) {
+        if (!first)
+            out[(*o)++] = ',';
+        first = 0;
+        if (v->type == JS_OBJECT)
+            *o += (size_t)sprintf(out + *o, "%.*s:", (int)k.n, k.p);
+        dump_sized(&e, out, o);
+    }
+    out[(*o)++] = v->type == JS_OBJECT ? '}' : ']';
+    out[*o] = '\0';
+}
+
+/* The same with the streaming reader; containers at odd positions (counted
+ * across the document) are left to js_next_shallow to skip, and written as "~".
+ * Returns the end of v. */
+static const char *dump_streamed(const js_val *v, const char *end, char *out, size_t *o, int *nth,
+                                 int skip_odd)
+{
+    js_iter it;
+    js_val k, e;
+    int first = 1;
+
+    if (v->type != JS_OBJECT && v->type != JS_ARRAY) {
+        *o += (size_t)sprintf(out + *o, "%.*s", (int)v->n, v->p);
+        return v->p + v->n;
+    }
+    out[(*o)++] = v->type == JS_OBJECT ? '{' : '[';
+    assert_true(js_iter_begin_in(&it, v, end));
+    while (js_next_shallow(&it, &k, &e)) {
+        if (!first)
+            out[(*o)++] = ',';
+        first = 0;
+        if (v->type == JS_OBJECT)
+            *o += (size_t)sprintf(out + *o, "%.*s:", (int)k.n, k.p);
+        if (e.type == JS_OBJECT || e.type == JS_ARRAY) {
+            assert_int_equal(e.n, 0);
+            if (skip_odd && (*nth)++ % 2) {
+                out[(*o)++] = '~';
+                continue;
+            }
+            js_iter_resume(&it, dump_streamed(&e, end, out, o, nth, skip_odd));
+        } else {
+            dump_streamed(&e, end, out, o, nth, skip_odd);
+        }
+    }
+    out[(*o)++] = v->type == JS_OBJECT ? '}' : ']';
+    out[*o] = '\0';
+    return js_iter_after(&it);
+}
+
+static void test_streaming_reader(void **state)
+{
+    static const char *const docs[] = {
+        "{}",
+        "[]",
+        " { \"a\" : [ ] , \"b\" : { } } ",
+        "[1,[2,[3,[]]],{\"x\":{\"y\":[{}]}},\"s]}\\\"\"]",
+        "{\"errcode\":0,\"userlist\":[{\"userid\":\"u1\",\"department\":[1,2],"
+        "\"extattr\":{\"attrs\":[]}},{\"userid\":\"u2\",\"department\":[]}],\"z\":null}",
+        "[ [ ] , [ [ ] ] , { \"k\" : [ 1 , 2 ] } ]",
+    };
+    char a[512], b[512], c[512];
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+        const char *d = docs[i], *end = d + strlen(d), *stop;
+        js_val root, sroot;
+        size_t oa = 0, ob = 0, oc = 0;
+        int nth = 0;
+
+        assert_true(ok(d));
+        js_root(d, strlen(d), &root);
+        dump_sized(&root, a, &oa);
+        js_root_shallow(d, strlen(d), &sroot);
+        assert_int_equal(sroot.n, 0);
+        stop = dump_streamed(&sroot, end, b, &ob, &nth, 0);
+        assert_string_equal(a, b);
+        /* The end it reports is the root's own end. */
+        assert_ptr_equal(stop, root.p + root.n);
+        /* Containers not walked are skipped, and what follows them is read right. */
+        nth = 0;
+        dump_streamed(&sroot, end, c, &oc, &nth, 1);
+        for (size_t x = 0, y = 0; c[y]; y++) {
+            if (c[y] == '~') { /* a skipped container: a[x..] holds it, brackets balanced */
+                int depth = 0;
+                do {
+                    depth += a[x] == '{' || a[x] == '[';
+                    depth -= a[x] == '}' || a[x] == ']';
+                    x++;
+                } while (depth > 0);
+                continue;
+            }
+            if (a[x] != c[y])
+                fail_msg("doc %zu: skipping gave %s, walking %s", i, c, a);
+            x++;
+        }
+    }
+}
+
 static void test_ints(void **state)
 {
     js_val v;
@@ -210,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_depth),
         cmocka_unit_test(test_every_prefix_refused),
         cmocka_unit_test(test_reader_matches_json_c),
+        cmocka_unit_test(test_streaming_reader),
         cmocka_unit_test(test_ints),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
