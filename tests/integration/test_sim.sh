@@ -440,6 +440,54 @@ ok "mutations: add, rename, move, remove, departments; random ones deterministic
 stop_sim m2
 stop_sim m3
 
+# ---------------------------------------------------------------- the answer cache
+# c1 keeps rendered answers (the default), c0 renders every one (--cache-mb 0): the
+# same flags, so every answer must be the same bytes, before and after mutations,
+# and an answer kept before a mutation must never be served after it.
+start_sim c1 --departments 6 --users-per-dept 3 --rate 1000 --seed 5
+start_sim c0 --departments 6 --users-per-dept 3 --rate 1000 --seed 5 --cache-mb 0
+T1=$(token c1 wwsim0001)
+T0=$(token c0 wwsim0001)
+same_answers() { # $1: what was just done
+    local d
+    for d in 1 2 3 4 5 6; do
+        cmp -s <(get c1 "/cgi-bin/user/list?access_token=$T1&department_id=$d") \
+            <(get c0 "/cgi-bin/user/list?access_token=$T0&department_id=$d") ||
+            fail "user/list $d differs between the cached and the uncached sim $1"
+    done
+    cmp -s <(get c1 "/cgi-bin/department/list?access_token=$T1") \
+        <(get c0 "/cgi-bin/department/list?access_token=$T0") ||
+        fail "department/list differs between the cached and the uncached sim $1"
+}
+mutate_both() {
+    post c1 /sim/mutate "$1" | jq -e '.errcode == 0' >/dev/null || fail "mutate $1"
+    post c0 /sim/mutate "$1" | jq -e '.errcode == 0' >/dev/null || fail "mutate $1 (c0)"
+}
+same_answers "at start"
+same_answers "served a second time"
+ul1() { get c1 "/cgi-bin/user/list?access_token=$T1&department_id=$1"; }
+dl1() { get c1 "/cgi-bin/department/list?access_token=$T1"; }
+dl1 | jq -e '.department[] | select(.id == 1) | .department_leader == ["u000001"]' >/dev/null ||
+    fail "u000001 should lead department 1"
+mutate_both '{"ops":[{"op":"rename","userid":"u000001","name":"新名字"}]}'
+ul1 1 | jq -e '.userlist | any(.userid == "u000001" and .name == "新名字")' >/dev/null ||
+    fail "kept user/list served after a rename"
+same_answers "after a rename"
+mutate_both '{"ops":[{"op":"move","userid":"u000001","department":[2]}]}'
+ul1 1 | jq -e '.userlist | all(.userid != "u000001")' >/dev/null || fail "kept user/list 1 served after a move"
+ul1 2 | jq -e '.userlist | any(.userid == "u000001")' >/dev/null || fail "kept user/list 2 served after a move"
+dl1 | jq -e '.department[] | select(.id == 1) | .department_leader == []' >/dev/null ||
+    fail "kept department/list still names a leader who moved away"
+same_answers "after a move"
+mutate_both '{"ops":[{"op":"rename_dept","id":3,"name":"改名部"}]}'
+dl1 | jq -e '.department | any(.id == 3 and .name == "改名部")' >/dev/null ||
+    fail "kept department/list served after rename_dept"
+mutate_both '{"random":{"add":4,"remove":3,"rename":3,"move":3}}'
+same_answers "after random mutations"
+ok "answer cache: same bytes as rendering every answer; mutations drop what they change"
+stop_sim c1
+stop_sim c0
+
 # ---------------------------------------------------------------- shutdown with work pending
 post m /sim/faults '{"hang_next":1}' >/dev/null
 curl -s --max-time 5 "http://127.0.0.1:${PORT[m]}/cgi-bin/user/list?access_token=$TOK&department_id=1" \

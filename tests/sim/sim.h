@@ -83,13 +83,34 @@ typedef struct sim_user {
     int alive;
 } sim_user;
 
+/* A rendered answer kept for reuse: the user/list of one department, or an enterprise's
+ * department/list of the root. Owned by the directory's cache, on its LRU list; the
+ * owner's pointer (sim_dept.user_list or sim_corp.dept_list) is cleared when it goes. */
+typedef struct sim_body {
+    struct sim_body *newer, *older;
+    struct sim_corp *corp;
+    int dept; /* user/list of this department; 0: the corp's department/list */
+    size_t len;
+    char data[]; /* len bytes and a NUL */
+} sim_body;
+
+#define SIM_CACHE_DEFAULT_BYTES (32u << 20)
+
+/* Rendered answers, least recently used dropped first once they hold more than
+ * budget bytes; an answer larger than the budget is rendered into scratch instead
+ * (valid until the next rendering). */
+typedef struct sim_cache {
+    sim_body *newest, *oldest;
+    size_t bytes, budget;
+    buf scratch;
+} sim_cache;
+
 typedef struct sim_dept {
     int id, parentid, order, alive;
     char name[SIM_NAME_MAX];
     int *members; /* user indices, in join order */
     size_t nmembers, mcap;
-    char *user_list_json; /* the whole user/list answer; NULL = not rendered yet or stale */
-    size_t user_list_len;
+    sim_body *user_list; /* the whole user/list answer; NULL = not rendered, evicted or stale */
 } sim_dept;
 
 typedef struct sim_corp {
@@ -100,9 +121,9 @@ typedef struct sim_corp {
     sim_user *users;
     size_t nusers, ucap;
     sim_map by_userid, by_mobile;
-    char *dept_list_json; /* department/list for the root, NULL = stale */
-    size_t dept_list_len;
-    uint64_t next_user; /* sequence number of the next generated userid */
+    sim_body *dept_list; /* department/list for the root, NULL = not rendered or stale */
+    sim_cache *cache;    /* the directory's */
+    uint64_t next_user;  /* sequence number of the next generated userid */
 } sim_corp;
 
 typedef struct sim_dir {
@@ -112,8 +133,10 @@ typedef struct sim_dir {
     uint64_t next_mobile;      /* global index of the next generated mobile */
     uint64_t mob_mul, mob_add; /* the index -> mobile bijection */
     uint64_t mut_rng;          /* random mutations: same calls, same result */
+    sim_cache cache;           /* budget SIM_CACHE_DEFAULT_BYTES; may be changed any time */
 } sim_dir;
 
+/* The corps keep a pointer to d->cache: d must not move while the directory lives. */
 int sim_dir_generate(sim_dir *d, int ncorps, int ndepts, int users_per_dept, uint64_t seed);
 void sim_dir_free(sim_dir *d);
 /* NULL if unknown. */
@@ -121,11 +144,12 @@ sim_corp *sim_dir_corp(sim_dir *d, const char *corp_id);
 /* The mobile for global index i: 11 digits starting 13, 15 or 18, unique per index. */
 uint64_t sim_dir_mobile(const sim_dir *d, uint64_t i);
 
-/* The pre-rendered user/list answer of a department (rendered on first use, again
- * after a mutation touched it). 0, -ENOENT (no such department), -ENOMEM. */
+/* The user/list answer of a department, rendered on first use and kept in the cache
+ * until a mutation touches the department or it is evicted; *body is valid until the
+ * next call into the directory. 0, -ENOENT (no such department), -ENOMEM. */
 int sim_corp_user_list(sim_corp *c, int dept_id, const char **body, size_t *len);
 /* department/list of id and its whole subtree (id <= 0: the root). The root's answer
- * is pre-rendered; others are written to scratch. 0, -ENOENT, -ENOMEM. */
+ * is cached like user/list; others are written to scratch. 0, -ENOENT, -ENOMEM. */
 int sim_corp_dept_list(sim_corp *c, int id, buf *scratch, const char **body, size_t *len);
 /* user/get answer into out. 0, -ENOENT, -ENOMEM. */
 int sim_corp_user_get(sim_corp *c, const char *userid, buf *out);

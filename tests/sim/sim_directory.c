@@ -83,20 +83,88 @@ static int dept_alive(const sim_corp *c, int id)
     return id >= 1 && id <= c->max_dept && c->depts[id].alive;
 }
 
-static void dept_stale(sim_corp *c, int id)
+/* ---- the answer cache ---- */
+
+static sim_body **body_owner(sim_body *e)
 {
-    if (id < 1 || id > c->max_dept)
-        return;
-    free(c->depts[id].user_list_json);
-    c->depts[id].user_list_json = NULL;
-    c->depts[id].user_list_len = 0;
+    return e->dept ? &e->corp->depts[e->dept].user_list : &e->corp->dept_list;
+}
+
+static void cache_unlink(sim_cache *k, sim_body *e)
+{
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        k->newest = e->older;
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        k->oldest = e->newer;
+    e->newer = e->older = NULL;
+}
+
+static void cache_link_newest(sim_cache *k, sim_body *e)
+{
+    e->newer = NULL;
+    e->older = k->newest;
+    if (k->newest)
+        k->newest->newer = e;
+    else
+        k->oldest = e;
+    k->newest = e;
+}
+
+/* Frees a kept answer and clears its owner's pointer. */
+static void cache_drop(sim_cache *k, sim_body *e)
+{
+    *body_owner(e) = NULL;
+    cache_unlink(k, e);
+    k->bytes -= e->len;
+    free(e);
+}
+
+/* Keeps the answer rendered in k->scratch for (c, dept), evicting the least recently
+ * used ones to stay within the budget. NULL if it does not fit or memory is short:
+ * the caller then answers from scratch, and the next request renders it again. */
+static sim_body *cache_keep(sim_cache *k, sim_corp *c, int dept)
+{
+    size_t len = k->scratch.len;
+    if (len > k->budget)
+        return NULL;
+    while (k->oldest && k->bytes + len > k->budget)
+        cache_drop(k, k->oldest);
+    sim_body *e = malloc(sizeof(*e) + len + 1);
+    if (!e)
+        return NULL;
+    e->corp = c;
+    e->dept = dept;
+    e->len = len;
+    memcpy(e->data, k->scratch.data, len);
+    e->data[len] = '\0';
+    cache_link_newest(k, e);
+    k->bytes += len;
+    *body_owner(e) = e;
+    return e;
+}
+
+static void cache_free(sim_cache *k)
+{
+    while (k->oldest)
+        cache_drop(k, k->oldest);
+    buf_free(&k->scratch);
 }
 
 static void dept_list_stale(sim_corp *c)
 {
-    free(c->dept_list_json);
-    c->dept_list_json = NULL;
-    c->dept_list_len = 0;
+    if (c->dept_list)
+        cache_drop(c->cache, c->dept_list);
+}
+
+static void dept_stale(sim_corp *c, int id)
+{
+    if (id < 1 || id > c->max_dept || !c->depts[id].user_list)
+        return;
+    cache_drop(c->cache, c->depts[id].user_list);
 }
 
 static int dept_join(sim_corp *c, int id, int uidx)
@@ -112,6 +180,7 @@ static int dept_join(sim_corp *c, int id, int uidx)
     }
     dp->members[dp->nmembers++] = uidx;
     dept_stale(c, id);
+    dept_list_stale(c); /* department_leader lists members */
     return 0;
 }
 
@@ -126,6 +195,7 @@ static void dept_leave(sim_corp *c, int id, int uidx)
         break;
     }
     dept_stale(c, id);
+    dept_list_stale(c); /* a leader may have left */
 }
 
 static void mobile_str(uint64_t m, char out[24])
@@ -211,6 +281,7 @@ static int corp_generate(sim_dir *d, sim_corp *c, int index, int ndepts, int upd
     uint64_t rng = sim_mix(d->seed, (uint64_t)index);
     int err;
     c->index = index;
+    c->cache = &d->cache;
     snprintf(c->corp_id, sizeof(c->corp_id), "wwsim%04d", index);
     snprintf(c->secret, sizeof(c->secret), "secret-wwsim%04d", index);
     snprintf(c->name, sizeof(c->name), "模拟企业%04d", index);
@@ -254,17 +325,15 @@ static int corp_generate(sim_dir *d, sim_corp *c, int index, int ndepts, int upd
     return 0;
 }
 
+/* The corp's kept answers are freed with the cache (sim_dir_free, first). */
 static void corp_free(sim_corp *c)
 {
     if (c->depts) {
-        for (int k = 1; k <= c->max_dept; k++) {
+        for (int k = 1; k <= c->max_dept; k++)
             free(c->depts[k].members);
-            free(c->depts[k].user_list_json);
-        }
     }
     free(c->depts);
     free(c->users);
-    free(c->dept_list_json);
     sim_map_free(&c->by_userid);
     sim_map_free(&c->by_mobile);
 }
@@ -275,6 +344,8 @@ int sim_dir_generate(sim_dir *d, int ncorps, int ndepts, int users_per_dept, uin
     if (ncorps < 1 || ncorps > 9999 || ndepts < 1 || users_per_dept < 0)
         return -EINVAL;
     d->seed = seed;
+    d->cache.budget = SIM_CACHE_DEFAULT_BYTES;
+    buf_init(&d->cache.scratch);
     /* index -> mobile is i * mul + add modulo 3e9, a bijection because mul shares no
      * factor (2, 3, 5) with 3e9. */
     d->mob_mul = sim_mix(seed, 0x6d6f62) % MOBILE_SPACE;
@@ -298,6 +369,7 @@ int sim_dir_generate(sim_dir *d, int ncorps, int ndepts, int users_per_dept, uin
 
 void sim_dir_free(sim_dir *d)
 {
+    cache_free(&d->cache);
     for (int i = 0; i < d->ncorps; i++)
         corp_free(&d->corps[i]);
     free(d->corps);
@@ -334,7 +406,14 @@ sim_user *sim_corp_find_mobile(sim_corp *c, const char *mobile)
     return u->alive ? u : NULL;
 }
 
-/* ---- rendering ---- */
+/* ---- rendering ----
+ * The API answers are written with literal fragments rather than the generic JSON
+ * writer: they are the simulator's hot path (a user/list answer is ~500 bytes per
+ * member). The bytes are the same as jw would write. Only names go through
+ * buf_json_str: userids (generated, or checked by valid_userid), corp ids, the
+ * position table and numbers never need escaping. */
+
+#define PUT(b, lit) buf_append((b), "" lit, sizeof(lit) - 1) /* lit: a string literal */
 
 static void jw_int_array(jw *w, const char *key, const int *v, int n)
 {
@@ -345,100 +424,188 @@ static void jw_int_array(jw *w, const char *key, const int *v, int n)
     jw_arr_end(w);
 }
 
-/* The member fields of user/list and user/get, into an open object. */
-static void render_user_fields(jw *w, const sim_corp *c, const sim_user *u)
+/* Members are written piecewise into a stack buffer first, then appended in one go.
+ * Fixed text under 400 bytes, userid (< 24) five times, corp id (< 16) three times,
+ * the position (< 32), three int arrays of at most SIM_MAX_USER_DEPTS ints (< 12
+ * chars each) and four more numbers (< 21 chars each): under 900 bytes besides the
+ * name, which is appended on its own. */
+#define MEMBER_PIECE 1024
+
+static char *w_mem(char *p, const char *s, size_t n)
 {
-    char mob[24], email[96], gender[4], avatar[96], open_userid[48];
-    mobile_str(u->mobile, mob);
-    snprintf(email, sizeof(email), "%s@%s.example.com", u->userid, c->corp_id);
-    snprintf(gender, sizeof(gender), "%d", u->gender);
-    snprintf(avatar, sizeof(avatar), "https://wework.qpic.cn/sim/%s/%s/0", c->corp_id, u->userid);
-    snprintf(open_userid, sizeof(open_userid), "wo%04d%s", c->index, u->userid);
-    jw_kstr(w, "userid", u->userid);
-    jw_kstr(w, "name", u->name);
-    jw_int_array(w, "department", u->dept, u->ndept);
-    jw_int_array(w, "order", u->order, u->ndept);
-    jw_kstr(w, "position", positions[u->position]);
-    jw_kstr(w, "mobile", mob);
-    jw_kstr(w, "gender", gender);
-    jw_kstr(w, "email", email);
-    jw_kstr(w, "biz_mail", "");
-    jw_int_array(w, "is_leader_in_dept", u->leader, u->ndept);
-    jw_key(w, "direct_leader");
-    jw_arr_begin(w);
-    jw_arr_end(w);
-    jw_kstr(w, "avatar", avatar);
-    jw_kstr(w, "thumb_avatar", avatar);
-    jw_kstr(w, "telephone", "");
-    jw_kstr(w, "alias", "");
-    jw_kint(w, "status", u->status);
-    jw_kstr(w, "address", "");
-    jw_kstr(w, "open_userid", open_userid);
-    jw_kint(w, "main_department", u->dept[0]);
-    jw_key(w, "extattr");
-    jw_raw(w, "{\"attrs\":[]}");
-    jw_kstr(w, "qr_code", "");
-    jw_kstr(w, "external_position", "");
+    memcpy(p, s, n);
+    return p + n;
 }
 
-static void begin_ok(jw *w, buf *b)
+#define W(p, lit) w_mem((p), "" lit, sizeof(lit) - 1)
+
+static char *w_int(char *p, long long v)
 {
-    jw_init(w, b);
-    jw_obj_begin(w);
-    jw_kint(w, "errcode", 0);
-    jw_kstr(w, "errmsg", "ok");
+    char tmp[24], *t = tmp + sizeof(tmp);
+    unsigned long long x = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--t = (char)('0' + x % 10);
+        x /= 10;
+    } while (x);
+    if (v < 0)
+        *--t = '-';
+    return w_mem(p, t, (size_t)(tmp + sizeof(tmp) - t));
+}
+
+static char *w_int_array(char *p, const int *v, int n)
+{
+    *p++ = '[';
+    for (int i = 0; i < n; i++) {
+        if (i)
+            *p++ = ',';
+        p = w_int(p, v[i]);
+    }
+    *p++ = ']';
+    return p;
+}
+
+/* "https://wework.qpic.cn/sim/CORP/USERID/0" */
+static char *w_avatar(char *p, const char *corp, size_t clen, const char *uid, size_t ulen)
+{
+    p = W(p, "https://wework.qpic.cn/sim/");
+    p = w_mem(p, corp, clen);
+    *p++ = '/';
+    p = w_mem(p, uid, ulen);
+    return W(p, "/0");
+}
+
+static void put_str(buf *b, const char *s)
+{
+    buf_append(b, s, strlen(s));
+}
+
+static void put_int(buf *b, long long v)
+{
+    char tmp[24];
+    buf_append(b, tmp, (size_t)(w_int(tmp, v) - tmp));
+}
+
+/* The member fields of user/list and user/get, without the braces. */
+static void render_user_fields(buf *b, const sim_corp *c, const sim_user *u)
+{
+    char piece[MEMBER_PIECE], *p = piece;
+    const char *uid = u->userid, *corp = c->corp_id;
+    size_t ulen = strlen(uid), clen = strlen(corp);
+    p = W(p, "\"userid\":\"");
+    p = w_mem(p, uid, ulen);
+    p = W(p, "\",\"name\":");
+    buf_append(b, piece, (size_t)(p - piece));
+    buf_json_str(b, u->name, strlen(u->name));
+    p = piece;
+    p = W(p, ",\"department\":");
+    p = w_int_array(p, u->dept, u->ndept);
+    p = W(p, ",\"order\":");
+    p = w_int_array(p, u->order, u->ndept);
+    p = W(p, ",\"position\":\"");
+    p = w_mem(p, positions[u->position], strlen(positions[u->position]));
+    p = W(p, "\",\"mobile\":\"");
+    p = w_int(p, (long long)u->mobile);
+    p = W(p, "\",\"gender\":\"");
+    p = w_int(p, u->gender);
+    p = W(p, "\",\"email\":\"");
+    p = w_mem(p, uid, ulen);
+    *p++ = '@';
+    p = w_mem(p, corp, clen);
+    p = W(p, ".example.com\",\"biz_mail\":\"\",\"is_leader_in_dept\":");
+    p = w_int_array(p, u->leader, u->ndept);
+    p = W(p, ",\"direct_leader\":[],\"avatar\":\"");
+    p = w_avatar(p, corp, clen, uid, ulen);
+    p = W(p, "\",\"thumb_avatar\":\"");
+    p = w_avatar(p, corp, clen, uid, ulen);
+    p = W(p, "\",\"telephone\":\"\",\"alias\":\"\",\"status\":");
+    p = w_int(p, u->status);
+    /* open_userid "wo%04d%s": the corp index is 1..9999 (sim_dir_generate). */
+    p = W(p, ",\"address\":\"\",\"open_userid\":\"wo");
+    for (int div = 1000; div; div /= 10)
+        *p++ = (char)('0' + c->index / div % 10);
+    p = w_mem(p, uid, ulen);
+    p = W(p, "\",\"main_department\":");
+    p = w_int(p, u->dept[0]);
+    p = W(p, ",\"extattr\":{\"attrs\":[]},\"qr_code\":\"\",\"external_position\":\"\"");
+    buf_append(b, piece, (size_t)(p - piece));
+}
+
+#define OK_HEAD "{\"errcode\":0,\"errmsg\":\"ok\""
+
+/* Writes the user/list answer of a department. */
+static int render_user_list(const sim_corp *c, int id, buf *b)
+{
+    const sim_dept *dp = &c->depts[id];
+    PUT(b, OK_HEAD ",\"userlist\":[");
+    for (size_t i = 0; i < dp->nmembers; i++) {
+        if (i)
+            PUT(b, ",");
+        PUT(b, "{");
+        render_user_fields(b, c, &c->users[dp->members[i]]);
+        PUT(b, "}");
+    }
+    PUT(b, "]}");
+    return b->oom ? -ENOMEM : 0;
+}
+
+static int render_dept_list(const sim_corp *c, int id, buf *b);
+
+/* The kept answer for key (user/list of department key; 0: department/list of the
+ * root), else renders it into the cache's scratch and keeps it if it fits. */
+static int cached_answer(sim_corp *c, int key, const char **body, size_t *len)
+{
+    sim_cache *k = c->cache;
+    sim_body *e = key ? c->depts[key].user_list : c->dept_list;
+    int err;
+    if (e) {
+        cache_unlink(k, e);
+        cache_link_newest(k, e);
+        *body = e->data;
+        *len = e->len;
+        return 0;
+    }
+    buf_reset(&k->scratch);
+    err = key ? render_user_list(c, key, &k->scratch) : render_dept_list(c, 1, &k->scratch);
+    if (err)
+        return err;
+    e = cache_keep(k, c, key);
+    *body = e ? e->data : k->scratch.data;
+    *len = e ? e->len : k->scratch.len;
+    return 0;
 }
 
 int sim_corp_user_list(sim_corp *c, int dept_id, const char **body, size_t *len)
 {
     if (!dept_alive(c, dept_id))
         return -ENOENT;
-    sim_dept *dp = &c->depts[dept_id];
-    if (!dp->user_list_json) {
-        buf b;
-        jw w;
-        buf_init(&b);
-        begin_ok(&w, &b);
-        jw_key(&w, "userlist");
-        jw_arr_begin(&w);
-        for (size_t i = 0; i < dp->nmembers; i++) {
-            jw_obj_begin(&w);
-            render_user_fields(&w, c, &c->users[dp->members[i]]);
-            jw_obj_end(&w);
-        }
-        jw_arr_end(&w);
-        jw_obj_end(&w);
-        if (b.oom) {
-            buf_free(&b);
-            return -ENOMEM;
-        }
-        dp->user_list_json = buf_detach(&b, &dp->user_list_len);
-        if (!dp->user_list_json)
-            return -ENOMEM;
-    }
-    *body = dp->user_list_json;
-    *len = dp->user_list_len;
-    return 0;
+    return cached_answer(c, dept_id, body, len);
 }
 
-static void render_dept(jw *w, const sim_corp *c, const sim_dept *dp)
+static void render_dept(buf *b, const sim_corp *c, const sim_dept *dp)
 {
-    jw_obj_begin(w);
-    jw_kint(w, "id", dp->id);
-    jw_kstr(w, "name", dp->name);
-    jw_kstr(w, "name_en", "");
-    jw_key(w, "department_leader");
-    jw_arr_begin(w);
+    int nleaders = 0;
+    PUT(b, "{\"id\":");
+    put_int(b, dp->id);
+    PUT(b, ",\"name\":");
+    buf_json_str(b, dp->name, strlen(dp->name));
+    PUT(b, ",\"name_en\":\"\",\"department_leader\":[");
     for (size_t i = 0; i < dp->nmembers; i++) {
         const sim_user *u = &c->users[dp->members[i]];
-        for (int j = 0; j < u->ndept; j++)
-            if (u->dept[j] == dp->id && u->leader[j])
-                jw_str(w, u->userid);
+        for (int j = 0; j < u->ndept; j++) {
+            if (u->dept[j] == dp->id && u->leader[j]) {
+                if (nleaders++)
+                    PUT(b, ",");
+                PUT(b, "\"");
+                put_str(b, u->userid);
+                PUT(b, "\"");
+            }
+        }
     }
-    jw_arr_end(w);
-    jw_kint(w, "parentid", dp->parentid);
-    jw_kint(w, "order", dp->order);
-    jw_obj_end(w);
+    PUT(b, "],\"parentid\":");
+    put_int(b, dp->parentid);
+    PUT(b, ",\"order\":");
+    put_int(b, dp->order);
+    PUT(b, "}");
 }
 
 /* Writes department/list for id's subtree; ids grow from parent to child, so one
@@ -446,22 +613,22 @@ static void render_dept(jw *w, const sim_corp *c, const sim_dept *dp)
 static int render_dept_list(const sim_corp *c, int id, buf *b)
 {
     char *in = calloc((size_t)c->max_dept + 1, 1);
-    jw w;
+    int n = 0;
     if (!in)
         return -ENOMEM;
     in[id] = 1;
-    begin_ok(&w, b);
-    jw_key(&w, "department");
-    jw_arr_begin(&w);
+    PUT(b, OK_HEAD ",\"department\":[");
     for (int k = id; k <= c->max_dept; k++) {
         const sim_dept *dp = &c->depts[k];
         if (k != id && dp->parentid >= 1)
             in[k] = in[dp->parentid];
-        if (in[k] && dp->alive)
-            render_dept(&w, c, dp);
+        if (in[k] && dp->alive) {
+            if (n++)
+                PUT(b, ",");
+            render_dept(b, c, dp);
+        }
     }
-    jw_arr_end(&w);
-    jw_obj_end(&w);
+    PUT(b, "]}");
     free(in);
     return b->oom ? -ENOMEM : 0;
 }
@@ -482,33 +649,18 @@ int sim_corp_dept_list(sim_corp *c, int id, buf *scratch, const char **body, siz
         *len = scratch->len;
         return 0;
     }
-    if (!c->dept_list_json) {
-        buf b;
-        buf_init(&b);
-        err = render_dept_list(c, 1, &b);
-        if (err) {
-            buf_free(&b);
-            return err;
-        }
-        c->dept_list_json = buf_detach(&b, &c->dept_list_len);
-        if (!c->dept_list_json)
-            return -ENOMEM;
-    }
-    *body = c->dept_list_json;
-    *len = c->dept_list_len;
-    return 0;
+    return cached_answer(c, 0, body, len);
 }
 
 int sim_corp_user_get(sim_corp *c, const char *userid, buf *out)
 {
-    jw w;
     sim_user *u = sim_corp_find_user(c, userid);
     if (!u)
         return -ENOENT;
     buf_reset(out);
-    begin_ok(&w, out);
-    render_user_fields(&w, c, u);
-    jw_obj_end(&w);
+    PUT(out, OK_HEAD ",");
+    render_user_fields(out, c, u);
+    PUT(out, "}");
     return out->oom ? -ENOMEM : 0;
 }
 

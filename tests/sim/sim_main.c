@@ -15,6 +15,7 @@
 
 typedef struct sim_opts {
     int ncorps, ndepts, upd;
+    uint32_t cache_mb;
     uint64_t seed;
     const char *host;
     const char *ports[SIM_MAX_PORTS];
@@ -47,6 +48,9 @@ static void usage(FILE *out)
         "                        across the simulator.\n"
         "  --seed S              seed for names, tree shape, mobiles and random mutations\n"
         "                        (default 1).\n"
+        "  --cache-mb M          rendered user/list and department/list answers kept for\n"
+        "                        reuse, least recently used dropped first (default 32; 0\n"
+        "                        renders every answer). A mutation drops what it changes.\n"
         "\n"
         "Listening:\n"
         "  --port [HOST:]PORT    may be given up to 8 times; 0 picks a free port. The first\n"
@@ -117,6 +121,7 @@ static int apply_flag(sim_opts *o, const char *name, const char *val, char *err,
         {"enterprises", 1, 9999, offsetof(sim_opts, ncorps), 4},
         {"departments", 1, 1000000, offsetof(sim_opts, ndepts), 4},
         {"users-per-dept", 0, 100000, offsetof(sim_opts, upd), 4},
+        {"cache-mb", 0, 1000000, offsetof(sim_opts, cache_mb), 4},
         {"seed", 0, UINT64_MAX, offsetof(sim_opts, seed), 8},
         {"rate", 1, 100000000, offsetof(sim_opts, rate), 4},
         {"max-inflight", 1, 100000000, offsetof(sim_opts, max_inflight), 4},
@@ -253,6 +258,7 @@ static int start(sim_proc *p, const sim_opts *o)
         fprintf(stderr, "orgsync-sim: cannot generate the directory: %s\n", strerror(-rc));
         return rc;
     }
+    s->dir.cache.budget = (size_t)o->cache_mb << 20;
     if ((rc = sim_limits_init(&s->lim, o->ncorps, o->seed)))
         return rc;
     s->lim.rate = o->rate;
@@ -311,6 +317,7 @@ int main(int argc, char **argv)
     sim_opts o = {.ncorps = 1,
                   .ndepts = 10,
                   .upd = 20,
+                  .cache_mb = SIM_CACHE_DEFAULT_BYTES >> 20,
                   .seed = 1,
                   .host = "127.0.0.1",
                   .rate = 10,

@@ -348,14 +348,14 @@ static void test_mutations(void **state)
     sim_corp *c = &d.corps[1];
     /* Prime the pre-rendered answers, then check that each op makes them stale. */
     assert_int_equal(sim_corp_user_list(c, 3, &body, &len), 0);
-    assert_non_null(c->depts[3].user_list_json);
+    assert_non_null(c->depts[3].user_list);
     assert_int_equal(mutate(&d,
                             "{\"corp_id\":\"wwsim0002\",\"ops\":["
                             "{\"op\":\"add\",\"userid\":\"new.one\",\"name\":\"新人\","
                             "\"mobile\":\"19900000001\",\"department\":[3,4]}]}",
                             &out, err),
                      0);
-    assert_null(c->depts[3].user_list_json);
+    assert_null(c->depts[3].user_list);
     assert_non_null(strstr(out.data, "\"added\":[\"new.one\"]"));
     sim_user *u = sim_corp_find_user(c, "new.one");
     assert_non_null(u);
@@ -421,6 +421,133 @@ static void test_mutations(void **state)
                err),
         0);
     assert_int_equal(sim_corp_user_list(c, 6, &body, &len), -ENOENT);
+    buf_free(&out);
+    sim_dir_free(&d);
+}
+
+static char *answer(sim_corp *c, int dept)
+{
+    const char *body = NULL;
+    size_t len = 0;
+    if (dept)
+        assert_int_equal(sim_corp_user_list(c, dept, &body, &len), 0);
+    else
+        assert_int_equal(sim_corp_dept_list(c, 0, NULL, &body, &len), 0);
+    assert_int_equal(strlen(body), len);
+    char *copy = strdup(body);
+    assert_non_null(copy);
+    return copy;
+}
+
+static void test_answer_cache(void **state)
+{
+    (void)state;
+    enum { D = 12 };
+    sim_dir d;
+    buf out;
+    char err[256], *want[D + 1], *got;
+    size_t total = 0;
+    buf_init(&out);
+    assert_int_equal(sim_dir_generate(&d, 2, D, 6, 21), 0);
+    sim_corp *c = &d.corps[0];
+
+    /* The reference: every answer rendered afresh, nothing kept. */
+    d.cache.budget = 0;
+    for (int k = 0; k <= D; k++) {
+        want[k] = answer(c, k);
+        total += strlen(want[k]);
+    }
+    assert_null(c->depts[1].user_list);
+    assert_null(c->dept_list);
+    assert_int_equal(d.cache.bytes, 0);
+
+    /* A budget for about a third of them: the same bytes every time, the budget held,
+     * the least recently used dropped first. */
+    d.cache.budget = total / 3;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i <= D; i++) {
+            int k = round == 1 ? D - i : i;
+            got = answer(c, k);
+            assert_string_equal(got, want[k]);
+            free(got);
+            assert_true(d.cache.bytes <= d.cache.budget);
+        }
+    }
+    free(answer(c, 1));
+    free(answer(c, 2));
+    free(answer(c, 1)); /* 1 is now the most recent, 2 the one before */
+    for (int k = 3; c->depts[2].user_list; k++)
+        free(answer(c, k));
+    assert_non_null(c->depts[1].user_list);
+
+    /* Everything kept, then mutations drop exactly what they change. */
+    d.cache.budget = SIM_CACHE_DEFAULT_BYTES;
+    for (int k = 0; k <= D; k++)
+        free(answer(c, k));
+    sim_user *u = sim_corp_find_user(c, "u000001"); /* the leader of department 1 */
+    assert_non_null(u);
+    assert_int_equal(u->ndept, 1);
+    assert_int_equal(u->dept[0], 1);
+    assert_non_null(strstr(want[0], "\"department_leader\":[\"u000001\"]"));
+    assert_int_equal(
+        mutate(&d,
+               "{\"corp_id\":\"wwsim0001\",\"ops\":[{\"op\":\"rename\",\"userid\":\"u000001\","
+               "\"name\":\"换了名字\"}]}",
+               &out, err),
+        0);
+    got = answer(c, 1);
+    assert_non_null(strstr(got, "\"name\":\"换了名字\""));
+    free(got);
+    for (int k = 2; k <= D; k++) {
+        int member = 0;
+        for (size_t i = 0; i < c->depts[k].nmembers; i++)
+            member |= c->depts[k].members[i] == 0;
+        if (!member)
+            assert_non_null(c->depts[k].user_list); /* untouched: still kept */
+    }
+    /* Moving the leader away changes both departments' user/list and the
+     * department_leader of department/list. */
+    assert_int_equal(mutate(&d,
+                            "{\"corp_id\":\"wwsim0001\",\"ops\":[{\"op\":\"move\",\"userid\":"
+                            "\"u000001\",\"department\":[2]}]}",
+                            &out, err),
+                     0);
+    got = answer(c, 1);
+    assert_null(strstr(got, "u000001"));
+    free(got);
+    got = answer(c, 2);
+    assert_non_null(strstr(got, "\"userid\":\"u000001\""));
+    free(got);
+    got = answer(c, 0);
+    assert_null(strstr(got, "\"department_leader\":[\"u000001\"]"));
+    free(got);
+    /* Removing a leader (u000007 leads department 2) changes department/list too. */
+    got = answer(c, 0);
+    assert_non_null(strstr(got, "\"department_leader\":[\"u000007\"]"));
+    free(got);
+    assert_int_equal(
+        mutate(&d,
+               "{\"corp_id\":\"wwsim0001\",\"ops\":[{\"op\":\"remove\",\"userid\":\"u000007\"}]}",
+               &out, err),
+        0);
+    got = answer(c, 0);
+    assert_null(strstr(got, "u000007"));
+    free(got);
+    assert_int_equal(mutate(&d,
+                            "{\"corp_id\":\"wwsim0001\",\"ops\":[{\"op\":\"rename_dept\",\"id\":"
+                            "3,\"name\":\"改名部\"}]}",
+                            &out, err),
+                     0);
+    got = answer(c, 0);
+    assert_non_null(strstr(got, "\"id\":3,\"name\":\"改名部\""));
+    free(got);
+    /* The other enterprise shares the cache but none of its answers. */
+    got = answer(&d.corps[1], 1);
+    assert_string_not_equal(got, want[1]);
+    free(got);
+
+    for (int k = 0; k <= D; k++)
+        free(want[k]);
     buf_free(&out);
     sim_dir_free(&d);
 }
@@ -595,6 +722,7 @@ int main(void)
         cmocka_unit_test(test_directory_shape),
         cmocka_unit_test(test_directory_dept_subtree),
         cmocka_unit_test(test_mutations),
+        cmocka_unit_test(test_answer_cache),
         cmocka_unit_test(test_random_mutations_deterministic),
         cmocka_unit_test(test_faults),
         cmocka_unit_test(test_stats),
