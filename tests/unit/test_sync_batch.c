@@ -1,0 +1,212 @@
+/* worker/sync_batch: a user/list answer checked and kept as its members' text,
+ * and the arrays one write statement takes (each member once). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <json-c/json.h>
+
+#include "worker/json_scan.h"
+#include "worker/sync_batch.h"
+
+static ds_batch *parse(long long dept, const char *answer, int want)
+{
+    ds_batch *b = calloc(1, sizeof(*b));
+    char why[200] = "";
+    char chk[96];
+
+    assert_non_null(b);
+    assert_int_equal(js_check(answer, strlen(answer), chk, sizeof(chk)), 0);
+    b->dept_id = dept;
+    int n = sync_batch_parse(b, answer, strlen(answer), why, sizeof(why));
+    if (n != want)
+        fail_msg("parse gave %d (%s), expected %d", n, why, want);
+    return b;
+}
+
+/* The userids of a members array, joined by spaces. */
+static void userids(const char *members, char *out, size_t n)
+{
+    json_object *a = json_tokener_parse(members);
+    size_t o = 0;
+
+    assert_non_null(a);
+    assert_true(json_object_is_type(a, json_type_array));
+    out[0] = '\0';
+    for (size_t i = 0; i < json_object_array_length(a); i++) {
+        json_object *u;
+        assert_true(json_object_object_get_ex(json_object_array_get_idx(a, i), "userid", &u));
+        o += (size_t)snprintf(out + o, n - o, "%s%s", i ? " " : "", json_object_get_string(u));
+    }
+    json_object_put(a);
+}
+
+static void test_parse_keeps_members(void **state)
+{
+    const char *answer =
+        "{\"errcode\":0,\"errmsg\":\"ok\",\"userlist\":["
+        " {\"userid\":\"a\",\"name\":\"A \\\"x\\\"\",\"department\":[7,9],\"main_department\":7},"
+        " {\"userid\":\"b\",\"department\":[9],\"extattr\":{\"attrs\":[{\"n\":\"]}\"}]}},"
+        " {\"userid\":\"c\",\"department\":[9,7]}]}";
+    char ids[256];
+    (void)state;
+
+    ds_batch *b = parse(7, answer, 3);
+    assert_int_equal(b->members, 3);
+    /* a: main 7; b: first 9; c: first 9. */
+    assert_int_equal(b->primary, 1);
+    /* Each member's text is exactly the upstream's, and its userid is found. */
+    assert_int_equal(b->m[1].uid_len, 1);
+    assert_memory_equal(b->body + b->m[1].uid_off, "b", 1);
+    assert_memory_equal(b->body + b->m[1].off, "{\"userid\":\"b\"", 13);
+    assert_true(
+        strstr(answer,
+               "{\"userid\":\"b\",\"department\":[9],\"extattr\":{\"attrs\":[{\"n\":\"]}\"}]}}") !=
+        NULL);
+    assert_int_equal(
+        b->m[1].len,
+        strlen("{\"userid\":\"b\",\"department\":[9],\"extattr\":{\"attrs\":[{\"n\":\"]}\"}]}}"));
+    assert_true(sync_batch_bytes(b) >= b->len);
+
+    char *members, *depts;
+    assert_int_equal(sync_batch_params(&b, 1, &members, &depts), 0);
+    userids(members, ids, sizeof(ids));
+    assert_string_equal(ids, "a b c");
+    assert_string_equal(depts, "[{\"d\":7,\"p\":1,\"s\":false,\"n\":3}]");
+    free(members);
+    free(depts);
+    sync_batch_free(b);
+}
+
+static void test_parse_refuses(void **state)
+{
+    static const struct {
+        const char *answer, *why;
+    } bad[] = {
+        {"{\"errcode\":0}", "no userlist array"},
+        {"{\"userlist\":{}}", "no userlist array"},
+        {"[1]", "no userlist array"},
+        {"{\"userlist\":[1]}", "member 0 is not an object"},
+        {"{\"userlist\":[{\"name\":\"x\"}]}", "member 0 has no usable userid"},
+        {"{\"userlist\":[{\"userid\":\"\"}]}", "member 0 has no usable userid"},
+        {"{\"userlist\":[{\"userid\":7}]}", "member 0 has no usable userid"},
+        {"{\"userlist\":[{\"userid\":\"u\",\"mobile\":1}]}",
+         "member u has a field of the wrong type"},
+        {"{\"userlist\":[{\"userid\":\"u\",\"status\":\"1\"}]}",
+         "member u has a field of the wrong type"},
+        {"{\"userlist\":[{\"userid\":\"u\",\"department\":[1,\"2\"]}]}",
+         "member u has a field of the wrong type"},
+        {"{\"userlist\":[{\"userid\":\"u\",\"main_department\":3000000000}]}",
+         "member u has a field of the wrong type"},
+        /* every occurrence of a repeated key is checked (jsonb keeps the last) */
+        {"{\"userlist\":[{\"userid\":\"u\",\"name\":\"n\",\"name\":5}]}",
+         "member u has a field of the wrong type"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ds_batch b = {.dept_id = 1};
+        char why[200] = "";
+        char chk[96];
+        assert_int_equal(js_check(bad[i].answer, strlen(bad[i].answer), chk, sizeof(chk)), 0);
+        assert_int_equal(
+            sync_batch_parse(&b, bad[i].answer, strlen(bad[i].answer), why, sizeof(why)), -1);
+        if (strcmp(why, bad[i].why) != 0)
+            fail_msg("answer %zu: why '%s', expected '%s'", i, why, bad[i].why);
+        assert_null(b.body);
+        assert_null(b.m);
+    }
+}
+
+/* Two departments of one statement list the same members, once spelled with an
+ * escape; one answer lists a member twice; a department the upstream does not
+ * know has no answer. Each member is written once, by the first to list it. */
+static void test_params_each_member_once(void **state)
+{
+    ds_batch *b[3];
+    char *members, *depts, ids[256];
+    (void)state;
+
+    b[0] = parse(1,
+                 "{\"userlist\":[{\"userid\":\"x\",\"name\":\"first\"},"
+                 "{\"userid\":\"y\"},{\"userid\":\"x\",\"name\":\"again\"}]}",
+                 3);
+    b[1] = calloc(1, sizeof(*b[1])); /* 60003: no answer */
+    assert_non_null(b[1]);
+    b[1]->dept_id = 2;
+    b[2] = parse(3,
+                 "{\"userlist\":[{\"userid\":\"z\"},{\"userid\":\"\\u0078\",\"name\":\"third\"},"
+                 "{\"userid\":\"y\"}]}",
+                 3);
+
+    assert_int_equal(sync_batch_params(b, 3, &members, &depts), 0);
+    userids(members, ids, sizeof(ids));
+    assert_string_equal(ids, "x y z");
+    /* The kept x is the first department's first. */
+    assert_non_null(strstr(members, "\"name\":\"first\""));
+    assert_null(strstr(members, "again"));
+    assert_null(strstr(members, "third"));
+    assert_string_equal(depts, "[{\"d\":1,\"p\":3,\"s\":false,\"n\":3},"
+                               "{\"d\":2,\"p\":0,\"s\":true,\"n\":0},"
+                               "{\"d\":3,\"p\":3,\"s\":false,\"n\":3}]");
+    free(members);
+    free(depts);
+
+    /* Only the unknown department: nothing to write but its row. */
+    assert_int_equal(sync_batch_params(&b[1], 1, &members, &depts), 0);
+    assert_string_equal(members, "[]");
+    assert_string_equal(depts, "[{\"d\":2,\"p\":0,\"s\":true,\"n\":0}]");
+    free(members);
+    free(depts);
+    for (int i = 0; i < 3; i++)
+        sync_batch_free(b[i]);
+}
+
+/* Members go out in userid order (bytes), whatever order the answers had. */
+static void test_params_userid_order(void **state)
+{
+    ds_batch *b[2];
+    char *members, *depts, ids[256];
+    (void)state;
+
+    b[0] = parse(1, "{\"userlist\":[{\"userid\":\"u3\"},{\"userid\":\"u10\"},{\"userid\":\"u1\"}]}",
+                 3);
+    b[1] = parse(2, "{\"userlist\":[{\"userid\":\"u2\"},{\"userid\":\"u1\"}]}", 2);
+    assert_int_equal(sync_batch_params(b, 2, &members, &depts), 0);
+    userids(members, ids, sizeof(ids));
+    assert_string_equal(ids, "u1 u10 u2 u3");
+    free(members);
+    free(depts);
+    sync_batch_free(b[0]);
+    sync_batch_free(b[1]);
+}
+
+static void test_empty_department(void **state)
+{
+    char *members, *depts;
+    (void)state;
+
+    ds_batch *b = parse(4, "{\"errcode\":0,\"userlist\":[]}", 0);
+    assert_non_null(b->body); /* known upstream, no members */
+    assert_int_equal(sync_batch_params(&b, 1, &members, &depts), 0);
+    assert_string_equal(members, "[]");
+    assert_string_equal(depts, "[{\"d\":4,\"p\":0,\"s\":false,\"n\":0}]");
+    free(members);
+    free(depts);
+    sync_batch_free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_keeps_members),     cmocka_unit_test(test_parse_refuses),
+        cmocka_unit_test(test_params_each_member_once), cmocka_unit_test(test_params_userid_order),
+        cmocka_unit_test(test_empty_department),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,314 @@
+/* A fetched department between the upstream's answer and the write: see
+ * sync_batch.h. */
+#include "worker/sync_batch.h"
+
+#include "common/buf.h"
+#include "worker/json_scan.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* An integer PostgreSQL's int columns take, so the write cannot fail on a
+ * value the upstream sent (a batch of departments would fail with it). */
+static int js_is_int(const js_val *v)
+{
+    long long x;
+    return js_int(v, &x) && x >= INT32_MIN && x <= INT32_MAX;
+}
+
+static int js_int_array_ok(const js_val *v)
+{
+    js_val e;
+    js_iter it;
+
+    if (!js_iter_begin(&it, v) || v->type != JS_ARRAY)
+        return 0;
+    while (js_next(&it, NULL, &e))
+        if (!js_is_int(&e))
+            return 0;
+    return 1;
+}
+
+/* The member fields PostgreSQL reads into columns (jsonb_to_record in sql_users). */
+enum { F_OTHER, F_USERID, F_STRING, F_INT, F_MAIN, F_DEPARTMENT };
+
+static int member_field(const js_val *k)
+{
+    static const struct {
+        const char *name;
+        size_t n;
+        int field;
+    } fields[] = {
+        {"userid", 6, F_USERID},         {"name", 4, F_STRING},
+        {"mobile", 6, F_STRING},         {"email", 5, F_STRING},
+        {"position", 8, F_STRING},       {"status", 6, F_INT},
+        {"main_department", 15, F_MAIN}, {"department", 10, F_DEPARTMENT},
+    };
+    int escaped = memchr(k->p, '\\', k->n) != NULL;
+
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (escaped ? js_key_is(k, fields[i].name)
+                    : k->n == fields[i].n && memcmp(k->p, fields[i].name, k->n) == 0)
+            return fields[i].field;
+    return F_OTHER;
+}
+
+/* Checks one member (m: its opening brace, in checked text ending at end) in a
+ * single pass over its fields: each field PostgreSQL reads is absent, null or of
+ * its column's type (every occurrence of a repeated key, since jsonb keeps the
+ * last). Sets *after (just past the member), *uid (the last userid) and *primary
+ * (the department the member is counted in: its main one, else its first, else
+ * fallback). 0, or -1 for no usable userid, -2 for a field of the wrong type. */
+static int check_member(const js_val *m, const char *end, const char **after, js_val *uid,
+                        long long *primary, long long fallback)
+{
+    js_val k, v, first;
+    js_iter it;
+    long long x, main_dept = 0, first_dept = 0;
+    int has_uid = 0, has_main = 0, has_first = 0, bad = 0;
+
+    js_iter_begin_in(&it, m, end);
+    while (js_next(&it, &k, &v)) {
+        int f = member_field(&k);
+        if (f == F_OTHER)
+            continue;
+        if (f == F_USERID) {
+            has_uid = v.type == JS_STRING && v.n > 0 && v.n <= 64;
+            *uid = v;
+            continue;
+        }
+        if (v.type == JS_NULL) {
+            if (f == F_MAIN)
+                has_main = 0;
+            else if (f == F_DEPARTMENT)
+                has_first = 0;
+            continue;
+        }
+        switch (f) {
+        case F_STRING:
+            bad |= v.type != JS_STRING;
+            break;
+        case F_INT:
+            bad |= !js_is_int(&v);
+            break;
+        case F_MAIN:
+            bad |= !js_is_int(&v);
+            has_main = js_int(&v, &main_dept);
+            break;
+        case F_DEPARTMENT: {
+            js_iter di;
+            bad |= !js_int_array_ok(&v);
+            has_first = js_iter_begin(&di, &v) && js_next(&di, NULL, &first) && js_int(&first, &x);
+            if (has_first)
+                first_dept = x;
+            break;
+        }
+        }
+    }
+    *after = js_iter_after(&it);
+    if (!has_uid)
+        return -1;
+    if (bad)
+        return -2;
+    *primary = has_main ? main_dept : has_first ? first_dept : fallback;
+    return 0;
+}
+
+int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_t n)
+{
+    js_val root, ul = {0}, k, v, m, uid;
+    js_iter rit, it;
+    long long primary;
+    size_t count = 0, cap = 0, used = 0;
+    const char *end = body + len, *after;
+    ds_member *ms = NULL;
+    char *text;
+
+    /* The answer's keys without reading their values' insides, then the
+     * members of its userlist. (An answer with two userlist keys is checked on
+     * the first, and only that one is kept.) */
+    js_root_shallow(body, len, &root);
+    if (!js_iter_begin_in(&rit, &root, end) || root.type != JS_OBJECT) {
+        snprintf(why, n, "no userlist array");
+        return -1;
+    }
+    while (js_next_shallow(&rit, &k, &v))
+        if (js_key_is(&k, "userlist")) {
+            ul = v;
+            break;
+        }
+    if (ul.type != JS_ARRAY || !js_iter_begin_in(&it, &ul, end)) {
+        snprintf(why, n, "no userlist array");
+        return -1;
+    }
+    text = malloc(len + 1); /* the members' text is at most the answer's */
+    if (!text) {
+        snprintf(why, n, "out of memory");
+        return -1;
+    }
+    b->primary = 0;
+    while (js_next_shallow(&it, NULL, &m)) {
+        if (m.type != JS_OBJECT) {
+            snprintf(why, n, "member %zu is not an object", count);
+            goto bad;
+        }
+        int rc = check_member(&m, end, &after, &uid, &primary, b->dept_id);
+        js_iter_resume(&it, after);
+        switch (rc) {
+        case -1:
+            snprintf(why, n, "member %zu has no usable userid", count);
+            goto bad;
+        case -2:
+            snprintf(why, n, "member %.*s has a field of the wrong type", (int)uid.n, uid.p);
+            goto bad;
+        }
+        if (count == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            ds_member *nm = realloc(ms, nc * sizeof(*ms));
+            if (!nm) {
+                snprintf(why, n, "out of memory");
+                goto bad;
+            }
+            ms = nm;
+            cap = nc;
+        }
+        size_t mlen = (size_t)(after - m.p);
+        memcpy(text + used, m.p, mlen);
+        ms[count].off = (uint32_t)used;
+        ms[count].len = (uint32_t)mlen;
+        ms[count].uid_off = (uint32_t)(used + (size_t)(uid.p - m.p));
+        ms[count].uid_len = (uint32_t)uid.n;
+        used += mlen;
+        count++;
+        b->primary += primary == b->dept_id;
+    }
+    text[used] = '\0';
+    b->body = text;
+    b->len = used;
+    b->m = ms;
+    b->members = (int)count;
+    return (int)count;
+bad:
+    free(ms);
+    free(text);
+    return -1;
+}
+
+size_t sync_batch_bytes(const ds_batch *b)
+{
+    return b->body ? b->len + (size_t)b->members * sizeof(ds_member) : 0;
+}
+
+void sync_batch_free(ds_batch *b)
+{
+    if (!b)
+        return;
+    free(b->body);
+    free(b->m);
+    free(b);
+}
+
+/* A member of the statement being built, to find the ones two of its
+ * departments list. */
+typedef struct uid_ref {
+    const char *uid; /* decoded */
+    size_t n;
+    const char *text; /* the member's object */
+    uint32_t len;
+    int seq; /* its place among the statement's members */
+} uid_ref;
+
+static int cmp_uid(const void *a, const void *b)
+{
+    const uid_ref *x = a, *y = b;
+    int d = memcmp(x->uid, y->uid, x->n < y->n ? x->n : y->n);
+
+    /* Bytes: the users primary key's order under the C collation (tests/servers.sh). */
+    if (d)
+        return d;
+    if (x->n != y->n)
+        return x->n < y->n ? -1 : 1;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, char **depts)
+{
+    int total = 0, k = 0, rc = -ENOMEM;
+    size_t arena_len = 1, ao = 0;
+    uid_ref *refs = NULL;
+    char *keep = NULL, *arena = NULL;
+    buf mb, db;
+
+    *members = *depts = NULL;
+    for (int i = 0; i < nbatches; i++) {
+        const ds_batch *x = batches[i];
+        if (!x->body)
+            continue;
+        total += x->members;
+        for (int m = 0; m < x->members; m++)
+            arena_len += x->m[m].uid_len + 1;
+    }
+    refs = malloc((size_t)(total ? total : 1) * sizeof(*refs));
+    keep = calloc((size_t)total + 1, 1);
+    arena = malloc(arena_len);
+    buf_init(&mb);
+    buf_init(&db);
+    if (!refs || !keep || !arena)
+        goto out;
+    for (int i = 0; i < nbatches; i++) {
+        const ds_batch *x = batches[i];
+        for (int m = 0; x->body && m < x->members; m++, k++) {
+            js_val v = {JS_STRING, x->body + x->m[m].uid_off, x->m[m].uid_len};
+            refs[k].seq = k;
+            refs[k].text = x->body + x->m[m].off;
+            refs[k].len = x->m[m].len;
+            if (memchr(v.p, '\\', v.n)) {
+                int dl = js_str_copy(&v, arena + ao, v.n + 1);
+                refs[k].uid = arena + ao;
+                refs[k].n = dl < 0 ? 0 : (size_t)dl;
+                ao += v.n + 1;
+            } else {
+                refs[k].uid = v.p;
+                refs[k].n = v.n;
+            }
+        }
+    }
+    if (total > 1)
+        qsort(refs, (size_t)total, sizeof(*refs), cmp_uid);
+    for (int i = 0; i < total; i++) /* sorted by userid, then place: keep each first */
+        keep[refs[i].seq] = i == 0 || refs[i].n != refs[i - 1].n ||
+                            memcmp(refs[i].uid, refs[i - 1].uid, refs[i].n) != 0;
+    buf_puts(&mb, "[");
+    buf_puts(&db, "[");
+    for (int i = 0, first = 1; i < total; i++) {
+        if (!keep[refs[i].seq])
+            continue;
+        if (!first)
+            buf_puts(&mb, ",");
+        buf_append(&mb, refs[i].text, refs[i].len);
+        first = 0;
+    }
+    for (int i = 0; i < nbatches; i++) {
+        const ds_batch *x = batches[i];
+        buf_printf(&db, "%s{\"d\":%lld,\"p\":%d,\"s\":%s,\"n\":%d}", i ? "," : "", x->dept_id,
+                   x->primary, x->body ? "false" : "true", x->members);
+    }
+    buf_puts(&mb, "]");
+    buf_puts(&db, "]");
+    if (mb.oom || db.oom)
+        goto out;
+    *members = buf_detach(&mb, NULL);
+    *depts = buf_detach(&db, NULL);
+    rc = 0;
+out:
+    if (rc) {
+        buf_free(&mb);
+        buf_free(&db);
+    }
+    free(refs);
+    free(keep);
+    free(arena);
+    return rc;
+}

@@ -1,0 +1,60 @@
+/* A fetched department of the directory sync, between the upstream's answer
+ * and the write (worker/directory_sync.c):
+ *
+ *   - sync_batch_parse checks a user/list answer, in one pass over its text, so
+ *     that the write cannot fail on its shape, and keeps only its members' text;
+ *   - sync_batch_params builds, for the departments one statement writes, the
+ *     JSON arrays sql_users takes: every member once (a member that two of the
+ *     departments list is written once, by the first), and the departments with
+ *     their counts.
+ *
+ * Nothing here touches the network, the loop or PostgreSQL. */
+#ifndef ORGSYNC_SYNC_BATCH_H
+#define ORGSYNC_SYNC_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One member of a fetched department: where its object and its userid are in
+ * the batch's text. */
+typedef struct ds_member {
+    uint32_t off, len;         /* the member's object */
+    uint32_t uid_off, uid_len; /* its userid string's contents, still escaped */
+} ds_member;
+
+typedef struct ds_batch {
+    long long dept_id;
+    /* The answer's members, their objects' text exactly as the upstream sent it,
+     * one after another (the answer around them is not kept); NULL for a
+     * department the upstream does not know. */
+    char *body;
+    size_t len;
+    ds_member *m;
+    int members;
+    int primary; /* members whose main department this is: counted once, here */
+} ds_batch;
+
+/* Checks a user/list answer (text the client already found to be JSON: the
+ * reader trusts it) and fills b (whose dept_id is set): each member is an object
+ * with a userid string of 1 to 64 bytes, and each field PostgreSQL reads into a
+ * column is absent, null or of that column's type. Returns the member count,
+ * or -1 with why (b unchanged). b->primary counts the members whose main
+ * department (else first department) is b->dept_id. */
+int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_t n);
+
+/* The memory a batch holds (for the job's buffer bound). */
+size_t sync_batch_bytes(const ds_batch *b);
+
+void sync_batch_free(ds_batch *b);
+
+/* The two arrays for writing these departments in one statement:
+ *   *members  [<member>,...]  each member once, the first department listing it
+ *             keeping it (userids compared decoded, so two spellings of one id
+ *             are one member), in userid order: PostgreSQL then inserts into
+ *             the users primary key in key order, which it does faster than in
+ *             the departments' order; the members' text is the upstream's;
+ *   *depts    [{"d":dept,"p":primary,"s":unknown upstream,"n":members},...]
+ * 0, or -ENOMEM (nothing allocated). The caller frees both. */
+int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, char **depts);
+
+#endif
