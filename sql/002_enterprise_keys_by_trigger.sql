@@ -1,8 +1,8 @@
 -- orgsync schema, version 2: users and departments keep no foreign key to enterprises.
 --
 -- Why: the foreign key was checked once per written row, and each check was a
--- query of its own with a row lock (FOR KEY SHARE) on the enterprise. In a full
--- sync (400,000 members) that was about a quarter of PostgreSQL's CPU time
+-- query of its own with a row lock (FOR KEY SHARE) on the enterprise: about a
+-- quarter of PostgreSQL's CPU time for writing 400,000 members
 -- (tests/bench/README.md). What the key guaranteed is kept another way:
 --   * deleting (or truncating) enterprises deletes their users and departments,
 --     as ON DELETE CASCADE did (the trigger below);
