@@ -38,7 +38,7 @@ typedef struct ds_batch {
  * reader trusts it) and fills b (whose dept_id is set): each member is an object
  * with a userid string of 1 to 64 bytes, and each field PostgreSQL reads into a
  * column is absent, null or of that column's type. Returns the member count,
- * or -1 with why (b unchanged). b->primary counts the members whose main
+ * or -1 with why (then b holds no members). b->primary counts the members whose main
  * department (else first department) is b->dept_id. */
 int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_t n);
 
