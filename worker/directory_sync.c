@@ -183,7 +183,8 @@ static const char sql_departments[] =
  * straight from it: no per-department wrapper to unpack and nothing to sort or
  * deduplicate in PostgreSQL. (Against the earlier statement, which took the
  * answers whole and deduplicated with DISTINCT ON, the same 1,400 batches of 8
- * departments took 2-22% less backend CPU in 5 of 5 interleaved pairs.)
+ * departments took less backend CPU in 6 of 7 interleaved pairs, median 0.92x:
+ * tests/bench/README.md.)
  * users_upserted counts each member once, in the department that is its main
  * one ("p", counted in C), and only for departments newly checkpointed here. */
 static const char sql_users[] =

@@ -394,16 +394,8 @@ void js_root_shallow(const char *s, size_t len, js_val *out)
 
 int js_iter_begin(js_iter *it, const js_val *v)
 {
-    if (!v || (v->type != JS_OBJECT && v->type != JS_ARRAY))
-        return 0;
-    if (v->n == 0) /* end unknown: js_iter_begin_in */
-        return 0;
-    it->p = v->p + 1;
-    it->end = v->p + v->n - 1; /* the closing bracket */
-    it->pending = NULL;
-    it->is_object = v->type == JS_OBJECT;
-    it->started = 0;
-    return 1;
+    /* A container whose end is known (n == 0: unknown, js_iter_begin_in). */
+    return v && v->n ? js_iter_begin_in(it, v, v->p + v->n) : 0;
 }
 
 int js_iter_begin_in(js_iter *it, const js_val *v, const char *end)

@@ -50,9 +50,10 @@ void sync_batch_free(ds_batch *b);
 /* The two arrays for writing these departments in one statement:
  *   *members  [<member>,...]  each member once, the first department listing it
  *             keeping it (userids compared decoded, so two spellings of one id
- *             are one member), in userid order: PostgreSQL then inserts into
- *             the users primary key in key order, which it does faster than in
- *             the departments' order; the members' text is the upstream's;
+ *             are one member), in userid order, so PostgreSQL inserts into
+ *             the users primary key in key order (it measured faster than the
+ *             departments' order in 3 of 4 pairs: tests/bench/README.md); the
+ *             members' text is the upstream's;
  *   *depts    [{"d":dept,"p":primary,"s":unknown upstream,"n":members},...]
  * 0, or -ENOMEM (nothing allocated). The caller frees both. */
 int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, char **depts);

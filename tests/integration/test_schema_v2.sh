@@ -49,9 +49,14 @@ q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww5', 'Five', '
 psql -qAtX -v ON_ERROR_STOP=1 "$DSN" -c "BEGIN" \
     -c "SELECT 1 FROM enterprises WHERE corp_id = 'ww5' FOR KEY SHARE" \
     -c "INSERT INTO users (corp_id, userid) VALUES ('ww5', 'late')" \
-    -c "SELECT pg_sleep(1)" -c "COMMIT" >/dev/null &
+    -c "SELECT pg_sleep(2)" -c "COMMIT" >/dev/null &
 writer=$!
-sleep 0.3
+# The delete starts once the writer holds the lock and sleeps, however slow the
+# machine is to start psql.
+for _ in $(seq 1 100); do
+    [ "$(q "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'")" = 1 ] && break
+    sleep 0.05
+done
 t0=$(date +%s%N)
 q "DELETE FROM enterprises WHERE corp_id = 'ww5'" >/dev/null
 waited=$((($(date +%s%N) - t0) / 1000000))
