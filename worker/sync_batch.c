@@ -55,23 +55,67 @@ static int member_field(const js_val *k)
     return F_OTHER;
 }
 
+/* A member's fields as check_member found them, for writing the member with its
+ * keys in jsonb's order (write_member). */
+enum { MEMBER_FIELDS_MAX = 64 };
+
+typedef struct mfield {
+    const char *s; /* the field's text: its key's opening quote ... its value's end */
+    uint32_t n;
+    uint32_t kn;   /* the key's length (no escapes in it: see as_is) */
+    uint32_t voff; /* where the value starts in s */
+    uint64_t pre;  /* the key's first 8 bytes, big-endian, zero-padded */
+} mfield;
+
+typedef struct mfields {
+    mfield f[MEMBER_FIELDS_MAX];
+    int n;
+    int uid;   /* the userid's field */
+    int as_is; /* write the member as it came: a key with an escape, or too many fields */
+} mfields;
+
+static uint64_t key_prefix(const char *k, size_t n)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < 8; i++)
+        v = v << 8 | (i < n ? (unsigned char)k[i] : 0);
+    return v;
+}
+
 /* Checks one member (m: its opening brace, in checked text ending at end) in a
  * single pass over its fields: each field PostgreSQL reads is absent, null or of
  * its column's type (every occurrence of a repeated key, since jsonb keeps the
- * last). Sets *after (just past the member), *uid (the last userid) and *primary
+ * last). Sets *after (just past the member), *uid (the last userid), *primary
  * (the department the member is counted in: its main one, else its first, else
- * fallback). 0, or -1 for no usable userid, -2 for a field of the wrong type. */
+ * fallback) and *mf. 0, or -1 for no usable userid, -2 for a field of the wrong
+ * type. */
 static int check_member(const js_val *m, const char *end, const char **after, js_val *uid,
-                        long long *primary, long long fallback)
+                        long long *primary, long long fallback, mfields *mf)
 {
     js_val k, v, first;
     js_iter it;
     long long x, main_dept = 0, first_dept = 0;
     int has_uid = 0, has_main = 0, has_first = 0, bad = 0;
 
+    mf->n = 0;
+    mf->uid = -1;
+    mf->as_is = 0;
     js_iter_begin_in(&it, m, end);
     while (js_next(&it, &k, &v)) {
         int f = member_field(&k);
+        if (mf->n == MEMBER_FIELDS_MAX || memchr(k.p, '\\', k.n)) {
+            mf->as_is = 1;
+        } else if (!mf->as_is) {
+            mfield *d = &mf->f[mf->n++];
+            const char *vs = v.type == JS_STRING ? v.p - 1 : v.p;
+            d->s = k.p - 1;
+            d->n = (uint32_t)(it.p - d->s); /* it.p: just past the value */
+            d->kn = (uint32_t)k.n;
+            d->voff = (uint32_t)(vs - d->s);
+            d->pre = key_prefix(k.p, k.n);
+            if (f == F_USERID)
+                mf->uid = mf->n - 1;
+        }
         if (f == F_OTHER)
             continue;
         if (f == F_USERID) {
@@ -108,6 +152,8 @@ static int check_member(const js_val *m, const char *end, const char **after, js
         }
     }
     *after = js_iter_after(&it);
+    if (mf->uid < 0)
+        mf->as_is = 1;
     if (!has_uid)
         return -1;
     if (bad)
@@ -116,12 +162,98 @@ static int check_member(const js_val *m, const char *end, const char **after, js
     return 0;
 }
 
+/* jsonb's order of an object's keys: shorter first, then bytewise. */
+static int key_cmp(const mfield *a, const mfield *b)
+{
+    if (a->kn != b->kn)
+        return a->kn < b->kn ? -1 : 1;
+    if (a->pre != b->pre)
+        return a->pre < b->pre ? -1 : 1;
+    return a->kn > 8 ? memcmp(a->s + 9, b->s + 9, a->kn - 8) : 0;
+}
+
+/* The key order of the last member written in jsonb's order: an upstream sends
+ * its members' keys in one order, so most members need no sort of their own. */
+typedef struct key_shape {
+    mfield k[MEMBER_FIELDS_MAX]; /* the keys (kn, pre, and s for longer keys) */
+    int ord[MEMBER_FIELDS_MAX];
+    int n;
+} key_shape;
+
+static int same_keys(const key_shape *sh, const mfields *mf)
+{
+    if (sh->n != mf->n)
+        return 0;
+    for (int i = 0; i < mf->n; i++)
+        if (key_cmp(&sh->k[i], &mf->f[i]) != 0)
+            return 0;
+    return 1;
+}
+
+/* Writes member m (its text, mlen bytes, fields mf) to out, with its keys in
+ * jsonb's order, and returns the length written (at most mlen: the same fields,
+ * less any whitespace between them); *uid_at is where the userid's contents went.
+ *
+ * jsonb stores an object's keys sorted (shorter first, then bytewise) and sorts
+ * each object it reads; its sort returns at once on keys already in order. The
+ * upstream's order is not that one, and sorting ~24 keys of each of 400,000
+ * members was ~5% of PostgreSQL's CPU in a full sync (perf, tests/bench/README.md).
+ * The stored jsonb is the same either way. A member with a repeated key is
+ * written as it came (jsonb keeps the last value, so the order matters then), and
+ * so is one with an escaped key or more than MEMBER_FIELDS_MAX fields. */
+static size_t write_member(char *out, const char *m, size_t mlen, const mfields *mf,
+                           const char *uid, size_t *uid_at, key_shape *sh)
+{
+    int sorted = 1;
+
+    for (int i = 1; i < mf->n && sorted; i++)
+        sorted = key_cmp(&mf->f[i - 1], &mf->f[i]) < 0;
+    if (mf->as_is || sorted)
+        goto as_is;
+    if (!same_keys(sh, mf)) {
+        int *ord = sh->ord;
+        sh->n = 0;
+        for (int i = 0; i < mf->n; i++) { /* insertion sort: few keys, stable */
+            int j = i;
+            while (j > 0 && key_cmp(&mf->f[ord[j - 1]], &mf->f[i]) > 0) {
+                ord[j] = ord[j - 1];
+                j--;
+            }
+            ord[j] = i;
+        }
+        for (int i = 1; i < mf->n; i++)
+            if (key_cmp(&mf->f[ord[i - 1]], &mf->f[ord[i]]) == 0)
+                goto as_is; /* a repeated key */
+        memcpy(sh->k, mf->f, (size_t)mf->n * sizeof(mf->f[0]));
+        sh->n = mf->n;
+    }
+    char *o = out;
+    *o++ = '{';
+    for (int i = 0; i < mf->n; i++) {
+        const mfield *f = &mf->f[sh->ord[i]];
+        if (i)
+            *o++ = ',';
+        if (sh->ord[i] == mf->uid)
+            *uid_at = (size_t)(o - out) + f->voff + 1;
+        memcpy(o, f->s, f->n);
+        o += f->n;
+    }
+    *o++ = '}';
+    return (size_t)(o - out);
+as_is:
+    memcpy(out, m, mlen);
+    *uid_at = (size_t)(uid - m);
+    return mlen;
+}
+
 int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_t n)
 {
-    js_val root, ul = {0}, k, v, m, uid;
+    js_val root, ul = {0}, k, v, m, uid = {0};
     js_iter rit, it;
     long long primary;
-    size_t count = 0, cap = 0, used = 0;
+    size_t count = 0, cap = 0, used = 0, uid_at = 0;
+    mfields mf;
+    key_shape shape;
     const char *end = body + len, *after;
     ds_member *ms = NULL;
     char *text;
@@ -144,6 +276,7 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
         return -1;
     }
     text = malloc(len + 1); /* the members' text is at most the answer's */
+    shape.n = 0;
     if (!text) {
         snprintf(why, n, "out of memory");
         return -1;
@@ -154,7 +287,7 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
             snprintf(why, n, "member %zu is not an object", count);
             goto bad;
         }
-        int rc = check_member(&m, end, &after, &uid, &primary, b->dept_id);
+        int rc = check_member(&m, end, &after, &uid, &primary, b->dept_id, &mf);
         js_iter_resume(&it, after);
         switch (rc) {
         case -1:
@@ -174,11 +307,11 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
             ms = nm;
             cap = nc;
         }
-        size_t mlen = (size_t)(after - m.p);
-        memcpy(text + used, m.p, mlen);
+        size_t mlen =
+            write_member(text + used, m.p, (size_t)(after - m.p), &mf, uid.p, &uid_at, &shape);
         ms[count].off = (uint32_t)used;
         ms[count].len = (uint32_t)mlen;
-        ms[count].uid_off = (uint32_t)(used + (size_t)(uid.p - m.p));
+        ms[count].uid_off = (uint32_t)(used + uid_at);
         ms[count].uid_len = (uint32_t)uid.n;
         used += mlen;
         count++;
@@ -292,8 +425,9 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, ch
     }
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
-        buf_printf(&db, "%s{\"d\":%lld,\"p\":%d,\"s\":%s,\"n\":%d}", i ? "," : "", x->dept_id,
-                   x->primary, x->body ? "false" : "true", x->members);
+        /* Keys in jsonb's order (see write_member). */
+        buf_printf(&db, "%s{\"d\":%lld,\"n\":%d,\"p\":%d,\"s\":%s}", i ? "," : "", x->dept_id,
+                   x->members, x->primary, x->body ? "false" : "true");
     }
     buf_puts(&mb, "]");
     buf_puts(&db, "]");

@@ -24,9 +24,11 @@ typedef struct ds_member {
 
 typedef struct ds_batch {
     long long dept_id;
-    /* The answer's members, their objects' text exactly as the upstream sent it,
-     * one after another (the answer around them is not kept); NULL for a
-     * department the upstream does not know. */
+    /* The answer's members' objects one after another (the answer around them
+     * is not kept), each with the upstream's keys and values, its keys in
+     * jsonb's order (shorter first, then bytewise) and no whitespace between
+     * them, unless a key repeats or has an escape (then exactly as sent); NULL
+     * for a department the upstream does not know. */
     char *body;
     size_t len;
     ds_member *m;
@@ -53,8 +55,8 @@ void sync_batch_free(ds_batch *b);
  *             are one member), in userid order, so PostgreSQL inserts into
  *             the users primary key in key order (it measured faster than the
  *             departments' order in 3 of 4 pairs: tests/bench/README.md); the
- *             members' text is the upstream's;
- *   *depts    [{"d":dept,"p":primary,"s":unknown upstream,"n":members},...]
+ *             members' text is the batch's (see ds_batch.body);
+ *   *depts    [{"d":dept,"n":members,"p":primary,"s":unknown upstream},...]
  * 0, or -ENOMEM (nothing allocated). The caller frees both. */
 int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, char **depts);
 

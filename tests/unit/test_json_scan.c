@@ -99,6 +99,27 @@ static void test_refuses(void **state)
     assert_int_equal(js_check("[1]\0", 4, why, sizeof(why)), -1);
 }
 
+/* Every byte value, alone in the middle of a run of plain string contents, is
+ * judged on its own: the checker skips plain runs by a table (string_stop). */
+static void test_string_bytes(void **state)
+{
+    char s[40], why[96];
+    (void)state;
+
+    for (int b = 1; b < 256; b++) {
+        for (int at = 1; at < 20; at += 6) {
+            memset(s, 'a', sizeof(s));
+            s[0] = '"';
+            s[at] = (char)b;
+            s[30] = '"';
+            int want = b >= 0x20 && b < 0x80 && b != '"' && b != '\\';
+            int got = js_check(s, 31, why, sizeof(why)) == 0;
+            if (got != want)
+                fail_msg("byte 0x%02x at %d: %s", b, at, got ? "accepted" : why);
+        }
+    }
+}
+
 static void test_depth(void **state)
 {
     char deep[200];
@@ -320,6 +341,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_accepts),
         cmocka_unit_test(test_refuses),
+        cmocka_unit_test(test_string_bytes),
         cmocka_unit_test(test_depth),
         cmocka_unit_test(test_every_prefix_refused),
         cmocka_unit_test(test_reader_matches_json_c),

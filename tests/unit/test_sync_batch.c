@@ -60,26 +60,112 @@ static void test_parse_keeps_members(void **state)
     assert_int_equal(b->members, 3);
     /* a: main 7; b: first 9; c: first 9. */
     assert_int_equal(b->primary, 1);
-    /* Each member's text is exactly the upstream's, and its userid is found. */
+    /* Each member's text is the upstream's fields with the keys in jsonb's
+     * order (shorter first, then bytewise), and its userid is found. */
     assert_int_equal(b->m[1].uid_len, 1);
     assert_memory_equal(b->body + b->m[1].uid_off, "b", 1);
-    assert_memory_equal(b->body + b->m[1].off, "{\"userid\":\"b\"", 13);
-    assert_true(
-        strstr(answer,
-               "{\"userid\":\"b\",\"department\":[9],\"extattr\":{\"attrs\":[{\"n\":\"]}\"}]}}") !=
-        NULL);
-    assert_int_equal(
-        b->m[1].len,
-        strlen("{\"userid\":\"b\",\"department\":[9],\"extattr\":{\"attrs\":[{\"n\":\"]}\"}]}}"));
+    const char *want_b = "{\"userid\":\"b\",\"extattr\":{\"attrs\":[{\"n\":\"]}\"}]},"
+                         "\"department\":[9]}";
+    assert_int_equal(b->m[1].len, strlen(want_b));
+    assert_memory_equal(b->body + b->m[1].off, want_b, strlen(want_b));
+    const char *want_a = "{\"name\":\"A \\\"x\\\"\",\"userid\":\"a\",\"department\":[7,9],"
+                         "\"main_department\":7}";
+    assert_int_equal(b->m[0].len, strlen(want_a));
+    assert_memory_equal(b->body + b->m[0].off, want_a, strlen(want_a));
+    assert_memory_equal(b->body + b->m[0].uid_off, "a\"", 2);
     assert_true(sync_batch_bytes(b) >= b->len);
 
     char *members, *depts;
     assert_int_equal(sync_batch_params(&b, 1, &members, &depts), 0);
     userids(members, ids, sizeof(ids));
     assert_string_equal(ids, "a b c");
-    assert_string_equal(depts, "[{\"d\":7,\"p\":1,\"s\":false,\"n\":3}]");
+    assert_string_equal(depts, "[{\"d\":7,\"n\":3,\"p\":1,\"s\":false}]");
     free(members);
     free(depts);
+    sync_batch_free(b);
+}
+
+/* The member at index i of b, as a string. */
+static char *member_text(const ds_batch *b, int i)
+{
+    char *t = malloc(b->m[i].len + 1);
+    assert_non_null(t);
+    memcpy(t, b->body + b->m[i].off, b->m[i].len);
+    t[b->m[i].len] = '\0';
+    return t;
+}
+
+/* Members are kept with their keys in jsonb's order (what PostgreSQL would sort
+ * them into), the same fields and values; a member whose order matters or cannot
+ * be known here is kept exactly as sent. */
+static void test_parse_key_order(void **state)
+{
+    const char *answer =
+        "{\"userlist\":["
+        /* 0: the upstream's shape, reordered */
+        "{\"userid\":\"u1\", \"name\":\"\u9648\u79c0\u82f1\",\"department\":[1, 2],"
+        "\"order\":[0,0],\"mobile\":\"1380\",\"gender\":\"1\",\"extattr\":{\"b\":1,\"a\":2},"
+        "\"status\":1,\"main_department\":2,\"alias\":\"\",\"is_leader_in_dept\":[0,1]},"
+        /* 1: a repeated key: jsonb keeps the last, so the order stays */
+        "{\"userid\":\"u2\",\"name\":\"old\",\"alias\":\"x\",\"name\":\"new\"},"
+        /* 2: an escaped key */
+        "{\"userid\":\"u3\",\"n\\u0061me\":\"x\",\"a\":1},"
+        /* 3: already in order, whitespace and all */
+        "{ \"a\" : 1 , \"userid\" : \"u4\" }"
+        "]}";
+    const char *want0 = "{\"name\":\"\u9648\u79c0\u82f1\",\"alias\":\"\",\"order\":[0,0],"
+                        "\"gender\":\"1\",\"mobile\":\"1380\",\"status\":1,\"userid\":\"u1\","
+                        "\"extattr\":{\"b\":1,\"a\":2},\"department\":[1, 2],"
+                        "\"main_department\":2,\"is_leader_in_dept\":[0,1]}";
+    (void)state;
+
+    ds_batch *b = parse(1, answer, 4);
+    char *t = member_text(b, 0);
+    assert_string_equal(t, want0);
+    assert_memory_equal(b->body + b->m[0].uid_off, "u1\"", 3);
+    /* The same object as the upstream's member. */
+    json_object *got = json_tokener_parse(t), *all = json_tokener_parse(answer), *orig;
+    assert_non_null(got);
+    assert_non_null(all);
+    assert_true(json_object_object_get_ex(all, "userlist", &orig));
+    assert_true(json_object_equal(got, json_object_array_get_idx(orig, 0)));
+    json_object_put(got);
+    json_object_put(all);
+    free(t);
+
+    t = member_text(b, 1);
+    assert_string_equal(t, "{\"userid\":\"u2\",\"name\":\"old\",\"alias\":\"x\",\"name\":\"new\"}");
+    assert_memory_equal(b->body + b->m[1].uid_off, "u2\"", 3);
+    free(t);
+    t = member_text(b, 2);
+    assert_string_equal(t, "{\"userid\":\"u3\",\"n\\u0061me\":\"x\",\"a\":1}");
+    free(t);
+    t = member_text(b, 3);
+    assert_string_equal(t, "{ \"a\" : 1 , \"userid\" : \"u4\" }");
+    assert_memory_equal(b->body + b->m[3].uid_off, "u4\"", 3);
+    free(t);
+    sync_batch_free(b);
+}
+
+/* More fields than the reorder keeps track of: the member is kept as sent. */
+static void test_parse_many_fields(void **state)
+{
+    char answer[4200], want[4096];
+    size_t o = 0, w = 0;
+    (void)state;
+
+    o += (size_t)snprintf(answer + o, sizeof(answer) - o, "{\"userlist\":[");
+    w += (size_t)snprintf(want + w, sizeof(want) - w, "{\"zz\":0");
+    for (int i = 0; i < 70; i++)
+        w += (size_t)snprintf(want + w, sizeof(want) - w, ",\"k%02d\":%d", 69 - i, i);
+    w += (size_t)snprintf(want + w, sizeof(want) - w, ",\"userid\":\"u\"}");
+    snprintf(answer + o, sizeof(answer) - o, "%s]}", want);
+
+    ds_batch *b = parse(1, answer, 1);
+    char *t = member_text(b, 0);
+    assert_string_equal(t, want);
+    assert_memory_equal(b->body + b->m[0].uid_off, "u\"", 2);
+    free(t);
     sync_batch_free(b);
 }
 
@@ -151,16 +237,16 @@ static void test_params_each_member_once(void **state)
     assert_non_null(strstr(members, "\"name\":\"first\""));
     assert_null(strstr(members, "again"));
     assert_null(strstr(members, "third"));
-    assert_string_equal(depts, "[{\"d\":1,\"p\":3,\"s\":false,\"n\":3},"
-                               "{\"d\":2,\"p\":0,\"s\":true,\"n\":0},"
-                               "{\"d\":3,\"p\":3,\"s\":false,\"n\":3}]");
+    assert_string_equal(depts, "[{\"d\":1,\"n\":3,\"p\":3,\"s\":false},"
+                               "{\"d\":2,\"n\":0,\"p\":0,\"s\":true},"
+                               "{\"d\":3,\"n\":3,\"p\":3,\"s\":false}]");
     free(members);
     free(depts);
 
     /* Only the unknown department: nothing to write but its row. */
     assert_int_equal(sync_batch_params(&b[1], 1, &members, &depts), 0);
     assert_string_equal(members, "[]");
-    assert_string_equal(depts, "[{\"d\":2,\"p\":0,\"s\":true,\"n\":0}]");
+    assert_string_equal(depts, "[{\"d\":2,\"n\":0,\"p\":0,\"s\":true}]");
     free(members);
     free(depts);
     for (int i = 0; i < 3; i++)
@@ -195,7 +281,7 @@ static void test_empty_department(void **state)
     assert_non_null(b->body); /* known upstream, no members */
     assert_int_equal(sync_batch_params(&b, 1, &members, &depts), 0);
     assert_string_equal(members, "[]");
-    assert_string_equal(depts, "[{\"d\":4,\"p\":0,\"s\":false,\"n\":0}]");
+    assert_string_equal(depts, "[{\"d\":4,\"n\":0,\"p\":0,\"s\":false}]");
     free(members);
     free(depts);
     sync_batch_free(b);
@@ -206,7 +292,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_keeps_members),     cmocka_unit_test(test_parse_refuses),
         cmocka_unit_test(test_params_each_member_once), cmocka_unit_test(test_params_userid_order),
-        cmocka_unit_test(test_empty_department),
+        cmocka_unit_test(test_empty_department),        cmocka_unit_test(test_parse_key_order),
+        cmocka_unit_test(test_parse_many_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
