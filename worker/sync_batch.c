@@ -76,10 +76,12 @@ typedef struct mfields {
 
 static uint64_t key_prefix(const char *k, size_t n)
 {
-    uint64_t v = 0;
-    for (size_t i = 0; i < 8; i++)
-        v = v << 8 | (i < n ? (unsigned char)k[i] : 0);
-    return v;
+    unsigned char b[8] = {0};
+
+    memcpy(b, k, n < 8 ? n : 8);
+    return (uint64_t)b[0] << 56 | (uint64_t)b[1] << 48 | (uint64_t)b[2] << 40 |
+           (uint64_t)b[3] << 32 | (uint64_t)b[4] << 24 | (uint64_t)b[5] << 16 |
+           (uint64_t)b[6] << 8 | b[7];
 }
 
 /* Checks one member (m: its opening brace, in checked text ending at end) in a
