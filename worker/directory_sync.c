@@ -9,9 +9,10 @@
  * same member rows in opposite orders.
  *
  * The members of a department go to PostgreSQL as the upstream's own text of
- * each member (checked in worker/sync_batch.c): PostgreSQL extracts the columns
- * with jsonb_to_record, so no member is rebuilt in C and the raw column keeps
- * the member exactly as the upstream sent it. */
+ * each member (checked in worker/sync_batch.c, which only puts the keys in the
+ * order jsonb stores them): PostgreSQL extracts the columns with
+ * jsonb_to_record, so no value is rebuilt in C and the raw column holds the
+ * member the upstream sent, field for field. */
 #include "worker/directory_sync.h"
 
 #include "common/alert.h"
