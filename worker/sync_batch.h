@@ -25,10 +25,11 @@ typedef struct ds_member {
 typedef struct ds_batch {
     long long dept_id;
     /* The answer's members' objects one after another (the answer around them
-     * is not kept), each with the upstream's keys and values, its keys in
-     * jsonb's order (shorter first, then bytewise) and no whitespace between
-     * them, unless a key repeats or has an escape (then exactly as sent); NULL
-     * for a department the upstream does not know. */
+     * is not kept). Each member's fields are the upstream's bytes, written in
+     * jsonb's key order (shorter first, then bytewise) without the whitespace
+     * between fields; a member whose keys are in that order already, or that
+     * has a repeated or escaped key or more than 64 fields, is kept exactly as
+     * sent. NULL for a department the upstream does not know. */
     char *body;
     size_t len;
     ds_member *m;
