@@ -16,7 +16,7 @@ set -euo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${FUZZ_BUILD_DIR:-$SRC/build-fuzz}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${*:-router json request}
+TARGETS=${*:-router json request answer}
 
 if ! command -v clang >/dev/null 2>&1; then
     echo "fuzz: clang not found, skipping the fuzz targets"
