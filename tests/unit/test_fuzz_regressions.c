@@ -23,6 +23,9 @@
 #define LLVMFuzzerTestOneInput fuzz_request_one
 #include "../fuzz/fuzz_request.c"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_answer_one
+#include "../fuzz/fuzz_answer.c"
+#undef LLVMFuzzerTestOneInput
 
 /* tests/ of the source tree, from this file's own path. */
 static void tests_dir(char *out, size_t len)
@@ -93,12 +96,19 @@ static void test_request(void **state)
     assert_true(replay("request", fuzz_request_one) > 0);
 }
 
+static void test_answer(void **state)
+{
+    (void)state;
+    assert_true(replay("answer", fuzz_answer_one) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_router),
         cmocka_unit_test(test_json),
         cmocka_unit_test(test_request),
+        cmocka_unit_test(test_answer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
