@@ -53,7 +53,7 @@ for n in a b; do serve_stop "$n"; done
 # 3. The cron is read in ORGSYNC_TZ: "at second 0 of minute M in Asia/Kolkata"
 #    (UTC+05:30) fires at M+30 minutes of UTC's hour. The next such fire is
 #    far; check the fire time the worker logs at debug level.
-m=$(( ($(date -u +%M) + 2) % 60 ))
+m=$(( (10#$(date -u +%M) + 2) % 60 )) # 10#: "08" is not octal
 serve_start k 0 ORGSYNC_CRON="0 $m * * * *" ORGSYNC_TZ=Asia/Kolkata ORGSYNC_LOG_LEVEL=debug
 serve_wait_ready k
 T=5 wait_for grep -q '"scheduler: next fire"' "$SV_DIR/k.log"
