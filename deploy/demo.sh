@@ -24,6 +24,8 @@ for a in "$@"; do
 done
 
 . "$SRC/tests/lib/deps.sh"
+# shellcheck source=tests/lib/sim.sh
+. "$SRC/tests/lib/sim.sh"
 deps_ensure demo
 
 BUILD=${ORGSYNC_DEMO_BUILD_DIR:-$SRC/build-demo}
@@ -68,13 +70,7 @@ export ORGSYNC_REDIS_URL=$REDIS_URL
 setsid "$SIM" --port 0 --quiet --enterprises "$ENTERPRISES" --departments "$DEPARTMENTS" \
     --users-per-dept "$MEMBERS" --seed 7 --latency-ms "$LATENCY_MS" >"$TMP/sim.out" 2>"$TMP/sim.err" &
 PIDS+=($!)
-for _ in $(seq 1 100); do
-    SIM_PORT=$(sed -n 's/^listening \([0-9]*\).*/\1/p' "$TMP/sim.out" | head -1)
-    [ -n "$SIM_PORT" ] && break
-    sleep 0.05
-done
-[ -n "${SIM_PORT:-}" ] || { cat "$TMP/sim.err" >&2; echo "simulator did not start" >&2; exit 1; }
-SIM_URL="http://127.0.0.1:$SIM_PORT"
+sim_wait_port "$TMP/sim.out" "$TMP/sim.err" || exit 1
 
 export ORGSYNC_LOG_LEVEL=warn
 say "migrating and registering the enterprises"

@@ -31,10 +31,11 @@ static int js_int_array_ok(const js_val *v)
     return 1;
 }
 
-/* The member fields PostgreSQL reads into columns (jsonb_to_record in sql_users). */
+/* The member fields PostgreSQL reads into columns (jsonb_to_record in sql_users);
+ * escaped: the key has a backslash, so it is compared decoded. */
 enum { F_OTHER, F_USERID, F_STRING, F_INT, F_MAIN, F_DEPARTMENT };
 
-static int member_field(const js_val *k)
+static int member_field(const js_val *k, int escaped)
 {
     static const struct {
         const char *name;
@@ -46,8 +47,6 @@ static int member_field(const js_val *k)
         {"position", 8, F_STRING},       {"status", 6, F_INT},
         {"main_department", 15, F_MAIN}, {"department", 10, F_DEPARTMENT},
     };
-    int escaped = memchr(k->p, '\\', k->n) != NULL;
-
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
         if (escaped ? js_key_is(k, fields[i].name)
                     : k->n == fields[i].n && memcmp(k->p, fields[i].name, k->n) == 0)
@@ -104,8 +103,8 @@ static int check_member(const js_val *m, const char *end, const char **after, js
     mf->as_is = 0;
     js_iter_begin_in(&it, m, end);
     while (js_next(&it, &k, &v)) {
-        int f = member_field(&k);
-        if (mf->n == MEMBER_FIELDS_MAX || memchr(k.p, '\\', k.n)) {
+        int escaped = memchr(k.p, '\\', k.n) != NULL, f = member_field(&k, escaped);
+        if (mf->n == MEMBER_FIELDS_MAX || escaped) {
             mf->as_is = 1;
         } else if (!mf->as_is) {
             mfield *d = &mf->f[mf->n++];
@@ -206,7 +205,7 @@ static int same_keys(const key_shape *sh, const mfields *mf)
 static size_t write_member(char *out, const char *m, size_t mlen, const mfields *mf,
                            const char *uid, size_t *uid_at, key_shape *sh)
 {
-    int sorted = 1;
+    int sorted = !mf->as_is;
 
     for (int i = 1; i < mf->n && sorted; i++)
         sorted = key_cmp(&mf->f[i - 1], &mf->f[i]) < 0;

@@ -7,6 +7,9 @@ set -euo pipefail
 : "${ORGSYNC_TEST_REDIS_URL:?run under tests/run.sh (ORGSYNC_TEST_REDIS_URL missing)}"
 : "${ORGSYNC_BIN:?ORGSYNC_BIN missing}"
 
+# shellcheck source=tests/lib/sim.sh
+. "$(dirname "${BASH_SOURCE[0]}")/sim.sh"
+
 T_FAILS=0
 T_PASSES=0
 T_NAME=$(basename "$0" .sh)
@@ -45,11 +48,5 @@ start_sim() {
     local out="$ORGSYNC_TEST_TMP/sim.$$.$RANDOM"
     "$ORGSYNC_SIM_BIN" --port 0 --quiet "$@" >"$out" 2>"$out.err" &
     SIM_PID=$!
-    for _ in $(seq 1 100); do
-        SIM_PORT=$(sed -n 's/^listening \([0-9]*\).*/\1/p' "$out" | head -1)
-        [ -n "$SIM_PORT" ] && break
-        sleep 0.05
-    done
-    [ -n "$SIM_PORT" ] || { cat "$out.err" >&2; echo "simulator did not start" >&2; return 1; }
-    SIM_URL="http://127.0.0.1:$SIM_PORT"
+    sim_wait_port "$out" "$out.err"
 }

@@ -11,6 +11,8 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/../../.." && pwd)
+# shellcheck source=tests/lib/sim.sh
+. "$SRC/tests/lib/sim.sh"
 BUILD_DIR=${BUILD_DIR:-$SRC/build-bench}
 ROUNDS=${ROUNDS:-5}
 DEPTS=${DEPTS:-50}
@@ -39,13 +41,8 @@ trap cleanup EXIT
 "$BUILD_DIR/orgsync-sim" --port 0 --quiet --enterprises 1 --departments "$DEPTS" \
     --users-per-dept "$USERS" --rate 100000 --max-inflight 1000 >"$TMP/sim.out" 2>"$TMP/sim.err" &
 SIM_PID=$!
-for _ in $(seq 1 200); do
-    SIM_PORT=$(sed -n 's/^listening \([0-9]*\).*/\1/p' "$TMP/sim.out" | head -1)
-    [ -n "$SIM_PORT" ] && break
-    sleep 0.05
-done
-[ -n "${SIM_PORT:-}" ] || { cat "$TMP/sim.err" >&2; echo "simulator did not start" >&2; exit 1; }
-URL="http://127.0.0.1:$SIM_PORT/cgi-bin"
+sim_wait_port "$TMP/sim.out" "$TMP/sim.err" || exit 1
+URL="$SIM_URL/cgi-bin"
 TOKEN=$(curl -sf "$URL/gettoken?corpid=wwsim0001&corpsecret=secret-wwsim0001" | jq -r .access_token)
 for d in $(seq 1 "$DEPTS"); do
     curl -sf "$URL/user/list?access_token=$TOKEN&department_id=$d" >"$TMP/answer$d.json"

@@ -17,6 +17,8 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/../../.." && pwd)
+# shellcheck source=tests/lib/sim.sh
+. "$SRC/tests/lib/sim.sh"
 BUILD_DIR=${BUILD_DIR:-$SRC/build-bench}
 CORPS=${CORPS:-200}
 DEPTS=${DEPTS:-50}
@@ -83,13 +85,8 @@ echo "== simulator: $CORPS enterprises x $DEPTS departments x $USERS members, la
 "$SIM_BIN" --port 0 --quiet --enterprises "$CORPS" --departments "$DEPTS" \
     --users-per-dept "$USERS" --latency-ms "$LATENCY_MS" --rate "$RATE" >"$TMP/sim.out" 2>"$TMP/sim.err" &
 SIM_PID=$!
-for _ in $(seq 1 200); do
-    SIM_PORT=$(sed -n 's/^listening \([0-9]*\).*/\1/p' "$TMP/sim.out" | head -1)
-    [ -n "$SIM_PORT" ] && break
-    sleep 0.05
-done
-[ -n "${SIM_PORT:-}" ] || { cat "$TMP/sim.err" >&2; echo "simulator did not start" >&2; exit 1; }
-export ORGSYNC_UPSTREAM_URL="http://127.0.0.1:$SIM_PORT"
+sim_wait_port "$TMP/sim.out" "$TMP/sim.err" || exit 1
+export ORGSYNC_UPSTREAM_URL=$SIM_URL
 USERS_TOTAL=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/org" | jq '[.corps[].users_total] | add')
 
 psql -q -X -v ON_ERROR_STOP=1 "$ORGSYNC_PG_DSN" -c "
