@@ -31,7 +31,7 @@ static int js_int_array_ok(const js_val *v)
     return 1;
 }
 
-/* The member fields PostgreSQL reads into columns (jsonb_to_record in sql_users);
+/* The member fields PostgreSQL reads into columns (->> in sql_users);
  * escaped: the key has a backslash, so it is compared decoded. */
 enum { F_OTHER, F_USERID, F_STRING, F_INT, F_MAIN, F_DEPARTMENT };
 
@@ -367,15 +367,26 @@ static int cmp_uid(const void *a, const void *b)
     return (x->seq > y->seq) - (x->seq < y->seq);
 }
 
-int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, char **depts)
+/* Closes an array built by sync_batch_params: NULL if nothing went in. */
+static char *close_array(buf *b, int empty)
 {
-    int total = 0, k = 0, rc = -ENOMEM;
+    if (empty) {
+        buf_free(b);
+        return NULL;
+    }
+    buf_puts(b, "]");
+    return buf_detach(b, NULL);
+}
+
+int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, sync_params *p)
+{
+    int total = 0, k = 0, rc = -ENOMEM, nm = 0, nf = 0;
     size_t arena_len = 1, ao = 0;
     uid_ref *refs = NULL;
     char *keep = NULL, *arena = NULL;
-    buf mb, db;
+    buf mb, fb, db;
 
-    *members = *depts = NULL;
+    p->members = p->fresh = p->depts = NULL;
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
         if (!x->body)
@@ -388,6 +399,7 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, ch
     keep = calloc((size_t)total + 1, 1);
     arena = malloc(arena_len);
     buf_init(&mb);
+    buf_init(&fb);
     buf_init(&db);
     if (!refs || !keep || !arena)
         goto out;
@@ -415,35 +427,53 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, ch
         keep[refs[i].seq] = i == 0 || refs[i].n != refs[i - 1].n ||
                             memcmp(refs[i].uid, refs[i - 1].uid, refs[i].n) != 0;
     buf_puts(&mb, "[");
-    buf_puts(&db, "[");
-    for (int i = 0, first = 1; i < total; i++) {
+    buf_puts(&fb, "[");
+    for (int i = 0; i < total; i++) {
         if (!keep[refs[i].seq])
             continue;
-        if (!first)
-            buf_puts(&mb, ",");
-        buf_append(&mb, refs[i].text, refs[i].len);
-        first = 0;
+        if (written && uid_set_add(written, refs[i].uid, refs[i].n) == 1) {
+            if (nf++)
+                buf_puts(&fb, ",");
+            buf_append(&fb, refs[i].text, refs[i].len);
+        } else {
+            if (nm++)
+                buf_puts(&mb, ",");
+            buf_append(&mb, refs[i].text, refs[i].len);
+        }
     }
+    buf_puts(&db, "[");
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
         /* Keys in jsonb's order (see write_member). */
         buf_printf(&db, "%s{\"d\":%lld,\"n\":%d,\"p\":%d,\"s\":%s}", i ? "," : "", x->dept_id,
                    x->members, x->primary, x->body ? "false" : "true");
     }
-    buf_puts(&mb, "]");
-    buf_puts(&db, "]");
-    if (mb.oom || db.oom)
+    if (mb.oom || fb.oom)
         goto out;
-    *members = buf_detach(&mb, NULL);
-    *depts = buf_detach(&db, NULL);
+    p->members = close_array(&mb, !nm);
+    p->fresh = close_array(&fb, !nf);
+    p->depts = close_array(&db, 0);
+    if ((nm && !p->members) || (nf && !p->fresh) || !p->depts) {
+        sync_params_free(p);
+        goto out;
+    }
     rc = 0;
 out:
     if (rc) {
         buf_free(&mb);
+        buf_free(&fb);
         buf_free(&db);
     }
     free(refs);
     free(keep);
     free(arena);
     return rc;
+}
+
+void sync_params_free(sync_params *p)
+{
+    free(p->members);
+    free(p->fresh);
+    free(p->depts);
+    p->members = p->fresh = p->depts = NULL;
 }

@@ -5,8 +5,9 @@
  *     that the write cannot fail on its shape, and keeps only its members' text;
  *   - sync_batch_params builds, for the departments one statement writes, the
  *     JSON arrays sql_users takes: every member once (a member that two of the
- *     departments list is written once, by the first), and the departments with
- *     their counts.
+ *     departments list is written once, by the first), split into those that may
+ *     be in users already and those surely not, and the departments with their
+ *     counts.
  *
  * Nothing here touches the network, the loop or PostgreSQL. */
 #ifndef ORGSYNC_SYNC_BATCH_H
@@ -14,6 +15,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "worker/uid_set.h"
 
 /* One member of a fetched department: where its object and its userid are in
  * the batch's text. */
@@ -50,15 +53,27 @@ size_t sync_batch_bytes(const ds_batch *b);
 
 void sync_batch_free(ds_batch *b);
 
-/* The two arrays for writing these departments in one statement:
- *   *members  [<member>,...]  each member once, the first department listing it
- *             keeping it (userids compared decoded, so two spellings of one id
- *             are one member), in userid order, so PostgreSQL inserts into
- *             the users primary key in key order (it measured faster than the
- *             departments' order in 3 of 4 pairs: tests/bench/README.md); the
- *             members' text is the batch's (see ds_batch.body);
- *   *depts    [{"d":dept,"n":members,"p":primary,"s":unknown upstream},...]
- * 0, or -ENOMEM (nothing allocated). The caller frees both. */
-int sync_batch_params(ds_batch *const *batches, int nbatches, char **members, char **depts);
+/* What one statement writing these departments takes (sql_users): */
+typedef struct sync_params {
+    /* [<member>,...] each member once, the first department listing it keeping
+     * it (userids compared decoded, so two spellings of one id are one member),
+     * in userid order, so PostgreSQL inserts into the users primary key in key
+     * order (it measured faster than the departments' order in 3 of 4 pairs:
+     * tests/bench/README.md); the members' text is the batch's (see
+     * ds_batch.body). With `written` given (below), only the members it may
+     * hold; NULL if there are none. */
+    char *members;
+    /* The same for the members `written` did not hold (each is added to it):
+     * surely not in users, they are inserted without ON CONFLICT. NULL if none. */
+    char *fresh;
+    /* [{"d":dept,"n":members,"p":primary,"s":unknown upstream},...] */
+    char *depts;
+} sync_params;
+
+/* Fills p for these batches. written: NULL, or the userids the enterprise's
+ * sync has sent since it had no users row (worker/uid_set.h). 0, or -ENOMEM
+ * (nothing allocated). sync_params_free frees p's arrays. */
+int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, sync_params *p);
+void sync_params_free(sync_params *p);
 
 #endif

@@ -106,17 +106,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             b.body[m->uid_off + m->uid_len] != '"')
             abort(); /* the userid is not where the batch says */
     }
-    char *members = NULL, *depts = NULL;
+    /* The statement's arrays, as a first sync builds them: every kept member is
+     * in exactly one of the two, and each is JSON. */
+    sync_params sp;
+    uid_set written;
     ds_batch *bp = &b;
-    if (sync_batch_params(&bp, 1, &members, &depts) == 0) {
-        json_object *mo, *dob;
-        if (!parse_json(members, strlen(members), &mo) || !parse_json(depts, strlen(depts), &dob))
+    uid_set_init(&written);
+    if (n > 0)
+        uid_set_add(&written, b.body + b.m[0].uid_off, b.m[0].uid_len);
+    if (sync_batch_params(&bp, 1, &written, &sp) == 0) {
+        json_object *mo = NULL, *fo = NULL, *dob;
+        if ((sp.members && !parse_json(sp.members, strlen(sp.members), &mo)) ||
+            (sp.fresh && !parse_json(sp.fresh, strlen(sp.fresh), &fo)) ||
+            !parse_json(sp.depts, strlen(sp.depts), &dob))
             abort();
+        if (n > 0 && !sp.members && !sp.fresh)
+            abort(); /* members lost */
         json_object_put(mo);
+        json_object_put(fo);
         json_object_put(dob);
-        free(members);
-        free(depts);
+        sync_params_free(&sp);
     }
+    uid_set_free(&written);
     free(b.body);
     free(b.m);
     json_object_put(all);

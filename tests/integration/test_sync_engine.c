@@ -341,6 +341,80 @@ static void test_failing_department_deletes_nobody(void **state)
     fx_down(&f);
 }
 
+typedef struct meet_ctx {
+    fixture *f;
+    char uid[32];
+    long long dept;
+    int stored;
+} meet_ctx;
+
+/* Once two departments are written, a realtime lookup (as it were) stores a
+ * member that only the last department lists. */
+static void meet_tick(sh_run *r)
+{
+    meet_ctx *c = r->user;
+    char dept[24];
+    const char *p[2] = {c->uid, dept};
+
+    if (c->stored || sh_scalar(c->f->pg, "SELECT count(*) FROM sync_checkpoints", 0, NULL) < 2)
+        return;
+    snprintf(dept, sizeof(dept), "%lld", c->dept);
+    assert_int_equal(sh_scalar(c->f->pg,
+                               "SELECT count(*) FROM sync_checkpoints WHERE dept_id = $1::bigint",
+                               1, &p[1]),
+                     0);
+    PQclear(sh_exec(c->f->pg,
+                    "INSERT INTO users (corp_id, userid, name, department, raw) VALUES "
+                    "('wwsim0001', $1, 'stored by a lookup', ARRAY[$2::int], '{}')",
+                    2, p));
+    c->stored = 1;
+}
+
+/* An enterprise's first sync inserts its members without ON CONFLICT; a member
+ * that something else stored meanwhile makes that statement fail on the primary
+ * key, and the same departments are written again through ON CONFLICT: the run
+ * succeeds and the mirror equals the upstream. */
+static void test_first_sync_meets_a_stored_member(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "1", "--departments", "10", "--users-per-dept", "3", NULL};
+    fixture f;
+    meet_ctx mc;
+    char url[256];
+    json_object *org, *users;
+    long long run;
+    PGresult *p;
+    (void)state;
+
+    fx_up(&f, "meet", args, 1, NULL);
+    memset(&mc, 0, sizeof(mc));
+    mc.f = &f;
+    mc.dept = 10;
+    snprintf(url, sizeof(url), "%s/sim/org?corp_id=wwsim0001", f.sim.url);
+    org = sh_http("GET", url, NULL);
+    users = sh_get(json_object_array_get_idx(sh_get(org, "corps"), 0), "users");
+    for (size_t i = 0; i < json_object_array_length(users) && !mc.uid[0]; i++) {
+        json_object *u = json_object_array_get_idx(users, i), *d = sh_get(u, "department");
+        if (json_object_array_length(d) == 1 &&
+            json_object_get_int64(json_object_array_get_idx(d, 0)) == mc.dept)
+            snprintf(mc.uid, sizeof(mc.uid), "%s", sh_jstr(u, "userid"));
+    }
+    json_object_put(org);
+    assert_true(mc.uid[0] != '\0');
+    f.r.user = &mc;
+    f.r.on_tick = meet_tick;
+    log_truncate();
+    run = fx_sync(&f, "succeeded");
+    assert_true(mc.stored);
+    assert_true(log_contains("a member was written meanwhile, upserting from now on"));
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+    p = progress_row(&f, run, "wwsim0001");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 2)), 10);
+    assert_int_equal(atoi(PQgetvalue(p, 0, 3)), 30);
+    PQclear(p);
+    fx_down(&f);
+}
+
 /* A department the upstream no longer knows (60003) is recorded and skipped; a
  * malformed answer that persists fails its department with a clear error; one
  * that does not persist is retried away. */
@@ -845,6 +919,7 @@ int main(void)
         cmocka_unit_test_teardown(test_full_sync_then_mutations, teardown),
         cmocka_unit_test_teardown(test_tokens_expire_mid_run, teardown),
         cmocka_unit_test_teardown(test_failing_department_deletes_nobody, teardown),
+        cmocka_unit_test_teardown(test_first_sync_meets_a_stored_member, teardown),
         cmocka_unit_test_teardown(test_unknown_and_malformed, teardown),
         cmocka_unit_test_teardown(test_ban_pauses_and_alerts, teardown),
         cmocka_unit_test_teardown(test_daily_quota, teardown),

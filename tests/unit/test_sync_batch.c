@@ -75,13 +75,13 @@ static void test_parse_keeps_members(void **state)
     assert_memory_equal(b->body + b->m[0].uid_off, "a\"", 2);
     assert_true(sync_batch_bytes(b) >= b->len);
 
-    char *members, *depts;
-    assert_int_equal(sync_batch_params(&b, 1, &members, &depts), 0);
-    userids(members, ids, sizeof(ids));
+    sync_params sp;
+    assert_int_equal(sync_batch_params(&b, 1, NULL, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "a b c");
-    assert_string_equal(depts, "[{\"d\":7,\"n\":3,\"p\":1,\"s\":false}]");
-    free(members);
-    free(depts);
+    assert_null(sp.fresh);
+    assert_string_equal(sp.depts, "[{\"d\":7,\"n\":3,\"p\":1,\"s\":false}]");
+    sync_params_free(&sp);
     sync_batch_free(b);
 }
 
@@ -215,7 +215,8 @@ static void test_parse_refuses(void **state)
 static void test_params_each_member_once(void **state)
 {
     ds_batch *b[3];
-    char *members, *depts, ids[256];
+    sync_params sp;
+    char ids[256];
     (void)state;
 
     b[0] = parse(1,
@@ -230,25 +231,24 @@ static void test_params_each_member_once(void **state)
                  "{\"userid\":\"y\"}]}",
                  3);
 
-    assert_int_equal(sync_batch_params(b, 3, &members, &depts), 0);
-    userids(members, ids, sizeof(ids));
+    assert_int_equal(sync_batch_params(b, 3, NULL, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "x y z");
     /* The kept x is the first department's first. */
-    assert_non_null(strstr(members, "\"name\":\"first\""));
-    assert_null(strstr(members, "again"));
-    assert_null(strstr(members, "third"));
-    assert_string_equal(depts, "[{\"d\":1,\"n\":3,\"p\":3,\"s\":false},"
-                               "{\"d\":2,\"n\":0,\"p\":0,\"s\":true},"
-                               "{\"d\":3,\"n\":3,\"p\":3,\"s\":false}]");
-    free(members);
-    free(depts);
+    assert_non_null(strstr(sp.members, "\"name\":\"first\""));
+    assert_null(strstr(sp.members, "again"));
+    assert_null(strstr(sp.members, "third"));
+    assert_string_equal(sp.depts, "[{\"d\":1,\"n\":3,\"p\":3,\"s\":false},"
+                                  "{\"d\":2,\"n\":0,\"p\":0,\"s\":true},"
+                                  "{\"d\":3,\"n\":3,\"p\":3,\"s\":false}]");
+    sync_params_free(&sp);
 
     /* Only the unknown department: nothing to write but its row. */
-    assert_int_equal(sync_batch_params(&b[1], 1, &members, &depts), 0);
-    assert_string_equal(members, "[]");
-    assert_string_equal(depts, "[{\"d\":2,\"n\":0,\"p\":0,\"s\":true}]");
-    free(members);
-    free(depts);
+    assert_int_equal(sync_batch_params(&b[1], 1, NULL, &sp), 0);
+    assert_null(sp.members);
+    assert_null(sp.fresh);
+    assert_string_equal(sp.depts, "[{\"d\":2,\"n\":0,\"p\":0,\"s\":true}]");
+    sync_params_free(&sp);
     for (int i = 0; i < 3; i++)
         sync_batch_free(b[i]);
 }
@@ -257,34 +257,77 @@ static void test_params_each_member_once(void **state)
 static void test_params_userid_order(void **state)
 {
     ds_batch *b[2];
-    char *members, *depts, ids[256];
+    sync_params sp;
+    char ids[256];
     (void)state;
 
     b[0] = parse(1, "{\"userlist\":[{\"userid\":\"u3\"},{\"userid\":\"u10\"},{\"userid\":\"u1\"}]}",
                  3);
     b[1] = parse(2, "{\"userlist\":[{\"userid\":\"u2\"},{\"userid\":\"u1\"}]}", 2);
-    assert_int_equal(sync_batch_params(b, 2, &members, &depts), 0);
-    userids(members, ids, sizeof(ids));
+    assert_int_equal(sync_batch_params(b, 2, NULL, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "u1 u10 u2 u3");
-    free(members);
-    free(depts);
+    sync_params_free(&sp);
     sync_batch_free(b[0]);
     sync_batch_free(b[1]);
 }
 
 static void test_empty_department(void **state)
 {
-    char *members, *depts;
+    sync_params sp;
     (void)state;
 
     ds_batch *b = parse(4, "{\"errcode\":0,\"userlist\":[]}", 0);
     assert_non_null(b->body); /* known upstream, no members */
-    assert_int_equal(sync_batch_params(&b, 1, &members, &depts), 0);
-    assert_string_equal(members, "[]");
-    assert_string_equal(depts, "[{\"d\":4,\"n\":0,\"p\":0,\"s\":false}]");
-    free(members);
-    free(depts);
+    assert_int_equal(sync_batch_params(&b, 1, NULL, &sp), 0);
+    assert_null(sp.members);
+    assert_null(sp.fresh);
+    assert_string_equal(sp.depts, "[{\"d\":4,\"n\":0,\"p\":0,\"s\":false}]");
+    sync_params_free(&sp);
     sync_batch_free(b);
+}
+
+/* During a first sync (a set given), a member goes to fresh the first time any
+ * statement sends it, and to members (ON CONFLICT) every later time; the
+ * statement's own duplicates are still written once. */
+static void test_params_fresh_split(void **state)
+{
+    ds_batch *b[2];
+    sync_params sp;
+    uid_set written;
+    char ids[256];
+    (void)state;
+
+    uid_set_init(&written);
+    b[0] = parse(1,
+                 "{\"userlist\":[{\"userid\":\"u2\"},{\"userid\":\"u1\"},"
+                 "{\"userid\":\"u\\u0032\"}]}",
+                 3);
+    b[1] = parse(2, "{\"userlist\":[{\"userid\":\"u3\"},{\"userid\":\"u1\"}]}", 2);
+    assert_int_equal(sync_batch_params(&b[0], 1, &written, &sp), 0);
+    assert_null(sp.members);
+    userids(sp.fresh, ids, sizeof(ids));
+    assert_string_equal(ids, "u1 u2");
+    assert_int_equal(written.n, 2);
+    sync_params_free(&sp);
+
+    /* u1 went out before: it may be in users now. */
+    assert_int_equal(sync_batch_params(&b[1], 1, &written, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
+    assert_string_equal(ids, "u1");
+    userids(sp.fresh, ids, sizeof(ids));
+    assert_string_equal(ids, "u3");
+    sync_params_free(&sp);
+
+    /* Both again: nothing is surely new any more. */
+    assert_int_equal(sync_batch_params(b, 2, &written, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
+    assert_string_equal(ids, "u1 u2 u3");
+    assert_null(sp.fresh);
+    sync_params_free(&sp);
+    uid_set_free(&written);
+    sync_batch_free(b[0]);
+    sync_batch_free(b[1]);
 }
 
 int main(void)
@@ -293,7 +336,7 @@ int main(void)
         cmocka_unit_test(test_parse_keeps_members),     cmocka_unit_test(test_parse_refuses),
         cmocka_unit_test(test_params_each_member_once), cmocka_unit_test(test_params_userid_order),
         cmocka_unit_test(test_empty_department),        cmocka_unit_test(test_parse_key_order),
-        cmocka_unit_test(test_parse_many_fields),
+        cmocka_unit_test(test_parse_many_fields),       cmocka_unit_test(test_params_fresh_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -85,11 +85,11 @@ int main(int argc, char **argv)
                 bytes += (long long)len[j];
                 depts++;
             }
-            char *ma = NULL, *da = NULL;
-            if (!rc && sync_batch_params(b, k, &ma, &da) != 0)
+            sync_params sp;
+            if (!rc && sync_batch_params(b, k, NULL, &sp) != 0)
                 rc = 1;
-            free(ma);
-            free(da);
+            else if (!rc)
+                sync_params_free(&sp);
             for (int j = 0; j < k; j++)
                 sync_batch_free(b[j]);
         }
