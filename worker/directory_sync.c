@@ -4,9 +4,12 @@
  * Writes: every write is ONE fenced statement (coordinator/fence.h) that also
  * carries the progress counters, so a department's members, its checkpoint and
  * the enterprise's progress commit together or not at all, and a stale leader
- * changes nothing. Per enterprise, writes go one at a time: progress counters
- * then only ever move forward, and two batches of one enterprise never lock the
- * same member rows in opposite orders.
+ * changes nothing. A statement writes the waiting departments of several
+ * enterprises (see DS_STMT_DEPTS_MAX), but an enterprise is in one statement at
+ * a time: its progress counters then only ever move forward, and two statements
+ * never lock the same rows (members, checkpoints, progress) in opposite orders.
+ * A statement PostgreSQL refuses is written again one enterprise at a time, so
+ * one enterprise's data fails only its own departments.
  *
  * The members of a department go to PostgreSQL as the upstream's own text of
  * each member (checked in worker/sync_batch.c, which only puts the keys in the
@@ -37,13 +40,24 @@
 #define DS_ERR_MAX 512
 /* Transient database failures (timeout, lost connection) of one write are retried. */
 #define DS_WRITE_ATTEMPTS 3
-/* Departments written by one statement, at most: when PostgreSQL falls behind,
- * the answers that piled up for an enterprise go in one statement, which saves
- * the per-statement costs (executor start-up, fence lock, progress row, commit).
- * Measured with tests/bench/sync (pairs in one session): 8 used 0.4-1.3 CPU s
- * less of PostgreSQL than 4; 16 no less than 8. It also bounds what a leader
- * that dies can leave to fetch again: 1 in flight + 8 waiting + 8 writing. */
+/* Departments of one enterprise written by one statement, at most: the answers
+ * that piled up for an enterprise while it waited for a write go together. It
+ * also bounds what a leader that dies can leave to fetch again: 1 in flight + 8
+ * waiting + 8 writing. */
 #define DS_BATCH_MAX 8
+/* Statements writing members in flight at once (the pool has 4 connections),
+ * and departments one of them carries, from as many enterprises as are waiting
+ * for a write (oldest first). While PostgreSQL is busy, enterprises queue up,
+ * and the next statement takes many of them: fewer, bigger statements cost
+ * PostgreSQL less, and no answer waits longer than a connection takes to come
+ * free. A statement's own cost (executor start-up, locks, progress rows,
+ * commit) is about 0.2 ms of PostgreSQL's CPU; replaying the benchmark's
+ * departments on one connection took 7.2-7.6 CPU s one department a statement,
+ * 6.2-6.3 two, 5.4-5.7 five. In the full benchmark, one enterprise a statement
+ * made 4,500 transactions and statements of up to 16 or 32 departments 1,150
+ * or 800 (tests/bench/README.md). */
+#define DS_WRITES_MAX 4
+#define DS_STMT_DEPTS_MAX 32
 /* Answers held in memory (waiting or being written) across the job: fetching
  * pauses above it, so memory follows this bound, not the directory's size. */
 #define DS_BUFFER_MAX (16u << 20)
@@ -64,9 +78,9 @@ struct ds_corp {
     int ndepts, next;
     int total;
     int fetching;                  /* a wecom request is outstanding */
-    ds_batch *ready[DS_BATCH_MAX]; /* fetched, waiting for the write slot, in order */
+    ds_batch *ready[DS_BATCH_MAX]; /* fetched, waiting for a write, in order */
     int nready;
-    ds_batch *writing[DS_BATCH_MAX]; /* in the write slot: one statement */
+    ds_batch *writing[DS_BATCH_MAX]; /* in the statement being written */
     int nwriting;
     int starved; /* a fetch waits for the job's answer buffer to drain */
     int write_attempts;
@@ -85,6 +99,8 @@ struct ds_corp {
      * good once a plain INSERT meets a row after all. */
     int fresh;
     uid_set written;
+    int queued; /* in the job's write queue */
+    int alone;  /* its next write carries no other enterprise (see on_written) */
 };
 
 struct ds_job {
@@ -103,7 +119,20 @@ struct ds_job {
     char token[24], run_id[24];
     uint64_t started_us;
     size_t buffered; /* bytes of answers held, see DS_BUFFER_MAX */
+    /* Enterprises waiting for a member write, oldest first (a ring of ncorps:
+     * an enterprise is in it at most once), and member writes in flight. */
+    ds_corp **wq;
+    int wq_head, wq_n;
+    int writes;
 };
+
+/* One statement writing the departments of one or more enterprises. */
+typedef struct ds_write {
+    ds_job *job;
+    int ncorps;
+    int attempts;
+    ds_corp *corps[DS_STMT_DEPTS_MAX];
+} ds_write;
 
 static directory_sync_tuning tuning;
 
@@ -181,21 +210,22 @@ static const char sql_departments[] =
     "   WHERE run_id = $4::bigint AND corp_id = $5), "
     "  NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5) AS first_sync";
 
-/* The members of one or more departments of an enterprise, their checkpoints
- * and the progress counters, in one statement. $4 run, $5 corp, $6 a JSON array
- * of the members to write that may be in users already, $12 the same of those
- * surely not (each member once, in userid order: see sync_batch_params), $7 a
- * JSON array of {"d": dept, "p": members counted here, "s": unknown upstream
- * (60003: its row loses this run's mark, so it is deleted if the enterprise
- * succeeds), "n": members the department lists}, $8..$10 requests, retries,
- * errors, $11 note for last_error or NULL.
+/* The members of departments of one or more enterprises, their checkpoints and
+ * the enterprises' progress counters, in one statement. $4 run, $5 a JSON array
+ * with an object per enterprise (keys in jsonb's order):
+ *   c  corp id;
+ *   d  its departments: [{"d": dept, "n": members the department lists, "p":
+ *      members counted here, "s": unknown upstream (60003: its row loses this
+ *      run's mark, so it is deleted if the enterprise succeeds)}, ...];
+ *   e, q, r  errors, requests, retries to add to its progress row;
+ *   f  the members to write that are surely not in users yet, m those that may
+ *      be (each member once, in userid order: see sync_batch_params);
+ *   t  a note for last_error, or null.
  *
- * The members go in as flat arrays cast to jsonb once, and are inserted
- * straight from them: no per-department wrapper to unpack and nothing to sort
- * or deduplicate in PostgreSQL. (Against the earlier statement, which took the
- * answers whole and deduplicated with DISTINCT ON, the same 1,400 batches of 8
- * departments took less backend CPU in 6 of 7 interleaved pairs, median 0.92x:
- * tests/bench/README.md.)
+ * The members go in as the upstream's text in one array cast to jsonb once, and
+ * are inserted straight from it: nothing to sort or deduplicate in PostgreSQL.
+ * Each enterprise's row is locked (FOR KEY SHARE: see ENTERPRISE_CTE), and an
+ * enterprise without one writes no member and no checkpoint.
  *
  * The columns come out of each member with ->> (the department array's JSON
  * text becomes an int[] literal by its brackets: sync_batch_parse let through
@@ -204,13 +234,13 @@ static const char sql_departments[] =
  * arrays, five alternating runs: 811-1,150 ms with jsonb_to_record, 399-503 ms
  * with ->>, 316-352 ms for reading the arrays alone).
  *
- * $12's members (only during an enterprise's first sync: see ds_corp.written)
+ * "f" members (only during an enterprise's first sync: see ds_corp.written)
  * take a plain INSERT: no arbiter probe and no speculative insertion. (psql,
  * the benchmark's 400,000 rows into an empty users in one statement, three
  * alternating runs: 3.1-4.1 s with ON CONFLICT, 2.2-2.5 s without.) Should a
  * row have appeared meanwhile (a realtime lookup stored that member), the
  * statement fails on the primary key, changes nothing, and is written again
- * with every member in $6.
+ * with every member in "m".
  *
  * users_upserted counts each member once, in the department that is its main
  * one ("p", counted in C), and only for departments newly checkpointed here. */
@@ -218,17 +248,20 @@ static const char sql_departments[] =
     "(corp_id, userid, name, mobile, email, position, status, department, main_department, raw, "  \
     "sync_run_id, synced_at, deleted_at)"
 #define USERS_SELECT                                                                               \
-    "SELECT $5, e->>'userid', e->>'name', e->>'mobile', e->>'email', e->>'position', "             \
+    "SELECT g.c, e->>'userid', e->>'name', e->>'mobile', e->>'email', e->>'position', "            \
     "  (e->>'status')::int, coalesce(translate(e->>'department', '[]', '{}')::int[], '{}'), "      \
     "  (e->>'main_department')::int, e, $4::bigint, now(), NULL "
-#define USERS_WHERE "WHERE EXISTS (SELECT 1 FROM fence) AND EXISTS (SELECT 1 FROM ent) "
 static const char sql_users[] =
-    "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
-    "depts AS (SELECT x.d, x.p, x.s, x.n FROM jsonb_to_recordset($7::jsonb) AS x(d bigint, "
-    "  p bigint, s boolean, n int) WHERE EXISTS (SELECT 1 FROM fence) "
-    "  AND EXISTS (SELECT 1 FROM ent)), "
+    "WITH " FENCE_CTE ", "
+    "g AS (SELECT x->>'c' AS c, x FROM jsonb_array_elements($5::jsonb) AS x "
+    "  WHERE EXISTS (SELECT 1 FROM fence)), "
+    "ent AS (SELECT corp_id FROM enterprises WHERE corp_id IN (SELECT c FROM g) "
+    "  ORDER BY corp_id FOR KEY SHARE), "
+    "w AS (SELECT g.c, g.x FROM g WHERE g.c IN (SELECT corp_id FROM ent)), "
+    "depts AS (SELECT w.c, y.d, y.p, y.s, y.n FROM w, jsonb_to_recordset(w.x->'d') AS y(d bigint, "
+    "  p bigint, s boolean, n int)), "
     "up AS (INSERT INTO users AS u " USERS_COLUMNS " " USERS_SELECT
-    "  FROM jsonb_array_elements($6::jsonb) AS e " USERS_WHERE
+    "  FROM w AS g, jsonb_array_elements(g.x->'m') AS e "
     "  ON CONFLICT (corp_id, userid) DO UPDATE SET "
     "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "
     "  position = EXCLUDED.position, status = EXCLUDED.status, "
@@ -236,18 +269,19 @@ static const char sql_users[] =
     "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
     "  deleted_at = NULL " SKIP_WRITTEN " RETURNING 1), "
     "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
-    "  FROM jsonb_array_elements($12::jsonb) AS e " USERS_WHERE "RETURNING 1), "
-    "gone AS (UPDATE departments SET sync_run_id = NULL WHERE corp_id = $5 "
-    "  AND dept_id IN (SELECT d FROM depts WHERE s) AND EXISTS (SELECT 1 FROM fence) "
-    "  RETURNING 1), "
+    "  FROM w AS g, jsonb_array_elements(g.x->'f') AS e RETURNING 1), "
+    "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
+    "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d RETURNING 1), "
     "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "
-    "  SELECT $4::bigint, $5, d, n FROM depts ON CONFLICT DO NOTHING RETURNING dept_id), "
-    "pr AS (UPDATE sync_progress SET departments_done = departments_done + "
-    "  (SELECT count(*) FROM cp), users_upserted = users_upserted + "
-    "  (SELECT coalesce(sum(p), 0) FROM depts WHERE d IN (SELECT dept_id FROM cp)), "
-    "  requests = requests + $8::bigint, retries = retries + $9::bigint, "
-    "  errors = errors + $10::bigint, last_error = coalesce($11, last_error), updated_at = now() "
-    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "  SELECT $4::bigint, c, d, n FROM depts ON CONFLICT DO NOTHING RETURNING corp_id, dept_id), "
+    "k AS (SELECT cp.corp_id, count(*) AS done, sum(depts.p) AS users FROM cp "
+    "  JOIN depts ON depts.c = cp.corp_id AND depts.d = cp.dept_id GROUP BY cp.corp_id), "
+    "pr AS (UPDATE sync_progress s SET departments_done = s.departments_done + "
+    "  coalesce(k.done, 0), users_upserted = s.users_upserted + coalesce(k.users, 0), "
+    "  requests = s.requests + (g.x->>'q')::bigint, retries = s.retries + (g.x->>'r')::bigint, "
+    "  errors = s.errors + (g.x->>'e')::bigint, last_error = coalesce(g.x->>'t', s.last_error), "
+    "  updated_at = now() FROM g LEFT JOIN k ON k.corp_id = g.c "
+    "  WHERE s.run_id = $4::bigint AND s.corp_id = g.c RETURNING 1) "
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, "
     "  (SELECT count(*) FROM up) + (SELECT count(*) FROM ins), "
     "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
@@ -471,7 +505,8 @@ static char *ids_literal(const long long *ids, int n)
 
 /* ---- the per-department write ------------------------------------------------------- */
 
-static void on_users_written(void *arg, PGresult *res, const char *err);
+static void job_write_pump(ds_job *j);
+static void on_written(void *arg, PGresult *res, const char *err);
 
 static void writing_free(ds_corp *c)
 {
@@ -482,104 +517,245 @@ static void writing_free(ds_corp *c)
     c->nwriting = 0;
 }
 
-static void write_batch(ds_corp *c)
+/* The write queue: a ring of ncorps slots. */
+static void wq_push(ds_job *j, ds_corp *c, int front)
 {
-    ds_job *j = c->job;
-    ds_batch *b = c->writing[0];
-    char req[24], ret[24], errs[24];
-    sync_params sp;
-    const char *p[12];
-    int rc;
+    if (front) {
+        j->wq_head = (j->wq_head + j->ncorps - 1) % j->ncorps;
+        j->wq[j->wq_head] = c;
+    } else {
+        j->wq[(j->wq_head + j->wq_n) % j->ncorps] = c;
+    }
+    j->wq_n++;
+    c->queued = 1;
+}
 
-    if (!lease_ok(j))
+static ds_corp *wq_pop(ds_job *j)
+{
+    ds_corp *c = j->wq[j->wq_head];
+
+    j->wq_head = (j->wq_head + 1) % j->ncorps;
+    j->wq_n--;
+    c->queued = 0;
+    return c;
+}
+
+/* Appends an enterprise's part of sql_users $5. 0, or -ENOMEM. */
+static int write_group(jw *w, ds_corp *c, const char *req, const char *ret, const char *errs)
+{
+    sync_params sp;
+
+    if (sync_batch_params(c->writing, c->nwriting, c->fresh ? &c->written : NULL, &sp))
+        return -ENOMEM;
+    jw_obj_begin(w);
+    jw_kstr(w, "c", c->corp_id);
+    jw_key(w, "d");
+    jw_raw(w, sp.depts);
+    jw_key(w, "e");
+    jw_raw(w, errs);
+    jw_key(w, "f");
+    jw_raw(w, sp.fresh ? sp.fresh : "[]");
+    jw_key(w, "m");
+    jw_raw(w, sp.members ? sp.members : "[]");
+    jw_key(w, "q");
+    jw_raw(w, req);
+    jw_key(w, "r");
+    jw_raw(w, ret);
+    if (c->note[0])
+        jw_kstr(w, "t", c->note);
+    else
+        jw_knull(w, "t");
+    jw_obj_end(w);
+    sync_params_free(&sp);
+    return 0;
+}
+
+/* Sends w's statement (again, after a failure). On an error nothing is sent:
+ * its departments fail and w is freed. */
+static void write_issue(ds_write *w)
+{
+    ds_job *j = w->job;
+    const char *p[5];
+    buf b;
+    jw out;
+    int rc = 0;
+
+    if (!lease_ok(j)) {
+        free(w); /* the batches stay with their enterprises, freed with the job */
         return;
-    take_counters(c, req, ret, errs);
-    rc = sync_batch_params(c->writing, c->nwriting, c->fresh ? &c->written : NULL, &sp);
+    }
+    buf_init(&b);
+    jw_init(&out, &b);
+    jw_arr_begin(&out);
+    for (int i = 0; i < w->ncorps && !rc; i++) {
+        ds_corp *c = w->corps[i];
+        char req[24], ret[24], errs[24];
+        take_counters(c, req, ret, errs);
+        rc = write_group(&out, c, req, ret, errs);
+    }
+    jw_arr_end(&out);
+    if (!rc && b.oom)
+        rc = -ENOMEM;
     if (!rc) {
         p[0] = j->run->env;
         p[1] = j->run->job;
         p[2] = j->token;
         p[3] = j->run_id;
-        p[4] = c->corp_id;
-        p[5] = sp.members;
-        p[6] = sp.depts;
-        p[7] = req;
-        p[8] = ret;
-        p[9] = errs;
-        p[10] = c->note[0] ? c->note : NULL;
-        p[11] = sp.fresh;
-        rc = pg_query_prepared(j->run->pg, Q_USERS, 12, p, on_users_written, c);
-        sync_params_free(&sp);
+        p[4] = b.data;
+        rc = pg_query_prepared(j->run->pg, Q_USERS, 5, p, on_written, w);
     }
+    buf_free(&b);
     if (rc) {
-        restore_counters(c);
-        corp_error(c, "department %lld: cannot queue the write (%d)", b->dept_id, rc);
-        c->failed_depts += c->nwriting;
-        writing_free(c);
-        corp_pump(c);
+        for (int i = 0; i < w->ncorps; i++) {
+            ds_corp *c = w->corps[i];
+            restore_counters(c);
+            corp_error(c, "department %lld: cannot queue the write (%d)", c->writing[0]->dept_id,
+                       rc);
+            c->failed_depts += c->nwriting;
+            c->alone = 0;
+            writing_free(c);
+        }
+        for (int i = 0; i < w->ncorps; i++)
+            corp_pump(w->corps[i]);
+        free(w);
         return;
     }
-    c->note[0] = '\0';
+    for (int i = 0; i < w->ncorps; i++)
+        w->corps[i]->note[0] = '\0';
     j->db_inflight++;
+    j->writes++;
+}
+
+/* Starts member writes while fewer than DS_WRITES_MAX are in flight: each takes
+ * the enterprises at the head of the queue, with every department they hold
+ * ready, up to DS_STMT_DEPTS_MAX departments. */
+static void job_write_pump(ds_job *j)
+{
+    int max = tuning.writes_max > 0 ? tuning.writes_max : DS_WRITES_MAX;
+
+    while (!j->stopping && j->writes < max && j->wq_n) {
+        ds_write *w = calloc(1, sizeof(*w));
+        int depts = 0;
+
+        if (!w)
+            return; /* the queue waits for the next write to end */
+        w->job = j;
+        while (j->wq_n && w->ncorps < DS_STMT_DEPTS_MAX) {
+            ds_corp *c = j->wq[j->wq_head];
+            int n = c->nwriting ? c->nwriting : c->nready;
+            if (w->ncorps && (c->alone || depts + n > DS_STMT_DEPTS_MAX))
+                break;
+            wq_pop(j);
+            if (!c->nwriting) {
+                memcpy(c->writing, c->ready, (size_t)n * sizeof(c->ready[0]));
+                c->nready = 0;
+                c->nwriting = n;
+            }
+            w->corps[w->ncorps++] = c;
+            depts += n;
+            if (c->alone)
+                break;
+        }
+        write_issue(w);
+    }
 }
 
 /* A plain INSERT of sql_users met a row of users: something else wrote a member
- * of this enterprise during its first sync. */
-static int met_row(const ds_corp *c, const PGresult *res)
+ * of an enterprise of the statement during its first sync. */
+static int met_row(const ds_write *w, const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    return c->fresh && state && !strcmp(state, "23505");
+    int fresh = 0;
+
+    for (int i = 0; i < w->ncorps; i++)
+        fresh |= w->corps[i]->fresh;
+    return fresh && state && !strcmp(state, "23505");
 }
 
-static void on_users_written(void *arg, PGresult *res, const char *err)
+static void on_written(void *arg, PGresult *res, const char *err)
 {
-    ds_corp *c = arg;
-    ds_job *j = c->job;
-    long long first = c->nwriting ? c->writing[0]->dept_id : 0;
+    ds_write *w = arg;
+    ds_job *j = w->job;
+    int depts = 0;
 
     j->db_inflight--;
+    j->writes--;
     if (j->stopping) {
-        writing_free(c);
+        for (int i = 0; i < w->ncorps; i++)
+            writing_free(w->corps[i]);
+        free(w);
         ds_end_check(j);
-        return;
-    }
-    if (err && met_row(c, res)) {
-        /* The statement wrote nothing: the same batch again, every member
-         * through ON CONFLICT, as for the rest of the enterprise. */
-        restore_counters(c);
-        c->fresh = 0;
-        uid_set_free(&c->written);
-        log_info("directory sync: a member was written meanwhile, upserting from now on",
-                 LF_S("corp_id", c->corp_id), LF_I("dept_id", first));
-        write_batch(c);
         return;
     }
     if (err) {
-        restore_counters(c);
-        if (db_transient(err) && ++c->write_attempts < DS_WRITE_ATTEMPTS) {
-            log_warn("directory sync: department write failed, retrying",
-                     LF_S("corp_id", c->corp_id), LF_I("dept_id", first),
-                     LF_I("departments", c->nwriting), LF_S("error", err));
-            write_batch(c);
-            return;
+        for (int i = 0; i < w->ncorps; i++)
+            restore_counters(w->corps[i]);
+    }
+    if (err && met_row(w, res)) {
+        /* The statement wrote nothing: the same departments again, every member
+         * through ON CONFLICT, as for the rest of these enterprises. */
+        for (int i = 0; i < w->ncorps; i++) {
+            ds_corp *c = w->corps[i];
+            if (c->fresh)
+                log_info("directory sync: a member was written meanwhile, upserting from now on",
+                         LF_S("corp_id", c->corp_id), LF_I("dept_id", c->writing[0]->dept_id));
+            c->fresh = 0;
+            uid_set_free(&c->written);
         }
+        write_issue(w);
+        return;
+    }
+    if (err && db_transient(err) && ++w->attempts < DS_WRITE_ATTEMPTS) {
+        log_warn("directory sync: department write failed, retrying",
+                 LF_S("corp_id", w->corps[0]->corp_id), LF_I("enterprises", w->ncorps),
+                 LF_S("error", err));
+        write_issue(w);
+        return;
+    }
+    if (err && w->ncorps > 1) {
+        /* One enterprise's data may be what PostgreSQL refused: each goes again
+         * on its own, first in the queue, so only the culprit's departments fail. */
+        log_warn("directory sync: department write failed, writing its enterprises apart",
+                 LF_I("enterprises", w->ncorps), LF_S("error", err));
+        for (int i = w->ncorps - 1; i >= 0; i--) {
+            w->corps[i]->alone = 1;
+            wq_push(j, w->corps[i], 1);
+        }
+        free(w);
+        job_write_pump(j);
+        return;
+    }
+    if (err) {
+        ds_corp *c = w->corps[0];
+        long long first = c->writing[0]->dept_id;
         corp_error(c, "department %lld: database: %.300s", first, err);
         log_error("directory sync: department write failed", LF_S("corp_id", c->corp_id),
-                  LF_I("dept_id", first), LF_S("error", err));
+                  LF_I("dept_id", first), LF_I("departments", c->nwriting), LF_S("error", err));
         c->failed_depts += c->nwriting;
     } else if (!check_fenced(j, res)) {
-        writing_free(c);
+        for (int i = 0; i < w->ncorps; i++)
+            writing_free(w->corps[i]);
+        free(w);
         ds_end_check(j);
         return;
     } else {
-        for (int i = 0; i < c->nwriting; i++)
-            c->users_seen += c->writing[i]->members;
-        metrics_counter_add(M_DEPARTMENTS_SYNCED, NULL, c->nwriting);
+        for (int i = 0; i < w->ncorps; i++) {
+            ds_corp *c = w->corps[i];
+            for (int k = 0; k < c->nwriting; k++)
+                c->users_seen += c->writing[k]->members;
+            depts += c->nwriting;
+        }
+        metrics_counter_add(M_DEPARTMENTS_SYNCED, NULL, depts);
         metrics_counter_add(M_MEMBERS_SYNCED, NULL, strtod(PQgetvalue(res, 0, 1), NULL));
     }
-    c->write_attempts = 0;
-    writing_free(c);
-    corp_pump(c);
+    for (int i = 0; i < w->ncorps; i++) {
+        w->corps[i]->alone = 0;
+        writing_free(w->corps[i]);
+    }
+    for (int i = 0; i < w->ncorps && !j->stopping; i++)
+        corp_pump(w->corps[i]);
+    free(w);
+    job_write_pump(j);
     /* Memory freed: enterprises that waited for the buffer may fetch again. */
     if (j->buffered < DS_BUFFER_MAX && !j->stopping)
         for (int i = 0; i < j->ncorps && !j->stopping; i++)
@@ -686,14 +862,9 @@ static void corp_pump(ds_corp *c)
 
     if (j->stopping || c->state != CS_DEPTS)
         return;
-    if (!c->nwriting && c->nready) {
-        int n = c->nready;
-        memcpy(c->writing, c->ready, (size_t)n * sizeof(c->ready[0]));
-        memmove(c->ready, c->ready + n, (size_t)(c->nready - n) * sizeof(c->ready[0]));
-        c->nready -= n;
-        c->nwriting = n;
-        c->write_attempts = 0;
-        write_batch(c);
+    if (!c->nwriting && c->nready && !c->queued) {
+        wq_push(j, c, 0);
+        job_write_pump(j);
         if (j->stopping)
             return;
     }
@@ -1119,7 +1290,8 @@ static void on_enterprises(void *arg, PGresult *res, const char *err)
         log_warn("directory sync: requested enterprise is unknown or disabled",
                  LF_S("corp_id", want));
     }
-    lit = corps_literal(j->corps, j->ncorps);
+    j->wq = calloc((size_t)j->ncorps + 1, sizeof(*j->wq));
+    lit = j->wq ? corps_literal(j->corps, j->ncorps) : NULL;
     if (!lit) {
         job_stop(j, "out of memory");
         return;
@@ -1157,6 +1329,7 @@ static void job_free(ds_job *j)
             sync_batch_free(c->writing[k]);
     }
     free(j->corps);
+    free(j->wq);
     free(j);
 }
 

@@ -33,13 +33,14 @@
 
 extern const job_ops directory_sync_ops;
 
-/* Knobs of the upstream client that tests turn down (0 keeps the default:
- * timeout 10000 ms, backoff base 200 ms, first ban pause 1000 ms). Process-wide;
- * applies to jobs started afterwards. */
+/* Knobs that tests turn down (0 keeps the default: upstream timeout 10000 ms,
+ * backoff base 200 ms, first ban pause 1000 ms, 4 member writes in flight).
+ * Process-wide; applies to jobs started afterwards. */
 typedef struct directory_sync_tuning {
     int timeout_ms;
     uint32_t backoff_base_ms;
     uint32_t ban_pause_ms;
+    int writes_max; /* 1 makes every statement take all the enterprises waiting */
 } directory_sync_tuning;
 void directory_sync_set_tuning(const directory_sync_tuning *t);
 

@@ -415,6 +415,48 @@ static void test_first_sync_meets_a_stored_member(void **state)
     fx_down(&f);
 }
 
+/* With one member write at a time, statements carry several enterprises. One
+ * whose rows PostgreSQL refuses (a trigger here) fails only its own
+ * departments: the statement is written again one enterprise at a time. */
+static void test_refused_enterprise_fails_alone(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "3", "--departments", "12", "--users-per-dept", "3", NULL};
+    fixture f;
+    long long run;
+    PGresult *p;
+    (void)state;
+
+    fx_up(&f, "refuse", args, 3, NULL);
+    directory_sync_set_tuning(&(directory_sync_tuning){.writes_max = 1});
+    PQclear(sh_exec(f.pg,
+                    "CREATE FUNCTION refuse_corp() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    "BEGIN IF NEW.corp_id = 'wwsim0002' THEN RAISE EXCEPTION 'refused by the "
+                    "test' USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
+                    0, NULL));
+    PQclear(sh_exec(f.pg,
+                    "CREATE TRIGGER refuse_corp BEFORE INSERT OR UPDATE ON users "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_corp()",
+                    0, NULL));
+    log_truncate();
+    run = fx_sync(&f, "partial");
+    assert_true(log_contains("writing its enterprises apart"));
+    p = progress_row(&f, run, "wwsim0002");
+    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
+    assert_non_null(strstr(PQgetvalue(p, 0, 8), "refused by the test"));
+    PQclear(p);
+    for (int i = 1; i <= 3; i += 2) {
+        char corp[16];
+        snprintf(corp, sizeof(corp), "wwsim%04d", i);
+        p = progress_row(&f, run, corp);
+        assert_string_equal(PQgetvalue(p, 0, 0), "succeeded");
+        assert_int_equal(atoi(PQgetvalue(p, 0, 2)), 12);
+        PQclear(p);
+        sh_assert_org(f.pg, &f.sim, corp);
+    }
+    fx_down(&f);
+}
+
 /* A department the upstream no longer knows (60003) is recorded and skipped; a
  * malformed answer that persists fails its department with a clear error; one
  * that does not persist is retried away. */
@@ -920,6 +962,7 @@ int main(void)
         cmocka_unit_test_teardown(test_tokens_expire_mid_run, teardown),
         cmocka_unit_test_teardown(test_failing_department_deletes_nobody, teardown),
         cmocka_unit_test_teardown(test_first_sync_meets_a_stored_member, teardown),
+        cmocka_unit_test_teardown(test_refused_enterprise_fails_alone, teardown),
         cmocka_unit_test_teardown(test_unknown_and_malformed, teardown),
         cmocka_unit_test_teardown(test_ban_pauses_and_alerts, teardown),
         cmocka_unit_test_teardown(test_daily_quota, teardown),
