@@ -211,21 +211,24 @@ static const char sql_departments[] =
     "  NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5) AS first_sync";
 
 /* The members of departments of one or more enterprises, their checkpoints and
- * the enterprises' progress counters, in one statement. $4 run, $5 a JSON array
- * with an object per enterprise (keys in jsonb's order):
+ * the enterprises' progress counters, in one statement. $4 run;
+ * $5 a JSON array with an object per enterprise (keys in jsonb's order):
  *   c  corp id;
  *   d  its departments: [{"d": dept, "n": members the department lists, "p":
  *      members counted here, "s": unknown upstream (60003: its row loses this
  *      run's mark, so it is deleted if the enterprise succeeds)}, ...];
  *   e, q, r  errors, requests, retries to add to its progress row;
- *   f  the members to write that are surely not in users yet, m those that may
- *      be (each member once, in userid order: see sync_batch_params);
- *   t  a note for last_error, or null.
+ *   t  a note for last_error, or null;
+ * $6 [[corp id, [member, ...]], ...]: the members to write that may be in users
+ * already, each member once, in userid order (see sync_batch_params);
+ * $7 the same for the members surely not in users yet.
  *
- * The members go in as the upstream's text in one array cast to jsonb once, and
- * are inserted straight from it: nothing to sort or deduplicate in PostgreSQL.
- * Each enterprise's row is locked (FOR KEY SHARE: see ENTERPRISE_CTE), and an
- * enterprise without one writes no member and no checkpoint.
+ * The members go in as the upstream's text, cast to jsonb once, and are
+ * inserted straight from it: nothing to sort or deduplicate in PostgreSQL, and
+ * they pass through no CTE (a CTE keeps a copy of its rows, and an UPDATE ...
+ * FROM one copies each row it joins). Each enterprise's row is locked (FOR KEY
+ * SHARE: see ENTERPRISE_CTE), and an enterprise without one writes no member
+ * and no checkpoint.
  *
  * The columns come out of each member with ->> (the department array's JSON
  * text becomes an int[] literal by its brackets: sync_batch_parse let through
@@ -234,13 +237,13 @@ static const char sql_departments[] =
  * arrays, five alternating runs: 811-1,150 ms with jsonb_to_record, 399-503 ms
  * with ->>, 316-352 ms for reading the arrays alone).
  *
- * "f" members (only during an enterprise's first sync: see ds_corp.written)
+ * $7's members (only during an enterprise's first sync: see ds_corp.written)
  * take a plain INSERT: no arbiter probe and no speculative insertion. (psql,
  * the benchmark's 400,000 rows into an empty users in one statement, three
  * alternating runs: 3.1-4.1 s with ON CONFLICT, 2.2-2.5 s without.) Should a
  * row have appeared meanwhile (a realtime lookup stored that member), the
  * statement fails on the primary key, changes nothing, and is written again
- * with every member in "m".
+ * with every member in $6.
  *
  * users_upserted counts each member once, in the department that is its main
  * one ("p", counted in C), and only for departments newly checkpointed here. */
@@ -248,20 +251,21 @@ static const char sql_departments[] =
     "(corp_id, userid, name, mobile, email, position, status, department, main_department, raw, "  \
     "sync_run_id, synced_at, deleted_at)"
 #define USERS_SELECT                                                                               \
-    "SELECT g.c, e->>'userid', e->>'name', e->>'mobile', e->>'email', e->>'position', "            \
+    "SELECT g->>0, e->>'userid', e->>'name', e->>'mobile', e->>'email', e->>'position', "          \
     "  (e->>'status')::int, coalesce(translate(e->>'department', '[]', '{}')::int[], '{}'), "      \
     "  (e->>'main_department')::int, e, $4::bigint, now(), NULL "
 static const char sql_users[] =
     "WITH " FENCE_CTE ", "
-    "g AS (SELECT x->>'c' AS c, x FROM jsonb_array_elements($5::jsonb) AS x "
+    "g AS (SELECT x->>'c' AS c, x->'d' AS d, (x->>'q')::bigint AS q, (x->>'r')::bigint AS r, "
+    "  (x->>'e')::bigint AS e, x->>'t' AS t FROM jsonb_array_elements($5::jsonb) AS x "
     "  WHERE EXISTS (SELECT 1 FROM fence)), "
     "ent AS (SELECT corp_id FROM enterprises WHERE corp_id IN (SELECT c FROM g) "
     "  ORDER BY corp_id FOR KEY SHARE), "
-    "w AS (SELECT g.c, g.x FROM g WHERE g.c IN (SELECT corp_id FROM ent)), "
-    "depts AS (SELECT w.c, y.d, y.p, y.s, y.n FROM w, jsonb_to_recordset(w.x->'d') AS y(d bigint, "
-    "  p bigint, s boolean, n int)), "
+    "depts AS (SELECT g.c, y.d, y.p, y.s, y.n FROM g, jsonb_to_recordset(g.d) AS y(d bigint, "
+    "  p bigint, s boolean, n int) WHERE g.c IN (SELECT corp_id FROM ent)), "
     "up AS (INSERT INTO users AS u " USERS_COLUMNS " " USERS_SELECT
-    "  FROM w AS g, jsonb_array_elements(g.x->'m') AS e "
+    "  FROM jsonb_array_elements($6::jsonb) AS g, jsonb_array_elements(g->1) AS e "
+    "  WHERE g->>0 IN (SELECT corp_id FROM ent) "
     "  ON CONFLICT (corp_id, userid) DO UPDATE SET "
     "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "
     "  position = EXCLUDED.position, status = EXCLUDED.status, "
@@ -269,7 +273,8 @@ static const char sql_users[] =
     "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
     "  deleted_at = NULL " SKIP_WRITTEN " RETURNING 1), "
     "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
-    "  FROM w AS g, jsonb_array_elements(g.x->'f') AS e RETURNING 1), "
+    "  FROM jsonb_array_elements($7::jsonb) AS g, jsonb_array_elements(g->1) AS e "
+    "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING 1), "
     "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
     "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d RETURNING 1), "
     "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "
@@ -278,9 +283,9 @@ static const char sql_users[] =
     "  JOIN depts ON depts.c = cp.corp_id AND depts.d = cp.dept_id GROUP BY cp.corp_id), "
     "pr AS (UPDATE sync_progress s SET departments_done = s.departments_done + "
     "  coalesce(k.done, 0), users_upserted = s.users_upserted + coalesce(k.users, 0), "
-    "  requests = s.requests + (g.x->>'q')::bigint, retries = s.retries + (g.x->>'r')::bigint, "
-    "  errors = s.errors + (g.x->>'e')::bigint, last_error = coalesce(g.x->>'t', s.last_error), "
-    "  updated_at = now() FROM g LEFT JOIN k ON k.corp_id = g.c "
+    "  requests = s.requests + g.q, retries = s.retries + g.r, errors = s.errors + g.e, "
+    "  last_error = coalesce(g.t, s.last_error), updated_at = now() "
+    "  FROM g LEFT JOIN k ON k.corp_id = g.c "
     "  WHERE s.run_id = $4::bigint AND s.corp_id = g.c RETURNING 1) "
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, "
     "  (SELECT count(*) FROM up) + (SELECT count(*) FROM ins), "
@@ -540,32 +545,42 @@ static ds_corp *wq_pop(ds_job *j)
     return c;
 }
 
-/* Appends an enterprise's part of sql_users $5. 0, or -ENOMEM. */
-static int write_group(jw *w, ds_corp *c, const char *req, const char *ret, const char *errs)
+/* The three arrays sql_users takes ($5 enterprises, $6 members that may be in
+ * users, $7 members surely not), one writer each. */
+typedef struct write_params {
+    buf b[3];
+    jw w[3];
+} write_params;
+
+/* Appends an enterprise's part of the arrays. 0, or -ENOMEM. */
+static int write_group(write_params *wp, ds_corp *c)
 {
     sync_params sp;
+    jw *meta = &wp->w[0];
 
     if (sync_batch_params(c->writing, c->nwriting, c->fresh ? &c->written : NULL, &sp))
         return -ENOMEM;
-    jw_obj_begin(w);
-    jw_kstr(w, "c", c->corp_id);
-    jw_key(w, "d");
-    jw_raw(w, sp.depts);
-    jw_key(w, "e");
-    jw_raw(w, errs);
-    jw_key(w, "f");
-    jw_raw(w, sp.fresh ? sp.fresh : "[]");
-    jw_key(w, "m");
-    jw_raw(w, sp.members ? sp.members : "[]");
-    jw_key(w, "q");
-    jw_raw(w, req);
-    jw_key(w, "r");
-    jw_raw(w, ret);
+    jw_obj_begin(meta);
+    jw_kstr(meta, "c", c->corp_id);
+    jw_key(meta, "d");
+    jw_raw(meta, sp.depts);
+    jw_kint(meta, "e", c->w_errors);
+    jw_kint(meta, "q", c->w_requests);
+    jw_kint(meta, "r", c->w_retries);
     if (c->note[0])
-        jw_kstr(w, "t", c->note);
+        jw_kstr(meta, "t", c->note);
     else
-        jw_knull(w, "t");
-    jw_obj_end(w);
+        jw_knull(meta, "t");
+    jw_obj_end(meta);
+    for (int k = 1; k <= 2; k++) {
+        const char *members = k == 1 ? sp.members : sp.fresh;
+        if (!members)
+            continue;
+        jw_arr_begin(&wp->w[k]);
+        jw_str(&wp->w[k], c->corp_id);
+        jw_raw(&wp->w[k], members);
+        jw_arr_end(&wp->w[k]);
+    }
     sync_params_free(&sp);
     return 0;
 }
@@ -575,36 +590,42 @@ static int write_group(jw *w, ds_corp *c, const char *req, const char *ret, cons
 static void write_issue(ds_write *w)
 {
     ds_job *j = w->job;
-    const char *p[5];
-    buf b;
-    jw out;
+    const char *p[7];
+    write_params wp;
     int rc = 0;
 
     if (!lease_ok(j)) {
         free(w); /* the batches stay with their enterprises, freed with the job */
         return;
     }
-    buf_init(&b);
-    jw_init(&out, &b);
-    jw_arr_begin(&out);
-    for (int i = 0; i < w->ncorps && !rc; i++) {
-        ds_corp *c = w->corps[i];
+    for (int i = 0; i < w->ncorps; i++) {
         char req[24], ret[24], errs[24];
-        take_counters(c, req, ret, errs);
-        rc = write_group(&out, c, req, ret, errs);
+        take_counters(w->corps[i], req, ret, errs);
     }
-    jw_arr_end(&out);
-    if (!rc && b.oom)
-        rc = -ENOMEM;
+    for (int k = 0; k < 3; k++) {
+        buf_init(&wp.b[k]);
+        jw_init(&wp.w[k], &wp.b[k]);
+        jw_arr_begin(&wp.w[k]);
+    }
+    for (int i = 0; i < w->ncorps && !rc; i++)
+        rc = write_group(&wp, w->corps[i]);
+    for (int k = 0; k < 3; k++) {
+        jw_arr_end(&wp.w[k]);
+        if (!rc && wp.b[k].oom)
+            rc = -ENOMEM;
+    }
     if (!rc) {
         p[0] = j->run->env;
         p[1] = j->run->job;
         p[2] = j->token;
         p[3] = j->run_id;
-        p[4] = b.data;
-        rc = pg_query_prepared(j->run->pg, Q_USERS, 5, p, on_written, w);
+        p[4] = wp.b[0].data;
+        p[5] = wp.b[1].data;
+        p[6] = wp.b[2].data;
+        rc = pg_query_prepared(j->run->pg, Q_USERS, 7, p, on_written, w);
     }
-    buf_free(&b);
+    for (int k = 0; k < 3; k++)
+        buf_free(&wp.b[k]);
     if (rc) {
         for (int i = 0; i < w->ncorps; i++) {
             ds_corp *c = w->corps[i];
