@@ -51,11 +51,10 @@
  * and the next statement takes many of them: fewer, bigger statements cost
  * PostgreSQL less, and no answer waits longer than a connection takes to come
  * free. A statement's own cost (executor start-up, locks, progress rows,
- * commit) is about 0.2 ms of PostgreSQL's CPU; replaying the benchmark's
- * departments on one connection took 7.2-7.6 CPU s one department a statement,
- * 6.2-6.3 two, 5.4-5.7 five. In the full benchmark, one enterprise a statement
- * made 4,500 transactions and statements of up to 16 or 32 departments 1,150
- * or 800 (tests/bench/README.md). */
+ * commit) is about 0.2 ms of PostgreSQL's CPU. In the full benchmark, writing
+ * one enterprise a statement made 4,500 transactions; statements of up to 16
+ * or 32 departments made 1,150 or 800, and PostgreSQL used less CPU
+ * (tests/bench/README.md, "Fourth pass"). */
 #define DS_WRITES_MAX 4
 #define DS_STMT_DEPTS_MAX 32
 /* Answers held in memory (waiting or being written) across the job: fetching
@@ -95,7 +94,7 @@ struct ds_corp {
     long long users_seen;
     /* During the enterprise's first sync (no users row when its departments
      * were written), the userids sent so far: a member not among them goes in
-     * with a plain INSERT (sql_users $12). Emptied, and fresh cleared, for
+     * with a plain INSERT (sql_users $7). Emptied, and fresh cleared, for
      * good once a plain INSERT meets a row after all. */
     int fresh;
     uid_set written;

@@ -457,6 +457,42 @@ static void test_refused_enterprise_fails_alone(void **state)
     fx_down(&f);
 }
 
+/* When the departments of an enterprise cannot be written, that enterprise fails
+ * with the database's reason and writes no member; the others go on. */
+static void test_department_write_fails(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "2", "--departments", "6", "--users-per-dept", "2", NULL};
+    fixture f;
+    long long run;
+    PGresult *p;
+    (void)state;
+
+    fx_up(&f, "deptfail", args, 2, NULL);
+    PQclear(sh_exec(f.pg,
+                    "CREATE FUNCTION refuse_dept() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    "BEGIN IF NEW.corp_id = 'wwsim0001' THEN RAISE EXCEPTION 'departments refused' "
+                    "USING ERRCODE = 'check_violation'; END IF; "
+                    "RETURN NEW; END $$",
+                    0, NULL));
+    PQclear(sh_exec(f.pg,
+                    "CREATE TRIGGER refuse_dept BEFORE INSERT ON departments "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_dept()",
+                    0, NULL));
+    run = fx_sync(&f, "partial");
+    p = progress_row(&f, run, "wwsim0001");
+    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
+    assert_non_null(strstr(PQgetvalue(p, 0, 8), "departments refused"));
+    PQclear(p);
+    assert_int_equal(
+        sh_scalar(f.pg, "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001'", 0, NULL), 0);
+    p = progress_row(&f, run, "wwsim0002");
+    assert_string_equal(PQgetvalue(p, 0, 0), "succeeded");
+    PQclear(p);
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+    fx_down(&f);
+}
+
 /* A department the upstream no longer knows (60003) is recorded and skipped; a
  * malformed answer that persists fails its department with a clear error; one
  * that does not persist is retried away. */
@@ -963,6 +999,7 @@ int main(void)
         cmocka_unit_test_teardown(test_failing_department_deletes_nobody, teardown),
         cmocka_unit_test_teardown(test_first_sync_meets_a_stored_member, teardown),
         cmocka_unit_test_teardown(test_refused_enterprise_fails_alone, teardown),
+        cmocka_unit_test_teardown(test_department_write_fails, teardown),
         cmocka_unit_test_teardown(test_unknown_and_malformed, teardown),
         cmocka_unit_test_teardown(test_ban_pauses_and_alerts, teardown),
         cmocka_unit_test_teardown(test_daily_quota, teardown),
