@@ -11,7 +11,9 @@ CHROMIUM=$(command -v chromium || true)
 SV_ENV="page$$"
 SDB=$(fresh_db)
 SV_DBS+=("$SDB")
-serve_sim 1 --enterprises 2 --departments 40 --users-per-dept 2 --seed 3
+# 120 departments at 10 a second: a run of 12 s or more, so that the first read
+# (Chromium's start-up took up to 10 s on a loaded CI machine) sees it going on.
+serve_sim 1 --enterprises 2 --departments 120 --users-per-dept 2 --seed 3
 serve_corps "$SDB" 2
 # 4 requests a second per enterprise: the run lasts about 10 s, long enough to watch.
 serve_start a 0 ORGSYNC_WORKERS=1 ORGSYNC_DEPT_RATE=4
@@ -54,7 +56,7 @@ check "the page names the leader" grep -q '<b id="leader">a\(/w1\)\? (token [0-9
 check "the page shows the run's state" grep -Eq '<b id="state" class="state (running|succeeded)">' "$SV_DIR/dom2.html"
 check "the page shows each enterprise" grep -q 'data-corp="wwsim0002"' "$SV_DIR/dom2.html"
 
-T=30 wait_for run_is "$rid" succeeded || not_ok "run $rid did not finish"
+T=60 wait_for run_is "$rid" succeeded || not_ok "run $rid did not finish"
 dom 3 >"$SV_DIR/dom3.html"
 read -r _ s3 < <(bars <"$SV_DIR/dom3.html")
 eq "both bars full once the run succeeded" 200.0 "$s3"

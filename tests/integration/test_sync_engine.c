@@ -438,6 +438,17 @@ static void test_refused_enterprise_fails_alone(void **state)
                     "CREATE TRIGGER refuse_corp BEFORE INSERT OR UPDATE ON users "
                     "FOR EACH ROW EXECUTE FUNCTION refuse_corp()",
                     0, NULL));
+    /* Every members statement lasts 0.1 s or more, so that while one is written
+     * the other enterprises' answers (one each 0.1 s) queue up, and the next
+     * statement carries several of them. */
+    PQclear(sh_exec(f.pg,
+                    "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    "BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$",
+                    0, NULL));
+    PQclear(sh_exec(f.pg,
+                    "CREATE TRIGGER slow_write BEFORE INSERT ON users "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION slow_write()",
+                    0, NULL));
     log_truncate();
     run = fx_sync(&f, "partial");
     assert_true(log_contains("writing its enterprises apart"));
