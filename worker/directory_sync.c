@@ -231,15 +231,16 @@ static const char sql_departments[] =
  *
  * The columns come out of each member with ->> (the department array's JSON
  * text becomes an int[] literal by its brackets: sync_batch_parse let through
- * only arrays of 32-bit integers): the same values as jsonb_to_record, which
- * cost PostgreSQL 5 to 6 times as much (psql, 80,000 simulated members in 229
- * arrays, five alternating runs: 811-1,150 ms with jsonb_to_record, 399-503 ms
- * with ->>, 316-352 ms for reading the arrays alone).
+ * only arrays of 32-bit integers): the same values as jsonb_to_record, whose
+ * extraction cost PostgreSQL 3 to 7 times as much (psql, 80,000 simulated
+ * members in 229 arrays, five alternating runs: 811-1,150 ms with
+ * jsonb_to_record, 399-503 ms with ->>, 316-352 ms for reading the arrays
+ * alone).
  *
  * $7's members (only during an enterprise's first sync: see ds_corp.written)
  * take a plain INSERT: no arbiter probe and no speculative insertion. (psql,
- * the benchmark's 400,000 rows into an empty users in one statement, three
- * alternating runs: 3.1-4.1 s with ON CONFLICT, 2.2-2.5 s without.) Should a
+ * the benchmark's 400,000 rows into an empty users in one statement,
+ * alternating: 3.1-4.1 s with ON CONFLICT in 5 runs, 2.2-2.5 s without in 6.) Should a
  * row have appeared meanwhile (a realtime lookup stored that member), the
  * statement fails on the primary key, changes nothing, and is written again
  * with every member in $6.
@@ -389,13 +390,16 @@ static int db_transient(const char *err)
            strstr(err, "could not serialize") || strstr(err, "deadlock detected");
 }
 
-/* Takes the counters that the next write carries. */
+/* Takes the counters that the next write carries; as text too, unless req is
+ * NULL (the member write puts them in its JSON). */
 static void take_counters(ds_corp *c, char *req, char *ret, char *errs)
 {
     c->w_requests = c->d_requests;
     c->w_retries = c->d_retries;
     c->w_errors = c->d_errors;
     c->d_requests = c->d_retries = c->d_errors = 0;
+    if (!req)
+        return;
     fmt_ll(req, 24, c->w_requests);
     fmt_ll(ret, 24, c->w_retries);
     fmt_ll(errs, 24, c->w_errors);
@@ -597,10 +601,8 @@ static void write_issue(ds_write *w)
         free(w); /* the batches stay with their enterprises, freed with the job */
         return;
     }
-    for (int i = 0; i < w->ncorps; i++) {
-        char req[24], ret[24], errs[24];
-        take_counters(w->corps[i], req, ret, errs);
-    }
+    for (int i = 0; i < w->ncorps; i++)
+        take_counters(w->corps[i], NULL, NULL, NULL);
     for (int k = 0; k < 3; k++) {
         buf_init(&wp.b[k]);
         jw_init(&wp.w[k], &wp.b[k]);

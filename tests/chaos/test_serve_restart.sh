@@ -45,7 +45,8 @@ run_with() {
         echo "$what: attempt $try failed; again"
         sleep 0.5
     done
-    T=60 wait_for eval '! [ "$(run_state "$rid")" = running ] && ! [ "$(run_state "$rid")" = abandoned ]' ||
+    # Ended: a final state (a failed read, empty, is not one).
+    T=60 wait_for eval 'case "$(run_state "$rid")" in succeeded | partial | failed) true ;; *) false ;; esac' ||
         not_ok "$what: run $rid did not end"
     eq "$what: run $rid succeeded" succeeded "$(run_state "$rid")"
     echo "$what: run $rid ended $(psql_q "SELECT state || ' after ' || attempt || ' attempt(s), leader ' || leader_instance FROM sync_runs WHERE run_id = $rid")"

@@ -132,6 +132,25 @@ static long long quota_sum(fixture *f, const char *corp)
     return sum;
 }
 
+/* Makes PostgreSQL refuse (check_violation, with message) every row of corp
+ * written into table, through a row trigger called name. */
+static void fx_refuse(fixture *f, const char *name, const char *table, const char *corp,
+                      const char *message)
+{
+    char sql[512];
+
+    snprintf(sql, sizeof(sql),
+             "CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.corp_id = "
+             "'%s' THEN RAISE EXCEPTION '%s' USING ERRCODE = 'check_violation'; END IF; RETURN "
+             "NEW; END $$",
+             name, corp, message);
+    PQclear(sh_exec(f->pg, sql, 0, NULL));
+    snprintf(sql, sizeof(sql),
+             "CREATE TRIGGER %s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()",
+             name, table, name);
+    PQclear(sh_exec(f->pg, sql, 0, NULL));
+}
+
 /* ---- tests ------------------------------------------------------------------------ */
 
 /* A fresh mirror equals the upstream; the next sync applies removals, moves,
@@ -429,15 +448,7 @@ static void test_refused_enterprise_fails_alone(void **state)
 
     fx_up(&f, "refuse", args, 3, NULL);
     directory_sync_set_tuning(&(directory_sync_tuning){.writes_max = 1});
-    PQclear(sh_exec(f.pg,
-                    "CREATE FUNCTION refuse_corp() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN IF NEW.corp_id = 'wwsim0002' THEN RAISE EXCEPTION 'refused by the "
-                    "test' USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
-                    0, NULL));
-    PQclear(sh_exec(f.pg,
-                    "CREATE TRIGGER refuse_corp BEFORE INSERT OR UPDATE ON users "
-                    "FOR EACH ROW EXECUTE FUNCTION refuse_corp()",
-                    0, NULL));
+    fx_refuse(&f, "refuse_corp", "users", "wwsim0002", "refused by the test");
     /* Every members statement lasts 0.1 s or more, so that while one is written
      * the other enterprises' answers (one each 0.1 s) queue up, and the next
      * statement carries several of them. */
@@ -480,16 +491,7 @@ static void test_department_write_fails(void **state)
     (void)state;
 
     fx_up(&f, "deptfail", args, 2, NULL);
-    PQclear(sh_exec(f.pg,
-                    "CREATE FUNCTION refuse_dept() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN IF NEW.corp_id = 'wwsim0001' THEN RAISE EXCEPTION 'departments refused' "
-                    "USING ERRCODE = 'check_violation'; END IF; "
-                    "RETURN NEW; END $$",
-                    0, NULL));
-    PQclear(sh_exec(f.pg,
-                    "CREATE TRIGGER refuse_dept BEFORE INSERT ON departments "
-                    "FOR EACH ROW EXECUTE FUNCTION refuse_dept()",
-                    0, NULL));
+    fx_refuse(&f, "refuse_dept", "departments", "wwsim0001", "departments refused");
     run = fx_sync(&f, "partial");
     p = progress_row(&f, run, "wwsim0001");
     assert_string_equal(PQgetvalue(p, 0, 0), "failed");

@@ -92,7 +92,7 @@ while [ "$done_kills" -lt "$KILLS" ] && [ "$tries" -lt $((KILLS * 2)) ]; do
     else
         took=none
     fi
-    T=60 wait_for eval '! [ "$(run_state "$rid")" = running ] && ! [ "$(run_state "$rid")" = abandoned ]' || true
+    T=60 wait_for eval 'case "$(run_state "$rid")" in succeeded | partial | failed) true ;; *) false ;; esac' || true
     st=$(run_state "$rid")
     case $st in succeeded | partial | failed) terminal=$((terminal + 1)) ;; esac
     rf=$(sim_stat '[.corps[].refetched_ok_departments] | add')
