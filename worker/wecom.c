@@ -98,6 +98,7 @@ struct wc_corp {
     uint64_t *ring; /* answer times of the last ring_n calls */
     int ring_n, ring_len, ring_pos;
     uint64_t paused_until_us;
+    uint64_t admitted_for_us; /* the shared window's moment for the admitted call */
     int ban_level, ban_alerted;
     char token[WC_TOKEN_MAX];
     uint64_t token_exp_us; /* local trust deadline, monotonic */
@@ -190,26 +191,41 @@ static redis_script cad_script = {
  * back (Redis clock, ms), or, while in flight, by an upper bound far ahead.
  * ARGV: which API (1-based), the daily quota (0 = none), the counters' TTL (s),
  * calls allowed per window, the window (ms), this call's member, the in-flight
- * bound (ms). Returns {0, n} admitted (n = the API's count today), {-1, 0}
- * quota reached, {-2, ms} wait that long: the window is full. Nothing is
- * counted unless admitted. */
+ * bound (ms), the prefix of this client's members. Returns {0, n, ms, mine}
+ * admitted (n = the API's count today), to be sent no sooner than ms from now;
+ * {-1, 0} quota reached; {-2, ms} ask again after ms. Nothing is counted unless
+ * admitted.
+ *
+ * A full window admits the call for the moment it has room: when the entry
+ * per places from the newest is a window old, if that call has ended. The
+ * place is booked at once, scored from that moment, so the admission's round
+ * trip overlaps the wait instead of following it; a later caller counts the
+ * booking as a call in flight. If that call has not ended (in flight, or a
+ * booking), when the place comes free is not known yet: ask again when the
+ * oldest entry leaves the window. mine = 1 when every call in the full window
+ * is this client's: its own pacing (pace_wait_us) knows when those answers
+ * came, sooner than Redis's clock does, and holds the same rule. */
 static redis_script admit_script = {
     "redis.replicate_commands() "
     "local t = redis.call('TIME') local now = t[1] * 1000 + t[2] / 1000 "
-    "local w = KEYS[6] local win = tonumber(ARGV[5]) "
+    "local w = KEYS[6] local win = tonumber(ARGV[5]) local per = tonumber(ARGV[4]) "
     "redis.call('ZREMRANGEBYSCORE', w, '-inf', now - win) "
-    "if redis.call('ZCARD', w) >= tonumber(ARGV[4]) then "
-    "local o = redis.call('ZRANGE', w, 0, 0, 'WITHSCORES') "
+    "local m = redis.call('ZCARD', w) local at = now local mine = 0 "
+    "if m >= per then "
+    "local b = tonumber(redis.call('ZRANGE', w, m - per, m - per, 'WITHSCORES')[2]) "
+    "if b > now then local o = redis.call('ZRANGE', w, 0, 0, 'WITHSCORES') "
     "return {-2, math.max(1, math.ceil(tonumber(o[2]) + win - now))} end "
+    "at = b + win mine = 1 for _, e in ipairs(redis.call('ZRANGE', w, 0, -1)) do "
+    "if string.sub(e, 1, #ARGV[8]) ~= ARGV[8] then mine = 0 break end end end "
     "local q = tonumber(ARGV[2]) "
     "if q > 0 then local sum = 0 "
     "for i = 1, 5 do sum = sum + (tonumber(redis.call('GET', KEYS[i])) or 0) end "
     "if sum >= q then return {-1, 0} end end "
     "local k = KEYS[tonumber(ARGV[1])] local n = redis.call('INCR', k) "
     "if n == 1 then redis.call('EXPIRE', k, tonumber(ARGV[3])) end "
-    "redis.call('ZADD', w, now + tonumber(ARGV[7]), ARGV[6]) "
-    "redis.call('PEXPIRE', w, win + tonumber(ARGV[7])) "
-    "return {0, n}",
+    "redis.call('ZADD', w, at + tonumber(ARGV[7]), ARGV[6]) "
+    "redis.call('PEXPIRE', w, math.ceil(at - now + win + tonumber(ARGV[7]))) "
+    "return {0, n, math.ceil(at - now), mine}",
     ""};
 /* The call's answer came back: its window entry now ends here (KEYS[1] window,
  * ARGV[1] member). Scored by Redis's clock when this arrives, which is after the
@@ -588,11 +604,14 @@ static void on_token_drop(void *arg, redisReply *reply, const char *err)
 /* ---- the upstream call -------------------------------------------------------------- */
 
 /* Microseconds until this process's pacing lets a call go (0 = now): 1/rate
- * since the last send, and the arrival window over the last answers. */
+ * since the last send, the moment the shared window admitted the call for, and
+ * the arrival window over the last answers. */
 static uint64_t pace_wait_us(const wc_corp *c, uint64_t now)
 {
     uint64_t wait = pacer_wait_us(&c->pacer, now), next;
 
+    if (c->admitted_for_us > now && c->admitted_for_us - now > wait)
+        wait = c->admitted_for_us - now;
     if (c->ring_len == c->ring_n) {
         /* ring[ring_pos] is the oldest: the answer ring_n calls back. */
         next = c->ring[c->ring_pos] + WC_WINDOW_US + WC_WINDOW_MARGIN_US;
@@ -640,8 +659,8 @@ static void admit(wc_corp *c)
     wecom *w = c->w;
     wecom_api api = c->call_token ? WECOM_API_GETTOKEN : c->head->api;
     char keys[WECOM_API_COUNT + 1][256], day[9], which[16], quota[24], per[16], win[24],
-        inflight[24];
-    const char *argv[WECOM_API_COUNT + 8];
+        inflight[24], mine[160];
+    const char *argv[WECOM_API_COUNT + 9];
 
     if (w->o.gate && !w->o.gate(w->o.gate_arg)) {
         set_err(c->head, WECOM_E_STOPPED, "%s: not sent: stopped (lease not valid)",
@@ -663,8 +682,8 @@ static void admit(wc_corp *c)
     snprintf(win, sizeof(win), "%llu",
              (unsigned long long)((WC_WINDOW_US + WC_WINDOW_MARGIN_US) / 1000));
     snprintf(inflight, sizeof(inflight), "%d", w->o.timeout_ms + 1000);
-    snprintf(c->member, sizeof(c->member), "%s|%llx|%llu", w->instance,
-             (unsigned long long)w->member_salt, (unsigned long long)++w->member_seq);
+    snprintf(mine, sizeof(mine), "%s|%llx|", w->instance, (unsigned long long)w->member_salt);
+    snprintf(c->member, sizeof(c->member), "%s%llu", mine, (unsigned long long)++w->member_seq);
     argv[WECOM_API_COUNT + 1] = which;
     argv[WECOM_API_COUNT + 2] = quota;
     argv[WECOM_API_COUNT + 3] = "172800"; /* two days: yesterday's stays readable */
@@ -672,8 +691,9 @@ static void admit(wc_corp *c)
     argv[WECOM_API_COUNT + 5] = win;
     argv[WECOM_API_COUNT + 6] = c->member;
     argv[WECOM_API_COUNT + 7] = inflight;
+    argv[WECOM_API_COUNT + 8] = mine;
     redis_started(c, PH_ADMIT,
-                  redis_eval(w->redis, &admit_script, WECOM_API_COUNT + 1, WECOM_API_COUNT + 8,
+                  redis_eval(w->redis, &admit_script, WECOM_API_COUNT + 1, WECOM_API_COUNT + 9,
                              argv, on_admit, c),
                   "admission");
 }
@@ -689,9 +709,13 @@ static void on_admit(void *arg, redisReply *reply, const char *err)
     if (!op_back(c))
         return;
     c->member_live = 0;
-    if (err || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+    c->admitted_for_us = 0;
+    if (err || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER ||
-        reply->element[1]->type != REDIS_REPLY_INTEGER) {
+        reply->element[1]->type != REDIS_REPLY_INTEGER ||
+        (reply->element[0]->integer == 0 &&
+         (reply->elements != 4 || reply->element[2]->type != REDIS_REPLY_INTEGER ||
+          reply->element[3]->type != REDIS_REPLY_INTEGER))) {
         /* Without a quota, Redis only adds the fleet-wide view of the window (this
          * process's own pacing still holds), so an outage must not stop the sync;
          * with a quota, nothing is sent uncounted. */
@@ -714,7 +738,18 @@ static void on_admit(void *arg, redisReply *reply, const char *err)
         corp_timer(c, PH_PACE, (uint64_t)reply->element[1]->integer);
         return;
     } else {
+        /* Counted from the reply's arrival, which is after Redis's now. If
+         * every call in the window is this client's, the arrival window over
+         * its own answers (pace_wait_us) is the same rule with this host's
+         * earlier receipt times instead of Redis's: that one is enough. */
         c->member_live = 1;
+        if (reply->element[2]->integer > 0) {
+            w->stats.shared_booked++;
+            if (reply->element[3]->integer)
+                w->stats.shared_booked_own++;
+            else
+                c->admitted_for_us = time_mono_us() + (uint64_t)reply->element[2]->integer * 1000;
+        }
     }
     hold_then_send(c);
 }

@@ -137,6 +137,10 @@ typedef struct wecom_stats {
     unsigned long requests, retries, token_refreshes, token_invalidations, bans, inflight,
         max_inflight;
     unsigned long shared_waits; /* admissions the shared window deferred */
+    /* Calls the full shared window admitted for a later moment, and of those,
+     * the ones whose window held only this client's calls (held by its own
+     * pacing, see wecom.c's admit_script). */
+    unsigned long shared_booked, shared_booked_own;
 } wecom_stats;
 void wecom_get_stats(const wecom *w, wecom_stats *out);
 

@@ -889,8 +889,49 @@ static void on_burst(void *arg, const wecom_result *res)
     b->ok += res->status == WECOM_OK;
 }
 
+/* One client at full rate: once the shared window is full, each admission
+ * books the moment its call may go (no admission is refused and asked again),
+ * and the window holding only this client's calls, its own pacing holds it. */
+static void test_one_client_books_the_window(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "1", "--departments", "5", "--users-per-dept", "1", NULL};
+    fixture f;
+    wecom *w;
+    wecom_stats ws;
+    burst b = {0};
+    json_object *st;
+    uint64_t t0;
+    (void)state;
+
+    fx_up(&f, "book", args, 1, NULL);
+    w = wecom_new(&f.r.loop, f.r.http, f.r.redis,
+                  &(wecom_opts){.base_url = f.sim.url, .env = f.env, .rate = 10});
+    assert_non_null(w);
+    assert_int_equal(wecom_corp_set(w, "wwsim0001", "secret-wwsim0001"), 0);
+    for (int k = 0; k < 25; k++)
+        assert_int_equal(wecom_user_list(w, "wwsim0001", 1 + k % 5, on_burst, &b), 0);
+    t0 = time_mono_us();
+    while (b.answered < 25 && time_mono_us() - t0 < 20000000)
+        uv_run(&f.r.loop, UV_RUN_ONCE);
+    assert_int_equal(b.ok, 25);
+    wecom_get_stats(w, &ws);
+    assert_int_equal(ws.shared_waits, 0);
+    assert_true(ws.shared_booked > 0);
+    assert_int_equal(ws.shared_booked_own, ws.shared_booked);
+    st = sh_sim_stats(&f.sim);
+    assert_int_equal(sh_get_int(st, "total.requests"), 26);
+    assert_true(sh_get_int(st, "total.max_1s") <= 10);
+    assert_int_equal(sh_get_int(st, "total.violations"), 0);
+    json_object_put(st);
+    wecom_close(w, NULL, NULL);
+    fx_down(&f);
+}
+
 /* Two clients (two processes, as far as pacing goes) sending for the same
- * enterprise at once stay within its rate together: the window is in Redis. */
+ * enterprise at once stay within its rate together: the window is in Redis,
+ * and a client keeps to the moment it was booked for when the window holds
+ * the other's calls too. */
 static void test_two_clients_share_the_window(void **state)
 {
     const char *args[] = {
@@ -900,6 +941,7 @@ static void test_two_clients_share_the_window(void **state)
     burst b = {0};
     json_object *st;
     uint64_t t0;
+    unsigned long booked_shared = 0;
     (void)state;
 
     fx_up(&f, "share", args, 1, NULL);
@@ -915,6 +957,12 @@ static void test_two_clients_share_the_window(void **state)
     while (b.answered < 30 && time_mono_us() - t0 < 20000000)
         uv_run(&f.r.loop, UV_RUN_ONCE);
     assert_int_equal(b.ok, 30);
+    for (int i = 0; i < 2; i++) {
+        wecom_stats ws;
+        wecom_get_stats(w[i], &ws);
+        booked_shared += ws.shared_booked - ws.shared_booked_own;
+    }
+    assert_true(booked_shared > 0);
     /* 31 calls (one gettoken) at 10 per second take three seconds at least. */
     assert_true(time_mono_us() - t0 >= 3000000);
     st = sh_sim_stats(&f.sim);
@@ -1022,6 +1070,7 @@ int main(void)
         cmocka_unit_test_teardown(test_corp_filter, teardown),
         cmocka_unit_test_teardown(test_writes_catch_up_after_a_stall, teardown),
         cmocka_unit_test_teardown(test_http_errors_and_timeouts_retried, teardown),
+        cmocka_unit_test_teardown(test_one_client_books_the_window, teardown),
         cmocka_unit_test_teardown(test_two_clients_share_the_window, teardown),
         cmocka_unit_test_teardown(test_clients_share_the_inflight_cap, teardown),
     };
