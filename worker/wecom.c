@@ -46,6 +46,10 @@ const char *const wecom_api_names[WECOM_API_COUNT] = {
  * another process replaced is picked up soon even without an error. */
 #define WC_LOCAL_TOKEN_MAX_US 60000000ULL
 #define WC_TOKEN_MAX 512
+/* An instance name (ORGSYNC_INSTANCE's limit): with "|salt|seq" after it, it
+ * fits the refresh key's value and the window's members whole, so no two
+ * clients' values can be cut to the same text. */
+#define WC_INSTANCE_MAX 127
 #define WC_ERR_MAX 320
 
 typedef enum wc_phase {
@@ -104,8 +108,8 @@ struct wc_corp {
     uint64_t token_exp_us; /* local trust deadline, monotonic */
     char new_token[WC_TOKEN_MAX];
     long long new_token_ttl_ms;
-    char lock_value[96];
-    char member[200]; /* this call's entry in the shared window */
+    char lock_value[WC_INSTANCE_MAX + 20];
+    char member[WC_INSTANCE_MAX + 40]; /* this call's entry in the shared window */
     int member_live;
 };
 
@@ -659,7 +663,7 @@ static void admit(wc_corp *c)
     wecom *w = c->w;
     wecom_api api = c->call_token ? WECOM_API_GETTOKEN : c->head->api;
     char keys[WECOM_API_COUNT + 1][256], day[9], which[16], quota[24], per[16], win[24],
-        inflight[24], mine[160];
+        inflight[24], mine[WC_INSTANCE_MAX + 20];
     const char *argv[WECOM_API_COUNT + 9];
 
     if (w->o.gate && !w->o.gate(w->o.gate_arg)) {
@@ -1323,6 +1327,10 @@ wecom *wecom_new(uv_loop_t *loop, http_client *http, redis_client *redis, const 
 
     if (!loop || !http || !redis || !opts || !opts->base_url || !opts->env) {
         log_error("wecom: missing loop, client or option");
+        return NULL;
+    }
+    if (opts->instance && strlen(opts->instance) > WC_INSTANCE_MAX) {
+        log_error("wecom: instance name too long", LF_I("max", WC_INSTANCE_MAX));
         return NULL;
     }
     w = calloc(1, sizeof(*w));
