@@ -12,11 +12,12 @@
  * in last_error and nobody is deleted.
  *
  * Writes of one enterprise go one statement at a time; answers that arrive
- * while one is running wait, and go together (up to 4 departments) in the next
- * statement, so a slow PostgreSQL costs fewer statements, not more memory.
- * Memory is bounded by departments in flight: per enterprise one user/list
- * being fetched and at most 4 waiting and 4 being written, and fetching pauses
- * while 16 MiB of answers wait across the job.
+ * while one is running wait, and go together (up to 8 departments) in the next
+ * statement, which also carries other enterprises' waiting departments, so a
+ * slow PostgreSQL costs fewer statements, not more memory. Memory is bounded
+ * by departments in flight: per enterprise one user/list being fetched and at
+ * most 8 waiting and 8 being written, and fetching pauses while 16 MiB of
+ * answers wait across the job.
  *
  * The run ends "succeeded" (every enterprise succeeded), "partial" (some
  * failed) or "failed" (all failed). A stopped or fenced-out job leaves the run
