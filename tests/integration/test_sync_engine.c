@@ -891,7 +891,9 @@ static void on_burst(void *arg, const wecom_result *res)
 
 /* One client at full rate: once the shared window is full, each admission
  * books the moment its call may go (no admission is refused and asked again),
- * and the window holding only this client's calls, its own pacing holds it. */
+ * and the window holding only this client's calls, its own pacing holds it.
+ * At 5 per second the window stays full unless sends run 25% behind the
+ * pacing, so a loaded machine still books. */
 static void test_one_client_books_the_window(void **state)
 {
     const char *args[] = {
@@ -906,22 +908,22 @@ static void test_one_client_books_the_window(void **state)
 
     fx_up(&f, "book", args, 1, NULL);
     w = wecom_new(&f.r.loop, f.r.http, f.r.redis,
-                  &(wecom_opts){.base_url = f.sim.url, .env = f.env, .rate = 10});
+                  &(wecom_opts){.base_url = f.sim.url, .env = f.env, .rate = 5});
     assert_non_null(w);
     assert_int_equal(wecom_corp_set(w, "wwsim0001", "secret-wwsim0001"), 0);
-    for (int k = 0; k < 25; k++)
+    for (int k = 0; k < 15; k++)
         assert_int_equal(wecom_user_list(w, "wwsim0001", 1 + k % 5, on_burst, &b), 0);
     t0 = time_mono_us();
-    while (b.answered < 25 && time_mono_us() - t0 < 20000000)
+    while (b.answered < 15 && time_mono_us() - t0 < 20000000)
         uv_run(&f.r.loop, UV_RUN_ONCE);
-    assert_int_equal(b.ok, 25);
+    assert_int_equal(b.ok, 15);
     wecom_get_stats(w, &ws);
     assert_int_equal(ws.shared_waits, 0);
     assert_true(ws.shared_booked > 0);
     assert_int_equal(ws.shared_booked_own, ws.shared_booked);
     st = sh_sim_stats(&f.sim);
-    assert_int_equal(sh_get_int(st, "total.requests"), 26);
-    assert_true(sh_get_int(st, "total.max_1s") <= 10);
+    assert_int_equal(sh_get_int(st, "total.requests"), 16);
+    assert_true(sh_get_int(st, "total.max_1s") <= 5);
     assert_int_equal(sh_get_int(st, "total.violations"), 0);
     json_object_put(st);
     wecom_close(w, NULL, NULL);
