@@ -85,7 +85,7 @@ struct ds_corp {
     ds_batch *writing[DS_BATCH_MAX]; /* in the statement being written */
     int nwriting;
     int starved; /* a fetch waits for the job's answer buffer to drain */
-    int write_attempts;
+    int final_attempts; /* of its final write (member writes count in ds_write) */
     int failed_depts;
     int quota_hit;
     char last_error[DS_ERR_MAX];
@@ -1132,7 +1132,7 @@ static void on_corp_final(void *arg, PGresult *res, const char *err)
     }
     if (err) {
         restore_counters(c);
-        if (db_transient(err) && ++c->write_attempts < DS_WRITE_ATTEMPTS) {
+        if (db_transient(err) && ++c->final_attempts < DS_WRITE_ATTEMPTS) {
             corp_final_write(c, c->ok, c->ok ? NULL : c->last_error);
             return;
         }

@@ -63,13 +63,19 @@ static int grow(uid_set *s)
 int uid_set_add(uid_set *s, const char *uid, size_t n)
 {
     uint32_t k = uid_key(uid, n);
-    size_t i;
+    size_t i = 0;
 
-    if ((s->n + 1) * 2 > s->cap && grow(s))
-        return 0;
-    i = find(s->slot, s->cap, k);
-    if (s->slot[i])
-        return 0;
+    if (s->cap) {
+        i = find(s->slot, s->cap, k);
+        if (s->slot[i])
+            return 0;
+    }
+    /* Not there: grow first if this one would fill the table past half. */
+    if ((s->n + 1) * 2 > s->cap) {
+        if (grow(s))
+            return 0;
+        i = find(s->slot, s->cap, k);
+    }
     s->slot[i] = k;
     s->n++;
     return 1;

@@ -132,6 +132,19 @@ static long long quota_sum(fixture *f, const char *corp)
     return sum;
 }
 
+/* The enterprise's progress row of the run says state, and its last_error
+ * contains why (unless why is NULL). */
+static void assert_ended(fixture *f, long long run, const char *corp, const char *state,
+                         const char *why)
+{
+    PGresult *p = progress_row(f, run, corp);
+
+    assert_string_equal(PQgetvalue(p, 0, 0), state);
+    if (why && !strstr(PQgetvalue(p, 0, 8), why))
+        fail_msg("%s: last_error \"%s\" does not say \"%s\"", corp, PQgetvalue(p, 0, 8), why);
+    PQclear(p);
+}
+
 /* Makes PostgreSQL refuse (check_violation, with message) every row of corp
  * written into table, through a row trigger called name. */
 static void fx_refuse(fixture *f, const char *name, const char *table, const char *corp,
@@ -449,9 +462,10 @@ static void test_refused_enterprise_fails_alone(void **state)
     fx_up(&f, "refuse", args, 3, NULL);
     directory_sync_set_tuning(&(directory_sync_tuning){.writes_max = 1});
     fx_refuse(&f, "refuse_corp", "users", "wwsim0002", "refused by the test");
-    /* Every members statement lasts 0.1 s or more, so that while one is written
-     * the other enterprises' answers (one each 0.1 s) queue up, and the next
-     * statement carries several of them. */
+    /* Every members statement lasts 0.05 s or more (the statement trigger fires
+     * once per statement, though it has two INSERTs into users: 52 ms in psql),
+     * so that while one is written the other enterprises' answers (one each
+     * 0.1 s, an enterprise) queue up, and the next statement carries several. */
     PQclear(sh_exec(f.pg,
                     "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ "
                     "BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$",
@@ -463,10 +477,7 @@ static void test_refused_enterprise_fails_alone(void **state)
     log_truncate();
     run = fx_sync(&f, "partial");
     assert_true(log_contains("writing its enterprises apart"));
-    p = progress_row(&f, run, "wwsim0002");
-    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
-    assert_non_null(strstr(PQgetvalue(p, 0, 8), "refused by the test"));
-    PQclear(p);
+    assert_ended(&f, run, "wwsim0002", "failed", "refused by the test");
     for (int i = 1; i <= 3; i += 2) {
         char corp[16];
         snprintf(corp, sizeof(corp), "wwsim%04d", i);
@@ -487,21 +498,15 @@ static void test_department_write_fails(void **state)
         "--enterprises", "2", "--departments", "6", "--users-per-dept", "2", NULL};
     fixture f;
     long long run;
-    PGresult *p;
     (void)state;
 
     fx_up(&f, "deptfail", args, 2, NULL);
     fx_refuse(&f, "refuse_dept", "departments", "wwsim0001", "departments refused");
     run = fx_sync(&f, "partial");
-    p = progress_row(&f, run, "wwsim0001");
-    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
-    assert_non_null(strstr(PQgetvalue(p, 0, 8), "departments refused"));
-    PQclear(p);
+    assert_ended(&f, run, "wwsim0001", "failed", "departments refused");
     assert_int_equal(
         sh_scalar(f.pg, "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001'", 0, NULL), 0);
-    p = progress_row(&f, run, "wwsim0002");
-    assert_string_equal(PQgetvalue(p, 0, 0), "succeeded");
-    PQclear(p);
+    assert_ended(&f, run, "wwsim0002", "succeeded", NULL);
     sh_assert_org(f.pg, &f.sim, "wwsim0002");
     fx_down(&f);
 }
@@ -550,7 +555,6 @@ static void test_ban_pauses_and_alerts(void **state)
         "--enterprises", "1", "--departments", "5", "--users-per-dept", "2", NULL};
     fixture f;
     long long run;
-    PGresult *p;
     uint64_t t0;
     (void)state;
 
@@ -562,10 +566,7 @@ static void test_ban_pauses_and_alerts(void **state)
     run = fx_sync(&f, "failed");
     /* Five pauses of 40, 80, 160, 320, 640 ms before giving up. */
     assert_true(time_mono_us() - t0 >= 1240000);
-    p = progress_row(&f, run, "wwsim0001");
-    assert_string_equal(PQgetvalue(p, 0, 0), "failed");
-    assert_non_null(strstr(PQgetvalue(p, 0, 8), "45009"));
-    PQclear(p);
+    assert_ended(&f, run, "wwsim0001", "failed", "45009");
     assert_true(log_contains("\"ban\""));
     sh_assert_paced(&f.sim, 10);
     fx_down(&f);

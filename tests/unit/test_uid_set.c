@@ -60,11 +60,34 @@ static void test_bytes(void **state)
     uid_set_free(&s); /* freeing twice is harmless */
 }
 
+/* A userid already there changes nothing, even with the table half full (the
+ * next new one grows it). */
+static void test_present_does_not_grow(void **state)
+{
+    uid_set s;
+    char id[32];
+    size_t cap;
+    (void)state;
+
+    uid_set_init(&s);
+    for (int i = 0; (s.n + 1) * 2 <= s.cap || s.cap == 0; i++) {
+        int n = snprintf(id, sizeof(id), "u%06d", i);
+        uid_set_add(&s, id, (size_t)n);
+    }
+    cap = s.cap;
+    assert_int_equal(uid_set_add(&s, "u000000", 7), 0);
+    assert_int_equal(s.cap, cap);
+    assert_int_equal(uid_set_add(&s, "new", 3), 1);
+    assert_true(s.cap > cap);
+    uid_set_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_added_once),
         cmocka_unit_test(test_bytes),
+        cmocka_unit_test(test_present_does_not_grow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
