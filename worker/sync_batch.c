@@ -260,8 +260,10 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
     char *text;
 
     /* The answer's keys without reading their values' insides, then the
-     * members of its userlist. (An answer with two userlist keys is checked on
-     * the first, and only that one is kept.) */
+     * members of its userlist, then the keys after it: an answer with two
+     * userlist keys is refused (json-c and jsonb would keep the last one, a
+     * reader that stops at the first the other: which one is meant is not
+     * known). */
     js_root_shallow(body, len, &root);
     if (!js_iter_begin_in(&rit, &root, end) || root.type != JS_OBJECT) {
         snprintf(why, n, "no userlist array");
@@ -318,6 +320,12 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
         count++;
         b->primary += primary == b->dept_id;
     }
+    js_iter_resume(&rit, js_iter_after(&it));
+    while (js_next_shallow(&rit, &k, &v))
+        if (js_key_is(&k, "userlist")) {
+            snprintf(why, n, "userlist given twice");
+            goto bad;
+        }
     text[used] = '\0';
     b->body = text;
     b->len = used;

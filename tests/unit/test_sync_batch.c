@@ -192,6 +192,10 @@ static void test_parse_refuses(void **state)
         /* every occurrence of a repeated key is checked (jsonb keeps the last) */
         {"{\"userlist\":[{\"userid\":\"u\",\"name\":\"n\",\"name\":5}]}",
          "member u has a field of the wrong type"},
+        /* which userlist is meant is not known (json-c and jsonb keep the last) */
+        {"{\"userlist\":[],\"userlist\":[]}", "userlist given twice"},
+        {"{\"userlist\":[{\"userid\":\"a\"}],\"errcode\":0,\"userlist\":[{\"userid\":\"b\"}]}",
+         "userlist given twice"},
     };
     (void)state;
 
