@@ -607,9 +607,11 @@ static void on_token_drop(void *arg, redisReply *reply, const char *err)
 
 /* ---- the upstream call -------------------------------------------------------------- */
 
-/* Microseconds until this process's pacing lets a call go (0 = now): 1/rate
- * since the last send, the moment the shared window admitted the call for, and
- * the arrival window over the last answers. */
+/* Microseconds until this process's pacing lets a call go (0 = now): the
+ * pacer's schedule (one per 1/rate, a late call's lateness made up by the next
+ * ones), the moment the shared window admitted the call for, and the arrival
+ * window over the last answers. The window is what keeps the upstream's
+ * count: the schedule only spreads the calls over the second. */
 static uint64_t pace_wait_us(const wc_corp *c, uint64_t now)
 {
     uint64_t wait = pacer_wait_us(&c->pacer, now), next;

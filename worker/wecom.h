@@ -10,11 +10,12 @@
  *   wecom_close(w, on_closed, arg);
  *
  * What every request gets, whoever sends it (the sync, the realtime lookup):
- * - per enterprise, upstream calls go one at a time, each sent no sooner than
- *   1/rate after the previous one, and never more than floor(rate) calls in a
+ * - per enterprise, upstream calls go one at a time, on a schedule of one per
+ *   1/rate (common/pacer.h: a call that went late lets the next catch up, so
+ *   lateness does not add up), and never more than floor(rate) calls in a
  *   window that starts when the answer to an earlier call ARRIVED (an upper
  *   bound of when the upstream counted it), so the upstream's arrival count
- *   stays within the rate whatever the network jitter;
+ *   stays within the rate whatever the network jitter and the catching up;
  * - the same window is kept in Redis (orgsync:<env>:rate:<corp>, scored on
  *   Redis's clock), so calls for one enterprise from every process, and from
  *   the previous run, count together;
