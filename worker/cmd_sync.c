@@ -71,6 +71,7 @@ typedef struct sync_cli {
     int attempt;
     uint64_t run_started_us;
     int query_inflight; /* progress or summary query */
+    int baseline;       /* the progress query in flight is the run's first sample: not shown */
     int summary_pending;
     int lines_drawn;
     /* for the request rate */
@@ -359,25 +360,29 @@ static void on_progress(void *arg, PGresult *res, const char *err)
         run_view_run_progress(res, &t.percent, &t.eta);
         sample(c, &t);
         take_base(c, rows, t.n);
-        if (c->tty)
+        if (!c->baseline && c->tty)
             draw_tty(c, rows, &t);
-        else
+        else if (!c->baseline)
             draw_plain(c, &t);
     }
+    c->baseline = 0;
     free(rows);
     maybe_close(c);
 }
 
-static void query_progress(sync_cli *c)
+/* 1 if the query went out. */
+static int query_progress(sync_cli *c)
 {
     char id[24];
     const char *p[3] = {c->s->env, DIRECTORY_SYNC_JOB, id};
 
     if (!c->run_id || c->query_inflight || c->closing)
-        return;
+        return 0;
     snprintf(id, sizeof(id), "%lld", c->run_id);
-    if (pg_query(c->pg, run_view_sql, 3, p, on_progress, c) == 0)
-        c->query_inflight++;
+    if (pg_query(c->pg, run_view_sql, 3, p, on_progress, c) != 0)
+        return 0;
+    c->query_inflight++;
+    return 1;
 }
 
 static void on_timer(uv_timer_t *t)
@@ -498,6 +503,9 @@ static void on_event(void *arg, const leader_event *ev)
         fflush(stdout);
         uv_timer_start(&c->timer, on_timer, c->tty ? TTY_REFRESH_MS : PLAIN_REFRESH_MS,
                        c->tty ? TTY_REFRESH_MS : PLAIN_REFRESH_MS);
+        /* A first sample now, so that the first line shown has a request rate
+         * (the plain lines come every 5 s: a short run shows only one). */
+        c->baseline = query_progress(c);
         break;
     case LEADER_EV_RUN_FINISHED:
         uv_timer_stop(&c->timer);

@@ -225,6 +225,13 @@ while kill -0 "$SYNC_PID" 2>/dev/null; do
         st=$("$ORGSYNC_BIN" status --run "$run" --json 2>/dev/null || true)
         echo "line:   $line" >>"$OUT.checks"
         echo "status: $(jq -c '{state, percent, eta_seconds, d: ([.enterprises[].departments_done] | add)}' <<<"$st" 2>/dev/null)" >>"$OUT.checks"
+        # Every line with requests made has their rate: 3 enterprises at 8 a second
+        # at most (doubled: the counters move as departments are written).
+        rate=$(sed -n 's|.* requests=\([0-9]*\) rate=\([0-9.]*\)/s .*|\1 \2|p' <<<"$line")
+        if ! awk -v r="$rate" 'BEGIN { split(r, x, " "); exit !(x[1] == 0 || (x[2] > 0 && x[2] <= 48)) }'; then
+            echo "check:  rate: '$rate' (requests, rate/s)" >>"$OUT.checks"
+            bad=$((bad + 1))
+        fi
         # Mid-run with the two small enterprises done: the lines this check is about.
         grep -q ' succeeded=2 failed=0 running=1 pending=0 ' <<<"$line" || continue
         [ "$(jq -r .state <<<"$st" 2>/dev/null)" = running ] || continue
