@@ -174,7 +174,7 @@ static void test_simulated_10rps(void **state)
     assert_true(max_in_any_second(&r) <= 11);
 
     /* A busy CPU: timers up to 40 ms late. Lateness does not add up: still
-     * 100 sends in 10 s (a pacer spacing sends from the last send made 83). */
+     * 100 sends in 10 s (spacing each send from the previous one gave 82-84). */
     pacer_init(&p, 10, 0);
     simulate(&p, 5, 5000, 50000, 40000, 10000000, &r);
     gap = on_schedule(&r, 100000, 40000);
