@@ -84,7 +84,7 @@ struct ds_corp {
     int nready;
     ds_batch *writing[DS_BATCH_MAX]; /* in the statement being written */
     int nwriting;
-    int starved; /* a fetch waits for the job's answer buffer to drain */
+    int starved;        /* a fetch waits for the job's answer buffer to drain */
     int final_attempts; /* of its final write (member writes count in ds_write) */
     int failed_depts;
     int quota_hit;
@@ -162,12 +162,14 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
  * the key took one per row. */
 #define ENTERPRISE_CTE "ent AS (SELECT 1 FROM enterprises WHERE corp_id = $5 FOR KEY SHARE)"
 
-/* ON CONFLICT ... DO UPDATE ... WHERE: a member this run already wrote (listed
- * by another of its departments, fetched earlier) is left as it is, which saves
- * PostgreSQL a new row version and its index entries for every second
- * membership. A member deleted earlier comes back. */
-#define SKIP_WRITTEN                                                                               \
-    "WHERE u.sync_run_id IS DISTINCT FROM EXCLUDED.sync_run_id OR u.deleted_at IS NOT NULL"
+/* ON CONFLICT ... DO UPDATE ... WHERE: a member whose stored text is the
+ * upstream's now (unchanged since an earlier run, or written by this run for
+ * another of its departments) is left as it is, which saves PostgreSQL a new
+ * row version and its index entries: in the schedule's usual run, nearly every
+ * member. What the run saw is in its checkpoints (sql_corp_ok), so a member
+ * need not be written to count as seen. A member deleted earlier comes back.
+ * The columns are read from raw, so raw alone tells whether anything changed. */
+#define SKIP_UNCHANGED "WHERE u.raw IS DISTINCT FROM EXCLUDED.raw OR u.deleted_at IS NOT NULL"
 
 /* $4 run_id, $5 corp_ids text[]. Enterprises of an earlier attempt that are no
  * longer part of the run end 'failed' instead of staying 'pending' forever. */
@@ -264,8 +266,8 @@ static const char sql_users[] =
     "  WHERE EXISTS (SELECT 1 FROM fence)), "
     "ent AS (SELECT corp_id FROM enterprises WHERE corp_id IN (SELECT c FROM g) "
     "  ORDER BY corp_id FOR KEY SHARE), "
-    "depts AS (SELECT g.c, y.d, y.p, y.s, y.n FROM g, jsonb_to_recordset(g.d) AS y(d bigint, "
-    "  p bigint, s boolean, n int) WHERE g.c IN (SELECT corp_id FROM ent)), "
+    "depts AS (SELECT g.c, y.d, y.p, y.s, y.n, y.u FROM g, jsonb_to_recordset(g.d) AS y(d bigint, "
+    "  p bigint, s boolean, n int, u jsonb) WHERE g.c IN (SELECT corp_id FROM ent)), "
     "up AS (INSERT INTO users AS u " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($6::jsonb) AS g, jsonb_array_elements(g->1) AS e "
     "  WHERE g->>0 IN (SELECT corp_id FROM ent) "
@@ -274,14 +276,15 @@ static const char sql_users[] =
     "  position = EXCLUDED.position, status = EXCLUDED.status, "
     "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
     "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
-    "  deleted_at = NULL " SKIP_WRITTEN " RETURNING 1), "
+    "  deleted_at = NULL " SKIP_UNCHANGED " RETURNING 1), "
     "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($7::jsonb) AS g, jsonb_array_elements(g->1) AS e "
     "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING 1), "
     "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
     "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d RETURNING 1), "
-    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users) "
-    "  SELECT $4::bigint, c, d, n FROM depts ON CONFLICT DO NOTHING RETURNING corp_id, dept_id), "
+    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users, userids) "
+    "  SELECT $4::bigint, c, d, n, ARRAY(SELECT jsonb_array_elements_text(u)) FROM depts "
+    "  ON CONFLICT DO NOTHING RETURNING corp_id, dept_id), "
     "k AS (SELECT cp.corp_id, count(*) AS done, sum(depts.p) AS users FROM cp "
     "  JOIN depts ON depts.c = cp.corp_id AND depts.d = cp.dept_id GROUP BY cp.corp_id), "
     "pr AS (UPDATE sync_progress s SET departments_done = s.departments_done + "
@@ -295,12 +298,21 @@ static const char sql_users[] =
     "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
 
 /* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL. Only after
- * every department succeeded: whoever this run did not see is gone. */
+ * every department succeeded: whoever this run did not see is gone. Seen: listed
+ * by a department this run checkpointed (its userids, whichever attempt of the
+ * run wrote it), or written by this run (a checkpoint written before schema 3
+ * has no userids: its members were all written then). The checkpoints' userids
+ * are dropped once used: the run's record keeps the counts, not the lists. */
 static const char sql_corp_ok[] =
     "WITH " FENCE_CTE ", "
+    "seen AS (SELECT DISTINCT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5), "
     "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
-    "  AND sync_run_id IS DISTINCT FROM $4::bigint AND EXISTS (SELECT 1 FROM fence) "
-    "  RETURNING 1), "
+    "  AND sync_run_id IS DISTINCT FROM $4::bigint "
+    "  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.userid = users.userid) "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "ku AS (UPDATE sync_checkpoints SET userids = NULL WHERE run_id = $4::bigint AND corp_id = $5 "
+    "  AND userids IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "dd AS (UPDATE departments SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
     "  AND sync_run_id IS DISTINCT FROM $4::bigint AND EXISTS (SELECT 1 FROM fence) "
     "  RETURNING 1), "

@@ -453,10 +453,17 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
         /* Keys in jsonb's order (see write_member). */
-        buf_printf(&db, "%s{\"d\":%lld,\"n\":%d,\"p\":%d,\"s\":%s}", i ? "," : "", x->dept_id,
-                   x->members, x->primary, x->body ? "false" : "true");
+        buf_printf(&db, "%s{\"d\":%lld,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[", i ? "," : "",
+                   x->dept_id, x->members, x->primary, x->body ? "false" : "true");
+        for (int m = 0; x->body && m < x->members; m++) {
+            /* The userid's JSON string, quotes included: checked text. */
+            if (m)
+                buf_puts(&db, ",");
+            buf_append(&db, x->body + x->m[m].uid_off - 1, x->m[m].uid_len + 2);
+        }
+        buf_puts(&db, "]}");
     }
-    if (mb.oom || fb.oom)
+    if (mb.oom || fb.oom || db.oom)
         goto out;
     p->members = close_array(&mb, !nm);
     p->fresh = close_array(&fb, !nf);

@@ -66,7 +66,9 @@ typedef struct sync_params {
     /* The same for the members `written` did not hold (each is added to it):
      * surely not in users, they are inserted without ON CONFLICT. NULL if none. */
     char *fresh;
-    /* [{"d":dept,"n":members,"p":primary,"s":unknown upstream},...] */
+    /* [{"d":dept,"n":members,"p":primary,"s":unknown upstream,"u":[userid,...]},...]:
+     * "u" the userids the department listed, as the upstream wrote them (its
+     * checkpoint keeps them: what the run saw, for its deletions). */
     char *depts;
 } sync_params;
 

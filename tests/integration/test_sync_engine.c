@@ -233,7 +233,25 @@ static void test_full_sync_then_mutations(void **state)
     assert_int_equal(removed, 4);
     sh_sim_post(&f.sim, "/sim/mutate",
                 "{\"corp_id\":\"wwsim0002\",\"random\":{\"remove\":2,\"move\":2}}");
+    long long first = run;
     run = fx_sync(&f, "succeeded");
+    /* Only members that changed were written again: wwsim0003's rows are all
+     * the first run's; wwsim0001's 3 new, 3 renamed and 3 moved members (some
+     * may be the same) are the second's. The checkpoints' userids are used up. */
+    char q[256];
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM users WHERE corp_id = 'wwsim0003' AND sync_run_id = %lld",
+             first);
+    assert_int_equal(
+        sh_scalar(f.pg, q, 0, NULL),
+        sh_scalar(f.pg, "SELECT count(*) FROM users WHERE corp_id = 'wwsim0003'", 0, NULL));
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND sync_run_id = %lld", run);
+    long long rewritten = sh_scalar(f.pg, q, 0, NULL);
+    assert_true(rewritten >= 3 && rewritten <= 9);
+    assert_int_equal(
+        sh_scalar(f.pg, "SELECT count(*) FROM sync_checkpoints WHERE userids IS NOT NULL", 0, NULL),
+        0);
     for (int i = 1; i <= 3; i++) {
         snprintf(corp, sizeof(corp), "wwsim%04d", i);
         sh_assert_org(f.pg, &f.sim, corp);

@@ -80,7 +80,8 @@ static void test_parse_keeps_members(void **state)
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "a b c");
     assert_null(sp.fresh);
-    assert_string_equal(sp.depts, "[{\"d\":7,\"n\":3,\"p\":1,\"s\":false}]");
+    assert_string_equal(sp.depts,
+                        "[{\"d\":7,\"n\":3,\"p\":1,\"s\":false,\"u\":[\"a\",\"b\",\"c\"]}]");
     sync_params_free(&sp);
     sync_batch_free(b);
 }
@@ -242,16 +243,18 @@ static void test_params_each_member_once(void **state)
     assert_non_null(strstr(sp.members, "\"name\":\"first\""));
     assert_null(strstr(sp.members, "again"));
     assert_null(strstr(sp.members, "third"));
-    assert_string_equal(sp.depts, "[{\"d\":1,\"n\":3,\"p\":3,\"s\":false},"
-                                  "{\"d\":2,\"n\":0,\"p\":0,\"s\":true},"
-                                  "{\"d\":3,\"n\":3,\"p\":3,\"s\":false}]");
+    assert_string_equal(sp.depts,
+                        "[{\"d\":1,\"n\":3,\"p\":3,\"s\":false,\"u\":[\"x\",\"y\",\"x\"]},"
+                        "{\"d\":2,\"n\":0,\"p\":0,\"s\":true,\"u\":[]},"
+                        "{\"d\":3,\"n\":3,\"p\":3,\"s\":false,"
+                        "\"u\":[\"z\",\"\\u0078\",\"y\"]}]");
     sync_params_free(&sp);
 
     /* Only the unknown department: nothing to write but its row. */
     assert_int_equal(sync_batch_params(&b[1], 1, NULL, &sp), 0);
     assert_null(sp.members);
     assert_null(sp.fresh);
-    assert_string_equal(sp.depts, "[{\"d\":2,\"n\":0,\"p\":0,\"s\":true}]");
+    assert_string_equal(sp.depts, "[{\"d\":2,\"n\":0,\"p\":0,\"s\":true,\"u\":[]}]");
     sync_params_free(&sp);
     for (int i = 0; i < 3; i++)
         sync_batch_free(b[i]);
@@ -286,7 +289,7 @@ static void test_empty_department(void **state)
     assert_int_equal(sync_batch_params(&b, 1, NULL, &sp), 0);
     assert_null(sp.members);
     assert_null(sp.fresh);
-    assert_string_equal(sp.depts, "[{\"d\":4,\"n\":0,\"p\":0,\"s\":false}]");
+    assert_string_equal(sp.depts, "[{\"d\":4,\"n\":0,\"p\":0,\"s\":false,\"u\":[]}]");
     sync_params_free(&sp);
     sync_batch_free(b);
 }

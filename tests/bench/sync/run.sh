@@ -3,6 +3,7 @@
 #
 #   tests/bench/sync/run.sh                       # 200 x 50 x 40, latency 5 ms
 #   CORPS=20 DEPTS=20 USERS=10 tests/bench/sync/run.sh
+#   SYNCS=3 tests/bench/sync/run.sh               # then two more syncs, members already stored
 #
 # Builds Release binaries (no sanitizers) in BUILD_DIR (default build-bench)
 # unless BIN / SIM_BIN name the orgsync / orgsync-sim binaries to use,
@@ -107,57 +108,69 @@ pg_cpu() { # postmaster + every live child
     for c in $(pgrep -P "$PG_PID"); do sum=$(awk -v a="$sum" -v b="$(cpu_of "$c")" 'BEGIN {print a + b}'); done
     echo "$sum"
 }
-PG_CPU0=$(pg_cpu)
-SIM_CPU0=$(cpu_of "$SIM_PID")
-REDIS_CPU0=$(cpu_of "$REDIS_PID")
+# One `orgsync sync`, its figures printed under the label $1.
+sync_once() {
+    PG_CPU0=$(pg_cpu)
+    SIM_CPU0=$(cpu_of "$SIM_PID")
+    REDIS_CPU0=$(cpu_of "$REDIS_PID")
 
-LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "== orgsync sync"
-start=$(date +%s.%N)
-set +e
-/usr/bin/time -f "%M %U %S" -o "$TMP/sync.time" "$BIN" sync >"$TMP/sync.out" 2>"$TMP/sync.err"
-SYNC_RC=$?
-set -e
-end=$(date +%s.%N)
-# (a failed sync adds a "Command exited with non-zero status" line before the figures)
-read -r HWM SYNC_U SYNC_S < <(tail -1 "$TMP/sync.time")
-SYNC_CPU=$(awk -v u="$SYNC_U" -v s="$SYNC_S" 'BEGIN {printf "%.2f", u + s}')
-sleep 0.2 # let the postmaster reap the last backends
-PG_CPU=$(awk -v a="$(pg_cpu)" -v b="$PG_CPU0" 'BEGIN {printf "%.2f", a - b}')
-SIM_CPU=$(awk -v a="$(cpu_of "$SIM_PID")" -v b="$SIM_CPU0" 'BEGIN {printf "%.2f", a - b}')
-REDIS_CPU=$(awk -v a="$(cpu_of "$REDIS_PID")" -v b="$REDIS_CPU0" 'BEGIN {printf "%.2f", a - b}')
-tail -3 "$TMP/sync.out" | sed 's/^/  /'
-if [ "$SYNC_RC" != 0 ]; then
-    echo "orgsync sync exited $SYNC_RC" >&2
-    tail -20 "$TMP/sync.err" >&2
-fi
+    LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "== orgsync sync$1"
+    start=$(date +%s.%N)
+    set +e
+    /usr/bin/time -f "%M %U %S" -o "$TMP/sync.time" "$BIN" sync >"$TMP/sync.out" 2>"$TMP/sync.err"
+    SYNC_RC=$?
+    set -e
+    end=$(date +%s.%N)
+    # (a failed sync adds a "Command exited with non-zero status" line before the figures)
+    read -r HWM SYNC_U SYNC_S < <(tail -1 "$TMP/sync.time")
+    SYNC_CPU=$(awk -v u="$SYNC_U" -v s="$SYNC_S" 'BEGIN {printf "%.2f", u + s}')
+    sleep 0.2 # let the postmaster reap the last backends
+    PG_CPU=$(awk -v a="$(pg_cpu)" -v b="$PG_CPU0" 'BEGIN {printf "%.2f", a - b}')
+    SIM_CPU=$(awk -v a="$(cpu_of "$SIM_PID")" -v b="$SIM_CPU0" 'BEGIN {printf "%.2f", a - b}')
+    REDIS_CPU=$(awk -v a="$(cpu_of "$REDIS_PID")" -v b="$REDIS_CPU0" 'BEGIN {printf "%.2f", a - b}')
+    tail -3 "$TMP/sync.out" | sed 's/^/  /'
+    if [ "$SYNC_RC" != 0 ]; then
+        echo "orgsync sync exited $SYNC_RC" >&2
+        tail -20 "$TMP/sync.err" >&2
+    fi
 
-STATS=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/stats")
-PG_USERS=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT count(*) FROM users WHERE deleted_at IS NULL")
-jq -r --arg t0 "$start" --arg t1 "$end" --arg rate "$RATE" --arg hwm "$HWM" \
-    --arg pgusers "$PG_USERS" --arg want "$USERS_TOTAL" --arg rc "$SYNC_RC" '
-  def r2: (. * 100 | round) / 100;
-  (($t1 | tonumber) - ($t0 | tonumber)) as $wall | ($rate | tonumber) as $rate |
-  [.corps[] | {n: .requests,
-               span: ((.last_request_ms - .first_request_ms) / 1000),
-               max1s: .max_1s, viol: .violations}] as $c |
-  ($c | map(.n) | max) as $maxreq |
-  ($maxreq / $rate) as $floor |
-  ($c | map(select(.span > 0) | (.n - 1) / .span) | sort) as $rps |
-  "== results",
-  "wall time                     \($wall | r2) s",
-  "floor (max requests/rate)     \($floor | r2) s  (\($maxreq) requests for one enterprise at \($rate)/s)",
-  "wall / floor                  \($wall / $floor | r2)  (goal <= 1.25)",
-  "requests/s per enterprise     min \($rps[0] | r2)  median \($rps[($rps | length) / 2 | floor] | r2)  max \($rps[-1] | r2)  (goal >= 9.5)",
-  "max requests in any 1 s       \($c | map(.max1s) | max)  (limit \($rate)); violations \($c | map(.viol) | add)",
-  "upstream requests             \(.total.requests) total, max in flight \(.total.max_inflight)",
-  "peak RSS of orgsync sync      \(($hwm | tonumber) / 1024 | r2) MB  (goal <= 64)",
-  "members written per second    \(($pgusers | tonumber) / $wall | round)  (\($pgusers) of \($want) members in PostgreSQL)",
-  "orgsync sync exit status      \($rc)"
-' <<<"$STATS"
-echo "CPU seconds used              postgres $PG_CPU, orgsync sync $SYNC_CPU, simulator $SIM_CPU, redis $REDIS_CPU ($(nproc) CPUs; load before: $LOAD0)"
-awk -v p="$PG_CPU" -v o="$SYNC_CPU" -v s="$SIM_CPU" -v r="$REDIS_CPU" -v t0="$start" -v t1="$end" -v n="$(nproc)" \
-    'BEGIN {printf "CPU busy during the sync       %.0f%% of %d CPUs x wall time\n", 100 * (p + o + s + r) / ((t1 - t0) * n), n}'
+    STATS=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/stats")
+    PG_USERS=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT count(*) FROM users WHERE deleted_at IS NULL")
+    jq -r --arg t0 "$start" --arg t1 "$end" --arg rate "$RATE" --arg hwm "$HWM" \
+        --arg pgusers "$PG_USERS" --arg want "$USERS_TOTAL" --arg rc "$SYNC_RC" '
+      def r2: (. * 100 | round) / 100;
+      (($t1 | tonumber) - ($t0 | tonumber)) as $wall | ($rate | tonumber) as $rate |
+      [.corps[] | {n: .requests,
+                   span: ((.last_request_ms - .first_request_ms) / 1000),
+                   max1s: .max_1s, viol: .violations}] as $c |
+      ($c | map(.n) | max) as $maxreq |
+      ($maxreq / $rate) as $floor |
+      ($c | map(select(.span > 0) | (.n - 1) / .span) | sort) as $rps |
+      "== results",
+      "wall time                     \($wall | r2) s",
+      "floor (max requests/rate)     \($floor | r2) s  (\($maxreq) requests for one enterprise at \($rate)/s)",
+      "wall / floor                  \($wall / $floor | r2)  (goal <= 1.25)",
+      "requests/s per enterprise     min \($rps[0] | r2)  median \($rps[($rps | length) / 2 | floor] | r2)  max \($rps[-1] | r2)  (goal >= 9.5)",
+      "max requests in any 1 s       \($c | map(.max1s) | max)  (limit \($rate)); violations \($c | map(.viol) | add)",
+      "upstream requests             \(.total.requests) total, max in flight \(.total.max_inflight)",
+      "peak RSS of orgsync sync      \(($hwm | tonumber) / 1024 | r2) MB  (goal <= 64)",
+      "members written per second    \(($pgusers | tonumber) / $wall | round)  (\($pgusers) of \($want) members in PostgreSQL)",
+      "orgsync sync exit status      \($rc)"
+    ' <<<"$STATS"
+    echo "CPU seconds used              postgres $PG_CPU, orgsync sync $SYNC_CPU, simulator $SIM_CPU, redis $REDIS_CPU ($(nproc) CPUs; load before: $LOAD0)"
+    awk -v p="$PG_CPU" -v o="$SYNC_CPU" -v s="$SIM_CPU" -v r="$REDIS_CPU" -v t0="$start" -v t1="$end" -v n="$(nproc)" \
+        'BEGIN {printf "CPU busy during the sync       %.0f%% of %d CPUs x wall time\n", 100 * (p + o + s + r) / ((t1 - t0) * n), n}'
+}
+
+sync_once ""
+FIRST_PG_CPU=$PG_CPU
+# SYNCS=N: N-1 more syncs of the same directory, every member already stored (the
+# schedule's usual run); the simulator's counts start again for each.
+for i in $(seq 2 "${SYNCS:-1}"); do
+    curl -sf -X POST "$ORGSYNC_UPSTREAM_URL/sim/reset-stats" >/dev/null
+    sync_once " $i (every member already stored)"
+done
 
 # PostgreSQL's own floor for these rows, measured now on the same server: COPY (its
 # cheapest way in) of the same members, text as the sync sends it, into a copy of
@@ -173,6 +186,6 @@ if [ "$PG_USERS" -gt 0 ]; then
     psql -qX -v ON_ERROR_STOP=1 "$ORGSYNC_PG_DSN" -c "\\copy bench_copy FROM '$TMP/users.csv' csv" >/dev/null
     t1=$(date +%s.%N)
     sleep 0.2
-    awk -v a="$(pg_cpu)" -v b="$c0" -v t0="$t0" -v t1="$t1" -v pg="$PG_CPU" -v n="$PG_USERS" \
+    awk -v a="$(pg_cpu)" -v b="$c0" -v t0="$t0" -v t1="$t1" -v pg="$FIRST_PG_CPU" -v n="$PG_USERS" \
         'BEGIN {printf "PostgreSQL floor (COPY)       %.2f CPU s, %.2f s wall for the same %d rows; sync / COPY = %.2f\n", a - b, t1 - t0, n, pg / (a - b)}'
 fi
