@@ -305,7 +305,7 @@ static const char sql_users[] =
  * are dropped once used: the run's record keeps the counts, not the lists. */
 static const char sql_corp_ok[] =
     "WITH " FENCE_CTE ", "
-    "seen AS (SELECT DISTINCT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
+    "seen AS (SELECT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
     "  WHERE k.run_id = $4::bigint AND k.corp_id = $5), "
     "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
     "  AND sync_run_id IS DISTINCT FROM $4::bigint "
