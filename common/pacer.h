@@ -10,7 +10,7 @@
  * schedule again from (its start - catch-up). The pacer spreads the sends; it
  * does not by itself bound the count in every one-second window (two sends may
  * be interval - catch-up apart): a caller that must (the upstream's limit)
- * also keeps a window over its answers, as worker/wecom.c does. */
+ * also keeps a window over its answers, as worker/wecom/wecom.c does. */
 #ifndef ORGSYNC_PACER_H
 #define ORGSYNC_PACER_H
 

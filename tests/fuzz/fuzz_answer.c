@@ -11,8 +11,8 @@
 
 #include <json-c/json.h>
 
-#include "worker/json_scan.h"
-#include "worker/sync_batch.h"
+#include "worker/wecom/json_scan.h"
+#include "worker/sync/sync_batch.h"
 
 /* 1 and *out (NULL for JSON null), or 0 if json-c refuses the text. */
 static int parse_json(const char *s, size_t n, json_object **out)

@@ -10,7 +10,7 @@
 #include <json-c/json.h>
 
 #include "common/buf.h"
-#include "worker/api_internal.h"
+#include "worker/api/api_shared.h"
 
 static int valid_utf8_no_nul(const uint8_t *s, size_t n)
 {

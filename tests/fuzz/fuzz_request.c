@@ -26,7 +26,7 @@
 #include "common/redis.h"
 #include "common/settings.h"
 #include "common/timeutil.h"
-#include "worker/api.h"
+#include "worker/api/api.h"
 
 static uv_loop_t loop;
 static uv_timer_t tick;

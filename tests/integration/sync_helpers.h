@@ -32,7 +32,7 @@
 #include "common/redis.h"
 #include "common/settings.h"
 #include "coordinator/job.h"
-#include "worker/directory_sync.h"
+#include "worker/sync/directory_sync.h"
 
 static inline const char *sh_need_env(const char *name)
 {

@@ -36,9 +36,9 @@
 #include "common/redis.h"
 #include "common/settings.h"
 #include "common/timeutil.h"
-#include "worker/api.h"
-#include "worker/lookup.h"
-#include "worker/wecom.h"
+#include "worker/api/api.h"
+#include "worker/api/lookup.h"
+#include "worker/wecom/wecom.h"
 
 #define TOKEN "test-admin-token-1234"
 #define BUDGET 4

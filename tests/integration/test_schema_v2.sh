@@ -43,7 +43,7 @@ check "rename without rows is allowed" q "UPDATE enterprises SET corp_id = 'ww4'
 q "TRUNCATE enterprises" >/dev/null
 eq "truncate: no users or departments left" "0|0" "$(q "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM departments)")"
 
-# What the sync's writes rely on (ENTERPRISE_CTE in worker/directory_sync.c):
+# What the sync's writes rely on (ENTERPRISE_CTE in worker/sync/directory_sync.c):
 # a write that holds the enterprise row FOR KEY SHARE makes a delete wait, and
 # the delete's trigger then removes what the write added.
 q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww5', 'Five', 's5')" >/dev/null

@@ -181,7 +181,7 @@ done <"$ORGSYNC_TEST_TMP/cli.$$.ck"
 eq "no department checkpointed before the kill was fetched again" 0 "$twice"
 refetched=$(jq '[.corps[].refetched_ok_departments] | add' <<<"$STATS")
 # In flight per enterprise: one being fetched, and at most 2 x 4 answers waiting
-# for or in a write (worker/directory_sync.c DS_BATCH_MAX).
+# for or in a write (worker/sync/directory_sync.c DS_BATCH_MAX).
 check "at most the departments in flight at the kill were fetched twice ($refetched)" test "$refetched" -le 27
 for c in wwsim0001 wwsim0002 wwsim0003; do
     eq "$c: PostgreSQL equals /sim/org after the resume" "$(org_users $c | md5sum)" "$(pg_users $c | md5sum)"

@@ -7,7 +7,7 @@
 
 #include "common/alert.h"
 #include "common/timeutil.h"
-#include "worker/wecom.h"
+#include "worker/wecom/wecom.h"
 
 #include <hiredis/hiredis.h>
 

@@ -1,4 +1,4 @@
-/* The API's input checks (worker/api_internal.h): run ids and limits, corp ids,
+/* The API's input checks (worker/api/api_shared.h): run ids and limits, corp ids,
  * mobiles and the realtime lookup body. Hostile shapes must be refused here,
  * before any query is built. */
 #include <setjmp.h>
@@ -9,7 +9,7 @@
 
 #include <string.h>
 
-#include "worker/api_internal.h"
+#include "worker/api/api_shared.h"
 
 static void test_positive_integers(void **state)
 {

@@ -12,7 +12,7 @@
 
 #include <json-c/json.h>
 
-#include "worker/json_scan.h"
+#include "worker/wecom/json_scan.h"
 
 static int ok(const char *s)
 {

@@ -170,7 +170,7 @@ static void test_simulated_10rps(void **state)
     assert_int_equal(r.n, 100);
     assert_true(gap >= 97000);
     /* The pacer alone may let one more into a second (a late send, then one
-     * on time): the upstream's window is kept by its caller (worker/wecom.c). */
+     * on time): the upstream's window is kept by its caller (worker/wecom/wecom.c). */
     assert_true(max_in_any_second(&r) <= 11);
 
     /* A busy CPU: timers up to 40 ms late. Lateness does not add up: still

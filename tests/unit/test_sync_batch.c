@@ -11,8 +11,8 @@
 
 #include <json-c/json.h>
 
-#include "worker/json_scan.h"
-#include "worker/sync_batch.h"
+#include "worker/wecom/json_scan.h"
+#include "worker/sync/sync_batch.h"
 
 static ds_batch *parse(long long dept, const char *answer, int want)
 {

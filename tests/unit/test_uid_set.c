@@ -8,7 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "worker/uid_set.h"
+#include "worker/sync/uid_set.h"
 
 #define N 20000
 

@@ -1,6 +1,6 @@
 /* The sync's reading of user/list answers, alone: what orgsync does with each
- * answer before PostgreSQL sees it (worker/wecom.c's js_check and js_root, then
- * worker/sync_batch.c's parse and, per 8 departments, the statement's arrays).
+ * answer before PostgreSQL sees it (worker/wecom/wecom.c's js_check and js_root, then
+ * worker/sync/sync_batch.c's parse and, per 8 departments, the statement's arrays).
  *
  *   bench_sync_parse ROUNDS ANSWER.json...
  *
@@ -12,10 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/json_scan.h"
-#include "worker/sync_batch.h"
+#include "worker/wecom/json_scan.h"
+#include "worker/sync/sync_batch.h"
 
-enum { BATCH = 8 }; /* DS_BATCH_MAX in worker/directory_sync.c */
+enum { BATCH = 8 }; /* DS_BATCH_MAX in worker/sync/directory_sync.c */
 
 static char *slurp(const char *path, size_t *len)
 {

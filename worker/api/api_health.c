@@ -1,0 +1,360 @@
+/* GET /healthz, /readyz, /metrics and /v1/leader: the process, its
+ * dependencies, its counters, and who leads. */
+#include "worker/api/api_routes.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/timeutil.h"
+#include "coordinator/leader.h"
+#include "coordinator/lock.h"
+#include "worker/wecom/wecom.h"
+
+/* ---- /healthz ---- */
+
+static void on_healthz(http_req *req, void *arg)
+{
+    (void)arg;
+    http_reply_json(req, 200, "{\"status\":\"ok\"}");
+}
+
+/* ---- /readyz: both checks run at once; the answer waits for both ---- */
+
+typedef struct ready_op {
+    api *a;
+    http_req *req;
+    int left;
+    char pg[128], redis[128]; /* "ok" or why not */
+} ready_op;
+
+static void ready_finish(ready_op *op)
+{
+    if (--op->left > 0)
+        return;
+    if (api_unref(op->a)) {
+        buf b;
+        jw w;
+        int ok = !strcmp(op->pg, "ok") && !strcmp(op->redis, "ok");
+        char msg[300];
+        buf_init(&b);
+        jw_init(&w, &b);
+        jw_obj_begin(&w);
+        if (ok) {
+            jw_kstr(&w, "status", "ready");
+        } else {
+            snprintf(msg, sizeof msg, "%s%s%s%s%s", strcmp(op->pg, "ok") ? "postgres: " : "",
+                     strcmp(op->pg, "ok") ? op->pg : "",
+                     strcmp(op->pg, "ok") && strcmp(op->redis, "ok") ? "; " : "",
+                     strcmp(op->redis, "ok") ? "redis: " : "",
+                     strcmp(op->redis, "ok") ? op->redis : "");
+            jw_key(&w, "error");
+            jw_obj_begin(&w);
+            jw_kstr(&w, "code", "dependency_down");
+            jw_kstr(&w, "message", msg);
+            jw_obj_end(&w);
+        }
+        jw_kstr(&w, "postgres", op->pg);
+        jw_kstr(&w, "redis", op->redis);
+        jw_obj_end(&w);
+        if (b.oom)
+            http_reply_error(op->req, 503, "out_of_memory", "out of memory");
+        else
+            http_reply(op->req, ok ? 200 : 503, "application/json", b.data, b.len);
+        buf_free(&b);
+    }
+    free(op);
+}
+
+static void on_ready_pg(void *arg, PGresult *res, const char *err)
+{
+    ready_op *op = arg;
+    (void)res;
+    snprintf(op->pg, sizeof op->pg, "%s", err ? err : "ok");
+    if (err)
+        metrics_counter_add(M_PG_ERRORS, "source=\"api\"", 1);
+    ready_finish(op);
+}
+
+static void on_ready_redis(void *arg, redisReply *reply, const char *err)
+{
+    ready_op *op = arg;
+    (void)reply;
+    snprintf(op->redis, sizeof op->redis, "%s", err ? err : "ok");
+    if (err)
+        metrics_counter_add(M_REDIS_ERRORS, "source=\"api\"", 1);
+    ready_finish(op);
+}
+
+static void on_readyz(http_req *req, void *arg)
+{
+    api *a = arg;
+    ready_op *op = calloc(1, sizeof(*op));
+    if (!op) {
+        http_reply_error(req, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    op->a = a;
+    op->req = req;
+    op->left = 2;
+    api_ref(a);
+    /* a pool with no live connection would queue the probe until its timeout:
+     * say so at once instead */
+    if (!pg_pool_ready(a->d.pg) || pg_query(a->d.pg, "SELECT 1", 0, NULL, on_ready_pg, op)) {
+        snprintf(op->pg, sizeof op->pg, "not connected");
+        op->left--;
+    }
+    if (!redis_connected(a->d.redis) || redis_cmd(a->d.redis, on_ready_redis, op, "PING")) {
+        snprintf(op->redis, sizeof op->redis, "not connected");
+        op->left--;
+    }
+    if (op->left == 0) {
+        op->left = 1;
+        ready_finish(op);
+    }
+}
+
+/* ---- /metrics: a few gauges are refreshed from their sources first ---- */
+
+typedef struct metrics_op {
+    api *a;
+    http_req *req;
+} metrics_op;
+
+static void copy_client_stats(api *a)
+{
+    pg_stats ps;
+    redis_stats rs;
+    lock_stats ls;
+    char labels[64];
+
+    pg_pool_stats(a->d.pg, &ps);
+    redis_get_stats(a->d.redis, &rs);
+    metrics_counter_set(M_PG_ERRORS, "source=\"pool\"", (double)ps.errors);
+    metrics_counter_set("orgsync_pg_timeouts_total", NULL, (double)ps.timeouts);
+    metrics_counter_set("orgsync_pg_reconnects_total", NULL, (double)ps.reconnects);
+    metrics_counter_set(M_REDIS_ERRORS, "source=\"client\"", (double)rs.errors);
+    metrics_counter_set("orgsync_redis_timeouts_total", NULL, (double)rs.timeouts);
+    metrics_counter_set("orgsync_redis_reconnects_total", NULL, (double)rs.reconnects);
+    metrics_gauge_set("orgsync_http_connections", NULL, http_server_conn_count(a->srv));
+    if (a->d.wecom) {
+        /* process totals kept by the upstream client; the per-API, per-errcode
+         * series (M_UPSTREAM_REQUESTS) are for the client itself to add */
+        wecom_stats ws;
+        wecom_get_stats(a->d.wecom, &ws);
+        metrics_counter_set("orgsync_upstream_calls_total", NULL, (double)ws.requests);
+        metrics_counter_set(M_RETRIES, "source=\"wecom\"", (double)ws.retries);
+        metrics_counter_set("orgsync_upstream_token_refreshes_total", NULL,
+                            (double)ws.token_refreshes);
+        metrics_counter_set("orgsync_upstream_bans_total", NULL, (double)ws.bans);
+        metrics_gauge_set("orgsync_upstream_inflight", NULL, (double)ws.inflight);
+    }
+    /* each worker answers from its own registry: say which one this is */
+    char inst[65], info[128];
+    size_t n = 0;
+    for (const char *p = a->d.settings->instance; *p && n < sizeof inst - 1; p++)
+        inst[n++] = (*p == '"' || *p == '\\' || *p == '\n') ? '_' : *p; /* label-safe */
+    inst[n] = '\0';
+    snprintf(info, sizeof info, "instance=\"%s\",worker_id=\"%d\"", inst, a->d.settings->worker_id);
+    metrics_gauge_set("orgsync_worker_info", info, 1);
+    lock_process_stats(&ls);
+    snprintf(labels, sizeof labels, "job=\"%s\"", API_JOB);
+    metrics_gauge_set(M_LOCK_HELD, labels, ls.held);
+    metrics_counter_set(M_LEADER_CHANGES, labels, (double)ls.changes);
+}
+
+static void metrics_reply(metrics_op *op)
+{
+    size_t len = 0;
+    char *text = metrics_render(&len);
+    if (!text) {
+        http_reply_error(op->req, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    http_reply(op->req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}
+
+static void on_run_states(void *arg, PGresult *res, const char *err)
+{
+    metrics_op *op = arg;
+    if (api_unref(op->a)) {
+        if (!err) {
+            static const char *const states[] = {"pending", "running", "succeeded",
+                                                 "partial", "failed",  "abandoned"};
+            char labels[64];
+            for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+                double n = 0;
+                for (int r = 0; r < PQntuples(res); r++)
+                    if (!strcmp(PQgetvalue(res, r, 0), states[i]))
+                        n = strtod(PQgetvalue(res, r, 1), NULL);
+                snprintf(labels, sizeof labels, "state=\"%s\"", states[i]);
+                metrics_gauge_set(M_RUNS, labels, n);
+            }
+        } else {
+            api_pg_failed(op->a, "metrics run states", err);
+        }
+        copy_client_stats(op->a);
+        metrics_reply(op);
+    }
+    free(op);
+}
+
+static void on_metrics(http_req *req, void *arg)
+{
+    api *a = arg;
+    metrics_op *op = calloc(1, sizeof(*op));
+    const char *p[] = {a->d.settings->env, API_JOB};
+    if (!op) {
+        http_reply_error(req, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    op->a = a;
+    op->req = req;
+    api_ref(a);
+    if (pg_pool_ready(a->d.pg) &&
+        pg_query(a->d.pg,
+                 "SELECT state, count(*) FROM sync_runs WHERE env = $1 AND job = $2 GROUP BY state",
+                 2, p, on_run_states, op) == 0)
+        return;
+    /* PostgreSQL down: the process's own counters are still worth scraping */
+    api_unref(a);
+    copy_client_stats(a);
+    metrics_reply(op);
+    free(op);
+}
+
+/* ---- /v1/leader ---- */
+
+typedef struct leader_op {
+    api *a;
+    http_req *req;
+} leader_op;
+
+/* Why this worker would not compete, from the settings, when the serve engineer's
+ * callback is not wired (tests, a worker without a scheduler). */
+static void local_from_settings(api *a, api_leader_local *out)
+{
+    const settings *s = a->d.settings;
+    size_t n = 0;
+    out->why_not[0] = '\0';
+#define WHY(text)                                                                                  \
+    n += (size_t)snprintf(out->why_not + n, n < sizeof out->why_not ? sizeof out->why_not - n : 0, \
+                          "%s%s", n ? "; " : "", text)
+    if (!s->schedule)
+        WHY("schedule off (ORGSYNC_SCHEDULE)");
+    if (!settings_may_schedule_worker(s, s->worker_id))
+        WHY("worker id not in ORGSYNC_SCHEDULER_WORKERS");
+    if (a->d.read_only || s->read_only == READ_ONLY_ON)
+        WHY("read-only (ORGSYNC_READ_ONLY)");
+#undef WHY
+    out->eligible = out->why_not[0] == '\0';
+}
+
+static void on_leader_info(void *arg, const leader_info *info, const char *err)
+{
+    leader_op *op = arg;
+    api *a = op->a;
+    if (!api_unref(a))
+        goto done;
+    if (err) {
+        log_warn("api: leader lookup failed", LF_S("err", err));
+        http_reply_error(op->req, 503, "dependency_down", err);
+        goto done;
+    }
+    api_leader_local loc = {0};
+    lock_stats ls;
+    char t[32];
+    buf b;
+    jw w;
+
+    lock_process_stats(&ls);
+    loc.lease_ms_left = ls.held ? ls.lease_left_ms : -1;
+    loc.last_renew_ms = ls.last_renew_latency_ms < 0 ? -1 : (long long)ls.last_renew_latency_ms;
+    loc.leader_changes = (long long)ls.changes;
+    loc.is_leader = ls.held;
+    if (a->d.leader_local)
+        a->d.leader_local(a->d.leader_local_arg, &loc);
+    else
+        local_from_settings(a, &loc);
+
+    buf_init(&b);
+    jw_init(&w, &b);
+    jw_obj_begin(&w);
+    jw_kstr(&w, "instance", info->instance);
+    if (info->instance)
+        jw_kint(&w, "fencing_token", info->fencing_token);
+    else
+        jw_knull(&w, "fencing_token");
+    if (info->instance && info->since_ms > 0) {
+        time_rfc3339((time_t)(info->since_ms / 1000), (int)(info->since_ms % 1000), t);
+        jw_kstr(&w, "since", t);
+    } else {
+        jw_knull(&w, "since");
+    }
+    if (info->instance && info->pttl_ms >= 0)
+        jw_kint(&w, "lock_ttl_ms", info->pttl_ms);
+    else
+        jw_knull(&w, "lock_ttl_ms");
+    jw_key(&w, "this_worker");
+    jw_obj_begin(&w);
+    jw_kstr(&w, "instance", a->d.settings->instance);
+    jw_kint(&w, "worker_id", a->d.settings->worker_id);
+    jw_kbool(&w, "eligible", loc.eligible);
+    if (loc.eligible)
+        jw_knull(&w, "why_not");
+    else
+        jw_kstr(&w, "why_not", loc.why_not);
+    jw_kbool(&w, "is_leader", loc.is_leader);
+    if (loc.lease_ms_left >= 0)
+        jw_kint(&w, "lease_ms_left", loc.lease_ms_left);
+    else
+        jw_knull(&w, "lease_ms_left");
+    if (loc.last_renew_ms >= 0)
+        jw_kint(&w, "last_renew_ms", loc.last_renew_ms);
+    else
+        jw_knull(&w, "last_renew_ms");
+    jw_kint(&w, "leader_changes", loc.leader_changes);
+    jw_obj_end(&w);
+    jw_obj_end(&w);
+    if (b.oom)
+        http_reply_error(op->req, 503, "out_of_memory", "out of memory");
+    else
+        http_reply(op->req, 200, "application/json", b.data, b.len);
+    buf_free(&b);
+done:
+    free(op);
+}
+
+static void on_leader(http_req *req, void *arg)
+{
+    api *a = arg;
+    leader_op *op = calloc(1, sizeof(*op));
+    if (!op) {
+        http_reply_error(req, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    op->a = a;
+    op->req = req;
+    api_ref(a);
+    if (leader_lookup(a->d.redis, a->d.pg, a->d.settings->env, API_JOB, on_leader_info, op)) {
+        api_unref(a);
+        free(op);
+        http_reply_error(req, 503, "dependency_down", "could not query the lock");
+    }
+}
+
+int api_health_register(api *a)
+{
+    int err = http_server_route(a->srv, "GET", "/healthz", on_healthz, a);
+    if (!err)
+        err = http_server_route(a->srv, "GET", "/readyz", on_readyz, a);
+    if (!err)
+        err = http_server_route(a->srv, "GET", "/metrics", on_metrics, a);
+    if (!err)
+        err = http_server_route(a->srv, "GET", "/v1/leader", on_leader, a);
+    return err;
+}

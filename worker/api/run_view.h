@@ -1,0 +1,87 @@
+/* A run and its per-enterprise progress as JSON: the query, the column
+ * layout, and the builders shared by the HTTP API (worker/api/api_runs.c),
+ * `orgsync status` and the progress display of `orgsync sync`, so that all
+ * three say the same percent and ETA. */
+#ifndef ORGSYNC_RUN_VIEW_H
+#define ORGSYNC_RUN_VIEW_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+
+#include "common/buf.h"
+
+/* Run columns, shared by the detail and list queries (indexes below). */
+#define RUN_COLS                                                                                   \
+    "r.run_id, r.env, r.job, r.trigger, r.state, r.leader_instance, r.fencing_token, r.attempt, "  \
+    "r.code_version, r.error, array_to_json(r.corp_ids)::text, extract(epoch FROM "                \
+    "r.scheduled_for), extract(epoch FROM r.created_at), extract(epoch FROM r.started_at), "       \
+    "extract(epoch FROM r.heartbeat_at), extract(epoch FROM r.finished_at), extract(epoch FROM "   \
+    "now())"
+enum {
+    RC_ID = 0,
+    RC_ENV,
+    RC_JOB,
+    RC_TRIGGER,
+    RC_STATE,
+    RC_LEADER,
+    RC_TOKEN,
+    RC_ATTEMPT,
+    RC_VERSION,
+    RC_ERROR,
+    RC_CORPS,
+    RC_SCHEDULED,
+    RC_CREATED,
+    RC_STARTED,
+    RC_HEARTBEAT,
+    RC_FINISHED,
+    RC_NOW,
+    RC_N
+};
+
+#define PROGRESS_COLS                                                                              \
+    "p.corp_id, p.state, p.departments_total, p.departments_done, p.users_upserted, "              \
+    "p.users_deleted, p.requests, p.retries, p.errors, p.last_error, extract(epoch FROM "          \
+    "p.started_at), extract(epoch FROM p.updated_at), extract(epoch FROM p.finished_at)"
+enum {
+    PC_CORP = 0,
+    PC_STATE,
+    PC_TOTAL,
+    PC_DONE,
+    PC_UPSERTED,
+    PC_DELETED,
+    PC_REQUESTS,
+    PC_RETRIES,
+    PC_ERRORS,
+    PC_LAST_ERROR,
+    PC_STARTED,
+    PC_UPDATED,
+    PC_FINISHED,
+    PC_N
+};
+
+/* One run with its progress rows. $1 env, $2 job, $3 run id (NULL: the latest). */
+extern const char run_view_sql[];
+
+int run_view_finished(const char *state);
+double run_view_col_d(const PGresult *r, int row, int col);
+double run_view_ent_percent(const PGresult *r, int row, int c0);
+/* ETA in whole seconds, rounded up: (now - started) * left / done; 0 once
+ * finished, -1 while there is no rate yet (the API's null). */
+long long run_view_eta(int finished, double started, double now, double done, double left);
+/* The eta_seconds of enterprise `row` (progress columns from c0), -1 for null. */
+long long run_view_ent_eta(const PGresult *r, int row, int c0, double now);
+/* A run's percent from its state and the mean of its nent enterprises' percents. */
+double run_view_percent(const char *state, double mean, int nent);
+/* The run's percent and eta_seconds (-1 for null) from a run_view_sql result
+ * with at least one row: the figures run_view_json writes, for a caller that
+ * shows them without JSON (the live display of `orgsync sync`). */
+void run_view_run_progress(const PGresult *res, double *percent, long long *eta);
+void run_view_put_eta(jw *w, int finished, double started, double now, double done, double left);
+void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double now);
+void run_view_put_fields(jw *w, const PGresult *r, int row);
+void run_view_put_progress(jw *w, const PGresult *r, int row, double mean, int nent);
+/* The run object (SPEC §5) from a run_view_sql result with at least one row;
+ * malloc'ed (caller frees), NULL when out of memory. */
+char *run_view_json(const PGresult *res, size_t *len);
+
+#endif

@@ -1,0 +1,1565 @@
+/* The directory sync job. Each enterprise is a small state machine on the loop;
+ * the job ends when every enterprise has ended (or at once when stopped).
+ *
+ * Writes: every write is ONE fenced statement (coordinator/fence.h) that also
+ * carries the progress counters, so a department's members, its checkpoint and
+ * the enterprise's progress commit together or not at all, and a stale leader
+ * changes nothing. A statement writes the waiting departments of several
+ * enterprises (see DS_STMT_DEPTS_MAX), but an enterprise is in one statement at
+ * a time: its progress counters then only ever move forward, and two statements
+ * never lock the same rows (members, checkpoints, progress) in opposite orders.
+ * A statement PostgreSQL refuses is written again one enterprise at a time, so
+ * one enterprise's data fails only its own departments.
+ *
+ * The members of a department go to PostgreSQL as the upstream's own text of
+ * each member (checked in worker/sync/sync_batch.c, which only puts the keys in the
+ * order jsonb stores them): PostgreSQL extracts the columns with jsonb's ->>
+ * operator, so no value is rebuilt in C and the raw column holds the member the
+ * upstream sent, field for field. */
+#include "worker/sync/directory_sync.h"
+
+#include "common/alert.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/timeutil.h"
+#include "coordinator/fence.h"
+#include "worker/sync/sync_batch.h"
+#include "worker/sync/uid_set.h"
+#include "worker/wecom/wecom.h"
+
+#include "common/buf.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DS_ERR_MAX 512
+/* Transient database failures (timeout, lost connection) of one write are retried. */
+#define DS_WRITE_ATTEMPTS 3
+/* Departments of one enterprise written by one statement, at most: the answers
+ * that piled up for an enterprise while it waited for a write go together. It
+ * also bounds what a leader that dies can leave to fetch again: 1 in flight + 8
+ * waiting + 8 writing. */
+#define DS_BATCH_MAX 8
+/* Statements writing members in flight at once (the pool has 4 connections),
+ * and departments one of them carries, from as many enterprises as are waiting
+ * for a write (oldest first). While PostgreSQL is busy, enterprises queue up,
+ * and the next statement takes many of them: fewer, bigger statements cost
+ * PostgreSQL less, and no answer waits longer than a connection takes to come
+ * free. A statement's own cost (executor start-up, locks, progress rows,
+ * commit) is about 0.2 ms of PostgreSQL's CPU. In the full benchmark, writing
+ * one enterprise a statement made 4,500 transactions; statements of up to 16
+ * or 32 departments made 1,150 or 800, and PostgreSQL used less CPU
+ * (tests/bench/README.md, "Fourth pass"). Two statements in flight rather
+ * than four: PostgreSQL used less CPU and upstream requests went out closer
+ * to the rate in 6 of 6 pairs, and at twice the members the run was shorter
+ * in 2 of 2 ("Fifth pass"); one would leave PostgreSQL a single CPU. */
+#define DS_WRITES_MAX 2
+#define DS_STMT_DEPTS_MAX 32
+/* Answers held in memory (waiting or being written) across the job: fetching
+ * pauses above it, so memory follows this bound, not the directory's size. */
+#define DS_BUFFER_MAX (16u << 20)
+
+typedef struct ds_job ds_job;
+typedef struct ds_corp ds_corp;
+
+typedef enum { CS_PENDING = 0, CS_LISTING, CS_DEPTS, CS_FINAL, CS_ENDED } corp_state;
+
+struct ds_corp {
+    ds_job *job;
+    char corp_id[72];
+    char *secret;
+    corp_state state;
+    int ok;           /* ended succeeded */
+    int missing;      /* asked for by --corp, but unknown or disabled */
+    long long *depts; /* user/list still to fetch, in id order */
+    int ndepts, next;
+    int total;
+    int fetching;                  /* a wecom request is outstanding */
+    ds_batch *ready[DS_BATCH_MAX]; /* fetched, waiting for a write, in order */
+    int nready;
+    ds_batch *writing[DS_BATCH_MAX]; /* in the statement being written */
+    int nwriting;
+    int starved;        /* a fetch waits for the job's answer buffer to drain */
+    int final_attempts; /* of its final write (member writes count in ds_write) */
+    int failed_depts;
+    int quota_hit;
+    char last_error[DS_ERR_MAX];
+    char note[DS_ERR_MAX]; /* recorded, not an error (60003) */
+    /* Counters not yet written (added to the progress row by the next write). */
+    long long d_requests, d_retries, d_errors;
+    /* In flight with the write, restored if it fails. */
+    long long w_requests, w_retries, w_errors;
+    long long users_seen;
+    /* During the enterprise's first sync (no users row when its departments
+     * were written), the userids sent so far: a member not among them goes in
+     * with a plain INSERT (sql_users $7). Emptied, and fresh cleared, for
+     * good once a plain INSERT meets a row after all. */
+    int fresh;
+    uid_set written;
+    int queued; /* in the job's write queue */
+    int alone;  /* its next write carries no other enterprise (see on_written) */
+};
+
+struct ds_job {
+    job_run *run;
+    wecom *wc;
+    ds_corp *corps;
+    int ncorps;
+    int ended, succeeded;
+    int db_inflight;
+    int stopping;
+    int decided; /* every enterprise ended: end_state says how the run went */
+    int end_called;
+    const char *end_state; /* "succeeded" | "partial" | "failed" | NULL (stopped) */
+    char end_error[DS_ERR_MAX];
+    uv_timer_t closer;
+    char token[24], run_id[24];
+    uint64_t started_us;
+    size_t buffered; /* bytes of answers held, see DS_BUFFER_MAX */
+    /* Enterprises waiting for a member write, oldest first (a ring of ncorps:
+     * an enterprise is in it at most once), and member writes in flight. */
+    ds_corp **wq;
+    int wq_head, wq_n;
+    int writes;
+};
+
+/* One statement writing the departments of one or more enterprises. */
+typedef struct ds_write {
+    ds_job *job;
+    int ncorps;
+    int attempts;
+    ds_corp *corps[DS_STMT_DEPTS_MAX];
+} ds_write;
+
+static directory_sync_tuning tuning;
+
+void directory_sync_set_tuning(const directory_sync_tuning *t)
+{
+    if (t)
+        tuning = *t;
+    else
+        memset(&tuning, 0, sizeof(tuning));
+}
+
+/* ---- SQL ---------------------------------------------------------------------------- */
+
+#define Q_PROGRESS_INIT "ds_progress_init"
+#define Q_PROGRESS_READ "ds_progress_read"
+#define Q_DEPTS "ds_departments"
+#define Q_USERS "ds_users"
+#define Q_CORP_OK "ds_corp_succeeded"
+#define Q_CORP_FAIL "ds_corp_failed"
+
+/* The enterprise's row, locked for the statement ($5 corp): since users and
+ * departments keep no foreign key (sql/002), a delete of the enterprise waits
+ * for the write, and its trigger then removes what the write added; a write
+ * after the delete finds no row and adds nothing. One lock per statement, where
+ * the key took one per row. */
+#define ENTERPRISE_CTE "ent AS (SELECT 1 FROM enterprises WHERE corp_id = $5 FOR KEY SHARE)"
+
+/* ON CONFLICT ... DO UPDATE ... WHERE: a member whose stored text is the
+ * upstream's now (unchanged since an earlier run, or written by this run for
+ * another of its departments) is left as it is, which saves PostgreSQL a new
+ * row version and its index entries: in the schedule's usual run, nearly every
+ * member. What the run saw is in its checkpoints (sql_corp_ok), so a member
+ * need not be written to count as seen. A member deleted earlier comes back.
+ * The columns are read from raw, so raw alone tells whether anything changed. */
+#define SKIP_UNCHANGED "WHERE u.raw IS DISTINCT FROM EXCLUDED.raw OR u.deleted_at IS NOT NULL"
+
+/* $4 run_id, $5 corp_ids text[]. Enterprises of an earlier attempt that are no
+ * longer part of the run end 'failed' instead of staying 'pending' forever. */
+static const char sql_progress_init[] =
+    "WITH " FENCE_CTE ", "
+    "ins AS (INSERT INTO sync_progress (run_id, corp_id) SELECT $4::bigint, c "
+    "  FROM unnest($5::text[]) AS c WHERE EXISTS (SELECT 1 FROM fence) "
+    "  ON CONFLICT (run_id, corp_id) DO NOTHING RETURNING 1), "
+    "gone AS (UPDATE sync_progress SET state = 'failed', last_error = 'enterprise is no longer "
+    "  enabled', finished_at = now(), updated_at = now() WHERE run_id = $4::bigint "
+    "  AND NOT (corp_id = ANY ($5::text[])) AND state IN ('pending', 'running') "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
+
+static const char sql_progress_read[] =
+    "SELECT corp_id, state, users_upserted FROM sync_progress WHERE run_id = $1::bigint";
+
+/* $4 run, $5 corp, $6 department/list answer, $7 total, $8 ids bigint[], $9..$11
+ * requests, retries, errors. Returns fenced, this run's checkpoints, and whether
+ * the enterprise has no users row (its first sync: see ds_corp.written). */
+static const char sql_departments[] =
+    "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
+    "src AS (SELECT DISTINCT ON (d.id) d.id, d.name, d.parentid, d.\"order\" "
+    "  FROM jsonb_to_recordset($6::jsonb -> 'department') AS d(id bigint, name text, "
+    "  parentid bigint, \"order\" bigint) WHERE EXISTS (SELECT 1 FROM fence) "
+    "  AND EXISTS (SELECT 1 FROM ent) ORDER BY d.id), "
+    "up AS (INSERT INTO departments AS t (corp_id, dept_id, name, parent_id, \"order\", "
+    "  sync_run_id, synced_at, deleted_at) SELECT $5, id, coalesce(name, ''), parentid, "
+    "  \"order\", $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, dept_id) DO UPDATE "
+    "  SET name = EXCLUDED.name, parent_id = EXCLUDED.parent_id, \"order\" = EXCLUDED.\"order\", "
+    "  sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, deleted_at = NULL "
+    "  RETURNING 1), "
+    "pr AS (UPDATE sync_progress SET state = 'running', departments_total = $7::int, "
+    "  departments_done = (SELECT count(*) FROM sync_checkpoints k WHERE k.run_id = $4::bigint "
+    "    AND k.corp_id = $5 AND k.dept_id = ANY ($8::bigint[])), "
+    "  started_at = coalesce(started_at, now()), updated_at = now(), "
+    "  requests = requests + $9::bigint, retries = retries + $10::bigint, "
+    "  errors = errors + $11::bigint "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "
+    "  (SELECT coalesce(array_agg(dept_id ORDER BY dept_id), '{}')::text FROM sync_checkpoints "
+    "   WHERE run_id = $4::bigint AND corp_id = $5), "
+    "  NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5) AS first_sync";
+
+/* The members of departments of one or more enterprises, their checkpoints and
+ * the enterprises' progress counters, in one statement. $4 run;
+ * $5 a JSON array with an object per enterprise (keys in jsonb's order):
+ *   c  corp id;
+ *   d  its departments: [{"d": dept, "n": members the department lists, "p":
+ *      members counted here, "s": unknown upstream (60003: its row loses this
+ *      run's mark, so it is deleted if the enterprise succeeds)}, ...];
+ *   e, q, r  errors, requests, retries to add to its progress row;
+ *   t  a note for last_error, or null;
+ * $6 [[corp id, [member, ...]], ...]: the members to write that may be in users
+ * already, each member once, in userid order (see sync_batch_params);
+ * $7 the same for the members surely not in users yet.
+ *
+ * The members go in as the upstream's text, cast to jsonb once, and are
+ * inserted straight from it: nothing to sort or deduplicate in PostgreSQL, and
+ * they pass through no CTE (a CTE keeps a copy of its rows, and an UPDATE ...
+ * FROM one copies each row it joins). Each enterprise's row is locked (FOR KEY
+ * SHARE: see ENTERPRISE_CTE), and an enterprise without one writes no member
+ * and no checkpoint.
+ *
+ * The columns come out of each member with ->> (the department array's JSON
+ * text becomes an int[] literal by its brackets: sync_batch_parse let through
+ * only arrays of 32-bit integers): the same values as jsonb_to_record, whose
+ * extraction cost PostgreSQL 3 to 7 times as much (psql, 80,000 simulated
+ * members in 229 arrays, five alternating runs: 811-1,150 ms with
+ * jsonb_to_record, 399-503 ms with ->>, 316-352 ms for reading the arrays
+ * alone).
+ *
+ * $7's members (only during an enterprise's first sync: see ds_corp.written)
+ * take a plain INSERT: no arbiter probe and no speculative insertion. (psql,
+ * the benchmark's 400,000 rows into an empty users in one statement,
+ * alternating: 3.1-4.1 s with ON CONFLICT in 5 runs, 2.2-2.5 s without in 6.) Should a
+ * row have appeared meanwhile (a realtime lookup stored that member), the
+ * statement fails on the primary key, changes nothing, and is written again
+ * with every member in $6.
+ *
+ * users_upserted counts each member once, in the department that is its main
+ * one ("p", counted in C), and only for departments newly checkpointed here. */
+#define USERS_COLUMNS                                                                              \
+    "(corp_id, userid, name, mobile, email, position, status, department, main_department, raw, "  \
+    "sync_run_id, synced_at, deleted_at)"
+#define USERS_SELECT                                                                               \
+    "SELECT g->>0, e->>'userid', e->>'name', e->>'mobile', e->>'email', e->>'position', "          \
+    "  (e->>'status')::int, coalesce(translate(e->>'department', '[]', '{}')::int[], '{}'), "      \
+    "  (e->>'main_department')::int, e, $4::bigint, now(), NULL "
+static const char sql_users[] =
+    "WITH " FENCE_CTE ", "
+    "g AS (SELECT x->>'c' AS c, x->'d' AS d, (x->>'q')::bigint AS q, (x->>'r')::bigint AS r, "
+    "  (x->>'e')::bigint AS e, x->>'t' AS t FROM jsonb_array_elements($5::jsonb) AS x "
+    "  WHERE EXISTS (SELECT 1 FROM fence)), "
+    "ent AS (SELECT corp_id FROM enterprises WHERE corp_id IN (SELECT c FROM g) "
+    "  ORDER BY corp_id FOR KEY SHARE), "
+    "depts AS (SELECT g.c, y.d, y.p, y.s, y.n, y.u FROM g, jsonb_to_recordset(g.d) AS y(d bigint, "
+    "  p bigint, s boolean, n int, u jsonb) WHERE g.c IN (SELECT corp_id FROM ent)), "
+    "up AS (INSERT INTO users AS u " USERS_COLUMNS " " USERS_SELECT
+    "  FROM jsonb_array_elements($6::jsonb) AS g, jsonb_array_elements(g->1) AS e "
+    "  WHERE g->>0 IN (SELECT corp_id FROM ent) "
+    "  ON CONFLICT (corp_id, userid) DO UPDATE SET "
+    "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "
+    "  position = EXCLUDED.position, status = EXCLUDED.status, "
+    "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
+    "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
+    "  deleted_at = NULL " SKIP_UNCHANGED " RETURNING 1), "
+    "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
+    "  FROM jsonb_array_elements($7::jsonb) AS g, jsonb_array_elements(g->1) AS e "
+    "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING 1), "
+    "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
+    "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d RETURNING 1), "
+    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users, userids) "
+    "  SELECT $4::bigint, c, d, n, ARRAY(SELECT jsonb_array_elements_text(u)) FROM depts "
+    "  ON CONFLICT DO NOTHING RETURNING corp_id, dept_id), "
+    "k AS (SELECT cp.corp_id, count(*) AS done, sum(depts.p) AS users FROM cp "
+    "  JOIN depts ON depts.c = cp.corp_id AND depts.d = cp.dept_id GROUP BY cp.corp_id), "
+    "pr AS (UPDATE sync_progress s SET departments_done = s.departments_done + "
+    "  coalesce(k.done, 0), users_upserted = s.users_upserted + coalesce(k.users, 0), "
+    "  requests = s.requests + g.q, retries = s.retries + g.r, errors = s.errors + g.e, "
+    "  last_error = coalesce(g.t, s.last_error), updated_at = now() "
+    "  FROM g LEFT JOIN k ON k.corp_id = g.c "
+    "  WHERE s.run_id = $4::bigint AND s.corp_id = g.c RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, "
+    "  (SELECT count(*) FROM up) + (SELECT count(*) FROM ins), "
+    "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
+
+/* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL. Only after
+ * every department succeeded: whoever this run did not see is gone. Seen: listed
+ * by a department this run checkpointed (its userids, whichever attempt of the
+ * run wrote it), or written by this run (a checkpoint written before schema 3
+ * has no userids: its members were all written then). The checkpoints' userids
+ * are dropped once used: the run's record keeps the counts, not the lists. */
+static const char sql_corp_ok[] =
+    "WITH " FENCE_CTE ", "
+    "seen AS (SELECT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5), "
+    "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
+    "  AND sync_run_id IS DISTINCT FROM $4::bigint "
+    "  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.userid = users.userid) "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "ku AS (UPDATE sync_checkpoints SET userids = NULL WHERE run_id = $4::bigint AND corp_id = $5 "
+    "  AND userids IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "dd AS (UPDATE departments SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
+    "  AND sync_run_id IS DISTINCT FROM $4::bigint AND EXISTS (SELECT 1 FROM fence) "
+    "  RETURNING 1), "
+    "pr AS (UPDATE sync_progress SET state = 'succeeded', users_deleted = users_deleted + "
+    "  (SELECT count(*) FROM du), requests = requests + $6::bigint, "
+    "  retries = retries + $7::bigint, errors = errors + $8::bigint, "
+    "  last_error = coalesce($9, last_error), finished_at = now(), updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM du), "
+    "  (SELECT count(*) FROM dd)";
+
+/* $4 run, $5 corp, $6 last_error, $7..$9 counters. */
+static const char sql_corp_fail[] =
+    "WITH " FENCE_CTE ", "
+    "pr AS (UPDATE sync_progress SET state = 'failed', last_error = $6, "
+    "  requests = requests + $7::bigint, retries = retries + $8::bigint, "
+    "  errors = errors + $9::bigint, started_at = coalesce(started_at, now()), "
+    "  finished_at = now(), updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
+
+static const char sql_enterprises[] =
+    "SELECT corp_id, corp_secret FROM enterprises WHERE enabled "
+    "AND ($1::text[] IS NULL OR corp_id = ANY ($1::text[])) ORDER BY corp_id";
+
+static int prepare_all(pg_pool *pg)
+{
+    static const struct {
+        const char *name, *sql;
+    } stmts[] = {
+        {Q_PROGRESS_INIT, sql_progress_init},
+        {Q_PROGRESS_READ, sql_progress_read},
+        {Q_DEPTS, sql_departments},
+        {Q_USERS, sql_users},
+        {Q_CORP_OK, sql_corp_ok},
+        {Q_CORP_FAIL, sql_corp_fail},
+    };
+    for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
+        /* Registered once per pool: a second job on the same pool finds them there. */
+        int rc = pg_pool_prepare(pg, stmts[i].name, stmts[i].sql);
+        if (rc && rc != PG_EEXIST)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+static void ds_end_check(ds_job *j);
+static void corp_pump(ds_corp *c);
+static void corp_finish(ds_corp *c);
+static void job_stop(ds_job *j, const char *reason);
+
+static int lease_ok(ds_job *j)
+{
+    if (j->stopping)
+        return 0;
+    if (j->run->lease_valid && !j->run->lease_valid(j->run)) {
+        job_stop(j, "lease not valid");
+        return 0;
+    }
+    return 1;
+}
+
+/* A false `fenced` column: a successor holds the fence. */
+static int check_fenced(ds_job *j, PGresult *res)
+{
+    if (PQntuples(res) >= 1 && PQgetvalue(res, 0, 0)[0] == 't')
+        return 1;
+    log_warn("directory sync: fenced out, stopping", LF_I("run_id", j->run->run_id),
+             LF_I("fencing_token", j->run->fencing_token));
+    if (!j->stopping) {
+        if (j->run->fenced_out)
+            j->run->fenced_out(j->run);
+        job_stop(j, "fenced out");
+    }
+    return 0;
+}
+
+static void fmt_ll(char *out, size_t n, long long v)
+{
+    snprintf(out, n, "%lld", v);
+}
+
+/* Transient database failures are worth another try; a server error about the
+ * data is not. */
+static int db_transient(const char *err)
+{
+    return !strcmp(err, "timeout") || !strcmp(err, "connection lost") ||
+           strstr(err, "could not serialize") || strstr(err, "deadlock detected");
+}
+
+/* Takes the counters that the next write carries; as text too, unless req is
+ * NULL (the member write puts them in its JSON). */
+static void take_counters(ds_corp *c, char *req, char *ret, char *errs)
+{
+    c->w_requests = c->d_requests;
+    c->w_retries = c->d_retries;
+    c->w_errors = c->d_errors;
+    c->d_requests = c->d_retries = c->d_errors = 0;
+    if (!req)
+        return;
+    fmt_ll(req, 24, c->w_requests);
+    fmt_ll(ret, 24, c->w_retries);
+    fmt_ll(errs, 24, c->w_errors);
+}
+
+static void restore_counters(ds_corp *c)
+{
+    c->d_requests += c->w_requests;
+    c->d_retries += c->w_retries;
+    c->d_errors += c->w_errors;
+    c->w_requests = c->w_retries = c->w_errors = 0;
+}
+
+static void add_result(ds_corp *c, const wecom_result *res)
+{
+    c->d_requests += res->requests;
+    c->d_retries += res->retries;
+}
+
+static void corp_error(ds_corp *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void corp_error(ds_corp *c, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof(c->last_error), fmt, ap);
+    va_end(ap);
+    c->d_errors++;
+}
+
+/* ---- JSON checks -------------------------------------------------------------------- */
+
+static int is_int(json_object *o)
+{
+    return o && json_object_is_type(o, json_type_int);
+}
+
+/* A member field of the given type, or absent/null. */
+static int field_ok(json_object *m, const char *k, json_type t)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(m, k, &v) || !v)
+        return 1;
+    return json_object_is_type(v, t);
+}
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Collects department ids (sorted, unique) from a department/list answer. */
+static int check_departments(json_object *root, long long **ids, int *nids, char *why, size_t n)
+{
+    json_object *arr, *d, *id;
+    size_t len;
+    long long *v;
+    int k = 0;
+
+    if (!json_object_object_get_ex(root, "department", &arr) ||
+        !json_object_is_type(arr, json_type_array)) {
+        snprintf(why, n, "no department array");
+        return -1;
+    }
+    len = json_object_array_length(arr);
+    v = malloc((len ? len : 1) * sizeof(*v));
+    if (!v) {
+        snprintf(why, n, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        d = json_object_array_get_idx(arr, i);
+        if (!d || !json_object_is_type(d, json_type_object) ||
+            !json_object_object_get_ex(d, "id", &id) || !is_int(id) ||
+            json_object_get_int64(id) <= 0 || !field_ok(d, "name", json_type_string) ||
+            !field_ok(d, "parentid", json_type_int) || !field_ok(d, "order", json_type_int)) {
+            snprintf(why, n, "department entry %zu is malformed", i);
+            free(v);
+            return -1;
+        }
+        v[k++] = json_object_get_int64(id);
+    }
+    qsort(v, (size_t)k, sizeof(*v), cmp_ll);
+    int u = 0;
+    for (int i = 0; i < k; i++)
+        if (u == 0 || v[u - 1] != v[i])
+            v[u++] = v[i];
+    *ids = v;
+    *nids = u;
+    return 0;
+}
+
+/* "{1,2,3}" */
+static char *ids_literal(const long long *ids, int n)
+{
+    size_t cap = 3 + (size_t)n * 21;
+    char *s = malloc(cap), *p;
+
+    if (!s)
+        return NULL;
+    p = s;
+    *p++ = '{';
+    for (int i = 0; i < n; i++)
+        p += snprintf(p, cap - (size_t)(p - s), "%s%lld", i ? "," : "", ids[i]);
+    *p++ = '}';
+    *p = '\0';
+    return s;
+}
+
+/* ---- the per-department write ------------------------------------------------------- */
+
+static void job_write_pump(ds_job *j);
+static void on_written(void *arg, PGresult *res, const char *err);
+
+static void writing_free(ds_corp *c)
+{
+    for (int i = 0; i < c->nwriting; i++) {
+        c->job->buffered -= sync_batch_bytes(c->writing[i]);
+        sync_batch_free(c->writing[i]);
+    }
+    c->nwriting = 0;
+}
+
+/* The write queue: a ring of ncorps slots. */
+static void wq_push(ds_job *j, ds_corp *c, int front)
+{
+    if (front) {
+        j->wq_head = (j->wq_head + j->ncorps - 1) % j->ncorps;
+        j->wq[j->wq_head] = c;
+    } else {
+        j->wq[(j->wq_head + j->wq_n) % j->ncorps] = c;
+    }
+    j->wq_n++;
+    c->queued = 1;
+}
+
+static ds_corp *wq_pop(ds_job *j)
+{
+    ds_corp *c = j->wq[j->wq_head];
+
+    j->wq_head = (j->wq_head + 1) % j->ncorps;
+    j->wq_n--;
+    c->queued = 0;
+    return c;
+}
+
+/* The three arrays sql_users takes ($5 enterprises, $6 members that may be in
+ * users, $7 members surely not), one writer each. */
+typedef struct write_params {
+    buf b[3];
+    jw w[3];
+} write_params;
+
+/* Appends an enterprise's part of the arrays. 0, or -ENOMEM. */
+static int write_group(write_params *wp, ds_corp *c)
+{
+    sync_params sp;
+    jw *meta = &wp->w[0];
+
+    if (sync_batch_params(c->writing, c->nwriting, c->fresh ? &c->written : NULL, &sp))
+        return -ENOMEM;
+    jw_obj_begin(meta);
+    jw_kstr(meta, "c", c->corp_id);
+    jw_key(meta, "d");
+    jw_raw(meta, sp.depts);
+    jw_kint(meta, "e", c->w_errors);
+    jw_kint(meta, "q", c->w_requests);
+    jw_kint(meta, "r", c->w_retries);
+    if (c->note[0])
+        jw_kstr(meta, "t", c->note);
+    else
+        jw_knull(meta, "t");
+    jw_obj_end(meta);
+    for (int k = 1; k <= 2; k++) {
+        const char *members = k == 1 ? sp.members : sp.fresh;
+        if (!members)
+            continue;
+        jw_arr_begin(&wp->w[k]);
+        jw_str(&wp->w[k], c->corp_id);
+        jw_raw(&wp->w[k], members);
+        jw_arr_end(&wp->w[k]);
+    }
+    sync_params_free(&sp);
+    return 0;
+}
+
+/* Sends w's statement (again, after a failure). On an error nothing is sent:
+ * its departments fail and w is freed. */
+static void write_issue(ds_write *w)
+{
+    ds_job *j = w->job;
+    const char *p[7];
+    write_params wp;
+    int rc = 0;
+
+    if (!lease_ok(j)) {
+        free(w); /* the batches stay with their enterprises, freed with the job */
+        return;
+    }
+    for (int i = 0; i < w->ncorps; i++)
+        take_counters(w->corps[i], NULL, NULL, NULL);
+    for (int k = 0; k < 3; k++) {
+        buf_init(&wp.b[k]);
+        jw_init(&wp.w[k], &wp.b[k]);
+        jw_arr_begin(&wp.w[k]);
+    }
+    for (int i = 0; i < w->ncorps && !rc; i++)
+        rc = write_group(&wp, w->corps[i]);
+    for (int k = 0; k < 3; k++) {
+        jw_arr_end(&wp.w[k]);
+        if (!rc && wp.b[k].oom)
+            rc = -ENOMEM;
+    }
+    if (!rc) {
+        p[0] = j->run->env;
+        p[1] = j->run->job;
+        p[2] = j->token;
+        p[3] = j->run_id;
+        p[4] = wp.b[0].data;
+        p[5] = wp.b[1].data;
+        p[6] = wp.b[2].data;
+        rc = pg_query_prepared(j->run->pg, Q_USERS, 7, p, on_written, w);
+    }
+    for (int k = 0; k < 3; k++)
+        buf_free(&wp.b[k]);
+    if (rc) {
+        for (int i = 0; i < w->ncorps; i++) {
+            ds_corp *c = w->corps[i];
+            restore_counters(c);
+            corp_error(c, "department %lld: cannot queue the write (%d)", c->writing[0]->dept_id,
+                       rc);
+            c->failed_depts += c->nwriting;
+            c->alone = 0;
+            writing_free(c);
+        }
+        for (int i = 0; i < w->ncorps; i++)
+            corp_pump(w->corps[i]);
+        free(w);
+        return;
+    }
+    for (int i = 0; i < w->ncorps; i++)
+        w->corps[i]->note[0] = '\0';
+    j->db_inflight++;
+    j->writes++;
+}
+
+/* Starts member writes while fewer than DS_WRITES_MAX are in flight: each takes
+ * the enterprises at the head of the queue, with every department they hold
+ * ready, up to DS_STMT_DEPTS_MAX departments. */
+static void job_write_pump(ds_job *j)
+{
+    int max = tuning.writes_max > 0 ? tuning.writes_max : DS_WRITES_MAX;
+
+    while (!j->stopping && j->writes < max && j->wq_n) {
+        ds_write *w = calloc(1, sizeof(*w));
+        int depts = 0;
+
+        if (!w)
+            return; /* the queue waits for the next write to end */
+        w->job = j;
+        while (j->wq_n && w->ncorps < DS_STMT_DEPTS_MAX) {
+            ds_corp *c = j->wq[j->wq_head];
+            int n = c->nwriting ? c->nwriting : c->nready;
+            if (w->ncorps && (c->alone || depts + n > DS_STMT_DEPTS_MAX))
+                break;
+            wq_pop(j);
+            if (!c->nwriting) {
+                memcpy(c->writing, c->ready, (size_t)n * sizeof(c->ready[0]));
+                c->nready = 0;
+                c->nwriting = n;
+            }
+            w->corps[w->ncorps++] = c;
+            depts += n;
+            if (c->alone)
+                break;
+        }
+        write_issue(w);
+    }
+}
+
+/* A plain INSERT of sql_users met a row of users: something else wrote a member
+ * of an enterprise of the statement during its first sync. */
+static int met_row(const ds_write *w, const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    int fresh = 0;
+
+    for (int i = 0; i < w->ncorps; i++)
+        fresh |= w->corps[i]->fresh;
+    return fresh && state && !strcmp(state, "23505");
+}
+
+static void on_written(void *arg, PGresult *res, const char *err)
+{
+    ds_write *w = arg;
+    ds_job *j = w->job;
+    int depts = 0;
+
+    j->db_inflight--;
+    j->writes--;
+    if (j->stopping) {
+        for (int i = 0; i < w->ncorps; i++)
+            writing_free(w->corps[i]);
+        free(w);
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        for (int i = 0; i < w->ncorps; i++)
+            restore_counters(w->corps[i]);
+    }
+    if (err && met_row(w, res)) {
+        /* The statement wrote nothing: the same departments again, every member
+         * through ON CONFLICT, as for the rest of these enterprises. */
+        for (int i = 0; i < w->ncorps; i++) {
+            ds_corp *c = w->corps[i];
+            if (c->fresh)
+                log_info("directory sync: a member was written meanwhile, upserting from now on",
+                         LF_S("corp_id", c->corp_id), LF_I("dept_id", c->writing[0]->dept_id));
+            c->fresh = 0;
+            uid_set_free(&c->written);
+        }
+        write_issue(w);
+        return;
+    }
+    if (err && db_transient(err) && ++w->attempts < DS_WRITE_ATTEMPTS) {
+        log_warn("directory sync: department write failed, retrying",
+                 LF_S("corp_id", w->corps[0]->corp_id), LF_I("enterprises", w->ncorps),
+                 LF_S("error", err));
+        write_issue(w);
+        return;
+    }
+    if (err && w->ncorps > 1) {
+        /* One enterprise's data may be what PostgreSQL refused: each goes again
+         * on its own, first in the queue, so only the culprit's departments fail. */
+        log_warn("directory sync: department write failed, writing its enterprises apart",
+                 LF_I("enterprises", w->ncorps), LF_S("error", err));
+        for (int i = w->ncorps - 1; i >= 0; i--) {
+            w->corps[i]->alone = 1;
+            wq_push(j, w->corps[i], 1);
+        }
+        free(w);
+        job_write_pump(j);
+        return;
+    }
+    if (err) {
+        ds_corp *c = w->corps[0];
+        long long first = c->writing[0]->dept_id;
+        corp_error(c, "department %lld: database: %.300s", first, err);
+        log_error("directory sync: department write failed", LF_S("corp_id", c->corp_id),
+                  LF_I("dept_id", first), LF_I("departments", c->nwriting), LF_S("error", err));
+        c->failed_depts += c->nwriting;
+    } else if (!check_fenced(j, res)) {
+        for (int i = 0; i < w->ncorps; i++)
+            writing_free(w->corps[i]);
+        free(w);
+        ds_end_check(j);
+        return;
+    } else {
+        for (int i = 0; i < w->ncorps; i++) {
+            ds_corp *c = w->corps[i];
+            for (int k = 0; k < c->nwriting; k++)
+                c->users_seen += c->writing[k]->members;
+            depts += c->nwriting;
+        }
+        metrics_counter_add(M_DEPARTMENTS_SYNCED, NULL, depts);
+        metrics_counter_add(M_MEMBERS_SYNCED, NULL, strtod(PQgetvalue(res, 0, 1), NULL));
+    }
+    for (int i = 0; i < w->ncorps; i++) {
+        w->corps[i]->alone = 0;
+        writing_free(w->corps[i]);
+    }
+    for (int i = 0; i < w->ncorps && !j->stopping; i++)
+        corp_pump(w->corps[i]);
+    free(w);
+    job_write_pump(j);
+    /* Memory freed: enterprises that waited for the buffer may fetch again. */
+    if (j->buffered < DS_BUFFER_MAX && !j->stopping)
+        for (int i = 0; i < j->ncorps && !j->stopping; i++)
+            if (j->corps[i].starved)
+                corp_pump(&j->corps[i]);
+}
+
+/* ---- fetching ----------------------------------------------------------------------- */
+
+static void on_user_list(void *arg, const wecom_result *res);
+
+static void fetch_next(ds_corp *c)
+{
+    ds_job *j = c->job;
+    int rc;
+
+    rc = wecom_user_list_text(j->wc, c->corp_id, c->depts[c->next], on_user_list, c);
+    if (rc) {
+        corp_error(c, "department %lld: cannot queue user/list (%d)", c->depts[c->next], rc);
+        c->failed_depts++;
+        c->next++;
+        return;
+    }
+    c->next++;
+    c->fetching = 1;
+}
+
+static void on_user_list(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    long long dept = c->depts[c->next - 1];
+    ds_batch *b;
+    char why[200];
+    int n;
+
+    c->fetching = 0;
+    add_result(c, res);
+    if (j->stopping || res->status == WECOM_E_STOPPED) {
+        ds_end_check(j);
+        if (!j->stopping)
+            job_stop(j, "upstream client stopped");
+        return;
+    }
+    if (res->status == WECOM_E_QUOTA) {
+        c->quota_hit = 1;
+        log_warn("directory sync: daily quota reached, enterprise stops",
+                 LF_S("corp_id", c->corp_id));
+        corp_pump(c);
+        return;
+    }
+    if (res->status == WECOM_E_ERRCODE && res->errcode == 60003) {
+        /* The department vanished since department/list: nothing to fetch. */
+        snprintf(c->note, sizeof(c->note), "department %lld: unknown upstream (60003), skipped",
+                 dept);
+        log_info("directory sync: department unknown upstream, skipped",
+                 LF_S("corp_id", c->corp_id), LF_I("dept_id", dept));
+        n = 0;
+        b = calloc(1, sizeof(*b));
+        if (!b)
+            goto oom;
+        b->dept_id = dept;
+        c->ready[c->nready++] = b;
+        corp_pump(c);
+        return;
+    }
+    if (res->status != WECOM_OK) {
+        corp_error(c, "department %lld: %s", dept, res->error ? res->error : "failed");
+        log_warn("directory sync: department failed", LF_S("corp_id", c->corp_id),
+                 LF_I("dept_id", dept), LF_S("error", c->last_error));
+        c->failed_depts++;
+        corp_pump(c);
+        return;
+    }
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        goto oom;
+    b->dept_id = dept;
+    n = sync_batch_parse(b, res->body, res->body_len, why, sizeof(why));
+    if (n < 0) {
+        free(b);
+        corp_error(c, "department %lld: malformed user/list answer: %s", dept, why);
+        log_warn("directory sync: department failed", LF_S("corp_id", c->corp_id),
+                 LF_I("dept_id", dept), LF_S("error", c->last_error));
+        c->failed_depts++;
+        corp_pump(c);
+        return;
+    }
+    j->buffered += sync_batch_bytes(b);
+    c->ready[c->nready++] = b;
+    corp_pump(c);
+    return;
+oom:
+    corp_error(c, "department %lld: out of memory", dept);
+    c->failed_depts++;
+    corp_pump(c);
+}
+
+/* Moves the enterprise forward: start the next fetch and the next write if their
+ * slots are free; end the enterprise when nothing is left. */
+static void corp_pump(ds_corp *c)
+{
+    ds_job *j = c->job;
+
+    if (j->stopping || c->state != CS_DEPTS)
+        return;
+    if (!c->nwriting && c->nready && !c->queued) {
+        wq_push(j, c, 0);
+        job_write_pump(j);
+        if (j->stopping)
+            return;
+    }
+    c->starved = 0;
+    while (!c->fetching && c->nready < DS_BATCH_MAX && !c->quota_hit && c->next < c->ndepts) {
+        if (j->buffered >= DS_BUFFER_MAX) {
+            c->starved = 1;
+            break;
+        }
+        if (!lease_ok(j))
+            return;
+        fetch_next(c);
+    }
+    if (!c->fetching && !c->nready && !c->nwriting && (c->quota_hit || c->next >= c->ndepts))
+        corp_finish(c);
+}
+
+/* ---- the department list ------------------------------------------------------------ */
+
+static void on_departments_written(void *arg, PGresult *res, const char *err);
+
+static void corp_fail(ds_corp *c, const char *why);
+
+static void on_department_list(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    char why[200], total[24], req[24], ret[24], errs[24];
+    char *ids = NULL;
+    const char *p[11];
+    int rc;
+
+    add_result(c, res);
+    if (j->stopping || res->status == WECOM_E_STOPPED) {
+        ds_end_check(j);
+        if (!j->stopping)
+            job_stop(j, "upstream client stopped");
+        return;
+    }
+    if (res->status == WECOM_E_QUOTA) {
+        c->quota_hit = 1;
+        corp_fail(c, "daily quota");
+        return;
+    }
+    if (res->status != WECOM_OK) {
+        corp_error(c, "%s", res->error ? res->error : "department/list failed");
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (check_departments(res->json, &c->depts, &c->ndepts, why, sizeof(why))) {
+        corp_error(c, "department/list: malformed answer: %s", why);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    c->total = c->ndepts;
+    ids = ids_literal(c->depts, c->ndepts);
+    if (!ids) {
+        corp_error(c, "out of memory");
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (!lease_ok(j)) {
+        free(ids);
+        return;
+    }
+    fmt_ll(total, sizeof(total), c->ndepts);
+    take_counters(c, req, ret, errs);
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = c->corp_id;
+    p[5] = res->body;
+    p[6] = total;
+    p[7] = ids;
+    p[8] = req;
+    p[9] = ret;
+    p[10] = errs;
+    /* libpq copies the parameters, so the answer need not outlive this callback. */
+    rc = pg_query_prepared(j->run->pg, Q_DEPTS, 11, p, on_departments_written, c);
+    free(ids);
+    if (rc) {
+        restore_counters(c);
+        corp_error(c, "cannot queue the department write (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    j->db_inflight++;
+}
+
+/* Parses "{1,2,3}" and drops those departments from the fetch list. */
+static void skip_checkpointed(ds_corp *c, const char *arr)
+{
+    const char *p = arr;
+    int w = 0, k = 0, n = 0;
+    long long *done = malloc((strlen(arr) / 2 + 1) * sizeof(*done));
+
+    if (!done)
+        return; /* fetching again is safe, only slower */
+    while (*p) {
+        char *end;
+        long long v;
+        if (*p < '0' || *p > '9') {
+            p++;
+            continue;
+        }
+        v = strtoll(p, &end, 10);
+        done[n++] = v;
+        p = end;
+    }
+    qsort(done, (size_t)n, sizeof(*done), cmp_ll);
+    for (int i = 0; i < c->ndepts; i++) {
+        while (k < n && done[k] < c->depts[i])
+            k++;
+        if (k < n && done[k] == c->depts[i])
+            continue;
+        c->depts[w++] = c->depts[i];
+    }
+    free(done);
+    if (w < c->ndepts)
+        log_info("directory sync: resuming enterprise from checkpoints",
+                 LF_S("corp_id", c->corp_id), LF_I("departments_done", c->ndepts - w),
+                 LF_I("departments_left", w));
+    c->ndepts = w;
+}
+
+static void on_departments_written(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        restore_counters(c);
+        corp_error(c, "department/list: database: %.300s", err);
+        log_error("directory sync: department upsert failed", LF_S("corp_id", c->corp_id),
+                  LF_S("error", err));
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    }
+    skip_checkpointed(c, PQgetvalue(res, 0, 2));
+    c->fresh = PQgetvalue(res, 0, 3)[0] == 't';
+    c->state = CS_DEPTS;
+    corp_pump(c);
+}
+
+/* ---- ending an enterprise ----------------------------------------------------------- */
+
+static void on_corp_final(void *arg, PGresult *res, const char *err);
+
+static void corp_final_write(ds_corp *c, int ok, const char *why)
+{
+    ds_job *j = c->job;
+    char req[24], ret[24], errs[24];
+    const char *p[9];
+    int rc;
+
+    if (!lease_ok(j))
+        return;
+    c->state = CS_FINAL;
+    c->ok = ok;
+    c->fresh = 0; /* no member is written after this */
+    uid_set_free(&c->written);
+    take_counters(c, req, ret, errs);
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = c->corp_id;
+    if (ok) {
+        p[5] = req;
+        p[6] = ret;
+        p[7] = errs;
+        p[8] = c->note[0] ? c->note : NULL;
+        rc = pg_query_prepared(j->run->pg, Q_CORP_OK, 9, p, on_corp_final, c);
+    } else {
+        p[5] = why;
+        p[6] = req;
+        p[7] = ret;
+        p[8] = errs;
+        rc = pg_query_prepared(j->run->pg, Q_CORP_FAIL, 9, p, on_corp_final, c);
+    }
+    if (rc) {
+        /* Nothing more can be written for it: leave the row as it is (a resumed run
+         * finishes it) and count the enterprise as failed. */
+        restore_counters(c);
+        log_error("directory sync: cannot queue the final write", LF_S("corp_id", c->corp_id),
+                  LF_I("rc", rc));
+        c->ok = 0;
+        c->state = CS_ENDED;
+        j->ended++;
+        ds_end_check(j);
+        return;
+    }
+    j->db_inflight++;
+}
+
+static void corp_fail(ds_corp *c, const char *why)
+{
+    if (why != c->last_error)
+        snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+    log_warn("directory sync: enterprise failed", LF_S("corp_id", c->corp_id),
+             LF_S("error", c->last_error));
+    corp_final_write(c, 0, c->last_error);
+}
+
+static void corp_finish(ds_corp *c)
+{
+    if (c->quota_hit) {
+        corp_fail(c, "daily quota");
+        return;
+    }
+    if (c->failed_depts > 0) {
+        char why[DS_ERR_MAX];
+        snprintf(why, sizeof(why), "%d of %d departments failed, nobody deleted; last: %.400s",
+                 c->failed_depts, c->total, c->last_error);
+        corp_fail(c, why);
+        return;
+    }
+    corp_final_write(c, 1, NULL);
+}
+
+static void on_corp_final(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        restore_counters(c);
+        if (db_transient(err) && ++c->final_attempts < DS_WRITE_ATTEMPTS) {
+            corp_final_write(c, c->ok, c->ok ? NULL : c->last_error);
+            return;
+        }
+        log_error("directory sync: final enterprise write failed", LF_S("corp_id", c->corp_id),
+                  LF_S("error", err));
+        snprintf(c->last_error, sizeof(c->last_error), "database: %.300s", err);
+        c->ok = 0;
+    } else if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    } else if (c->ok) {
+        log_info("directory sync: enterprise succeeded", LF_S("corp_id", c->corp_id),
+                 LF_I("departments", c->total), LF_I("users_deleted", atoll(PQgetvalue(res, 0, 1))),
+                 LF_I("departments_deleted", atoll(PQgetvalue(res, 0, 2))));
+    }
+    c->state = CS_ENDED;
+    j->ended++;
+    if (c->ok)
+        j->succeeded++;
+    ds_end_check(j);
+}
+
+/* ---- starting ----------------------------------------------------------------------- */
+
+static void corp_start(ds_corp *c)
+{
+    ds_job *j = c->job;
+    int rc;
+
+    rc = wecom_corp_set(j->wc, c->corp_id, c->secret);
+    if (rc == 0)
+        rc = wecom_department_list(j->wc, c->corp_id, 0, on_department_list, c);
+    if (rc) {
+        corp_error(c, "cannot queue department/list (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    c->state = CS_LISTING;
+}
+
+static void on_progress_read(void *arg, PGresult *res, const char *err)
+{
+    ds_job *j = arg;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        snprintf(j->end_error, sizeof(j->end_error), "reading progress: %.300s", err);
+        job_stop(j, j->end_error);
+        return;
+    }
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *corp = PQgetvalue(res, r, 0), *st = PQgetvalue(res, r, 1);
+        for (int i = 0; i < j->ncorps; i++) {
+            ds_corp *c = &j->corps[i];
+            if (strcmp(c->corp_id, corp) != 0)
+                continue;
+            if (!strcmp(st, "succeeded") || !strcmp(st, "failed")) {
+                /* Ended in an earlier attempt of this run: done. */
+                c->state = CS_ENDED;
+                c->ok = st[0] == 's';
+                j->ended++;
+                j->succeeded += c->ok;
+            }
+        }
+    }
+    log_info("directory sync: starting", LF_I("run_id", j->run->run_id),
+             LF_I("attempt", j->run->attempt), LF_I("enterprises", j->ncorps),
+             LF_I("already_ended", j->ended));
+    for (int i = 0; i < j->ncorps && !j->stopping; i++) {
+        ds_corp *c = &j->corps[i];
+        if (c->state != CS_PENDING)
+            continue;
+        if (c->missing)
+            corp_fail(c, "no such enabled enterprise");
+        else
+            corp_start(c);
+    }
+    ds_end_check(j);
+}
+
+static void on_progress_init(void *arg, PGresult *res, const char *err)
+{
+    ds_job *j = arg;
+    const char *p[1] = {j->run_id};
+    int rc;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        snprintf(j->end_error, sizeof(j->end_error), "creating progress rows: %.300s", err);
+        job_stop(j, j->end_error);
+        return;
+    }
+    if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    }
+    rc = pg_query_prepared(j->run->pg, Q_PROGRESS_READ, 1, p, on_progress_read, j);
+    if (rc) {
+        job_stop(j, "cannot queue the progress read");
+        return;
+    }
+    j->db_inflight++;
+}
+
+/* "{"a","b"}": corp ids are [A-Za-z0-9_-] (schema CHECK), quoted anyway. */
+static char *corps_literal(ds_corp *corps, int n)
+{
+    size_t cap = 3;
+    char *s, *p;
+
+    for (int i = 0; i < n; i++)
+        cap += strlen(corps[i].corp_id) + 3;
+    s = malloc(cap);
+    if (!s)
+        return NULL;
+    p = s;
+    *p++ = '{';
+    for (int i = 0; i < n; i++)
+        p += snprintf(p, cap - (size_t)(p - s), "%s\"%s\"", i ? "," : "", corps[i].corp_id);
+    *p++ = '}';
+    *p = '\0';
+    return s;
+}
+
+static void on_enterprises(void *arg, PGresult *res, const char *err)
+{
+    ds_job *j = arg;
+    const char *p[5];
+    char *lit;
+    int n, rc;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        snprintf(j->end_error, sizeof(j->end_error), "reading enterprises: %.300s", err);
+        job_stop(j, j->end_error);
+        return;
+    }
+    n = PQntuples(res);
+    j->corps = calloc((size_t)(n + j->run->ncorp_ids + 1), sizeof(*j->corps));
+    if (!j->corps) {
+        job_stop(j, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        ds_corp *c = &j->corps[i];
+        c->job = j;
+        snprintf(c->corp_id, sizeof(c->corp_id), "%s", PQgetvalue(res, i, 0));
+        c->secret = strdup(PQgetvalue(res, i, 1));
+        j->ncorps = i + 1;
+        if (!c->secret) {
+            job_stop(j, "out of memory");
+            return;
+        }
+    }
+    /* An enterprise asked for by name that is unknown or disabled is part of the
+     * run, and fails: `orgsync sync --corp typo` must not report success. */
+    for (int k = 0; k < j->run->ncorp_ids; k++) {
+        const char *want = j->run->corp_ids[k];
+        int found = 0;
+        for (int i = 0; i < j->ncorps && !found; i++)
+            found = strcmp(j->corps[i].corp_id, want) == 0;
+        if (found || strlen(want) >= sizeof(j->corps[0].corp_id))
+            continue;
+        ds_corp *c = &j->corps[j->ncorps++];
+        c->job = j;
+        c->missing = 1;
+        snprintf(c->corp_id, sizeof(c->corp_id), "%s", want);
+        log_warn("directory sync: requested enterprise is unknown or disabled",
+                 LF_S("corp_id", want));
+    }
+    j->wq = calloc((size_t)j->ncorps + 1, sizeof(*j->wq));
+    lit = j->wq ? corps_literal(j->corps, j->ncorps) : NULL;
+    if (!lit) {
+        job_stop(j, "out of memory");
+        return;
+    }
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = lit;
+    if (!lease_ok(j)) {
+        free(lit);
+        return;
+    }
+    rc = pg_query_prepared(j->run->pg, Q_PROGRESS_INIT, 5, p, on_progress_init, j);
+    free(lit);
+    if (rc) {
+        job_stop(j, "cannot queue the progress rows");
+        return;
+    }
+    j->db_inflight++;
+}
+
+/* ---- ending the job ----------------------------------------------------------------- */
+
+static void job_free(ds_job *j)
+{
+    for (int i = 0; i < j->ncorps; i++) {
+        ds_corp *c = &j->corps[i];
+        free(c->secret);
+        free(c->depts);
+        uid_set_free(&c->written);
+        for (int k = 0; k < c->nready; k++)
+            sync_batch_free(c->ready[k]);
+        for (int k = 0; k < c->nwriting; k++)
+            sync_batch_free(c->writing[k]);
+    }
+    free(j->corps);
+    free(j->wq);
+    free(j);
+}
+
+static void on_closer_closed(uv_handle_t *h)
+{
+    ds_job *j = h->data;
+    job_run *run = j->run;
+    const char *state = j->end_state;
+    char err[DS_ERR_MAX];
+
+    snprintf(err, sizeof(err), "%s", j->end_error);
+    log_info("directory sync: finished", LF_I("run_id", run->run_id),
+             LF_S("state", state ? state : "stopped"), LF_S("error", err[0] ? err : NULL),
+             LF_D("seconds", (double)(time_mono_us() - j->started_us) / 1e6));
+    job_free(j);
+    run->job_state = NULL;
+    run->finished(run, state, err[0] ? err : NULL);
+}
+
+/* The run's verdict from its enterprises. */
+static void decide(ds_job *j)
+{
+    buf b;
+    int failed = j->ncorps - j->succeeded;
+
+    if (failed == 0) {
+        j->end_state = "succeeded";
+        return;
+    }
+    j->end_state = j->succeeded == 0 ? "failed" : "partial";
+    buf_init(&b);
+    buf_printf(&b, "%d of %d enterprises failed:", failed, j->ncorps);
+    for (int i = 0, shown = 0; i < j->ncorps; i++) {
+        ds_corp *c = &j->corps[i];
+        if (c->ok)
+            continue;
+        if (shown++ == 5) {
+            buf_puts(&b, " ...");
+            break;
+        }
+        buf_printf(&b, " %s (%.80s)", c->corp_id, c->last_error[0] ? c->last_error : "failed");
+    }
+    snprintf(j->end_error, sizeof(j->end_error), "%s", b.data ? b.data : "enterprises failed");
+    buf_free(&b);
+}
+
+/* Ends the job once nothing of it is in flight. finished() is called from a
+ * close callback, never from inside start() or stop(). */
+static void ds_end_check(ds_job *j)
+{
+    if (j->end_called)
+        return;
+    if (!j->stopping && !j->decided) {
+        if (!j->corps || j->ended < j->ncorps)
+            return;
+        decide(j);
+        j->decided = 1;
+        j->stopping = 1; /* nothing more to send or write */
+    }
+    if (j->wc) {
+        wecom *wc = j->wc;
+        j->wc = NULL;
+        /* Answers to requests still queued come back as STOPPED, right here, and
+         * may end the job re-entrantly. */
+        wecom_close(wc, NULL, NULL);
+        if (j->end_called)
+            return;
+    }
+    if (j->db_inflight > 0)
+        return;
+    j->end_called = 1;
+    uv_close((uv_handle_t *)&j->closer, on_closer_closed);
+}
+
+static void job_stop(ds_job *j, const char *reason)
+{
+    if (j->stopping)
+        return;
+    j->stopping = 1;
+    if (reason && !j->end_error[0])
+        snprintf(j->end_error, sizeof(j->end_error), "%s", reason);
+    log_warn("directory sync: stopping", LF_I("run_id", j->run->run_id),
+             LF_S("reason", reason ? reason : ""));
+    ds_end_check(j);
+}
+
+/* ---- job_ops ------------------------------------------------------------------------ */
+
+static int gate(void *arg)
+{
+    ds_job *j = arg;
+    return !j->stopping && (!j->run->lease_valid || j->run->lease_valid(j->run));
+}
+
+static void on_alert(void *arg, const char *kind, const char *corp_id, const char *message)
+{
+    ds_job *j = arg;
+    alert_raise(kind, message, corp_id, j->run->run_id);
+}
+
+static char *corp_ids_literal(const job_run *run)
+{
+    size_t cap = 3;
+    char *s, *p;
+
+    for (int i = 0; i < run->ncorp_ids; i++)
+        cap += strlen(run->corp_ids[i]) * 2 + 3;
+    s = malloc(cap);
+    if (!s)
+        return NULL;
+    p = s;
+    *p++ = '{';
+    for (int i = 0; i < run->ncorp_ids; i++) {
+        if (i)
+            *p++ = ',';
+        *p++ = '"';
+        for (const char *q = run->corp_ids[i]; *q; q++) {
+            if (*q == '"' || *q == '\\')
+                *p++ = '\\';
+            *p++ = *q;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return s;
+}
+
+static int ds_start(job_run *run)
+{
+    const settings *s = run->settings;
+    ds_job *j;
+    char *filter = NULL;
+    const char *p[1];
+    int rc;
+
+    if (!run || !run->loop || !run->pg || !run->redis || !run->http || !run->finished || !s)
+        return -EINVAL;
+    rc = prepare_all(run->pg);
+    if (rc)
+        return rc;
+    j = calloc(1, sizeof(*j));
+    if (!j)
+        return -ENOMEM;
+    j->run = run;
+    j->started_us = time_mono_us();
+    fmt_ll(j->token, sizeof(j->token), run->fencing_token);
+    fmt_ll(j->run_id, sizeof(j->run_id), run->run_id);
+    j->wc = wecom_new(run->loop, run->http, run->redis,
+                      &(wecom_opts){.base_url = s->upstream_url,
+                                    .env = run->env,
+                                    .instance = s->instance,
+                                    .rate = s->dept_rate,
+                                    .max_inflight = s->upstream_max_inflight,
+                                    .daily_quota = s->daily_quota,
+                                    .timeout_ms = tuning.timeout_ms,
+                                    .backoff_base_ms = tuning.backoff_base_ms,
+                                    .ban_pause_ms = tuning.ban_pause_ms,
+                                    .gate = gate,
+                                    .gate_arg = j,
+                                    .alert = on_alert,
+                                    .alert_arg = j});
+    if (!j->wc) {
+        free(j);
+        return -ENOMEM;
+    }
+    if (run->ncorp_ids > 0 && !(filter = corp_ids_literal(run))) {
+        wecom_close(j->wc, NULL, NULL);
+        free(j);
+        return -ENOMEM;
+    }
+    p[0] = filter;
+    rc = pg_query(run->pg, sql_enterprises, 1, p, on_enterprises, j);
+    free(filter);
+    if (rc) {
+        wecom_close(j->wc, NULL, NULL);
+        free(j);
+        return rc;
+    }
+    uv_timer_init(run->loop, &j->closer);
+    j->closer.data = j;
+    j->db_inflight = 1;
+    run->job_state = j;
+    return 0;
+}
+
+static void ds_stop(job_run *run, const char *reason)
+{
+    ds_job *j = run ? run->job_state : NULL;
+
+    if (!j)
+        return;
+    job_stop(j, reason ? reason : "stopped");
+}
+
+const job_ops directory_sync_ops = {DIRECTORY_SYNC_JOB, ds_start, ds_stop};
