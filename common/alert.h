@@ -30,6 +30,8 @@
 #define ALERT_LOCK_LOST "lock_lost"
 #define ALERT_TOKEN_INVALID "token_invalid"
 #define ALERT_BAN "ban"
+/* 48009, 60020 or 60011: the credential, egress IP or visible range cannot do a call */
+#define ALERT_UPSTREAM_FORBIDDEN "upstream_forbidden"
 
 #define ALERT_QUEUE_MAX 64
 #define ALERT_ATTEMPTS 3

@@ -34,6 +34,10 @@ struct job_run {
     int (*lease_valid)(job_run *run);
     /* The job calls this once a fenced write found its token stale. */
     void (*fenced_out)(job_run *run);
+    /* The job calls this when the upstream refused this host's egress (its IP
+     * is not trusted, or may not use a credential): the coordinator stops this
+     * host competing for a while and says why (GET /v1/leader). May be NULL. */
+    void (*egress_refused)(job_run *run, const char *why);
     /* The job calls this exactly once when it has stopped. state is
      * "succeeded", "partial" or "failed" for a run that ended, or NULL when it
      * stopped early (stop() was called, or it was fenced out) and the run must

@@ -8,7 +8,7 @@
 -- orgsync_writer: production hosts (any worker may become the leader, and the
 --   realtime lookup stores what it finds). Reads corp_secret to get tokens.
 -- orgsync_reader: API-only deployments (staging, load test, read replicas).
---   SELECT on everything except enterprises.corp_secret; with
+--   SELECT on everything except enterprises.corp_secret and contact_secret; with
 --   ORGSYNC_READ_ONLY=auto a process on this role never competes for the lock
 --   and refuses the write endpoints.
 -- Neither role can change the schema: migrations run as the owner.
@@ -34,5 +34,23 @@ REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM orgsync_writer;
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM orgsync_reader;
 GRANT SELECT ON departments, users, sync_runs, sync_progress, sync_checkpoints, leader_fence,
     schema_migrations TO orgsync_reader;
--- Column privileges: the reader may see which enterprises exist, never their secrets.
+DO $$
+BEGIN
+    -- schema 4 and later
+    IF to_regclass('sync_roster') IS NOT NULL THEN
+        GRANT SELECT ON sync_roster TO orgsync_reader;
+    END IF;
+END
+$$;
+-- Column privileges: the reader may see which enterprises exist and how they
+-- sync, never their secrets (corp_secret, contact_secret).
 GRANT SELECT (corp_id, name, enabled, created_at) ON enterprises TO orgsync_reader;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_name = 'enterprises' AND column_name = 'api_mode') THEN
+        GRANT SELECT (api_mode, api_mode_used, api_mode_reason, api_mode_at, fields_missing)
+            ON enterprises TO orgsync_reader;
+    END IF;
+END
+$$;

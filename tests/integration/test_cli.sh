@@ -10,7 +10,7 @@ trap 'drop_db "$DSN"' EXIT
 psql -qAtX "$DSN" -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null 2>&1
 
 out=$("$ORGSYNC_BIN" version)
-check "version names the schema version" grep -q "schema version 3" <<<"$out"
+check "version names the schema version" grep -q "schema version 4" <<<"$out"
 
 # Usage and configuration errors: exit 2, one line naming the setting, no network.
 set +e
@@ -43,7 +43,7 @@ set -e
 # migrate: applies, then changes nothing the second time.
 export ORGSYNC_PG_DSN="$DSN"
 out=$("$ORGSYNC_BIN" migrate 2>/dev/null)
-check "first migrate applies 001, 002 and 003" grep -q "migrated to schema version 3 (3 files applied)" <<<"$out"
+check "first migrate applies 001 to 004" grep -q "migrated to schema version 4 (4 files applied)" <<<"$out"
 # pg_dump writes a random \restrict key into every dump: compare without it.
 schema() { pg_dump -s --no-owner "$DSN" | grep -v '^\\\(un\)\?restrict' | md5sum; }
 dump1=$(schema)
@@ -53,7 +53,7 @@ check "second migrate is a no-op" grep -q "nothing to do" <<<"$out"
 eq "schema unchanged by the second migrate" "$dump1" "$(schema)"
 eq "schema_migrations unchanged" "$rows1" "$(psql -qAtX "$DSN" -c "SELECT count(*), max(applied_at) FROM schema_migrations")"
 tables=$(psql -qAtX "$DSN" -c "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname='public'")
-eq "every SPEC table exists" "departments,enterprises,leader_fence,schema_migrations,sync_checkpoints,sync_progress,sync_runs,users" "$tables"
+eq "every SPEC table exists" "departments,enterprises,leader_fence,schema_migrations,sync_checkpoints,sync_progress,sync_roster,sync_runs,users" "$tables"
 check "users is indexed on mobile" psql -qAtX "$DSN" -c "SELECT 1 FROM pg_indexes WHERE tablename='users' AND indexdef LIKE '%(mobile)%'" -o /dev/null
 set +e
 psql -qAtX "$DSN" -c "INSERT INTO sync_runs (env, job, trigger, scheduled_for) VALUES ('x','j','schedule','2026-01-01T00:00:00Z')" >/dev/null
@@ -69,7 +69,7 @@ out=$("$ORGSYNC_BIN" migrate 2>&1)
 rc=$?
 set -e
 eq "newer schema: exit 1" 1 "$rc"
-check "newer schema: says why" grep -q "schema version 99, newer than this binary knows (3)" <<<"$out"
+check "newer schema: says why" grep -q "schema version 99, newer than this binary knows (4)" <<<"$out"
 psql -qAtX "$DSN" -c "DELETE FROM schema_migrations WHERE version = 99" >/dev/null
 
 # enterprise add reads the secret from the named variable, never argv.
@@ -92,4 +92,30 @@ set +e
 "$ORGSYNC_BIN" enterprise disable --corp-id nosuch >/dev/null 2>&1; eq "unknown corp exits 1" 1 $?
 "$ORGSYNC_BIN" enterprise remove >/dev/null 2>&1; eq "unknown subcommand exits 2" 2 $?
 set -e
+
+# Two credentials and the API mode (schema 4).
+q() { psql -qAtX "$DSN" -c "$1"; }
+eq "a new enterprise is auto, without a contact-sync secret" "auto|t" "$(q "SELECT api_mode, contact_secret IS NULL FROM enterprises WHERE corp_id='ww1'")"
+out=$(CONTACT=c0ntact "$ORGSYNC_BIN" enterprise set --corp-id ww1 --contact-secret-env CONTACT --api-mode modern 2>&1)
+eq "set changes what it is given" "updated enterprise ww1" "$out"
+eq "contact secret and mode stored, the rest kept" "c0ntact|modern|rotated|First Corp" "$(q "SELECT contact_secret, api_mode, corp_secret, name FROM enterprises WHERE corp_id='ww1'")"
+out=$("$ORGSYNC_BIN" enterprise list)
+check "list says a contact-sync secret is set and the mode" grep -q "^ww1 .*yes .*yes .*modern" <<<"$out"
+check "list never shows the contact secret" bash -c '! grep -q c0ntact <<<"$1"' _ "$out"
+"$ORGSYNC_BIN" enterprise set --corp-id ww1 --no-contact-secret --api-mode auto >/dev/null
+eq "--no-contact-secret clears it" "t|auto" "$(q "SELECT contact_secret IS NULL, api_mode FROM enterprises WHERE corp_id='ww1'")"
+out=$(WW2=s2 C2=c2 "$ORGSYNC_BIN" enterprise add --corp-id ww2 --secret-env WW2 --contact-secret-env C2 --api-mode legacy --name Two 2>&1)
+eq "add with both secrets" "added enterprise ww2" "$out"
+eq "both stored" "s2|c2|legacy" "$(q "SELECT corp_secret, contact_secret, api_mode FROM enterprises WHERE corp_id='ww2'")"
+set +e
+err=$("$ORGSYNC_BIN" enterprise set --corp-id ww1 --api-mode fast 2>&1); rc=$?
+eq "a bad --api-mode exits 2" 2 "$rc"
+check "and names the option" grep -q -- "--api-mode" <<<"$err"
+err=$("$ORGSYNC_BIN" enterprise set --corp-id ww1 --contact-secret-env NOPE_UNSET 2>&1); rc=$?
+eq "an unset contact secret variable exits 2" 2 "$rc"
+check "and names the option" grep -q -- "--contact-secret-env" <<<"$err"
+"$ORGSYNC_BIN" enterprise set --corp-id ww1 >/dev/null 2>&1; eq "set with nothing to change exits 2" 2 $?
+"$ORGSYNC_BIN" enterprise set --corp-id nosuch --api-mode auto >/dev/null 2>&1; eq "set of an unknown corp exits 1" 1 $?
+set -e
+eq "refused sets changed nothing" "auto|t" "$(q "SELECT api_mode, contact_secret IS NULL FROM enterprises WHERE corp_id='ww1'")"
 finish

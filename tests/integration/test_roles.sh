@@ -23,6 +23,8 @@ check "writer cannot touch schema_migrations" grep -q "permission denied" <<<"$(
 check "writer cannot change the schema" grep -q "must be owner\|permission denied" <<<"$(q "$W" "DROP TABLE users")"
 
 eq "reader lists enterprises" "ww1|One" "$(q "$R" "SELECT corp_id, name FROM enterprises")"
+check "reader cannot read contact_secret" grep -q "permission denied" <<<"$(q "$R" "SELECT contact_secret FROM enterprises")"
+eq "reader reads the api mode" "auto" "$(q "$R" "SELECT api_mode FROM enterprises")"
 check "reader cannot read corp_secret" grep -q "permission denied" <<<"$(q "$R" "SELECT corp_secret FROM enterprises")"
 check "reader cannot SELECT *" grep -q "permission denied" <<<"$(q "$R" "SELECT * FROM enterprises")"
 eq "reader reads users" "u1" "$(q "$R" "SELECT userid FROM users")"

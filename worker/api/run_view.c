@@ -105,6 +105,17 @@ void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double n
     api_kepoch(w, "started_at", r, row, c0 + PC_STARTED);
     api_kepoch(w, "updated_at", r, row, c0 + PC_UPDATED);
     api_kepoch(w, "finished_at", r, row, c0 + PC_FINISHED);
+    jw_kstr(w, "api_mode", api_col(r, row, c0 + PC_API_MODE));
+    jw_kstr(w, "api_mode_reason", api_col(r, row, c0 + PC_MODE_REASON));
+    jw_kint(w, "roster_members", api_col_ll(r, row, c0 + PC_ROSTER_MEMBERS));
+    jw_kbool(w, "roster_done",
+             api_col(r, row, c0 + PC_ROSTER_DONE) &&
+                 api_col(r, row, c0 + PC_ROSTER_DONE)[0] == 't');
+    jw_key(w, "fields_missing");
+    if (api_col(r, row, c0 + PC_FIELDS_MISSING))
+        jw_raw(w, api_col(r, row, c0 + PC_FIELDS_MISSING));
+    else
+        jw_null(w);
     jw_obj_end(w);
 }
 

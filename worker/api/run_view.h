@@ -41,7 +41,10 @@ enum {
 #define PROGRESS_COLS                                                                              \
     "p.corp_id, p.state, p.departments_total, p.departments_done, p.users_upserted, "              \
     "p.users_deleted, p.requests, p.retries, p.errors, p.last_error, extract(epoch FROM "          \
-    "p.started_at), extract(epoch FROM p.updated_at), extract(epoch FROM p.finished_at)"
+    "p.started_at), extract(epoch FROM p.updated_at), extract(epoch FROM p.finished_at), "         \
+    "p.api_mode, p.roster_members, p.roster_done, (SELECT array_to_json(e.fields_missing)::text "  \
+    "FROM enterprises e WHERE e.corp_id = p.corp_id), (SELECT e.api_mode_reason FROM "             \
+    "enterprises e WHERE e.corp_id = p.corp_id)"
 enum {
     PC_CORP = 0,
     PC_STATE,
@@ -56,6 +59,11 @@ enum {
     PC_STARTED,
     PC_UPDATED,
     PC_FINISHED,
+    PC_API_MODE,       /* legacy or modern: what this run uses (NULL before it decided) */
+    PC_ROSTER_MEMBERS, /* memberships of the roster read so far (modern) */
+    PC_ROSTER_DONE,
+    PC_FIELDS_MISSING, /* JSON array: member fields the last successful sync never got */
+    PC_MODE_REASON,    /* why the enterprise uses its mode */
     PC_N
 };
 

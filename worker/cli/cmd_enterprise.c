@@ -1,6 +1,7 @@
-/* orgsync enterprise add|list|disable|enable: manages the enterprises table.
- * The corp secret is read from a named environment variable, never from argv
- * (argv is visible to every user through ps). */
+/* orgsync enterprise add|set|list|disable|enable: manages the enterprises table.
+ * Secrets (the app secret, and optionally the contact-sync secret) are read from
+ * named environment variables, never from argv (argv is visible to every user
+ * through ps). */
 #include "worker/cli/cli_db.h"
 #include "worker/cli/commands.h"
 #include "worker/wecom/corp_id.h"
@@ -13,7 +14,10 @@
 typedef struct ent_args {
     const char *corp_id;
     const char *secret_env;
+    const char *contact_env;
+    const char *api_mode;
     const char *name;
+    int no_contact;
 } ent_args;
 
 static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
@@ -24,9 +28,16 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
             dst = &a->corp_id;
         else if (!strcmp(argv[i], "--secret-env"))
             dst = &a->secret_env;
+        else if (!strcmp(argv[i], "--contact-secret-env"))
+            dst = &a->contact_env;
+        else if (!strcmp(argv[i], "--api-mode"))
+            dst = &a->api_mode;
         else if (!strcmp(argv[i], "--name"))
             dst = &a->name;
-        else
+        else if (!strcmp(argv[i], "--no-contact-secret")) {
+            a->no_contact = 1;
+            continue;
+        } else
             return cmd_usage_error("enterprise", "%s: unknown option '%s'", sub, argv[i]);
         if (i + 1 >= argc)
             return cmd_usage_error("enterprise", "%s: %s needs a value", sub, argv[i]);
@@ -35,41 +46,94 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
     if (a->corp_id && !corp_id_valid(a->corp_id))
         return cmd_usage_error("enterprise",
                                "--corp-id: expected 1-64 characters of A-Z, a-z, 0-9, '_' or '-'");
+    if (a->api_mode && strcmp(a->api_mode, "auto") && strcmp(a->api_mode, "legacy") &&
+        strcmp(a->api_mode, "modern"))
+        return cmd_usage_error(
+            "enterprise", "--api-mode: expected auto, legacy or modern, got '%s'", a->api_mode);
+    if (a->no_contact && a->contact_env)
+        return cmd_usage_error("enterprise",
+                               "--no-contact-secret and --contact-secret-env exclude each other");
+    if (a->name && (strlen(a->name) == 0 || strlen(a->name) > 200))
+        return cmd_usage_error("enterprise", "--name: expected 1 to 200 characters");
     return 0;
 }
 
-static int ent_add(const settings *s, const ent_args *a)
+/* The secret in the environment variable that option names; NULL (and a usage
+ * error printed) when it is unset or empty. */
+static const char *secret_from(const char *option, const char *var)
 {
-    const char *secret, *p[3];
+    const char *v = getenv(var);
+    if (!v || !*v) {
+        cmd_usage_error("enterprise", "%s: environment variable %s is not set or empty", option,
+                        var);
+        return NULL;
+    }
+    return v;
+}
+
+/* add creates or replaces; set changes only the options given. NULL parameters
+ * keep the stored value (coalesce); the contact secret is cleared by
+ * --no-contact-secret. */
+static int ent_write(const settings *s, const ent_args *a, int add)
+{
+    const char *secret = NULL, *contact = NULL, *p[6];
     PGconn *c;
     PGresult *r;
-    if (!a->corp_id || !a->secret_env || !a->name)
-        return cmd_usage_error("enterprise", "add needs --corp-id ID --secret-env VAR --name NAME");
-    secret = getenv(a->secret_env);
-    if (!secret || !*secret)
+    int rc = 1;
+
+    if (add && (!a->corp_id || !a->secret_env || !a->name))
         return cmd_usage_error("enterprise",
-                               "--secret-env: environment variable %s is not set or empty",
-                               a->secret_env);
-    if (strlen(a->name) == 0 || strlen(a->name) > 200)
-        return cmd_usage_error("enterprise", "--name: expected 1 to 200 characters");
+                               "add needs --corp-id ID --secret-env VAR --name NAME "
+                               "[--contact-secret-env VAR] [--api-mode auto|legacy|modern]");
+    if (!add && !a->corp_id)
+        return cmd_usage_error("enterprise", "set needs --corp-id ID");
+    if (!add && !a->secret_env && !a->contact_env && !a->api_mode && !a->name && !a->no_contact)
+        return cmd_usage_error("enterprise",
+                               "set: nothing to change (give --secret-env, --contact-secret-env, "
+                               "--no-contact-secret, --api-mode or --name)");
+    if (a->secret_env && !(secret = secret_from("--secret-env", a->secret_env)))
+        return EXIT_USAGE;
+    if (a->contact_env && !(contact = secret_from("--contact-secret-env", a->contact_env)))
+        return EXIT_USAGE;
     c = cli_db_connect(s, "enterprise");
     if (!c)
         return 1;
     p[0] = a->corp_id;
     p[1] = a->name;
     p[2] = secret;
-    r = cli_db_exec(c, "enterprise",
-                    "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (corp_id) DO UPDATE SET name = EXCLUDED.name,"
-                    " corp_secret = EXCLUDED.corp_secret RETURNING (xmax = 0)",
-                    3, p);
+    p[3] = contact;
+    p[4] = a->api_mode;
+    p[5] = a->no_contact ? "t" : "f";
+    if (add)
+        r = cli_db_exec(c, "enterprise",
+                        "INSERT INTO enterprises (corp_id, name, corp_secret, contact_secret, "
+                        " api_mode) VALUES ($1, $2, $3, $4, coalesce($5, 'auto'))"
+                        " ON CONFLICT (corp_id) DO UPDATE SET name = EXCLUDED.name,"
+                        " corp_secret = EXCLUDED.corp_secret,"
+                        " contact_secret = CASE WHEN $6::boolean THEN NULL"
+                        "   ELSE coalesce($4, enterprises.contact_secret) END,"
+                        " api_mode = coalesce($5, enterprises.api_mode) RETURNING (xmax = 0)",
+                        6, p);
+    else
+        r = cli_db_exec(c, "enterprise",
+                        "UPDATE enterprises SET name = coalesce($2, name),"
+                        " corp_secret = coalesce($3, corp_secret),"
+                        " contact_secret = CASE WHEN $6::boolean THEN NULL"
+                        "   ELSE coalesce($4, contact_secret) END,"
+                        " api_mode = coalesce($5, api_mode) WHERE corp_id = $1 RETURNING false",
+                        6, p);
     if (r) {
-        printf("%s enterprise %s\n", PQgetvalue(r, 0, 0)[0] == 't' ? "added" : "updated",
-               a->corp_id);
+        if (PQntuples(r) == 0) {
+            fprintf(stderr, "orgsync enterprise: no enterprise %s\n", a->corp_id);
+        } else {
+            printf("%s enterprise %s\n", PQgetvalue(r, 0, 0)[0] == 't' ? "added" : "updated",
+                   a->corp_id);
+            rc = 0;
+        }
         PQclear(r);
     }
     PQfinish(c);
-    return r ? 0 : 1;
+    return rc;
 }
 
 static int ent_set_enabled(const settings *s, const ent_args *a, int enabled)
@@ -105,17 +169,25 @@ static int ent_list(const settings *s)
     PGresult *r;
     if (!c)
         return 1;
-    /* Never selects corp_secret: the listing is safe to paste anywhere. */
+    /* Never selects a secret, only whether a contact-sync secret is set: the
+     * listing is safe to paste anywhere. */
     r = cli_db_exec(c, "enterprise",
                     "SELECT corp_id, name, enabled, to_char(created_at AT TIME ZONE 'UTC',"
-                    " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM enterprises ORDER BY corp_id",
+                    " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), contact_secret IS NOT NULL, api_mode,"
+                    " coalesce(api_mode_used, '-'), coalesce(array_to_string(fields_missing, ','),"
+                    " '-'), coalesce(api_mode_reason, '') FROM enterprises ORDER BY corp_id",
                     0, NULL);
     if (r) {
-        printf("%-24s %-8s %-21s %s\n", "CORP_ID", "ENABLED", "CREATED", "NAME");
-        for (int i = 0; i < PQntuples(r); i++)
-            printf("%-24s %-8s %-21s %s\n", PQgetvalue(r, i, 0),
+        printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %s\n", "CORP_ID", "ENABLED", "CREATED",
+               "CONTACT", "MODE", "USED", "FIELDS_MISSING", "NAME");
+        for (int i = 0; i < PQntuples(r); i++) {
+            printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %s\n", PQgetvalue(r, i, 0),
                    PQgetvalue(r, i, 2)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 3),
-                   PQgetvalue(r, i, 1));
+                   PQgetvalue(r, i, 4)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 5),
+                   PQgetvalue(r, i, 6), PQgetvalue(r, i, 7), PQgetvalue(r, i, 1));
+            if (PQgetvalue(r, i, 8)[0])
+                printf("  %s: %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 8));
+        }
         PQclear(r);
     }
     PQfinish(c);
@@ -127,17 +199,17 @@ int cmd_enterprise(const settings *s, int argc, char **argv)
     ent_args a = {0};
     const char *sub = argc > 1 ? argv[1] : "";
     int rc;
-    if (strcmp(sub, "add") && strcmp(sub, "list") && strcmp(sub, "disable") &&
+    if (strcmp(sub, "add") && strcmp(sub, "set") && strcmp(sub, "list") && strcmp(sub, "disable") &&
         strcmp(sub, "enable"))
-        return cmd_usage_error("enterprise", "expected add, list, disable or enable, got '%s'",
+        return cmd_usage_error("enterprise", "expected add, set, list, disable or enable, got '%s'",
                                sub);
     rc = parse_args(sub, argc, argv, &a);
     if (rc)
         return rc;
-    if (!strcmp(sub, "add"))
-        return ent_add(s, &a);
+    if (!strcmp(sub, "add") || !strcmp(sub, "set"))
+        return ent_write(s, &a, !strcmp(sub, "add"));
     if (!strcmp(sub, "list"))
-        return a.corp_id || a.name || a.secret_env
+        return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode || a.no_contact
                    ? cmd_usage_error("enterprise", "list takes no options")
                    : ent_list(s);
     return ent_set_enabled(s, &a, !strcmp(sub, "enable"));

@@ -24,6 +24,7 @@
 #include "common/timeutil.h"
 #include "coordinator/fence.h"
 #include "worker/sync/sync_batch.h"
+#include "worker/sync/sync_modern.h"
 #include "worker/sync/uid_set.h"
 #include "worker/wecom/wecom.h"
 
@@ -67,12 +68,34 @@
 typedef struct ds_job ds_job;
 typedef struct ds_corp ds_corp;
 
-typedef enum { CS_PENDING = 0, CS_LISTING, CS_DEPTS, CS_FINAL, CS_ENDED } corp_state;
+typedef enum { CS_PENDING = 0, CS_LISTING, CS_ROSTER, CS_DEPTS, CS_FINAL, CS_ENDED } corp_state;
+
+/* user/list_id rows per page: the most the upstream allows. */
+#define DS_ROSTER_LIMIT 10000
 
 struct ds_corp {
     ds_job *job;
     char corp_id[72];
     char *secret;
+    char *contact_secret; /* NULL: none */
+    char api_mode[8];     /* as configured: auto, legacy or modern */
+    /* The API mode of this run (DESIGN: docs/ARCHITECTURE.md "Today's API"):
+     * legacy reads department/list and user/list with dir_cred; modern reads the
+     * tree from department/simplelist, the roster from user/list_id (both with
+     * dir_cred) and member details from user/list with the app secret. */
+    int modern;
+    int mode_decided;             /* set by the probe (or the resumed progress row) */
+    char mode_reason[DS_ERR_MAX]; /* why this mode, for enterprises.api_mode_reason */
+    wecom_cred dir_cred;          /* the contact-sync secret when there is one, else the app's */
+    json_object *simplelist;      /* the tree, held while the app's department/list is asked */
+    char *roster_cursor;          /* the next roster page's cursor; NULL: the first */
+    int roster_pages, roster_done;
+    long long roster_members;
+    unsigned fields_present; /* sync_fields_present over the answers that had members */
+    int member_answers;
+    int permanent; /* a forbidden errcode (sync_forbidden): the enterprise fails, nobody deleted */
+    char *roster_pending; /* the page being written: its next_cursor */
+    int roster_rows;
     corp_state state;
     int ok;           /* ended succeeded */
     int missing;      /* asked for by --corp, but unknown or disabled */
@@ -154,6 +177,7 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
 #define Q_USERS "ds_users"
 #define Q_CORP_OK "ds_corp_succeeded"
 #define Q_CORP_FAIL "ds_corp_failed"
+#define Q_ROSTER "ds_roster_page"
 
 /* The enterprise's row, locked for the statement ($5 corp): since users and
  * departments keep no foreign key (sql/002), a delete of the enterprise waits
@@ -169,7 +193,23 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
  * member. What the run saw is in its checkpoints (sql_corp_ok), so a member
  * need not be written to count as seen. A member deleted earlier comes back.
  * The columns are read from raw, so raw alone tells whether anything changed. */
-#define SKIP_UNCHANGED "WHERE u.raw IS DISTINCT FROM EXCLUDED.raw OR u.deleted_at IS NOT NULL"
+#define SKIP_UNCHANGED                                                                             \
+    "WHERE (u.raw IS DISTINCT FROM EXCLUDED.raw AND u.raw IS DISTINCT FROM " MERGED_RAW ") "       \
+    "OR u.deleted_at IS NOT NULL"
+
+/* A field the upstream did not send is not a field it cleared: a new app
+ * (created after 2022-06-20) gets no mobile or email, and must not wipe what a
+ * complete credential stored. So a stored member takes the keys the answer
+ * has (raw: the stored object with the answer's keys over it), and each column
+ * changes only when its key was sent (sent as null or "": cleared). The cheap
+ * test comes first: a complete answer equal to the stored text needs no merge. */
+#define MERGED_RAW "(coalesce(u.raw, '{}'::jsonb) || EXCLUDED.raw)"
+#define KEEP_UNSENT                                                                                \
+    "name = CASE WHEN EXCLUDED.raw ? 'name' THEN EXCLUDED.name ELSE u.name END, "                  \
+    "mobile = CASE WHEN EXCLUDED.raw ? 'mobile' THEN EXCLUDED.mobile ELSE u.mobile END, "          \
+    "email = CASE WHEN EXCLUDED.raw ? 'email' THEN EXCLUDED.email ELSE u.email END, "              \
+    "position = CASE WHEN EXCLUDED.raw ? 'position' THEN EXCLUDED.position ELSE u.position END, "  \
+    "status = CASE WHEN EXCLUDED.raw ? 'status' THEN EXCLUDED.status ELSE u.status END, "
 
 /* $4 run_id, $5 corp_ids text[]. Enterprises of an earlier attempt that are no
  * longer part of the run end 'failed' instead of staying 'pending' forever. */
@@ -184,12 +224,18 @@ static const char sql_progress_init[] =
     "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
 
+/* What an earlier attempt of the run left: each enterprise's state, its API
+ * mode and how far its roster got (a successor resumes mid-roster). */
 static const char sql_progress_read[] =
-    "SELECT corp_id, state, users_upserted FROM sync_progress WHERE run_id = $1::bigint";
+    "SELECT corp_id, state, users_upserted, coalesce(api_mode, ''), roster_cursor, roster_pages, "
+    "  roster_done, roster_members FROM sync_progress WHERE run_id = $1::bigint";
 
-/* $4 run, $5 corp, $6 department/list answer, $7 total, $8 ids bigint[], $9..$11
- * requests, retries, errors. Returns fenced, this run's checkpoints, and whether
- * the enterprise has no users row (its first sync: see ds_corp.written). */
+/* $4 run, $5 corp, $6 department/list answer (or the tree sync_modern_departments
+ * built), $7 total, $8 ids bigint[], $9..$11 requests, retries, errors, $12 the API
+ * mode of the run, $13 why (NULL: a resumed attempt, the enterprise's record
+ * stands). A department without a name (modern: outside the app's range) keeps
+ * the stored one. Returns fenced, this run's checkpoints, and whether the
+ * enterprise has no users row (its first sync: see ds_corp.written). */
 static const char sql_departments[] =
     "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
     "src AS (SELECT DISTINCT ON (d.id) d.id, d.name, d.parentid, d.\"order\" "
@@ -199,10 +245,15 @@ static const char sql_departments[] =
     "up AS (INSERT INTO departments AS t (corp_id, dept_id, name, parent_id, \"order\", "
     "  sync_run_id, synced_at, deleted_at) SELECT $5, id, coalesce(name, ''), parentid, "
     "  \"order\", $4::bigint, now(), NULL FROM src ON CONFLICT (corp_id, dept_id) DO UPDATE "
-    "  SET name = EXCLUDED.name, parent_id = EXCLUDED.parent_id, \"order\" = EXCLUDED.\"order\", "
+    "  SET name = CASE WHEN EXCLUDED.name <> '' THEN EXCLUDED.name ELSE t.name END, "
+    "  parent_id = EXCLUDED.parent_id, \"order\" = EXCLUDED.\"order\", "
     "  sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, deleted_at = NULL "
     "  RETURNING 1), "
+    "mode AS (UPDATE enterprises SET api_mode_used = $12::text, api_mode_reason = $13::text, "
+    "  api_mode_at = now() WHERE corp_id = $5 AND $13::text IS NOT NULL "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "pr AS (UPDATE sync_progress SET state = 'running', departments_total = $7::int, "
+    "  api_mode = $12::text, "
     "  departments_done = (SELECT count(*) FROM sync_checkpoints k WHERE k.run_id = $4::bigint "
     "    AND k.corp_id = $5 AND k.dept_id = ANY ($8::bigint[])), "
     "  started_at = coalesce(started_at, now()), updated_at = now(), "
@@ -271,11 +322,9 @@ static const char sql_users[] =
     "up AS (INSERT INTO users AS u " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($6::jsonb) AS g, jsonb_array_elements(g->1) AS e "
     "  WHERE g->>0 IN (SELECT corp_id FROM ent) "
-    "  ON CONFLICT (corp_id, userid) DO UPDATE SET "
-    "  name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, "
-    "  position = EXCLUDED.position, status = EXCLUDED.status, "
+    "  ON CONFLICT (corp_id, userid) DO UPDATE SET " KEEP_UNSENT
     "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
-    "  raw = EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
+    "  raw = " MERGED_RAW ", sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
     "  deleted_at = NULL " SKIP_UNCHANGED " RETURNING 1), "
     "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($7::jsonb) AS g, jsonb_array_elements(g->1) AS e "
@@ -297,19 +346,42 @@ static const char sql_users[] =
     "  (SELECT count(*) FROM up) + (SELECT count(*) FROM ins), "
     "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
 
-/* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL. Only after
- * every department succeeded: whoever this run did not see is gone. Seen: listed
- * by a department this run checkpointed (its userids, whichever attempt of the
- * run wrote it), or written by this run (a checkpoint written before schema 3
- * has no userids: its members were all written then). The checkpoints' userids
- * are dropped once used: the run's record keeps the counts, not the lists. */
+/* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL, $10 the member
+ * fields no answer carried (text[], NULL: no answer had members). Only after every
+ * department succeeded (and, in modern mode, the whole roster was read): whoever
+ * this run did not see is gone. Seen: listed by a department this run
+ * checkpointed (its userids, whichever attempt of the run wrote it), written by
+ * this run (a checkpoint written before schema 3 has no userids: its members
+ * were all written then), or listed by the run's roster (sync_roster: the
+ * complete list of members, whatever the app may read). A roster member that no
+ * department's details listed (outside the app's visible range) gets a row of
+ * what the roster says (userid, departments), and keeps any fields stored. The
+ * checkpoints' userids and the roster are dropped once used: the run's record
+ * keeps the counts, not the lists. */
 static const char sql_corp_ok[] =
     "WITH " FENCE_CTE ", "
     "seen AS (SELECT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
     "  WHERE k.run_id = $4::bigint AND k.corp_id = $5), "
+    "ro AS (SELECT x.userid, array_agg(DISTINCT x.dept ORDER BY x.dept) AS depts "
+    "  FROM sync_roster r, unnest(r.userids, r.depts) AS x(userid, dept) "
+    "  WHERE r.run_id = $4::bigint AND r.corp_id = $5 GROUP BY x.userid), "
+    "ri AS (INSERT INTO users AS u (corp_id, userid, department, raw, sync_run_id, synced_at) "
+    "  SELECT $5, ro.userid, ro.depts, jsonb_build_object('userid', ro.userid, 'department', "
+    "  to_jsonb(ro.depts)), $4::bigint, now() FROM ro WHERE EXISTS (SELECT 1 FROM fence) "
+    "  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.userid = ro.userid) "
+    "  ON CONFLICT (corp_id, userid) DO UPDATE SET department = EXCLUDED.department, "
+    "  raw = coalesce(u.raw, '{}'::jsonb) || EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, "
+    "  synced_at = EXCLUDED.synced_at, deleted_at = NULL "
+    "  WHERE u.department IS DISTINCT FROM EXCLUDED.department OR u.deleted_at IS NOT NULL "
+    "  RETURNING 1), "
+    "kr AS (DELETE FROM sync_roster WHERE run_id = $4::bigint AND corp_id = $5 "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "fm AS (UPDATE enterprises SET fields_missing = $10::text[] WHERE corp_id = $5 "
+    "  AND $10::text[] IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
     "  AND sync_run_id IS DISTINCT FROM $4::bigint "
     "  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.userid = users.userid) "
+    "  AND NOT EXISTS (SELECT 1 FROM ro WHERE ro.userid = users.userid) "
     "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "ku AS (UPDATE sync_checkpoints SET userids = NULL WHERE run_id = $4::bigint AND corp_id = $5 "
     "  AND userids IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
@@ -317,7 +389,8 @@ static const char sql_corp_ok[] =
     "  AND sync_run_id IS DISTINCT FROM $4::bigint AND EXISTS (SELECT 1 FROM fence) "
     "  RETURNING 1), "
     "pr AS (UPDATE sync_progress SET state = 'succeeded', users_deleted = users_deleted + "
-    "  (SELECT count(*) FROM du), requests = requests + $6::bigint, "
+    "  (SELECT count(*) FROM du), users_upserted = users_upserted + (SELECT count(*) FROM ri), "
+    "  requests = requests + $6::bigint, "
     "  retries = retries + $7::bigint, errors = errors + $8::bigint, "
     "  last_error = coalesce($9, last_error), finished_at = now(), updated_at = now() "
     "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
@@ -334,8 +407,24 @@ static const char sql_corp_fail[] =
     "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
 
+/* $4 run, $5 corp, $6 page number, $7 userids text[], $8 depts int[], $9 the
+ * page's next_cursor ("" on the last), $10..$12 requests, retries, errors. One
+ * roster page and the progress that says where the roster is, together. */
+static const char sql_roster_page[] =
+    "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
+    "pg AS (INSERT INTO sync_roster (run_id, corp_id, page, userids, depts) "
+    "  SELECT $4::bigint, $5, $6::int, $7::text[], $8::int[] WHERE EXISTS (SELECT 1 FROM fence) "
+    "  AND EXISTS (SELECT 1 FROM ent) ON CONFLICT DO NOTHING RETURNING 1), "
+    "pr AS (UPDATE sync_progress SET roster_cursor = nullif($9::text, ''), "
+    "  roster_pages = $6::int + 1, "
+    "  roster_members = roster_members + cardinality($7::text[]), roster_done = ($9::text = ''), "
+    "  requests = requests + $10::bigint, retries = retries + $11::bigint, "
+    "  errors = errors + $12::bigint, updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
+
 static const char sql_enterprises[] =
-    "SELECT corp_id, corp_secret FROM enterprises WHERE enabled "
+    "SELECT corp_id, corp_secret, contact_secret, api_mode FROM enterprises WHERE enabled "
     "AND ($1::text[] IS NULL OR corp_id = ANY ($1::text[])) ORDER BY corp_id";
 
 static int prepare_all(pg_pool *pg)
@@ -349,6 +438,7 @@ static int prepare_all(pg_pool *pg)
         {Q_USERS, sql_users},
         {Q_CORP_OK, sql_corp_ok},
         {Q_CORP_FAIL, sql_corp_fail},
+        {Q_ROSTER, sql_roster_page},
     };
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
         /* Registered once per pool: a second job on the same pool finds them there. */
@@ -800,6 +890,27 @@ static void on_written(void *arg, PGresult *res, const char *err)
                 corp_pump(&j->corps[i]);
 }
 
+/* ---- what no retry fixes ------------------------------------------------------------ */
+
+/* A forbidden errcode (sync_forbidden.h): the enterprise stops fetching and fails
+ * with what to do about it, once, with an alert of its own kind. */
+static void corp_forbidden(ds_corp *c, const char *api, wecom_cred cred, const wecom_result *res)
+{
+    char msg[DS_ERR_MAX];
+
+    sync_forbidden_message(api, wecom_cred_name(cred), res->errcode, res->errmsg, msg, sizeof(msg));
+    if (!c->permanent) {
+        log_error("directory sync: the upstream refuses this credential or egress",
+                  LF_S("corp_id", c->corp_id), LF_I("errcode", res->errcode), LF_S("error", msg));
+        alert_raise(ALERT_UPSTREAM_FORBIDDEN, msg, c->corp_id, c->job->run->run_id);
+        if (c->job->run->egress_refused && (res->errcode == 60020 || res->errcode == 48009))
+            c->job->run->egress_refused(c->job->run, msg);
+    }
+    c->permanent = 1;
+    snprintf(c->last_error, sizeof(c->last_error), "%s", msg);
+    c->d_errors++;
+}
+
 /* ---- fetching ----------------------------------------------------------------------- */
 
 static void on_user_list(void *arg, const wecom_result *res);
@@ -809,7 +920,10 @@ static void fetch_next(ds_corp *c)
     ds_job *j = c->job;
     int rc;
 
-    rc = wecom_user_list_text(j->wc, c->corp_id, c->depts[c->next], on_user_list, c);
+    /* Legacy: the directory credential reads everything. Modern: details come
+     * from the app, within its visible range (c->depts is that range). */
+    rc = wecom_user_list_text_as(j->wc, c->corp_id, c->modern ? WECOM_CRED_APP : c->dir_cred,
+                                 c->depts[c->next], on_user_list, c);
     if (rc) {
         corp_error(c, "department %lld: cannot queue user/list (%d)", c->depts[c->next], rc);
         c->failed_depts++;
@@ -859,6 +973,12 @@ static void on_user_list(void *arg, const wecom_result *res)
         corp_pump(c);
         return;
     }
+    if (res->status == WECOM_E_ERRCODE && sync_forbidden(res->errcode)) {
+        corp_forbidden(c, "user/list", c->modern ? WECOM_CRED_APP : c->dir_cred, res);
+        c->failed_depts++;
+        corp_pump(c);
+        return;
+    }
     if (res->status != WECOM_OK) {
         corp_error(c, "department %lld: %s", dept, res->error ? res->error : "failed");
         log_warn("directory sync: department failed", LF_S("corp_id", c->corp_id),
@@ -880,6 +1000,10 @@ static void on_user_list(void *arg, const wecom_result *res)
         c->failed_depts++;
         corp_pump(c);
         return;
+    }
+    if (n > 0) {
+        c->fields_present |= sync_fields_present(res->body, res->body_len);
+        c->member_answers++;
     }
     j->buffered += sync_batch_bytes(b);
     c->ready[c->nready++] = b;
@@ -906,7 +1030,8 @@ static void corp_pump(ds_corp *c)
             return;
     }
     c->starved = 0;
-    while (!c->fetching && c->nready < DS_BATCH_MAX && !c->quota_hit && c->next < c->ndepts) {
+    while (!c->fetching && c->nready < DS_BATCH_MAX && !c->quota_hit && !c->permanent &&
+           c->next < c->ndepts) {
         if (j->buffered >= DS_BUFFER_MAX) {
             c->starved = 1;
             break;
@@ -915,7 +1040,8 @@ static void corp_pump(ds_corp *c)
             return;
         fetch_next(c);
     }
-    if (!c->fetching && !c->nready && !c->nwriting && (c->quota_hit || c->next >= c->ndepts))
+    if (!c->fetching && !c->nready && !c->nwriting &&
+        (c->quota_hit || c->permanent || c->next >= c->ndepts))
         corp_finish(c);
 }
 
@@ -925,37 +1051,143 @@ static void on_departments_written(void *arg, PGresult *res, const char *err);
 
 static void corp_fail(ds_corp *c, const char *why);
 
-static void on_department_list(void *arg, const wecom_result *res)
+static void departments_write(ds_corp *c, const char *body);
+static void modern_start(ds_corp *c);
+
+/* The common start of every answer of the enterprise's first steps: 0 when the
+ * answer may be used, else the enterprise (or the job) has been dealt with. */
+static int listing_answer(ds_corp *c, const wecom_result *res, const char *api, wecom_cred cred)
 {
-    ds_corp *c = arg;
     ds_job *j = c->job;
-    char why[200], total[24], req[24], ret[24], errs[24];
-    char *ids = NULL;
-    const char *p[11];
-    int rc;
 
     add_result(c, res);
     if (j->stopping || res->status == WECOM_E_STOPPED) {
         ds_end_check(j);
         if (!j->stopping)
             job_stop(j, "upstream client stopped");
-        return;
+        return -1;
     }
     if (res->status == WECOM_E_QUOTA) {
         c->quota_hit = 1;
         corp_fail(c, "daily quota");
-        return;
+        return -1;
+    }
+    if (res->status == WECOM_E_ERRCODE && sync_forbidden(res->errcode)) {
+        corp_forbidden(c, api, cred, res);
+        corp_fail(c, c->last_error);
+        return -1;
     }
     if (res->status != WECOM_OK) {
-        corp_error(c, "%s", res->error ? res->error : "department/list failed");
+        corp_error(c, "%s", res->error ? res->error : "failed");
         corp_fail(c, c->last_error);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_department_list(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    char why[200];
+
+    /* auto: the legacy call is the probe. 48009 to the contact-sync secret means
+     * this egress came after 2022-08-15: the modern calls are what it may use. */
+    if (res->status == WECOM_E_ERRCODE && res->errcode == 48009 && !c->mode_decided &&
+        !strcmp(c->api_mode, "auto") && c->dir_cred == WECOM_CRED_CONTACT) {
+        char ip[64];
+        add_result(c, res);
+        sync_forbidden_ip(res->errmsg, ip, sizeof(ip));
+        snprintf(c->mode_reason, sizeof(c->mode_reason),
+                 "auto: department/list with the contact-sync secret answered 48009 (api "
+                 "forbidden)%s%s: modern (department/simplelist, user/list_id)",
+                 ip[0] ? " from egress IP " : "", ip);
+        log_info("directory sync: legacy calls forbidden, using the modern API",
+                 LF_S("corp_id", c->corp_id));
+        c->modern = 1;
+        c->mode_decided = 1;
+        modern_start(c);
         return;
+    }
+    if (listing_answer(c, res, "department/list", c->dir_cred))
+        return;
+    if (!c->mode_decided) {
+        if (!strcmp(c->api_mode, "legacy"))
+            snprintf(c->mode_reason, sizeof(c->mode_reason),
+                     "legacy: set by the operator (--api-mode legacy)");
+        else
+            snprintf(c->mode_reason, sizeof(c->mode_reason),
+                     "auto: department/list with the %s is permitted: legacy",
+                     wecom_cred_name(c->dir_cred));
+        c->mode_decided = 1;
     }
     if (check_departments(res->json, &c->depts, &c->ndepts, why, sizeof(why))) {
         corp_error(c, "department/list: malformed answer: %s", why);
         corp_fail(c, c->last_error);
         return;
     }
+    departments_write(c, res->body);
+}
+
+/* Modern, 2: the app's department/list names the departments and says which the
+ * app may read members of. */
+static void on_app_departments(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    char why[200], *tree = NULL;
+    int rc;
+
+    if (listing_answer(c, res, "department/list", WECOM_CRED_APP))
+        return;
+    rc = sync_modern_departments(c->simplelist, res->json, &tree, &c->depts, &c->ndepts, why,
+                                 sizeof(why));
+    json_object_put(c->simplelist);
+    c->simplelist = NULL;
+    if (rc) {
+        corp_error(c, "%s", why);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    departments_write(c, tree);
+    free(tree);
+}
+
+/* Modern, 1: the whole tree. */
+static void on_simplelist(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    int rc;
+
+    if (listing_answer(c, res, "department/simplelist", c->dir_cred))
+        return;
+    c->simplelist = json_object_get(res->json);
+    rc = wecom_department_list_as(c->job->wc, c->corp_id, WECOM_CRED_APP, 0, on_app_departments, c);
+    if (rc) {
+        corp_error(c, "cannot queue department/list (%d)", rc);
+        corp_fail(c, c->last_error);
+    }
+}
+
+static void modern_start(ds_corp *c)
+{
+    int rc = wecom_department_simplelist(c->job->wc, c->corp_id, c->dir_cred, on_simplelist, c);
+
+    c->state = CS_LISTING;
+    if (rc) {
+        corp_error(c, "cannot queue department/simplelist (%d)", rc);
+        corp_fail(c, c->last_error);
+    }
+}
+
+/* The departments (body: a department/list answer or the merged tree) and the
+ * run's mode, in one fenced statement; c->depts are the ones to fetch. */
+static void departments_write(ds_corp *c, const char *body)
+{
+    ds_job *j = c->job;
+    char total[24], req[24], ret[24], errs[24];
+    char *ids = NULL;
+    const char *p[13];
+    int rc;
+
     c->total = c->ndepts;
     ids = ids_literal(c->depts, c->ndepts);
     if (!ids) {
@@ -974,14 +1206,16 @@ static void on_department_list(void *arg, const wecom_result *res)
     p[2] = j->token;
     p[3] = j->run_id;
     p[4] = c->corp_id;
-    p[5] = res->body;
+    p[5] = body;
     p[6] = total;
     p[7] = ids;
     p[8] = req;
     p[9] = ret;
     p[10] = errs;
+    p[11] = c->modern ? "modern" : "legacy";
+    p[12] = c->mode_reason[0] ? c->mode_reason : NULL;
     /* libpq copies the parameters, so the answer need not outlive this callback. */
-    rc = pg_query_prepared(j->run->pg, Q_DEPTS, 11, p, on_departments_written, c);
+    rc = pg_query_prepared(j->run->pg, Q_DEPTS, 13, p, on_departments_written, c);
     free(ids);
     if (rc) {
         restore_counters(c);
@@ -990,6 +1224,117 @@ static void on_department_list(void *arg, const wecom_result *res)
         return;
     }
     j->db_inflight++;
+}
+
+/* ---- the roster (modern) ------------------------------------------------------------ */
+
+static void on_roster(void *arg, const wecom_result *res);
+static void on_roster_written(void *arg, PGresult *res, const char *err);
+
+static void roster_next(ds_corp *c)
+{
+    ds_job *j = c->job;
+    int rc;
+
+    if (!lease_ok(j))
+        return;
+    c->state = CS_ROSTER;
+    rc = wecom_user_list_id(j->wc, c->corp_id, c->dir_cred, c->roster_cursor, DS_ROSTER_LIMIT,
+                            on_roster, c);
+    if (rc) {
+        corp_error(c, "cannot queue user/list_id (%d)", rc);
+        corp_fail(c, c->last_error);
+    }
+}
+
+static void on_roster(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    char why[200], page[24], req[24], ret[24], errs[24], *uids = NULL, *depts = NULL;
+    const char *next = "", *p[12];
+    int rows = 0, rc;
+
+    if (listing_answer(c, res, "user/list_id", c->dir_cred))
+        return;
+    if (sync_modern_roster_page(res->json, &uids, &depts, &rows, &next, why, sizeof(why))) {
+        corp_error(c, "%s", why);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    free(c->roster_pending);
+    c->roster_pending = strdup(next);
+    if (!c->roster_pending || !lease_ok(j)) {
+        free(uids);
+        free(depts);
+        if (!c->roster_pending) {
+            corp_error(c, "out of memory");
+            corp_fail(c, c->last_error);
+        }
+        return;
+    }
+    c->roster_rows = rows;
+    fmt_ll(page, sizeof(page), c->roster_pages);
+    take_counters(c, req, ret, errs);
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+    p[4] = c->corp_id;
+    p[5] = page;
+    p[6] = uids;
+    p[7] = depts;
+    p[8] = next;
+    p[9] = req;
+    p[10] = ret;
+    p[11] = errs;
+    rc = pg_query_prepared(j->run->pg, Q_ROSTER, 12, p, on_roster_written, c);
+    free(uids);
+    free(depts);
+    if (rc) {
+        restore_counters(c);
+        corp_error(c, "cannot queue the roster write (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    j->db_inflight++;
+}
+
+static void on_roster_written(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        restore_counters(c);
+        corp_error(c, "user/list_id: database: %.300s", err);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    }
+    c->roster_pages++;
+    c->roster_members += c->roster_rows;
+    free(c->roster_cursor);
+    c->roster_cursor = NULL;
+    if (!c->roster_pending[0]) {
+        c->roster_done = 1;
+        log_info("directory sync: roster read", LF_S("corp_id", c->corp_id),
+                 LF_I("pages", c->roster_pages), LF_I("memberships", c->roster_members));
+        c->state = CS_DEPTS;
+        corp_pump(c);
+        return;
+    }
+    c->roster_cursor = c->roster_pending;
+    c->roster_pending = NULL;
+    roster_next(c);
 }
 
 /* Parses "{1,2,3}" and drops those departments from the fetch list. */
@@ -1052,6 +1397,10 @@ static void on_departments_written(void *arg, PGresult *res, const char *err)
     }
     skip_checkpointed(c, PQgetvalue(res, 0, 2));
     c->fresh = PQgetvalue(res, 0, 3)[0] == 't';
+    if (c->modern && !c->roster_done) {
+        roster_next(c);
+        return;
+    }
     c->state = CS_DEPTS;
     corp_pump(c);
 }
@@ -1063,8 +1412,8 @@ static void on_corp_final(void *arg, PGresult *res, const char *err);
 static void corp_final_write(ds_corp *c, int ok, const char *why)
 {
     ds_job *j = c->job;
-    char req[24], ret[24], errs[24];
-    const char *p[9];
+    char req[24], ret[24], errs[24], fields[128];
+    const char *p[10];
     int rc;
 
     if (!lease_ok(j))
@@ -1084,7 +1433,9 @@ static void corp_final_write(ds_corp *c, int ok, const char *why)
         p[6] = ret;
         p[7] = errs;
         p[8] = c->note[0] ? c->note : NULL;
-        rc = pg_query_prepared(j->run->pg, Q_CORP_OK, 9, p, on_corp_final, c);
+        sync_fields_missing_literal(c->fields_present, fields, sizeof(fields));
+        p[9] = c->member_answers ? fields : NULL;
+        rc = pg_query_prepared(j->run->pg, Q_CORP_OK, 10, p, on_corp_final, c);
     } else {
         p[5] = why;
         p[6] = req;
@@ -1118,6 +1469,14 @@ static void corp_fail(ds_corp *c, const char *why)
 
 static void corp_finish(ds_corp *c)
 {
+    if (c->permanent) {
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (c->modern && !c->roster_done) {
+        corp_fail(c, "user/list_id: the roster was not read to its end, nobody deleted");
+        return;
+    }
     if (c->quota_hit) {
         corp_fail(c, "daily quota");
         return;
@@ -1176,7 +1535,20 @@ static void corp_start(ds_corp *c)
 
     rc = wecom_corp_set(j->wc, c->corp_id, c->secret);
     if (rc == 0)
-        rc = wecom_department_list(j->wc, c->corp_id, 0, on_department_list, c);
+        rc = wecom_corp_set_contact(j->wc, c->corp_id, c->contact_secret);
+    c->dir_cred = c->contact_secret ? WECOM_CRED_CONTACT : WECOM_CRED_APP;
+    if (rc == 0 && !c->mode_decided && !strcmp(c->api_mode, "modern")) {
+        c->modern = 1;
+        c->mode_decided = 1;
+        snprintf(c->mode_reason, sizeof(c->mode_reason),
+                 "modern: set by the operator (--api-mode modern)");
+    }
+    if (rc == 0 && c->modern) {
+        modern_start(c);
+        return;
+    }
+    if (rc == 0)
+        rc = wecom_department_list_as(j->wc, c->corp_id, c->dir_cred, 0, on_department_list, c);
     if (rc) {
         corp_error(c, "cannot queue department/list (%d)", rc);
         corp_fail(c, c->last_error);
@@ -1211,7 +1583,24 @@ static void on_progress_read(void *arg, PGresult *res, const char *err)
                 c->ok = st[0] == 's';
                 j->ended++;
                 j->succeeded += c->ok;
+                continue;
             }
+            /* The mode an earlier attempt chose stands (its record is in
+             * enterprises already), and a roster goes on where it stopped. */
+            if (PQgetvalue(res, r, 3)[0]) {
+                c->modern = !strcmp(PQgetvalue(res, r, 3), "modern");
+                c->mode_decided = 1;
+            }
+            if (!PQgetisnull(res, r, 4) && !(c->roster_cursor = strdup(PQgetvalue(res, r, 4)))) {
+                job_stop(j, "out of memory");
+                return;
+            }
+            c->roster_pages = atoi(PQgetvalue(res, r, 5));
+            c->roster_done = PQgetvalue(res, r, 6)[0] == 't';
+            c->roster_members = atoll(PQgetvalue(res, r, 7));
+            if (c->roster_pages > 0 && !c->roster_done)
+                log_info("directory sync: resuming the roster", LF_S("corp_id", c->corp_id),
+                         LF_I("pages_done", c->roster_pages));
         }
     }
     log_info("directory sync: starting", LF_I("run_id", j->run->run_id),
@@ -1305,8 +1694,12 @@ static void on_enterprises(void *arg, PGresult *res, const char *err)
         c->job = j;
         snprintf(c->corp_id, sizeof(c->corp_id), "%s", PQgetvalue(res, i, 0));
         c->secret = strdup(PQgetvalue(res, i, 1));
+        if (!PQgetisnull(res, i, 2) && PQgetvalue(res, i, 2)[0])
+            c->contact_secret = strdup(PQgetvalue(res, i, 2));
+        snprintf(c->api_mode, sizeof(c->api_mode), "%s", PQgetvalue(res, i, 3));
         j->ncorps = i + 1;
-        if (!c->secret) {
+        if (!c->secret ||
+            (!PQgetisnull(res, i, 2) && PQgetvalue(res, i, 2)[0] && !c->contact_secret)) {
             job_stop(j, "out of memory");
             return;
         }
@@ -1358,6 +1751,10 @@ static void job_free(ds_job *j)
     for (int i = 0; i < j->ncorps; i++) {
         ds_corp *c = &j->corps[i];
         free(c->secret);
+        free(c->contact_secret);
+        free(c->roster_cursor);
+        free(c->roster_pending);
+        json_object_put(c->simplelist);
         free(c->depts);
         uid_set_free(&c->written);
         for (int k = 0; k < c->nready; k++)

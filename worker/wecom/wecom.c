@@ -30,8 +30,14 @@
 #include <string.h>
 
 const char *const wecom_api_names[WECOM_API_COUNT] = {
-    "gettoken", "department/list", "user/list", "user/get", "user/getuserid",
+    "gettoken",       "department/list",       "user/list",    "user/get",
+    "user/getuserid", "department/simplelist", "user/list_id", "department/get",
 };
+
+const char *wecom_cred_name(wecom_cred cred)
+{
+    return cred == WECOM_CRED_CONTACT ? "contact-sync secret" : "app secret";
+}
 
 /* Safety margin of the arrival window: the upstream may stamp arrivals with a
  * millisecond clock that truncates. */
@@ -83,7 +89,9 @@ struct wc_req {
     int net_failures, busy_failures, ban_pauses, token_retried;
     int refresh_polls;
     int text_only; /* no json-c tree in the result */
+    wecom_cred cred;
     int errcode;
+    char errmsg[160];         /* of the last answer that had an errcode */
     wecom_status fail_status; /* of the last retried failure */
     char err[WC_ERR_MAX];
     char used_token[WC_TOKEN_MAX];
@@ -93,7 +101,16 @@ struct wc_corp {
     loop_sem_waiter semw; /* first: the granted callback finds its corp */
     wc_corp *next;
     wecom *w;
-    char *corp_id, *secret;
+    char *corp_id;
+    /* One token per credential; the token steps work for the head's. */
+    struct wc_cred {
+        char *secret; /* NULL: not configured */
+        char token[WC_TOKEN_MAX];
+        uint64_t token_exp_us; /* local trust deadline, monotonic */
+        char new_token[WC_TOKEN_MAX];
+        long long new_token_ttl_ms;
+        char lock_value[WC_INSTANCE_MAX + 20];
+    } cred[WECOM_CRED_COUNT];
     wc_req *head, *tail;
     wc_phase phase;
     int call_token; /* the call in progress is gettoken, not the head's own */
@@ -104,11 +121,6 @@ struct wc_corp {
     uint64_t paused_until_us;
     uint64_t admitted_for_us; /* the shared window's moment for the admitted call */
     int ban_level, ban_alerted;
-    char token[WC_TOKEN_MAX];
-    uint64_t token_exp_us; /* local trust deadline, monotonic */
-    char new_token[WC_TOKEN_MAX];
-    long long new_token_ttl_ms;
-    char lock_value[WC_INSTANCE_MAX + 20];
     char member[WC_INSTANCE_MAX + 40]; /* this call's entry in the shared window */
     int member_live;
 };
@@ -190,8 +202,8 @@ static redis_script cad_script = {
 /* Admission of one upstream call, shared by every process (SPEC §7.2 holds for
  * the fleet, not just for one process): the rate window, then the quota.
  *
- * KEYS[1..5]: the enterprise's quota counters of today, one per API; KEYS[6]:
- * its window, a sorted set of calls scored by when each call's answer came
+ * KEYS[1..n]: the enterprise's quota counters of today, one per API; the last
+ * key: its window, a sorted set of calls scored by when each call's answer came
  * back (Redis clock, ms), or, while in flight, by an upper bound far ahead.
  * ARGV: which API (1-based), the daily quota (0 = none), the counters' TTL (s),
  * calls allowed per window, the window (ms), this call's member, the in-flight
@@ -212,7 +224,8 @@ static redis_script cad_script = {
 static redis_script admit_script = {
     "redis.replicate_commands() "
     "local t = redis.call('TIME') local now = t[1] * 1000 + t[2] / 1000 "
-    "local w = KEYS[6] local win = tonumber(ARGV[5]) local per = tonumber(ARGV[4]) "
+    "local nq = #KEYS - 1 local w = KEYS[#KEYS] local win = tonumber(ARGV[5]) local per = "
+    "tonumber(ARGV[4]) "
     "redis.call('ZREMRANGEBYSCORE', w, '-inf', now - win) "
     "local m = redis.call('ZCARD', w) local at = now local mine = 0 "
     "if m >= per then "
@@ -223,7 +236,7 @@ static redis_script admit_script = {
     "if string.sub(e, 1, #ARGV[8]) ~= ARGV[8] then mine = 0 break end end end "
     "local q = tonumber(ARGV[2]) "
     "if q > 0 then local sum = 0 "
-    "for i = 1, 5 do sum = sum + (tonumber(redis.call('GET', KEYS[i])) or 0) end "
+    "for i = 1, nq do sum = sum + (tonumber(redis.call('GET', KEYS[i])) or 0) end "
     "if sum >= q then return {-1, 0} end end "
     "local k = KEYS[tonumber(ARGV[1])] local n = redis.call('INCR', k) "
     "if n == 1 then redis.call('EXPIRE', k, tonumber(ARGV[3])) end "
@@ -347,6 +360,7 @@ static void req_complete(wc_corp *c, wecom_status st, int errcode, json_object *
     res.body_len = body_len;
     res.requests = r->requests;
     res.retries = r->retries;
+    res.errmsg = r->errmsg;
     if (st != WECOM_OK && !r->err[0])
         snprintf(r->err, sizeof(r->err), "%s: %s", wecom_api_names[r->api], wecom_status_name(st));
     r->cb(r->arg, &res);
@@ -431,12 +445,29 @@ static int redis_started(wc_corp *c, wc_phase ph, int rc, const char *what)
     return rc;
 }
 
+/* The credential the head's request uses. */
+static struct wc_cred *head_cred(wc_corp *c)
+{
+    return &c->cred[c->head ? c->head->cred : WECOM_CRED_APP];
+}
+
+/* token:<corp> for the app secret (SPEC §4), token:<corp>:contact for the
+ * contact-sync secret; suffix (":refresh") after either. */
+static void token_key(wc_corp *c, char *out, size_t len, const char *suffix)
+{
+    char sfx[32];
+    snprintf(sfx, sizeof(sfx), "%s%s",
+             c->head && c->head->cred == WECOM_CRED_CONTACT ? ":contact" : "",
+             suffix ? suffix : "");
+    key_of(c->w, out, len, "token", c->corp_id, sfx);
+}
+
 static void token_get(wc_corp *c)
 {
     char key[256];
     const char *argv[1] = {key};
 
-    key_of(c->w, key, sizeof(key), "token", c->corp_id, NULL);
+    token_key(c, key, sizeof(key), NULL);
     redis_started(c, PH_TOKEN_GET,
                   redis_eval(c->w->redis, &token_get_script, 1, 1, argv, on_token_get, c),
                   "token cache");
@@ -444,14 +475,15 @@ static void token_get(wc_corp *c)
 
 static void token_lock(wc_corp *c)
 {
+    struct wc_cred *cr = head_cred(c);
     char key[256];
 
-    key_of(c->w, key, sizeof(key), "token", c->corp_id, ":refresh");
-    snprintf(c->lock_value, sizeof(c->lock_value), "%s|%llx", c->w->instance,
+    token_key(c, key, sizeof(key), ":refresh");
+    snprintf(cr->lock_value, sizeof(cr->lock_value), "%s|%llx", c->w->instance,
              (unsigned long long)backoff_rand(&c->w->rng));
     redis_started(c, PH_TOKEN_LOCK,
-                  redis_cmd(c->w->redis, on_token_lock, c, "SET %s %s NX PX %d", key, c->lock_value,
-                            WC_REFRESH_LOCK_MS),
+                  redis_cmd(c->w->redis, on_token_lock, c, "SET %s %s NX PX %d", key,
+                            cr->lock_value, WC_REFRESH_LOCK_MS),
                   "token refresh key");
 }
 
@@ -473,9 +505,10 @@ static void on_token_get(void *arg, redisReply *reply, const char *err)
         uint64_t trust = pttl > 0 ? (uint64_t)pttl * 1000 : WC_LOCAL_TOKEN_MAX_US;
         if (trust > WC_LOCAL_TOKEN_MAX_US)
             trust = WC_LOCAL_TOKEN_MAX_US;
-        memcpy(c->token, reply->element[0]->str, reply->element[0]->len);
-        c->token[reply->element[0]->len] = '\0';
-        c->token_exp_us = time_mono_us() + trust;
+        struct wc_cred *cr = head_cred(c);
+        memcpy(cr->token, reply->element[0]->str, reply->element[0]->len);
+        cr->token[reply->element[0]->len] = '\0';
+        cr->token_exp_us = time_mono_us() + trust;
         c->phase = PH_IDLE;
         corp_step(c);
         return;
@@ -513,16 +546,17 @@ static void on_token_lock(void *arg, redisReply *reply, const char *err)
 /* gettoken answered: store the token for everyone, then release the key. */
 static void token_store(wc_corp *c, const char *token, long long expires_in)
 {
+    struct wc_cred *cr = head_cred(c);
     char key[256], px[32];
     long long margin = expires_in / 10 < 300 ? expires_in / 10 : 300;
     long long ttl_ms = (expires_in - margin) * 1000;
 
     if (ttl_ms < 1000)
         ttl_ms = 1000;
-    snprintf(c->new_token, sizeof(c->new_token), "%s", token);
-    c->new_token_ttl_ms = ttl_ms;
+    snprintf(cr->new_token, sizeof(cr->new_token), "%s", token);
+    cr->new_token_ttl_ms = ttl_ms;
     snprintf(px, sizeof(px), "%lld", ttl_ms);
-    key_of(c->w, key, sizeof(key), "token", c->corp_id, NULL);
+    token_key(c, key, sizeof(key), NULL);
     c->w->stats.token_refreshes++;
     if (redis_cmd(c->w->redis, on_token_set, c, "SET %s %s PX %s", key, token, px) == 0) {
         c->phase = PH_TOKEN_SET;
@@ -537,8 +571,9 @@ static void token_store(wc_corp *c, const char *token, long long expires_in)
 static void on_token_set(void *arg, redisReply *reply, const char *err)
 {
     wc_corp *c = arg;
+    struct wc_cred *cr = head_cred(c);
     char key[256];
-    const char *argv[2] = {key, c->lock_value};
+    const char *argv[2] = {key, cr->lock_value};
     uint64_t trust;
 
     (void)reply;
@@ -547,12 +582,12 @@ static void on_token_set(void *arg, redisReply *reply, const char *err)
     /* Even if Redis failed to store it, the token is good for this process. */
     if (err)
         log_warn("wecom: could not cache token", LF_S("corp_id", c->corp_id), LF_S("error", err));
-    trust = (uint64_t)c->new_token_ttl_ms * 1000;
+    trust = (uint64_t)cr->new_token_ttl_ms * 1000;
     if (trust > WC_LOCAL_TOKEN_MAX_US)
         trust = WC_LOCAL_TOKEN_MAX_US;
-    memcpy(c->token, c->new_token, sizeof(c->token));
-    c->token_exp_us = time_mono_us() + trust;
-    key_of(c->w, key, sizeof(key), "token", c->corp_id, ":refresh");
+    memcpy(cr->token, cr->new_token, sizeof(cr->token));
+    cr->token_exp_us = time_mono_us() + trust;
+    token_key(c, key, sizeof(key), ":refresh");
     if (redis_eval(c->w->redis, &cad_script, 1, 2, argv, on_token_unlock, c) == 0) {
         c->phase = PH_TOKEN_UNLOCK;
         c->w->pending++;
@@ -578,14 +613,15 @@ static void on_token_unlock(void *arg, redisReply *reply, const char *err)
  * it yet), then the head fetches or reads a fresh one and is sent again. */
 static void token_drop(wc_corp *c, const char *used)
 {
+    struct wc_cred *cr = head_cred(c);
     char key[256];
     const char *argv[2] = {key, used};
 
-    if (strcmp(c->token, used) == 0) {
-        c->token[0] = '\0';
-        c->token_exp_us = 0;
+    if (strcmp(cr->token, used) == 0) {
+        cr->token[0] = '\0';
+        cr->token_exp_us = 0;
     }
-    key_of(c->w, key, sizeof(key), "token", c->corp_id, NULL);
+    token_key(c, key, sizeof(key), NULL);
     redis_started(c, PH_TOKEN_DROP,
                   redis_eval(c->w->redis, &cad_script, 1, 2, argv, on_token_drop, c),
                   "token cache");
@@ -773,14 +809,14 @@ static int build_url(wc_corp *c, char **out)
 
     if (c->call_token) {
         if ((rc = url_escape(c->corp_id, id, sizeof(id))) ||
-            (rc = url_escape(c->secret, sec, sizeof(sec))))
+            (rc = url_escape(head_cred(c)->secret, sec, sizeof(sec))))
             return rc;
         need = strlen(w->base_url) + strlen(id) + strlen(sec) + 64;
         if (!(url = malloc(need)))
             return -ENOMEM;
         snprintf(url, need, "%s/cgi-bin/gettoken?corpid=%s&corpsecret=%s", w->base_url, id, sec);
     } else {
-        if ((rc = url_escape(c->token, tok, sizeof(tok))))
+        if ((rc = url_escape(head_cred(c)->token, tok, sizeof(tok))))
             return rc;
         need = strlen(w->base_url) + strlen(tok) + strlen(r->query) + 64;
         if (!(url = malloc(need)))
@@ -815,7 +851,7 @@ static void on_sem_granted(loop_sem_waiter *sw)
     rc = build_url(c, &url);
     if (rc == 0) {
         if (!c->call_token)
-            snprintf(r->used_token, sizeof(r->used_token), "%s", c->token);
+            snprintf(r->used_token, sizeof(r->used_token), "%s", head_cred(c)->token);
         pacer_start(&c->pacer, time_mono_us());
         if (r->post && !c->call_token)
             rc = http_client_post(w->http, url, "application/json", r->post, strlen(r->post),
@@ -1068,6 +1104,7 @@ static void on_http(void *arg, const http_response *res)
         return;
     }
     errcode = a.errcode;
+    snprintf(r->errmsg, sizeof(r->errmsg), "%s", a.errmsg);
     {
         char code[16];
         snprintf(code, sizeof(code), "%d", errcode);
@@ -1112,8 +1149,8 @@ static void on_http(void *arg, const http_response *res)
     }
     r->errcode = errcode;
     if (errcode != 0)
-        set_err(r, WECOM_E_ERRCODE, "%s: errcode %d (%.120s)", wecom_api_names[api], errcode,
-                a.errmsg);
+        set_err(r, WECOM_E_ERRCODE, "%s with the %s: errcode %d (%.160s)", wecom_api_names[api],
+                wecom_cred_name(r->cred), errcode, a.errmsg);
     /* Text-only requests skip the tree: the text was checked, which is all they need. */
     if (!r->text_only) {
         tok = json_tokener_new();
@@ -1146,8 +1183,9 @@ static void corp_step(wc_corp *c)
         corp_timer(c, PH_WAIT, ms_ceil(c->paused_until_us - now));
         return;
     }
-    if (!c->token[0] || now >= c->token_exp_us) {
-        c->token[0] = '\0';
+    struct wc_cred *cr = head_cred(c);
+    if (!cr->token[0] || now >= cr->token_exp_us) {
+        cr->token[0] = '\0';
         token_get(c);
         return;
     }
@@ -1162,8 +1200,8 @@ static wc_corp *corp_find(const wecom *w, const char *corp_id)
     return NULL;
 }
 
-static int enqueue(wecom *w, const char *corp_id, wecom_api api, char *query, char *post,
-                   int text_only, wecom_cb cb, void *arg)
+static int enqueue(wecom *w, const char *corp_id, wecom_api api, wecom_cred cred, char *query,
+                   char *post, int text_only, wecom_cb cb, void *arg)
 {
     wc_corp *c;
     wc_req *r;
@@ -1179,7 +1217,7 @@ static int enqueue(wecom *w, const char *corp_id, wecom_api api, char *query, ch
         return -ESHUTDOWN;
     }
     c = corp_find(w, corp_id);
-    if (!c) {
+    if (!c || (unsigned)cred >= WECOM_CRED_COUNT || !c->cred[cred].secret) {
         free(query);
         free(post);
         return -ENOENT;
@@ -1191,6 +1229,7 @@ static int enqueue(wecom *w, const char *corp_id, wecom_api api, char *query, ch
         return -ENOMEM;
     }
     r->api = api;
+    r->cred = cred;
     r->text_only = text_only;
     r->query = query;
     r->post = post;
@@ -1224,24 +1263,68 @@ static char *query_printf(const char *fmt, ...)
 
 int wecom_department_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg)
 {
+    return wecom_department_list_as(w, corp_id, WECOM_CRED_APP, dept_id, cb, arg);
+}
+
+int wecom_department_list_as(wecom *w, const char *corp_id, wecom_cred cred, long long dept_id,
+                             wecom_cb cb, void *arg)
+{
     char *q = dept_id > 0 ? query_printf("id=%lld", dept_id) : xstrdup("");
-    return enqueue(w, corp_id, WECOM_API_DEPT_LIST, q, NULL, 0, cb, arg);
+    return enqueue(w, corp_id, WECOM_API_DEPT_LIST, cred, q, NULL, 0, cb, arg);
+}
+
+int wecom_department_simplelist(wecom *w, const char *corp_id, wecom_cred cred, wecom_cb cb,
+                                void *arg)
+{
+    return enqueue(w, corp_id, WECOM_API_DEPT_SIMPLELIST, cred, xstrdup(""), NULL, 0, cb, arg);
 }
 
 int wecom_user_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg)
 {
     if (dept_id <= 0)
         return -EINVAL;
-    return enqueue(w, corp_id, WECOM_API_USER_LIST, query_printf("department_id=%lld", dept_id),
-                   NULL, 0, cb, arg);
+    return enqueue(w, corp_id, WECOM_API_USER_LIST, WECOM_CRED_APP,
+                   query_printf("department_id=%lld", dept_id), NULL, 0, cb, arg);
 }
 
 int wecom_user_list_text(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg)
 {
+    return wecom_user_list_text_as(w, corp_id, WECOM_CRED_APP, dept_id, cb, arg);
+}
+
+int wecom_user_list_text_as(wecom *w, const char *corp_id, wecom_cred cred, long long dept_id,
+                            wecom_cb cb, void *arg)
+{
     if (dept_id <= 0)
         return -EINVAL;
-    return enqueue(w, corp_id, WECOM_API_USER_LIST, query_printf("department_id=%lld", dept_id),
-                   NULL, 1, cb, arg);
+    return enqueue(w, corp_id, WECOM_API_USER_LIST, cred,
+                   query_printf("department_id=%lld", dept_id), NULL, 1, cb, arg);
+}
+
+int wecom_user_list_id(wecom *w, const char *corp_id, wecom_cred cred, const char *cursor,
+                       int limit, wecom_cb cb, void *arg)
+{
+    buf b;
+    jw j;
+    char *post;
+
+    if (limit < 1 || limit > 10000 || (cursor && strlen(cursor) > 1024))
+        return -EINVAL;
+    buf_init(&b);
+    jw_init(&j, &b);
+    jw_obj_begin(&j);
+    if (cursor && *cursor)
+        jw_kstr(&j, "cursor", cursor);
+    jw_kint(&j, "limit", limit);
+    jw_obj_end(&j);
+    if (b.oom) {
+        buf_free(&b);
+        return -ENOMEM;
+    }
+    post = buf_detach(&b, NULL);
+    if (!post)
+        return -ENOMEM;
+    return enqueue(w, corp_id, WECOM_API_USER_LIST_ID, cred, xstrdup(""), post, 0, cb, arg);
 }
 
 int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb cb, void *arg)
@@ -1250,8 +1333,8 @@ int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb c
 
     if (!userid || !*userid || url_escape(userid, esc, sizeof(esc)))
         return -EINVAL;
-    return enqueue(w, corp_id, WECOM_API_USER_GET, query_printf("userid=%s", esc), NULL, 0, cb,
-                   arg);
+    return enqueue(w, corp_id, WECOM_API_USER_GET, WECOM_CRED_APP, query_printf("userid=%s", esc),
+                   NULL, 0, cb, arg);
 }
 
 int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb cb, void *arg)
@@ -1274,43 +1357,54 @@ int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb 
     post = buf_detach(&b, NULL);
     if (!post)
         return -ENOMEM;
-    return enqueue(w, corp_id, WECOM_API_GETUSERID, xstrdup(""), post, 0, cb, arg);
+    return enqueue(w, corp_id, WECOM_API_GETUSERID, WECOM_CRED_APP, xstrdup(""), post, 0, cb, arg);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------- */
 
+/* Sets (or, with secret NULL, clears) one credential's secret; a changed secret
+ * forgets this process's token for it. */
+static int cred_set(struct wc_cred *cr, const char *secret)
+{
+    char *s = NULL;
+
+    if (cr->secret && secret && strcmp(cr->secret, secret) == 0)
+        return 0;
+    if (secret && !(s = xstrdup(secret)))
+        return -ENOMEM;
+    free(cr->secret);
+    cr->secret = s;
+    cr->token[0] = '\0';
+    cr->token_exp_us = 0;
+    return 0;
+}
+
+static int secret_ok(const char *secret)
+{
+    return secret && *secret && strlen(secret) <= 128;
+}
+
 int wecom_corp_set(wecom *w, const char *corp_id, const char *secret)
 {
     wc_corp *c;
-    char *s;
 
-    if (!w || !corp_id || !*corp_id || !secret || !*secret || strlen(corp_id) > 64 ||
-        strlen(secret) > 128 || w->closing)
+    if (!w || !corp_id || !*corp_id || !secret_ok(secret) || strlen(corp_id) > 64 || w->closing)
         return -EINVAL;
     c = corp_find(w, corp_id);
-    if (c) {
-        if (strcmp(c->secret, secret) == 0)
-            return 0;
-        if (!(s = xstrdup(secret)))
-            return -ENOMEM;
-        free(c->secret);
-        c->secret = s;
-        return 0;
-    }
+    if (c)
+        return cred_set(&c->cred[WECOM_CRED_APP], secret);
     c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
     c->w = w;
     c->semw.granted = on_sem_granted;
     c->corp_id = xstrdup(corp_id);
-    c->secret = xstrdup(secret);
     c->ring_n = w->o.rate >= 1 ? (int)w->o.rate : 1;
     if (c->ring_n > 10000)
         c->ring_n = 10000;
     c->ring = calloc((size_t)c->ring_n, sizeof(*c->ring));
-    if (!c->corp_id || !c->secret || !c->ring) {
+    if (!c->corp_id || !c->ring || cred_set(&c->cred[WECOM_CRED_APP], secret)) {
         free(c->corp_id);
-        free(c->secret);
         free(c->ring);
         free(c);
         return -ENOMEM;
@@ -1321,6 +1415,23 @@ int wecom_corp_set(wecom *w, const char *corp_id, const char *secret)
     c->next = w->corps;
     w->corps = c;
     return 0;
+}
+
+int wecom_corp_set_contact(wecom *w, const char *corp_id, const char *secret)
+{
+    wc_corp *c = w ? corp_find(w, corp_id) : NULL;
+
+    if (!c)
+        return -ENOENT;
+    if (secret && !secret_ok(secret))
+        return -EINVAL;
+    return cred_set(&c->cred[WECOM_CRED_CONTACT], secret);
+}
+
+int wecom_corp_has_contact(const wecom *w, const char *corp_id)
+{
+    const wc_corp *c = w ? corp_find(w, corp_id) : NULL;
+    return c && c->cred[WECOM_CRED_CONTACT].secret;
 }
 
 wecom *wecom_new(uv_loop_t *loop, http_client *http, redis_client *redis, const wecom_opts *opts)
@@ -1403,7 +1514,8 @@ static void free_all(wecom *w)
     for (; c; c = n) {
         n = c->next;
         free(c->corp_id);
-        free(c->secret);
+        for (int i = 0; i < WECOM_CRED_COUNT; i++)
+            free(c->cred[i].secret);
         free(c->ring);
         free(c);
     }

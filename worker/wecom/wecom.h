@@ -56,12 +56,27 @@ typedef enum wecom_api {
     WECOM_API_USER_LIST,
     WECOM_API_USER_GET,
     WECOM_API_GETUSERID,
+    WECOM_API_DEPT_SIMPLELIST, /* the roster-era department tree (ids, parents, order) */
+    WECOM_API_USER_LIST_ID,    /* the roster: every membership, paged by cursor */
+    WECOM_API_DEPT_GET,
     WECOM_API_COUNT
 } wecom_api;
 
-/* "gettoken", "department/list", "user/list", "user/get", "user/getuserid":
- * the <api> part of the quota keys. */
+/* "gettoken", "department/list", "user/list", "user/get", "user/getuserid",
+ * "department/simplelist", "user/list_id", "department/get": the <api> part of
+ * the quota keys. */
 extern const char *const wecom_api_names[WECOM_API_COUNT];
+
+/* Which of an enterprise's secrets a call uses, each with its own token
+ * (token:<corp> and token:<corp>:contact in Redis). The app secret (a
+ * self-built app's) is always there: member details within the app's visible
+ * range. The contact-sync secret (通讯录同步) is optional: the complete roster;
+ * since 2022-08-15, from an IP added after that date, it gets 48009 on the
+ * legacy department/list, user/list and user/get. */
+typedef enum wecom_cred { WECOM_CRED_APP = 0, WECOM_CRED_CONTACT, WECOM_CRED_COUNT } wecom_cred;
+
+/* "app secret", "contact-sync secret". */
+const char *wecom_cred_name(wecom_cred cred);
 
 typedef enum wecom_status {
     WECOM_OK = 0,      /* errcode 0; json is the parsed body */
@@ -87,6 +102,7 @@ typedef struct wecom_result {
     json_object *json; /* the parsed body when OK or E_ERRCODE (NULL for *_text requests);
                           valid during the callback */
     const char *body; /* the raw body of the last answer (may be NULL); valid during the callback */
+    const char *errmsg; /* errmsg of the last answer that had an errcode ("" if none) */
     size_t body_len;
     int requests; /* upstream calls made for this request (gettoken included) */
     int retries;  /* of those, repeats after an error */
@@ -119,19 +135,38 @@ typedef struct wecom_opts {
 /* Strings in opts are copied. NULL on out of memory or a bad option (logged). */
 wecom *wecom_new(uv_loop_t *loop, http_client *http, redis_client *redis, const wecom_opts *opts);
 
-/* Registers an enterprise (or updates its secret). 0, -EINVAL, -ENOMEM. */
+/* Registers an enterprise (or updates its app secret). 0, -EINVAL, -ENOMEM. */
 int wecom_corp_set(wecom *w, const char *corp_id, const char *secret);
+/* Sets (secret NULL: clears) a registered enterprise's contact-sync secret. 0,
+ * -ENOENT (not registered), -EINVAL, -ENOMEM. */
+int wecom_corp_set_contact(wecom *w, const char *corp_id, const char *secret);
+/* 1 if the enterprise has a contact-sync secret. */
+int wecom_corp_has_contact(const wecom *w, const char *corp_id);
 
 /* Each queues one request for a registered enterprise and returns 0 (cb will
  * be called exactly once), or a negative errno (-ENOENT: unknown corp,
  * -EINVAL, -ENOMEM, -ESHUTDOWN: closing) and cb will not be called. */
+/* Unless named _as, a call uses the app secret; -ENOENT also when the
+ * credential asked for is not configured. */
 /* dept_id <= 0: the whole directory (no id parameter). */
 int wecom_department_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg);
+int wecom_department_list_as(wecom *w, const char *corp_id, wecom_cred cred, long long dept_id,
+                             wecom_cb cb, void *arg);
+/* The whole tree as {"department_id": [{"id", "parentid", "order"}]}. */
+int wecom_department_simplelist(wecom *w, const char *corp_id, wecom_cred cred, wecom_cb cb,
+                                void *arg);
+/* One roster page: POST {"cursor", "limit"} (cursor NULL or "" for the first;
+ * limit 1..10000), answering {"next_cursor", "dept_user": [{"userid",
+ * "department"}]}, one row per membership; next_cursor "" on the last page. */
+int wecom_user_list_id(wecom *w, const char *corp_id, wecom_cred cred, const char *cursor,
+                       int limit, wecom_cb cb, void *arg);
 int wecom_user_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg);
 /* The same, but res->json is NULL: the body was checked to be JSON (strict,
  * worker/wecom/json_scan.h) with an integer errcode, and is handed over as text only,
  * for a caller that reads it in place (no json-c tree built). */
 int wecom_user_list_text(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg);
+int wecom_user_list_text_as(wecom *w, const char *corp_id, wecom_cred cred, long long dept_id,
+                            wecom_cb cb, void *arg);
 int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb cb, void *arg);
 /* mobile is sent in the POST body only; it is never logged. */
 int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb cb, void *arg);
