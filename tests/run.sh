@@ -26,7 +26,7 @@ if [ -n "${ORGSYNC_NO_BUILD:-}" ]; then
     echo "== build skipped (ORGSYNC_NO_BUILD); using $BUILD_DIR as it is"
 else
 echo "== build ($BUILD_DIR, ASan+UBSan)"
-cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON >/dev/null
+cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON -DORGSYNC_WERROR=ON -DBUILD_TESTING=ON >/dev/null
 if ! cmake --build "$BUILD_DIR" -j"$(nproc)" >"$BUILD_DIR/build.log" 2>&1; then
     grep -v '^\[ *[0-9]*%\]' "$BUILD_DIR/build.log" | tail -60 >&2
     echo "build failed (full log: $BUILD_DIR/build.log)" >&2

@@ -25,7 +25,7 @@ fi
 
 echo "== fuzz build ($BUILD, clang, libFuzzer + ASan + UBSan)"
 CC=clang cmake -S "$SRC" -B "$BUILD" -DORGSYNC_FUZZ=ON -DORGSYNC_SANITIZE=ON \
-    -DCMAKE_BUILD_TYPE=Debug >/dev/null
+    -DORGSYNC_WERROR=ON -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
 targets=""
 for t in $TARGETS; do targets="$targets fuzz_$t"; done
 # shellcheck disable=SC2086
