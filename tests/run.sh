@@ -11,7 +11,8 @@
 # BUILD_DIR (default build-test) picks the build directory; ORGSYNC_TEST_JOBS
 # (default 2) how many tests run at once; ORGSYNC_NO_BUILD=1 reuses the build
 # as it is; ORGSYNC_KEEP_TMP=1 keeps the servers' files of a failed run;
-# ORGSYNC_NO_FUZZ=1 skips the fuzzers that a full run ends with.
+# ORGSYNC_NO_FUZZ=1 skips the fuzzers that a full run ends with. The closing
+# line says how many tests passed and failed, and what became of fuzzing.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +27,7 @@ if [ -n "${ORGSYNC_NO_BUILD:-}" ]; then
     echo "== build skipped (ORGSYNC_NO_BUILD); using $BUILD_DIR as it is"
 else
 echo "== build ($BUILD_DIR, ASan+UBSan)"
-cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON >/dev/null
+cmake -S "$SRC" -B "$BUILD_DIR" -DORGSYNC_SANITIZE=ON -DORGSYNC_WERROR=ON -DBUILD_TESTING=ON >/dev/null
 if ! cmake --build "$BUILD_DIR" -j"$(nproc)" >"$BUILD_DIR/build.log" 2>&1; then
     grep -v '^\[ *[0-9]*%\]' "$BUILD_DIR/build.log" | tail -60 >&2
     echo "build failed (full log: $BUILD_DIR/build.log)" >&2
@@ -87,19 +88,30 @@ rc=${PIPESTATUS[0]}
 set -e
 summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$TMP/ctest.log" | tail -1)
 
-# The fuzz targets (libFuzzer, when clang is present) run 60 s each on a full
-# run; a filtered run (ctest arguments given) or ORGSYNC_NO_FUZZ=1 skips them.
+# The fuzz targets (libFuzzer, built with clang) run 60 s each on a full run;
+# a filtered run (ctest arguments given) or ORGSYNC_NO_FUZZ=1 skips them. A
+# skip is never silent: the closing line says so.
 fuzz_rc=0
-if [ $# -eq 0 ] && [ -z "${ORGSYNC_NO_FUZZ:-}" ]; then
+if [ $# -gt 0 ]; then
+    fuzz_note="fuzzing skipped (a filtered run)"
+elif [ -n "${ORGSYNC_NO_FUZZ:-}" ]; then
+    fuzz_note="fuzzing skipped (ORGSYNC_NO_FUZZ)"
+else
     echo "== fuzz"
-    "$SRC/tests/fuzz/run.sh" || fuzz_rc=$?
+    FUZZ_SKIP_RC=77 "$SRC/tests/fuzz/run.sh" || fuzz_rc=$?
+    case $fuzz_rc in
+    0) fuzz_note="fuzzing: no crash" ;;
+    77) fuzz_note="fuzzing SKIPPED (no clang or libFuzzer, see the fuzz: line above)" fuzz_rc=0 ;;
+    *) fuzz_note="fuzzing FAILED (exit $fuzz_rc)" ;;
+    esac
 fi
 
 if [ -n "$summary" ]; then
     total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$summary")
     failed=$(sed -E 's/.*, ([0-9]+) tests? failed.*/\1/' <<<"$summary")
-    [ "$fuzz_rc" = 0 ] || echo "fuzzing failed (exit $fuzz_rc)"
-    echo "$((total - failed)) passed, $failed failed"
+    echo "$((total - failed)) passed, $failed failed; $fuzz_note"
+else
+    echo "ctest gave no summary (exit $rc); $fuzz_note"
 fi
 [ "$rc" = 0 ] || exit "$rc"
 exit "$fuzz_rc"

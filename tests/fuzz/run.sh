@@ -10,7 +10,9 @@
 #   FUZZ_SECONDS=10 tests/fuzz/run.sh json # one target
 #
 # FUZZ_BUILD_DIR (default <repo>/build-fuzz) picks the build directory. Without
-# clang it says so and exits 0 (the suite then simply has no fuzzing).
+# clang, or when clang cannot link libFuzzer (Debian: libclang-rt-14-dev), it
+# says so and exits FUZZ_SKIP_RC (default 0; tests/run.sh sets 77 so that its
+# closing line can report the skip).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,14 +20,22 @@ BUILD=${FUZZ_BUILD_DIR:-$SRC/build-fuzz}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 TARGETS=${*:-router json request answer}
 
-if ! command -v clang >/dev/null 2>&1; then
-    echo "fuzz: clang not found, skipping the fuzz targets"
-    exit 0
-fi
+WORK=$(mktemp -d /tmp/orgsync-fuzz.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+skip() {
+    echo "fuzz: $*; skipping the fuzz targets"
+    exit "${FUZZ_SKIP_RC:-0}"
+}
+command -v clang >/dev/null 2>&1 || skip "clang not found (Debian: clang)"
+printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' \
+    >"$WORK/probe.c"
+clang -fsanitize=fuzzer,address,undefined "$WORK/probe.c" -o "$WORK/probe" >"$WORK/probe.log" 2>&1 ||
+    skip "clang cannot link libFuzzer with ASan and UBSan (Debian: libclang-rt-14-dev)"
 
 echo "== fuzz build ($BUILD, clang, libFuzzer + ASan + UBSan)"
 CC=clang cmake -S "$SRC" -B "$BUILD" -DORGSYNC_FUZZ=ON -DORGSYNC_SANITIZE=ON \
-    -DCMAKE_BUILD_TYPE=Debug >/dev/null
+    -DORGSYNC_WERROR=ON -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
 targets=""
 for t in $TARGETS; do targets="$targets fuzz_$t"; done
 # shellcheck disable=SC2086
@@ -37,9 +47,6 @@ fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-WORK=$(mktemp -d /tmp/orgsync-fuzz.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
-
 failed=0
 for t in $TARGETS; do
     bin="$BUILD/tests/fuzz/fuzz_$t"

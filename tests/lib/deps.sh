@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Debian packages orgsync needs, and how to get them. Sourced by tests/run.sh,
 # deploy/demo.sh and the benchmarks.
 #
@@ -8,7 +9,10 @@
 
 ORGSYNC_DEPS_BUILD="build-essential cmake pkg-config libuv1-dev libhiredis-dev libcurl4-openssl-dev libjson-c-dev libpq-dev libhttp-parser-dev libssl-dev"
 ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procps python3 strace tzdata jq"
-ORGSYNC_DEPS_TEST="libcmocka-dev chromium"
+# clang and its sanitizer/libFuzzer runtimes (Debian 12 ships clang 14; with
+# --no-install-recommends clang does not pull libclang-rt-14-dev) are for the
+# fuzz targets that a full tests/run.sh ends with.
+ORGSYNC_DEPS_TEST="libcmocka-dev chromium clang libclang-rt-14-dev"
 ORGSYNC_DEPS_BENCH="wrk nginx-light valgrind"
 
 deps_missing() {
@@ -26,8 +30,8 @@ deps_ensure() {
     bench) want="$want $ORGSYNC_DEPS_TEST $ORGSYNC_DEPS_BENCH" ;;
     demo) ;;
     esac
-    # shellcheck disable=SC2086
     local missing
+    # shellcheck disable=SC2086
     missing=$(deps_missing $want)
     [ -z "$missing" ] && return 0
     if [ "$(id -u)" != 0 ]; then
