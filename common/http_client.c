@@ -9,8 +9,10 @@
 
 #include "common/log.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +48,8 @@ struct http_client {
     CURLM *multi;
     uv_timer_t timer;
     http_client_opts o;
+    char bind[8 + INET6_ADDRSTRLEN]; /* "host!<addr>" for CURLOPT_INTERFACE, "" = none */
+    long ipresolve;                  /* the bound address's family, or whatever */
     hc_req *active;
     hc_req *pool;
     int npool;
@@ -339,6 +343,13 @@ static int start(http_client *c, const char *url, const char *ctype, const char 
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->o.max_response);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    if (c->bind[0]) {
+        if (curl_easy_setopt(e, CURLOPT_INTERFACE, c->bind) != CURLE_OK) {
+            err = -ENOMEM;
+            goto fail;
+        }
+        curl_easy_setopt(e, CURLOPT_IPRESOLVE, c->ipresolve);
+    }
     if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK)
         goto fail;
     if (is_post) {
@@ -410,6 +421,22 @@ http_client *http_client_new(uv_loop_t *loop, const http_client_opts *opts)
     c->loop = loop;
     if (opts)
         c->o = *opts;
+    c->ipresolve = CURL_IPRESOLVE_WHATEVER;
+    if (c->o.bind_addr && c->o.bind_addr[0]) {
+        unsigned char a[16];
+        if (inet_pton(AF_INET, c->o.bind_addr, a) == 1) {
+            c->ipresolve = CURL_IPRESOLVE_V4;
+        } else if (inet_pton(AF_INET6, c->o.bind_addr, a) == 1) {
+            c->ipresolve = CURL_IPRESOLVE_V6;
+        } else {
+            log_error("http client: bind address is not an IP address literal",
+                      LF_S("bind_addr", c->o.bind_addr));
+            free(c);
+            return NULL;
+        }
+        snprintf(c->bind, sizeof(c->bind), "host!%s", c->o.bind_addr);
+    }
+    c->o.bind_addr = NULL; /* copied: the caller's string may go */
     if (!c->o.max_response)
         c->o.max_response = 8 * 1024 * 1024;
     if (c->o.max_host_connections <= 0)

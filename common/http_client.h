@@ -24,12 +24,22 @@ typedef struct http_response {
  * accepted request, never from inside http_client_get/post. */
 typedef void (*http_client_cb)(void *arg, const http_response *res);
 
-/* 0 = 8 MiB, 64 */
+/* 0 = 8 MiB, 64; bind_addr NULL or "" = the system's choice of source address.
+ *
+ * bind_addr: a local IPv4 or IPv6 address literal that every connection of the
+ * client is bound to (its source address: which egress a multi-homed host uses, or
+ * 127.0.0.x per simulated host in tests). It is given to curl as "host!<addr>", so
+ * it is never taken for an interface name, and being a literal it is never
+ * resolved. Names resolve to that address's family only. A request whose bind
+ * fails (the address is not this host's) fails; it never leaves from another. */
 typedef struct http_client_opts {
     size_t max_response;
     int max_host_connections;
+    const char *bind_addr;
 } http_client_opts;
 
+/* NULL on out of memory, or when bind_addr is not an IP address literal (logged).
+ * bind_addr is copied. */
 http_client *http_client_new(uv_loop_t *loop, const http_client_opts *opts);
 
 /* 0 (cb will be called) or a negative errno (cb will not be called). */

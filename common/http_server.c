@@ -64,6 +64,7 @@ struct http_req {
     http_req *next_detached, *prev_detached;
     const char *method;
     int port;
+    char peer[INET6_ADDRSTRLEN]; /* the client's address, "" if unknown */
     int keep_alive;
     int head;
     int state; /* REQ_IDLE, REQ_ACTIVE (handler owns it), REQ_DETACHED */
@@ -114,6 +115,7 @@ struct hs_conn {
     size_t pend_off, pend_len, pend_cap;
     char *out;
     size_t out_cap;
+    char peer[INET6_ADDRSTRLEN]; /* the client's address, "" if unknown */
 };
 
 struct http_server {
@@ -188,6 +190,17 @@ const char *http_req_path(const http_req *r)
 int http_req_local_port(const http_req *r)
 {
     return r->port;
+}
+
+int http_req_peer(const http_req *r, char *buf, size_t len)
+{
+    size_t n = strlen(r->peer);
+    if (n == 0)
+        return -ENOTCONN;
+    if (!buf || n >= len)
+        return -ENOSPC;
+    memcpy(buf, r->peer, n + 1);
+    return 0;
 }
 
 const char *http_req_param(const http_req *r, const char *name)
@@ -279,6 +292,7 @@ static int on_message_begin(http_parser *p)
             return -1;
         }
         c->req->srv = c->srv;
+        memcpy(c->req->peer, c->peer, sizeof(c->peer)); /* the req is this conn's for life */
     }
     req_reset(c->req);
     c->req->port = c->port;
@@ -928,6 +942,19 @@ static void on_conn_timer(uv_timer_t *t)
     conn_close(t->data);
 }
 
+static void conn_read_peer(hs_conn *c)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    c->peer[0] = '\0';
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl))
+        return;
+    if (ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
+    else if (ss.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
+}
+
 static void on_connection(uv_stream_t *ls, int status)
 {
     hs_listener *l = ls->data;
@@ -966,6 +993,7 @@ static void on_connection(uv_stream_t *ls, int status)
     c->counted = 1;
     s->nconns++;
     s->accepted++;
+    conn_read_peer(c);
     uv_tcp_nodelay(&c->tcp, 1);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;

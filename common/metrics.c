@@ -135,6 +135,12 @@ void metrics_init(void)
         {M_REDIS_ERRORS, METRIC_COUNTER, "Redis errors (error replies, transport failures)"},
         {M_LOOKUPS, METRIC_COUNTER, "Realtime lookups by outcome"},
         {M_DROPPED_SERIES, METRIC_COUNTER, "Series not recorded because the registry was full"},
+        {M_EGRESS_CALLS, METRIC_GAUGE,
+         "Upstream calls counted for this egress IP in the window ending at the last "
+         "admission (every process sharing the egress id)"},
+        {M_EGRESS_LIMIT, METRIC_GAUGE, "The per-egress-IP cap of upstream calls by window"},
+        {M_EGRESS_WAITS, METRIC_COUNTER,
+         "Upstream calls of this process that had to wait for the per-egress-IP cap"},
     };
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         metrics_describe(known[i].name, known[i].type, known[i].help);

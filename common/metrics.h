@@ -44,6 +44,9 @@ typedef enum { METRIC_COUNTER = 0, METRIC_GAUGE, METRIC_HISTOGRAM } metric_type;
 #define M_REDIS_ERRORS "orgsync_redis_errors_total"               /* counter */
 #define M_LOOKUPS "orgsync_lookups_total"                         /* counter, source */
 #define M_DROPPED_SERIES "orgsync_metrics_dropped_series_total"   /* counter */
+#define M_EGRESS_CALLS "orgsync_egress_calls"       /* gauge, labels window="60s"|"3600s" */
+#define M_EGRESS_LIMIT "orgsync_egress_limit"       /* gauge, labels window */
+#define M_EGRESS_WAITS "orgsync_egress_waits_total" /* counter */
 
 /* Describes the well-known metrics above. */
 void metrics_init(void);

@@ -2,6 +2,7 @@
 #include "common/settings.h"
 
 #include "common/cron.h"
+#include "common/egress_cap.h"
 #include "common/log.h"
 #include "common/redis.h"
 #include "version.h"
@@ -39,6 +40,10 @@ const char *const settings_names[] = {"ORGSYNC_ENV",
                                       "ORGSYNC_LOG_FORMAT",
                                       "ORGSYNC_CODE_VERSION",
                                       "ORGSYNC_WORKER_ID",
+                                      "ORGSYNC_EGRESS_ID",
+                                      "ORGSYNC_EGRESS_MAX_PER_MIN",
+                                      "ORGSYNC_EGRESS_MAX_PER_HOUR",
+                                      "ORGSYNC_UPSTREAM_BIND",
                                       NULL};
 
 #define MAX_FILE_ENTRIES 64
@@ -246,6 +251,13 @@ static int valid_listen_addr(const char *v)
     return inet_pton(AF_INET, host, b) == 1;
 }
 
+/* An IPv4 or IPv6 address literal (no name, no port, no zone). */
+static int valid_ip_literal(const char *v)
+{
+    unsigned char b[16];
+    return inet_pton(AF_INET, v, b) == 1 || inet_pton(AF_INET6, v, b) == 1;
+}
+
 static int valid_http_url(const char *v)
 {
     return (strncmp(v, "http://", 7) == 0 && v[7]) || (strncmp(v, "https://", 8) == 0 && v[8]);
@@ -434,12 +446,50 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
             return bad(err, errlen, "ORGSYNC_WORKER_ID", "an integer from 0 to 256", v);
         s->worker_id = (int)n;
     }
+
+    if ((v = lookup(src, "ORGSYNC_EGRESS_ID"))) {
+        if (!egress_cap_id_valid(v))
+            return bad(err, errlen, "ORGSYNC_EGRESS_ID",
+                       "1-64 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-' (one id per "
+                       "public IP)",
+                       v);
+        snprintf(s->egress_id, sizeof(s->egress_id), "%s", v);
+    }
+
+    if ((v = lookup(src, "ORGSYNC_EGRESS_MAX_PER_MIN"))) {
+        if (parse_long(v, 1, EGRESS_UPSTREAM_PER_MIN, &n))
+            return bad(err, errlen, "ORGSYNC_EGRESS_MAX_PER_MIN",
+                       "an integer from 1 to 20000 (the upstream's per-IP limit cannot be "
+                       "raised, only lowered)",
+                       v);
+        s->egress_max_per_min = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_EGRESS_MAX_PER_HOUR"))) {
+        if (parse_long(v, 1, EGRESS_UPSTREAM_PER_HOUR, &n))
+            return bad(err, errlen, "ORGSYNC_EGRESS_MAX_PER_HOUR",
+                       "an integer from 1 to 600000 (the upstream's per-IP limit cannot be "
+                       "raised, only lowered)",
+                       v);
+        s->egress_max_per_hour = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_UPSTREAM_BIND")) && *v) {
+        if (strlen(v) >= sizeof(s->upstream_bind) || !valid_ip_literal(v))
+            return bad(err, errlen, "ORGSYNC_UPSTREAM_BIND",
+                       "a local IP address such as 10.0.0.5 or 2001:db8::5 (not a name or an "
+                       "interface), or empty",
+                       v);
+        snprintf(s->upstream_bind, sizeof(s->upstream_bind), "%s", v);
+    } else if (v) {
+        s->upstream_bind[0] = '\0';
+    }
     return 0;
 }
 
 static void defaults(settings *s)
 {
-    char host[64] = "localhost";
+    char host[65] = "localhost";
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     memset(s, 0, sizeof(*s));
     snprintf(s->env, sizeof(s->env), "dev");
@@ -465,6 +515,9 @@ static void defaults(settings *s)
     s->log_level = LOG_INFO;
     s->log_json = 1;
     snprintf(s->code_version, sizeof(s->code_version), "%s", ORGSYNC_VERSION);
+    egress_cap_id_from_host(host, s->egress_id, sizeof(s->egress_id));
+    s->egress_max_per_min = EGRESS_UPSTREAM_PER_MIN;
+    s->egress_max_per_hour = EGRESS_UPSTREAM_PER_HOUR;
 }
 
 int settings_load_from(settings *s, const char *config_file, settings_getenv_fn get, void *arg,

@@ -38,6 +38,10 @@ typedef struct settings {
     int log_json;                 /* ORGSYNC_LOG_FORMAT json|text */
     char code_version[64];        /* ORGSYNC_CODE_VERSION: defaults to the build's version */
     int worker_id;                /* ORGSYNC_WORKER_ID, set by the supervisor; 0 outside */
+    char egress_id[65];           /* ORGSYNC_EGRESS_ID: which egress (public IP) calls leave from */
+    int egress_max_per_min;       /* ORGSYNC_EGRESS_MAX_PER_MIN, 1..20000 */
+    int egress_max_per_hour;      /* ORGSYNC_EGRESS_MAX_PER_HOUR, 1..600000 */
+    char upstream_bind[64];       /* ORGSYNC_UPSTREAM_BIND: local IP literal, "" = any */
 } settings;
 
 /* Fills s from defaults, the optional config file and the environment.

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "common/egress_cap.h"
 #include "common/settings.h"
 
 #include <stdio.h>
@@ -21,6 +22,8 @@ static const char *fake_get(const char *name, void *arg)
             return *env + n + 1;
     return NULL;
 }
+
+static char *write_tmp(const char *text);
 
 static int load(settings *s, const char *file, const char *const *env, char *err)
 {
@@ -52,6 +55,54 @@ static void test_defaults(void **state)
     assert_int_equal(s.lookup_budget, 60);
     assert_string_equal(s.admin_token, "");
     assert_true(strchr(s.instance, ':') != NULL);
+    assert_int_equal(s.egress_max_per_min, 20000);
+    assert_int_equal(s.egress_max_per_hour, 600000);
+    assert_string_equal(s.upstream_bind, "");
+}
+
+/* The egress id defaults to the host name (the instance's part before ':pid'). */
+static void test_egress_id_default(void **state)
+{
+    settings s;
+    char err[512] = "", host[65] = "", want[65];
+    (void)state;
+    assert_int_equal(load(&s, NULL, NULL, err), 0);
+    assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+    egress_cap_id_from_host(host, want, sizeof(want));
+    assert_string_equal(s.egress_id, want);
+    assert_true(egress_cap_id_valid(s.egress_id));
+    assert_int_equal(strncmp(s.instance, host, strlen(host)), 0);
+}
+
+/* The upstream's per-IP limits are the most the caps accept; an IPv6 bind address
+ * and an egress id with ':' (an IP as id) are fine; an empty bind from the
+ * environment clears one from the file. */
+static void test_egress_settings(void **state)
+{
+    const char *env[] = {"ORGSYNC_EGRESS_ID=203.0.113.7", "ORGSYNC_EGRESS_MAX_PER_MIN=20000",
+                         "ORGSYNC_EGRESS_MAX_PER_HOUR=1", "ORGSYNC_UPSTREAM_BIND=2001:db8::5",
+                         NULL};
+    const char *env2[] = {"ORGSYNC_EGRESS_ID=2001:db8::5", "ORGSYNC_EGRESS_MAX_PER_MIN=1",
+                          "ORGSYNC_EGRESS_MAX_PER_HOUR=600000", "ORGSYNC_UPSTREAM_BIND=", NULL};
+    char *path = write_tmp("ORGSYNC_UPSTREAM_BIND=127.0.0.2\n"
+                           "ORGSYNC_EGRESS_ID=from-file_1\n");
+    settings s;
+    char err[512] = "";
+    (void)state;
+    assert_int_equal(load(&s, NULL, env, err), 0);
+    assert_string_equal(s.egress_id, "203.0.113.7");
+    assert_int_equal(s.egress_max_per_min, 20000);
+    assert_int_equal(s.egress_max_per_hour, 1);
+    assert_string_equal(s.upstream_bind, "2001:db8::5");
+    assert_int_equal(load(&s, path, NULL, err), 0);
+    assert_string_equal(s.upstream_bind, "127.0.0.2");
+    assert_string_equal(s.egress_id, "from-file_1");
+    assert_int_equal(load(&s, path, env2, err), 0);
+    assert_string_equal(s.upstream_bind, "");
+    assert_string_equal(s.egress_id, "2001:db8::5");
+    assert_int_equal(s.egress_max_per_min, 1);
+    assert_int_equal(s.egress_max_per_hour, 600000);
+    unlink(path);
 }
 
 static void test_valid_values(void **state)
@@ -135,6 +186,26 @@ static void test_bad_values(void **state)
         {"ORGSYNC_ALERT_WEBHOOK=mailto:x", "ORGSYNC_ALERT_WEBHOOK"},
         {"ORGSYNC_LOG_LEVEL=loud", "ORGSYNC_LOG_LEVEL"},
         {"ORGSYNC_LOG_FORMAT=xml", "ORGSYNC_LOG_FORMAT"},
+        {"ORGSYNC_EGRESS_ID=", "ORGSYNC_EGRESS_ID"},
+        {"ORGSYNC_EGRESS_ID=a b", "ORGSYNC_EGRESS_ID"},
+        {"ORGSYNC_EGRESS_ID=egress/1", "ORGSYNC_EGRESS_ID"},
+        {"ORGSYNC_EGRESS_ID=x{y}", "ORGSYNC_EGRESS_ID"},
+        {"ORGSYNC_EGRESS_ID=0123456789012345678901234567890123456789012345678901234567890123"
+         "4",
+         "ORGSYNC_EGRESS_ID"},
+        {"ORGSYNC_EGRESS_MAX_PER_MIN=0", "ORGSYNC_EGRESS_MAX_PER_MIN"},
+        {"ORGSYNC_EGRESS_MAX_PER_MIN=20001", "ORGSYNC_EGRESS_MAX_PER_MIN"},
+        {"ORGSYNC_EGRESS_MAX_PER_MIN=1e3", "ORGSYNC_EGRESS_MAX_PER_MIN"},
+        {"ORGSYNC_EGRESS_MAX_PER_MIN=", "ORGSYNC_EGRESS_MAX_PER_MIN"},
+        {"ORGSYNC_EGRESS_MAX_PER_HOUR=0", "ORGSYNC_EGRESS_MAX_PER_HOUR"},
+        {"ORGSYNC_EGRESS_MAX_PER_HOUR=600001", "ORGSYNC_EGRESS_MAX_PER_HOUR"},
+        {"ORGSYNC_EGRESS_MAX_PER_HOUR=-5", "ORGSYNC_EGRESS_MAX_PER_HOUR"},
+        {"ORGSYNC_UPSTREAM_BIND=localhost", "ORGSYNC_UPSTREAM_BIND"},
+        {"ORGSYNC_UPSTREAM_BIND=eth0", "ORGSYNC_UPSTREAM_BIND"},
+        {"ORGSYNC_UPSTREAM_BIND=127.0.0.1:80", "ORGSYNC_UPSTREAM_BIND"},
+        {"ORGSYNC_UPSTREAM_BIND=10.0.0.256", "ORGSYNC_UPSTREAM_BIND"},
+        {"ORGSYNC_UPSTREAM_BIND=[::1]", "ORGSYNC_UPSTREAM_BIND"},
+        {"ORGSYNC_UPSTREAM_BIND=host!10.0.0.1", "ORGSYNC_UPSTREAM_BIND"},
     };
     (void)state;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -217,6 +288,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_valid_values),
+        cmocka_unit_test(test_egress_id_default),
+        cmocka_unit_test(test_egress_settings),
         cmocka_unit_test(test_bad_values),
         cmocka_unit_test(test_secret_not_echoed),
         cmocka_unit_test(test_config_file_and_precedence),
