@@ -190,6 +190,40 @@ int http_req_local_port(const http_req *r)
     return r->port;
 }
 
+int http_req_peer_ip(const http_req *r, char *out, size_t outlen)
+{
+    struct sockaddr_storage ss;
+    int len = (int)sizeof(ss), rc, family;
+    const void *addr;
+    if (outlen)
+        out[0] = '\0';
+    if (!r->conn)
+        return -ENOTCONN;
+    rc = uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)&ss, &len);
+    if (rc)
+        return rc;
+    family = ss.ss_family;
+    if (family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&ss;
+        addr = &a6->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+            /* An IPv4 client of a dual-stack listener: its dotted address. */
+            family = AF_INET;
+            addr = &a6->sin6_addr.s6_addr[12];
+        }
+    } else if (family == AF_INET) {
+        addr = &((const struct sockaddr_in *)&ss)->sin_addr;
+    } else {
+        return -EAFNOSUPPORT;
+    }
+    if (!inet_ntop(family, addr, out, (socklen_t)outlen)) {
+        if (outlen)
+            out[0] = '\0';
+        return -ENOSPC;
+    }
+    return 0;
+}
+
 const char *http_req_param(const http_req *r, const char *name)
 {
     for (int i = 0; i < r->m.nparams; i++)

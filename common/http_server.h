@@ -75,6 +75,10 @@ const char *http_req_query(const http_req *r, const char *name);  /* decoded, NU
 const char *http_req_header(const http_req *r, const char *name); /* case-insensitive */
 const char *http_req_body(const http_req *r, size_t *len);        /* NUL-terminated too */
 int http_req_local_port(const http_req *r);                       /* which listener it came in on */
+/* The client's address (the TCP peer) without port: dotted IPv4 (also for an IPv4 client
+ * of a dual-stack listener) or IPv6 text, into out (46 bytes always suffice). 0 or a
+ * negative errno (out is then ""). */
+int http_req_peer_ip(const http_req *r, char *out, size_t outlen);
 /* Extra response header for the coming reply (name and value are copied). */
 void http_req_add_header(http_req *r, const char *name, const char *value);
 
