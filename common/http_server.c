@@ -195,6 +195,8 @@ int http_req_local_port(const http_req *r)
 int http_req_peer(const http_req *r, char *buf, size_t len)
 {
     size_t n = strlen(r->peer);
+    if (buf && len)
+        buf[0] = '\0';
     if (n == 0)
         return -ENOTCONN;
     if (!buf || n >= len)
@@ -949,9 +951,14 @@ static void conn_read_peer(hs_conn *c)
     c->peer[0] = '\0';
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl))
         return;
-    if (ss.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
-    else if (ss.ss_family == AF_INET)
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&ss;
+        /* An IPv4 client of a dual-stack listener: its dotted address. */
+        if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr))
+            inet_ntop(AF_INET, &a6->sin6_addr.s6_addr[12], c->peer, sizeof(c->peer));
+        else
+            uv_ip6_name(a6, c->peer, sizeof(c->peer));
+    } else if (ss.ss_family == AF_INET)
         uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
 }
 

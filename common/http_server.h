@@ -75,10 +75,10 @@ const char *http_req_query(const http_req *r, const char *name);  /* decoded, NU
 const char *http_req_header(const http_req *r, const char *name); /* case-insensitive */
 const char *http_req_body(const http_req *r, size_t *len);        /* NUL-terminated too */
 int http_req_local_port(const http_req *r);                       /* which listener it came in on */
-/* The client's IP address as text, as its socket reported it when accepted
- * ("127.0.0.2", "::1"; an IPv4 client of an IPv6 listener is "::ffff:a.b.c.d").
- * 0, -ENOTCONN if it could not be read, -ENOSPC if buf is too small
- * (INET6_ADDRSTRLEN always fits). */
+/* The client's IP address (the TCP peer, without port) as its socket reported it
+ * when accepted: dotted IPv4 (also for an IPv4 client of a dual-stack listener)
+ * or IPv6 text. 0, -ENOTCONN if it could not be read, -ENOSPC if buf is too small
+ * (INET6_ADDRSTRLEN always fits); buf is "" on an error. */
 int http_req_peer(const http_req *r, char *buf, size_t len);
 /* Extra response header for the coming reply (name and value are copied). */
 void http_req_add_header(http_req *r, const char *name, const char *value);

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Integration test of the WeCom simulator (tests/sim/): API shapes, the generated
 # directory, the arrival-time rate window, concurrency cap, token expiry, every
-# fault, stats per enterprise and per port, mutations, and a clean exit (which also
-# lets LeakSanitizer speak in a sanitized build).
+# fault, stats per enterprise and per port, mutations, both credentials and the
+# policy switches (48009, 60020, 60011, app_new), user/list_id paging,
+# department/simplelist and department/get, the per-IP limits and stats (requests
+# sent from 127.0.0.2 with curl --interface), and a clean exit (which also lets
+# LeakSanitizer speak in a sanitized build).
 #
 # Needs ORGSYNC_SIM_BIN (ctest sets it), curl, jq and python3. No PostgreSQL/Redis.
 set -euo pipefail
@@ -93,11 +96,44 @@ errcode() {
     echo "$1" | jq -r .errcode
 }
 token() { get "$1" "/cgi-bin/gettoken?corpid=$2&corpsecret=secret-$2" | jq -r .access_token; }
+# The contact-sync credential's token.
+ctoken() { get "$1" "/cgi-bin/gettoken?corpid=$2&corpsecret=contact-$2" | jq -r .access_token; }
+# get_from IP NAME PATH / post_from IP NAME PATH BODY: sent from that local address
+# (any 127.0.0.x is loopback on Linux), so the simulator sees it as the source.
+get_from() { curl -sS --max-time 5 --interface "$1" "http://127.0.0.1:${PORT[$2]}$3"; }
+post_from() {
+    curl -sS --max-time 5 --interface "$1" -X POST -H 'Content-Type: application/json' \
+        --data-binary "$4" "http://127.0.0.1:${PORT[$2]}$3"
+}
+# refused BODY CODE MSG IP: errcode CODE and today's errmsg shape, naming the address:
+# "MSG, hint: [...], from ip: IP, more info at https://open.work.weixin.qq.com/devtool/query?e=CODE"
+refused() {
+    python3 - "$1" "$2" "$3" "$4" <<'EOF' || fail "want errcode $2 \"$3\" from $4, got: $(echo "$1" | head -c 400)"
+import json, re, sys
+body, code, msg, ip = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+o = json.loads(body)
+assert o["errcode"] == code, o
+pat = ("^" + re.escape(msg) + r", hint: \[[^\]]+\], from ip: " + re.escape(ip) +
+       r", more info at https://open\.work\.weixin\.qq\.com/devtool/query\?e=%d$" % code)
+assert re.match(pat, o["errmsg"]), o["errmsg"]
+EOF
+}
 
 # ---------------------------------------------------------------- command line
 "$SIM" --help >"$WORK/help.txt" || fail "--help exited non-zero"
-grep -q 'wwsim%04d' "$WORK/help.txt" && grep -q 'secret-wwsim%04d' "$WORK/help.txt" ||
+grep -q 'wwsim%04d' "$WORK/help.txt" && grep -q 'secret-wwsim%04d' "$WORK/help.txt" &&
+    grep -q 'contact-wwsim%04d' "$WORK/help.txt" ||
     fail "--help does not say how corp ids and secrets are derived"
+for flag in --contact-legacy-ips --app-new --visible-depts --trusted-ips --ip-per-min --ip-per-hour; do
+    grep -q -- "$flag" "$WORK/help.txt" || fail "--help does not list $flag"
+done
+for bad in "--trusted-ips 127.0.0.300" "--contact-legacy-ips 1.2.3.4," "--visible-depts 0" \
+    "--app-new yes" "--ip-per-min 0"; do
+    rc=0
+    # shellcheck disable=SC2086 # the flag and its value
+    "$SIM" $bad 2>"$WORK/bad.err" || rc=$?
+    [ "$rc" = 2 ] && grep -q -- "${bad%% *}" "$WORK/bad.err" || fail "bad '$bad': exit $rc, want 2 naming the flag"
+done
 rc=0
 "$SIM" --no-such-flag 2>/dev/null || rc=$?
 [ "$rc" = 2 ] || fail "unknown flag: exit $rc, want 2"
@@ -337,7 +373,7 @@ NBUSY=$(curl -sS --max-time 10 "${URLS[@]}" | jq -s '[.[] | select(.errcode == -
 [ "$(status f POST /sim/faults 'nope')" = 400 ] || fail "non-JSON faults accepted"
 expect "$(get f /sim/faults)" '.busy == 0.5 and .paths == ["user/list"]' "GET /sim/faults"
 post f /sim/faults '{"reset":true}' >/dev/null
-expect "$(get f /sim/faults)" '.busy == 0 and (.paths | length) == 5' "faults reset"
+expect "$(get f /sim/faults)" '.busy == 0 and (.paths | length) == 8' "faults reset"
 S=$(get f /sim/stats)
 expect "$S" ".total.faults.http500 == 1 and .total.faults.malformed == 1 and .total.faults.hang == 1 and
     .total.faults.busy == (1 + $NBUSY) and .total.faults.fail_dept == 5" "fault counters"
@@ -487,6 +523,363 @@ same_answers "after random mutations"
 ok "answer cache: same bytes as rendering every answer; mutations drop what they change"
 stop_sim c1
 stop_sim c0
+
+# ---------------------------------------------------------------- two credentials, policy
+start_sim p --enterprises 2 --departments 12 --users-per-dept 3 --rate 100000 --seed 3
+TA=$(token p wwsim0001)
+TC=$(ctoken p wwsim0001)
+[ -n "$TC" ] && [ "$TC" != null ] && [ "$TC" != "$TA" ] || fail "contact-sync gettoken: '$TC' (app '$TA')"
+[ "$(ctoken p wwsim0001)" = "$TC" ] && [ "$(token p wwsim0001)" = "$TA" ] || fail "the same token again, per credential"
+[ "$(errcode "$(get p "/cgi-bin/gettoken?corpid=wwsim0001&corpsecret=contact-wwsim0002")")" = 40001 ] ||
+    fail "another enterprise's contact secret"
+TB=$(token p wwsim0002)
+TBC=$(ctoken p wwsim0002)
+expect "$(get p /sim/stats)" '.corps[0].tokens_issued == 2 and .corps[1].tokens_issued == 2' "tokens of both credentials"
+expect "$(get p /sim/policy)" '.corps == [
+    {"corp_id":"wwsim0001","contact_legacy_ips":null,"app_new":false,"visible_depts":null,"trusted_ips":null},
+    {"corp_id":"wwsim0002","contact_legacy_ips":null,"app_new":false,"visible_depts":null,"trusted_ips":null}]' \
+    "default policy"
+UL1="/cgi-bin/user/list?department_id=1&access_token"
+LEGACY=("/cgi-bin/department/list?access_token" "/cgi-bin/user/list?department_id=2&access_token"
+    "/cgi-bin/user/get?userid=u000001&access_token")
+NEWAPI=("/cgi-bin/department/simplelist?access_token" "/cgi-bin/department/get?id=2&access_token")
+# Defaults: both credentials may call everything from anywhere.
+for path in "${LEGACY[@]}" "${NEWAPI[@]}"; do
+    for tok in "$TA" "$TC"; do
+        [ "$(errcode "$(get_from 127.0.0.2 p "$path=$tok")")" = 0 ] || fail "default policy refused $path"
+    done
+done
+
+# contact_legacy_ips: [] = no address may; a list = only those; null = anywhere again.
+expect "$(post p /sim/policy '{"corp_id":"wwsim0001","contact_legacy_ips":[]}')" \
+    '.corps == [{"corp_id":"wwsim0001","contact_legacy_ips":[],"app_new":false,"visible_depts":null,"trusted_ips":null}]' \
+    "POST /sim/policy answers the enterprise's policy"
+for path in "${LEGACY[@]}"; do
+    refused "$(get p "$path=$TC")" 48009 "api forbidden" 127.0.0.1
+    [ "$(errcode "$(get p "$path=$TA")")" = 0 ] || fail "48009 for the app token on $path"
+    [ "$(errcode "$(get p "$path=$TBC")")" = 0 ] || fail "48009 in the other enterprise on $path"
+done
+for path in "${NEWAPI[@]}"; do
+    [ "$(errcode "$(get p "$path=$TC")")" = 0 ] || fail "the contact token refused on $path"
+done
+[ "$(errcode "$(post p "/cgi-bin/user/list_id?access_token=$TC" '{"limit":5}')")" = 0 ] || fail "list_id with contact"
+[ "$(errcode "$(post p "/cgi-bin/user/getuserid?access_token=$TC" '{"mobile":"10000000000"}')")" = 46004 ] ||
+    fail "getuserid is not a legacy API"
+post p /sim/policy '{"corp_id":"wwsim0001","contact_legacy_ips":["127.0.0.2"]}' >/dev/null
+refused "$(get p "${LEGACY[1]}=$TC")" 48009 "api forbidden" 127.0.0.1
+[ "$(errcode "$(get_from 127.0.0.2 p "${LEGACY[1]}=$TC")")" = 0 ] || fail "contact_legacy_ips lists 127.0.0.2"
+refused "$(get_from 127.0.0.3 p "${LEGACY[2]}=$TC")" 48009 "api forbidden" 127.0.0.3
+post p /sim/policy '{"corp_id":"wwsim0001","contact_legacy_ips":null}' >/dev/null
+[ "$(errcode "$(get p "${LEGACY[1]}=$TC")")" = 0 ] || fail "contact_legacy_ips null"
+ok "contact-sync credential: own tokens; contact_legacy_ips gives 48009 on the legacy APIs only, by source address"
+
+# trusted_ips: app tokens (every API but gettoken) only from the listed addresses.
+post p /sim/policy '{"trusted_ips":["127.0.0.1"]}' >/dev/null # every enterprise
+[ "$(errcode "$(get p "$UL1=$TA")")" = 0 ] || fail "trusted 127.0.0.1 refused"
+refused "$(get_from 127.0.0.2 p "$UL1=$TA")" 60020 "not allow to access from your ip" 127.0.0.2
+refused "$(get_from 127.0.0.2 p "${NEWAPI[0]}=$TB")" 60020 "not allow to access from your ip" 127.0.0.2
+refused "$(post_from 127.0.0.2 p "/cgi-bin/user/list_id?access_token=$TA" '{}')" 60020 \
+    "not allow to access from your ip" 127.0.0.2
+[ "$(errcode "$(get_from 127.0.0.2 p "/cgi-bin/gettoken?corpid=wwsim0001&corpsecret=secret-wwsim0001")")" = 0 ] ||
+    fail "gettoken is not subject to trusted_ips"
+[ "$(errcode "$(get_from 127.0.0.2 p "$UL1=$TC")")" = 0 ] || fail "trusted_ips applied to the contact token"
+post p /sim/policy '{"corp_id":"wwsim0002","trusted_ips":null}' >/dev/null
+[ "$(errcode "$(get_from 127.0.0.2 p "$UL1=$TB")")" = 0 ] || fail "trusted_ips null for wwsim0002"
+refused "$(get_from 127.0.0.2 p "$UL1=$TA")" 60020 "not allow to access from your ip" 127.0.0.2
+post p /sim/policy '{"trusted_ips":null}' >/dev/null
+[ "$(errcode "$(get_from 127.0.0.2 p "$UL1=$TA")")" = 0 ] || fail "trusted_ips null"
+ok "trusted_ips: 60020 for app tokens from 127.0.0.2 only, not for gettoken or the contact token"
+
+# visible_depts: the app sees 2 and its subtree; contact tokens see everything.
+get p '/sim/org?corp_id=wwsim0001' >"$WORK/porg.json"
+post p /sim/policy '{"corp_id":"wwsim0001","visible_depts":[2]}' >/dev/null
+get p "/cgi-bin/department/list?access_token=$TA" >"$WORK/vis.dl"
+get p "/cgi-bin/department/simplelist?access_token=$TA" >"$WORK/vis.sl"
+post p "/cgi-bin/user/list_id?access_token=$TA" '{}' >"$WORK/vis.li"
+post p "/cgi-bin/user/list_id?access_token=$TC" '{}' >"$WORK/all.li"
+get p "/cgi-bin/department/simplelist?access_token=$TC" >"$WORK/all.sl"
+python3 - "${PORT[p]}" "$WORK" "$TA" "$TC" <<'EOF' || fail "visible range"
+import json, re, sys, urllib.request
+port, work, ta, tc = sys.argv[1:5]
+org = json.load(open(work + "/porg.json"))["corps"][0]
+parent = {d["id"]: d["parentid"] for d in org["departments"]}
+def under2(d):
+    while d:
+        if d == 2:
+            return True
+        d = parent[d]
+    return False
+vis = sorted(d for d in parent if under2(d))
+assert 1 < len(vis) < len(parent), vis
+def load(name):
+    return json.load(open(work + "/" + name))
+def get(path):
+    return json.load(urllib.request.urlopen("http://127.0.0.1:%s/cgi-bin/%s" % (port, path), timeout=5))
+assert sorted(d["id"] for d in load("vis.dl")["department"]) == vis, "department/list"
+assert sorted(d["id"] for d in load("vis.sl")["department_id"]) == vis, "department/simplelist"
+assert sorted(d["id"] for d in load("all.sl")["department_id"]) == sorted(parent), "contact simplelist"
+rows = load("vis.li")["dept_user"]
+want = sorted((u["userid"], d) for u in org["users"] for d in u["department"] if under2(d))
+assert sorted((r["userid"], r["department"]) for r in rows) == want, "list_id with the app token"
+assert len(load("all.li")["dept_user"]) == sum(len(u["department"]) for u in org["users"])
+shape = (r"^no privilege to access/modify contact/party/agent , hint: \[[^\]]+\], from ip: "
+         r"127\.0\.0\.1, more info at https://open\.work\.weixin\.qq\.com/devtool/query\?e=60011$")
+outside = [d for d in parent if not under2(d)]
+for d in parent:
+    for path in ("user/list?department_id=%d" % d, "department/get?id=%d" % d,
+                 "department/list?id=%d" % d, "department/simplelist?id=%d" % d):
+        a = get(path + "&access_token=" + ta)
+        if d in outside:
+            assert a["errcode"] == 60011 and re.match(shape, a["errmsg"]), (path, a)
+        else:
+            assert a["errcode"] == 0, (path, a)
+        assert get(path + "&access_token=" + tc)["errcode"] == 0, ("contact", path)
+for u in org["users"]:
+    a = get("user/get?userid=%s&access_token=%s" % (u["userid"], ta))
+    if any(under2(d) for d in u["department"]):
+        assert a["errcode"] == 0, (u["userid"], a)
+    else:
+        assert a["errcode"] == 60011, (u["userid"], a)
+# Unknown ids keep their own answers.
+assert get("user/list?department_id=99&access_token=" + ta)["errcode"] == 60003
+assert get("user/get?userid=nobody&access_token=" + ta)["errcode"] == 60111
+print("visible range: %d of %d departments" % (len(vis), len(parent)))
+EOF
+# Checks in order: 60020 before 60011.
+post p /sim/policy '{"corp_id":"wwsim0001","trusted_ips":["127.0.0.1"]}' >/dev/null
+refused "$(get_from 127.0.0.2 p "$UL1=$TA")" 60020 "not allow to access from your ip" 127.0.0.2
+post p /sim/policy '{"corp_id":"wwsim0001","trusted_ips":null,"visible_depts":null}' >/dev/null
+[ "$(errcode "$(get p "$UL1=$TA")")" = 0 ] || fail "visible_depts null"
+ok "visible_depts: 60011 outside the subtree; lists keep to it; contact tokens see all"
+
+# app_new: app answers lack exactly those keys (absent, not empty); contact ones keep them.
+post p /sim/policy '{"app_new":true}' >/dev/null
+for d in 1 2 3; do
+    get p "/cgi-bin/user/list?department_id=$d&access_token=$TA" >"$WORK/new.app.$d"
+    get p "/cgi-bin/user/list?department_id=$d&access_token=$TC" >"$WORK/new.contact.$d"
+done
+get p "/cgi-bin/user/get?userid=u000002&access_token=$TA" >"$WORK/new.app.get"
+get p "/cgi-bin/user/get?userid=u000002&access_token=$TC" >"$WORK/new.contact.get"
+python3 - "$WORK" <<'EOF' || fail "app_new stripping"
+import json, sys
+w = sys.argv[1]
+HIDDEN = {"mobile", "email", "biz_mail", "avatar", "thumb_avatar", "gender", "qr_code", "address"}
+def same_but_hidden(full, lite):
+    assert HIDDEN <= set(full), set(full)
+    assert set(lite) == set(full) - HIDDEN, set(full) ^ set(lite)
+    assert all(lite[k] == full[k] for k in lite)
+for d in (1, 2, 3):
+    a = json.load(open("%s/new.app.%d" % (w, d)))["userlist"]
+    c = json.load(open("%s/new.contact.%d" % (w, d)))["userlist"]
+    assert len(a) == len(c) > 0
+    for x, y in zip(c, a):
+        same_but_hidden(x, y)
+full, lite = json.load(open(w + "/new.contact.get")), json.load(open(w + "/new.app.get"))
+same_but_hidden(full, lite)
+EOF
+post p /sim/policy '{"app_new":false}' >/dev/null
+expect "$(get p "/cgi-bin/user/list?department_id=2&access_token=$TA")" \
+    '.userlist | all(has("mobile") and has("avatar") and has("qr_code"))' "app_new false"
+ok "app_new: user/list and user/get without mobile, email, biz_mail, avatar, thumb_avatar, gender, qr_code, address"
+
+# Validation (all or nothing, the bad key named), reset, flags at start.
+post p /sim/policy '{"corp_id":"wwsim0001","app_new":true}' >/dev/null
+for body in '{"app_new":false,"trusted_ips":["not an ip"]}' '{"app_new":false,"visible_depts":[-1]}' \
+    '{"app_new":false,"contact_legacy_ips":"127.0.0.1"}' '{"app_new":"yes"}'; do
+    key=$(echo "$body" | jq -r 'keys_unsorted | last')
+    [ "$(status p POST /sim/policy "$body")" = 400 ] || fail "bad policy accepted: $body"
+    curl -sS -X POST --data-binary "$body" "http://127.0.0.1:${PORT[p]}/sim/policy" | grep -q "$key" ||
+        fail "the 400 for $body does not name $key"
+done
+[ "$(status p POST /sim/policy '{"trusted":[]}')" = 400 ] || fail "unknown policy key accepted"
+[ "$(status p POST /sim/policy '{"corp_id":"wwsim0042","app_new":true}')" = 404 ] || fail "unknown corp"
+[ "$(status p GET '/sim/policy?corp_id=wwsim0042')" = 404 ] || fail "GET unknown corp"
+expect "$(get p '/sim/policy?corp_id=wwsim0001')" '.corps[0].app_new == true' "nothing changed by bad POSTs"
+expect "$(post p /sim/policy '{"reset":true,"contact_legacy_ips":["::1"]}')" '.corps | all(.app_new == false and
+    .contact_legacy_ips == ["::1"] and .visible_depts == null and .trusted_ips == null)' "reset"
+S=$(get p /sim/stats)
+expect "$S" '.total.errcodes["48009"] == .total.forbidden and .total.forbidden == 5 and
+    .total.errcodes["60020"] == .total.untrusted_ip and .total.untrusted_ip == 5 and
+    .total.errcodes["60011"] == .total.no_privilege and .total.no_privilege >= 10' "policy counters"
+expect "$S" '(.corps[0].by_ip | map(.ip) | sort) == ["127.0.0.1","127.0.0.2","127.0.0.3"] and
+    (.corps[0].by_ip[] | select(.ip == "127.0.0.3") | .requests == 1 and .forbidden == 1) and
+    (.corps[1].by_ip[] | select(.ip == "127.0.0.2") | .untrusted_ip == 1)' "by_ip: which host made which calls"
+stop_sim p
+start_sim p2 --enterprises 2 --departments 4 --trusted-ips 127.0.0.1,127.0.0.5 --contact-legacy-ips none \
+    --app-new 1 --visible-depts 2,3
+expect "$(get p2 /sim/policy)" '.corps | length == 2 and all(.trusted_ips == ["127.0.0.1","127.0.0.5"] and
+    .contact_legacy_ips == [] and .app_new == true and .visible_depts == [2,3])' "policy flags"
+refused "$(get p2 "/cgi-bin/department/list?access_token=$(ctoken p2 wwsim0002)")" 48009 "api forbidden" 127.0.0.1
+stop_sim p2
+ok "policy: validation, reset, stats counters and by_ip; flags at start"
+
+# ---------------------------------------------------------------- user/list_id, simplelist, department/get
+start_sim l --enterprises 2 --departments 15 --users-per-dept 3 --rate 100000 --seed 11
+TL=$(token l wwsim0001)
+TL2=$(token l wwsim0002)
+python3 - "${PORT[l]}" "$TL" "$TL2" <<'EOF' || fail "user/list_id paging"
+import json, sys, urllib.request
+port, tok, tok2 = sys.argv[1:4]
+base = "http://127.0.0.1:%s" % port
+def call(path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    return json.load(urllib.request.urlopen(base + path, data=data, timeout=5))
+def org():
+    return call("/sim/org?corp_id=wwsim0001")["corps"][0]
+def memberships(o):
+    return sorted((u["userid"], d) for u in o["users"] for d in u["department"])
+def page(cursor, limit, t=tok):
+    body = {"limit": limit}
+    if cursor is not None:
+        body["cursor"] = cursor
+    a = call("/cgi-bin/user/list_id?access_token=" + t, body)
+    assert a["errcode"] == 0 and a["errmsg"] == "ok", a
+    assert len(a["dept_user"]) <= limit
+    c = a["next_cursor"]
+    assert isinstance(c, str) and (c == "" or not c.isdigit()), c
+    return a["dept_user"], c
+def collect(limit, between=None):
+    rows, cursor, n = [], None, 0
+    while True:
+        got, cursor = page(cursor, limit)
+        rows += [(r["userid"], r["department"]) for r in got]
+        n += 1
+        if not cursor:
+            return rows, n
+        if between:
+            between(n)
+want = memberships(org())
+assert any(len(u["department"]) > 1 for u in org()["users"])
+for limit in (1, 2, 7, 10000):
+    rows, n = collect(limit)
+    assert sorted(rows) == want, (limit, len(rows), len(want))
+    assert len(set(rows)) == len(rows)
+    assert n == max(1, -(-len(want) // limit)), (limit, n)
+# No limit: the default 10000, one page.
+a = call("/cgi-bin/user/list_id?access_token=" + tok, {})
+assert a["next_cursor"] == "" and len(a["dept_user"]) == len(want)
+a = call("/cgi-bin/user/list_id?access_token=" + tok, {"cursor": ""})
+assert len(a["dept_user"]) == len(want)
+# Mutations between pages: a member added (at the end), one not listed yet removed,
+# one renamed, one moved: the pages give exactly the memberships of the end.
+users = org()["users"]
+last = users[-1]["userid"]
+def mutate(n):
+    if n == 1:
+        r = call("/sim/mutate", {"corp_id": "wwsim0001", "ops": [
+            {"op": "add", "userid": "between.pages", "department": [2, 5]},
+            {"op": "remove", "userid": last},
+            {"op": "rename", "userid": users[-5]["userid"], "name": "改过"},
+            {"op": "move", "userid": users[-3]["userid"], "department": [4, 6]}]})
+        assert r["errcode"] == 0, r
+rows, n = collect(9, mutate)
+assert n > 2
+end = memberships(org())
+assert sorted(rows) == end, set(rows) ^ set(end)
+assert ("between.pages", 5) in rows and not any(u == last for u, _ in rows)
+# Errors: 40058 naming limit, or the cursor.
+def err(body, t=tok):
+    return call("/cgi-bin/user/list_id?access_token=" + t, body)
+for bad in ({"limit": 0}, {"limit": 10001}, {"limit": "5"}, {"limit": 2.5}):
+    a = err(bad)
+    assert a["errcode"] == 40058 and "limit" in a["errmsg"], (bad, a)
+_, c = page(None, 3)
+for bad in ("123", "x" * 20, c[:-1] + ("0" if c[-1] != "0" else "1"), c.upper()):
+    a = err({"cursor": bad, "limit": 3})
+    assert a["errcode"] == 40058 and "cursor" in a["errmsg"], (bad, a)
+a = err({"cursor": c, "limit": 3}, tok2)  # another enterprise's cursor
+assert a["errcode"] == 40058, a
+req = urllib.request.Request(base + "/cgi-bin/user/list_id?access_token=" + tok, data=b"garbage")
+a = json.load(urllib.request.urlopen(req, timeout=5))
+assert a["errcode"] == 40058, a
+print("list_id: %d memberships, paging and mutations ok" % len(end))
+EOF
+python3 - "${PORT[l]}" "$TL" <<'EOF' || fail "department/simplelist and department/get"
+import json, sys, urllib.request
+port, tok = sys.argv[1:3]
+base = "http://127.0.0.1:%s" % port
+def get(path):
+    return json.load(urllib.request.urlopen(base + path, timeout=5))
+org = get("/sim/org?corp_id=wwsim0001")["corps"][0]
+depts = {d["id"]: d for d in org["departments"]}
+a = get("/cgi-bin/department/simplelist?access_token=" + tok)
+assert a["errcode"] == 0 and a["errmsg"] == "ok"
+assert sorted(a["department_id"], key=lambda d: d["id"]) == sorted(
+    ({"id": d["id"], "parentid": d["parentid"], "order": d["order"]} for d in depts.values()),
+    key=lambda d: d["id"])
+def subtree(root):
+    out = []
+    for i in depts:
+        d = i
+        while d and d != root:
+            d = depts[d]["parentid"]
+        if d == root:
+            out.append(i)
+    return sorted(out)
+full = {d["id"]: d for d in get("/cgi-bin/department/list?access_token=" + tok)["department"]}
+for i in depts:
+    s = get("/cgi-bin/department/simplelist?id=%d&access_token=%s" % (i, tok))
+    assert sorted(d["id"] for d in s["department_id"]) == subtree(i), i
+    g = get("/cgi-bin/department/get?id=%d&access_token=%s" % (i, tok))
+    assert g["errcode"] == 0 and g["department"] == full[i], (g, full[i])
+    assert set(g["department"]) == {"id", "name", "name_en", "department_leader", "parentid", "order"}
+    assert g["department"]["name"] == depts[i]["name"] and g["department"]["parentid"] == depts[i]["parentid"]
+for path, code in (("simplelist?id=99", 60003), ("simplelist?id=x", 40058), ("get?id=99", 60003),
+                   ("get?id=x", 40058), ("get?id=0", 40058), ("get?x=1", 40058)):
+    a = get("/cgi-bin/department/%s&access_token=%s" % (path, tok))
+    assert a["errcode"] == code, (path, a)
+EOF
+# The new paths are paths like the others: faults, by_path, tokens.
+post l /sim/faults '{"busy_next":1,"paths":["user/list_id"]}' >/dev/null
+[ "$(errcode "$(get l "/cgi-bin/department/get?id=1&access_token=$TL")")" = 0 ] || fail "fault outside its path"
+[ "$(errcode "$(post l "/cgi-bin/user/list_id?access_token=$TL" '{}')")" = -1 ] || fail "busy_next on user/list_id"
+post l /sim/faults '{"reset":true}' >/dev/null
+[ "$(errcode "$(get l "/cgi-bin/department/simplelist?access_token=bogus")")" = 40014 ] || fail "simplelist bogus token"
+[ "$(errcode "$(post l "/cgi-bin/user/list_id" '{}')")" = 41001 ] || fail "list_id without token"
+[ "$(status l GET "/cgi-bin/user/list_id?access_token=$TL")" = 405 ] || fail "list_id by GET"
+expect "$(get l /sim/stats)" '.total.by_path["user/list_id"] >= 5 and .total.by_path["department/simplelist"] >= 17 and
+    .total.by_path["department/get"] >= 20 and .total.faults.busy == 1' "by_path of the new APIs"
+stop_sim l
+ok "user/list_id pages (limits 1..10000, across mutations, 40058), department/simplelist, department/get"
+
+# ---------------------------------------------------------------- per-IP limits
+start_sim i --rate 100000 --ip-per-min 30 --departments 3 --users-per-dept 1
+expect "$(get i /sim/limits)" '.ip_per_min == 30 and .ip_per_hour == 600000' "per-IP limits"
+TI=$(get_from 127.0.0.2 i "/cgi-bin/gettoken?corpid=wwsim0001&corpsecret=secret-wwsim0001" | jq -r .access_token)
+URLS=()
+for _ in $(seq 1 40); do URLS+=("http://127.0.0.1:${PORT[i]}/cgi-bin/user/list?access_token=$TI&department_id=2"); done
+curl -sS --max-time 10 "${URLS[@]}" | jq -c . >"$WORK/ip40.json"
+GOT=$(jq -s -c '[.[].errcode] | group_by(.) | map({(.[0]|tostring): length}) | add' "$WORK/ip40.json")
+[ "$GOT" = '{"0":30,"45009":10}' ] || fail "40 from one address with ip_per_min 30: $GOT"
+jq -s -c '[.[].errcode]' "$WORK/ip40.json" | grep -q '^\[0\(,0\)\{29\}\(,45009\)\{10\}\]$' || fail "not the last 10 refused"
+refused "$(tail -1 "$WORK/ip40.json")" 45009 "api freq out of limit (more than ip_per_min=30 calls from one ip in 60 s)" 127.0.0.1
+# Another address is not affected; /sim/* and /healthz are not counted.
+[ "$(status i GET /healthz)" = 200 ] || fail "/healthz"
+[ "$(errcode "$(get_from 127.0.0.2 i "/cgi-bin/user/list?access_token=$TI&department_id=2")")" = 0 ] ||
+    fail "127.0.0.2 refused for 127.0.0.1's calls"
+S=$(get i /sim/stats)
+expect "$S" '(.ips[] | select(.ip == "127.0.0.1") | .requests == 40 and .ip_violations == 10 and .max_60s == 40 and
+    .max_3600s == 40 and .by_path["user/list"] == 40 and .errcodes["45009"] == 10) and
+    (.ips[] | select(.ip == "127.0.0.2") | .requests == 2 and .ip_violations == 0 and .by_path.gettoken == 1) and
+    .total.ip_violations == 10 and .total.violations == 0 and .corps[0].ip_violations == 10' "per-IP stats"
+expect "$S" '(.corps[0].by_ip | map({(.ip): .requests}) | add) == {"127.0.0.2":2,"127.0.0.1":40} and
+    (.corps[0].by_ip[] | select(.ip == "127.0.0.1") | .max_1s == 40)' "by_ip"
+# reset-stats zeroes the evidence, not the window that enforces the limit.
+post i /sim/reset-stats '' >/dev/null
+[ "$(errcode "$(get i "/cgi-bin/gettoken?corpid=wwsim0001&corpsecret=secret-wwsim0001")")" = 45009 ] ||
+    fail "gettoken counts toward the per-IP limit; reset-stats must not reset the window"
+expect "$(get i /sim/stats)" '(.ips[] | select(.ip == "127.0.0.1") | .requests == 1 and .ip_violations == 1 and
+    .max_60s == 1) and (.ips[] | select(.ip == "127.0.0.2") | .requests == 0)' "reset-stats zeroes ips"
+expect "$(post i /sim/limits '{"ip_per_min":1000,"ip_per_hour":45}')" '.ip_per_min == 1000 and .ip_per_hour == 45' \
+    "/sim/limits ip_per_*"
+# 41 arrivals so far from 127.0.0.1 this hour (refused ones count): 4 more, then 45009 by the hour.
+GOT=$(for _ in 1 2 3 4 5; do get i "/cgi-bin/user/list?access_token=$TI&department_id=1" | jq -c .errcode; done | tr '\n' ' ')
+[ "$GOT" = "0 0 0 0 45009 " ] || fail "ip_per_hour 45 after 41: $GOT"
+refused "$(get i "/cgi-bin/user/list?access_token=$TI&department_id=1")" 45009 \
+    "api freq out of limit (more than ip_per_hour=45 calls from one ip in 3600 s)" 127.0.0.1
+[ "$(status i POST /sim/limits '{"ip_per_min":0}')" = 400 ] || fail "ip_per_min 0 accepted"
+stop_sim i
+ok "per-IP limits: 45009 past ip_per_min / ip_per_hour from one address only; ips[] stats; reset-stats"
 
 # ---------------------------------------------------------------- shutdown with work pending
 post m /sim/faults '{"hang_next":1}' >/dev/null

@@ -4,9 +4,14 @@
  *
  *   sim_util.c       deterministic RNG and a string -> int64 hash map
  *   sim_directory.c  the generated directory, pre-rendered answers, mutations
- *   sim_limits.c     arrival-time rate window, in-flight counts, access tokens
+ *   sim_listid.c     user/list_id: its opaque cursor and pages of memberships
+ *   sim_policy.c     per-enterprise policy: legacy-API IPs, new app, visible range,
+ *                    trusted IPs
+ *   sim_limits.c     arrival-time rate windows (per enterprise, per source IP),
+ *                    in-flight counts, access tokens of both credentials
  *   sim_faults.c     injected faults (latency, HTTP 500, errcode -1, malformed, hang)
- *   sim_stats.c      evidence: per enterprise, per listening port, per department
+ *   sim_stats.c      evidence: per enterprise, per listening port, per source IP,
+ *                    per department
  *   sim_routes.c     the HTTP handlers (upstream API and /sim/ control)
  *   sim_main.c       flags, the loop, signals
  *
@@ -29,10 +34,14 @@ typedef enum sim_path {
     SIM_P_USER_LIST,
     SIM_P_USER_GET,
     SIM_P_GETUSERID,
+    SIM_P_USER_LIST_ID,
+    SIM_P_DEPT_SIMPLELIST,
+    SIM_P_DEPT_GET,
     SIM_P_COUNT
 } sim_path;
 
-/* "gettoken", "department/list", "user/list", "user/get", "user/getuserid" */
+/* "gettoken", "department/list", "user/list", "user/get", "user/getuserid",
+ * "user/list_id", "department/simplelist", "department/get" */
 extern const char *const sim_path_names[SIM_P_COUNT];
 /* Index of a name above (a leading "/cgi-bin/" is accepted), or -1. */
 int sim_path_parse(const char *name, size_t len);
@@ -83,13 +92,16 @@ typedef struct sim_user {
     int alive;
 } sim_user;
 
-/* A rendered answer kept for reuse: the user/list of one department, or an enterprise's
- * department/list of the root. Owned by the directory's cache, on its LRU list; the
- * owner's pointer (sim_dept.user_list or sim_corp.dept_list) is cleared when it goes. */
+/* A rendered answer kept for reuse: the user/list of one department (whole, or lite:
+ * without the fields a new app is not given), or an enterprise's department/list of
+ * the root. Owned by the directory's cache, on its LRU list; the owner's pointer
+ * (sim_dept.user_list, sim_dept.user_list_lite or sim_corp.dept_list) is cleared when
+ * it goes. */
 typedef struct sim_body {
     struct sim_body *newer, *older;
     struct sim_corp *corp;
     int dept; /* user/list of this department; 0: the corp's department/list */
+    int lite; /* user/list without mobile, email, biz_mail, avatar, ... (app_new) */
     size_t len;
     char data[]; /* len bytes and a NUL */
 } sim_body;
@@ -111,11 +123,14 @@ typedef struct sim_dept {
     int *members; /* user indices, in join order */
     size_t nmembers, mcap;
     sim_body *user_list; /* the whole user/list answer; NULL = not rendered, evicted or stale */
+    sim_body *user_list_lite; /* the same without the fields app_new hides */
 } sim_dept;
 
 typedef struct sim_corp {
     int index; /* 1-based */
-    char corp_id[16], secret[32], name[SIM_NAME_MAX];
+    char corp_id[16], name[SIM_NAME_MAX];
+    char secret[32];         /* the app's: secret-wwsimNNNN */
+    char contact_secret[32]; /* the contact-sync one: contact-wwsimNNNN */
     sim_dept *depts; /* indexed by id; depts[0] unused; a child's id is always above its parent's */
     int max_dept;
     sim_user *users;
@@ -153,6 +168,33 @@ int sim_corp_user_list(sim_corp *c, int dept_id, const char **body, size_t *len)
 int sim_corp_dept_list(sim_corp *c, int id, buf *scratch, const char **body, size_t *len);
 /* user/get answer into out. 0, -ENOENT, -ENOMEM. */
 int sim_corp_user_get(sim_corp *c, const char *userid, buf *out);
+
+/* The answers a self-built app created after 2022-06-20 gets (policy app_new): the
+ * member objects without the keys mobile, email, biz_mail, avatar, thumb_avatar,
+ * gender, qr_code, address. Kept in the cache like the whole ones. */
+int sim_corp_user_list_lite(sim_corp *c, int dept_id, const char **body, size_t *len);
+int sim_corp_user_get_lite(sim_corp *c, const char *userid, buf *out);
+
+/* A set of department ids: an app's visible range is these and their whole subtrees. */
+#define SIM_MAX_VISIBLE 64
+typedef struct sim_deptset {
+    int n;
+    int ids[SIM_MAX_VISIBLE];
+} sim_deptset;
+
+/* 1 if vis is NULL (everything visible) or id or one of its ancestors is in vis. */
+int sim_corp_dept_in(const sim_corp *c, const sim_deptset *vis, int id);
+/* 1 if vis is NULL or any department of u is in range. */
+int sim_corp_user_in(const sim_corp *c, const sim_deptset *vis, const sim_user *u);
+/* department/list of the departments in range (vis NULL: like sim_corp_dept_list of
+ * the root), into scratch unless it is the cached root answer. 0 or -ENOMEM. */
+int sim_corp_dept_list_visible(sim_corp *c, const sim_deptset *vis, buf *scratch, const char **body,
+                               size_t *len);
+/* department/simplelist: {"id","parentid","order"} of id and its subtree (id <= 0:
+ * every department in range of vis, all if vis is NULL). 0, -ENOENT, -ENOMEM. */
+int sim_corp_dept_simplelist(sim_corp *c, int id, const sim_deptset *vis, buf *out);
+/* department/get of one department. 0, -ENOENT, -ENOMEM. */
+int sim_corp_dept_get(sim_corp *c, int id, buf *out);
 /* Alive member with that mobile (11 digits) in this enterprise, or NULL. */
 sim_user *sim_corp_find_mobile(sim_corp *c, const char *mobile);
 sim_user *sim_corp_find_user(sim_corp *c, const char *userid);
@@ -163,6 +205,34 @@ int sim_dir_org_json(sim_dir *d, sim_corp *c, buf *out);
  * answer to out. 0, or -EINVAL / -ENOENT / -EEXIST / -ENOMEM with a message in err. */
 int sim_dir_mutate(sim_dir *d, const char *json, size_t len, buf *out, char *err, size_t errlen);
 
+/* ---- sim_listid.c ---- */
+
+/* A user/list_id position: the next member index of an enterprise and the next entry
+ * of that member's department list. Members are never renumbered (a removed one keeps
+ * its slot, dead), so a position stays meaningful across mutations. */
+typedef struct sim_cursor {
+    uint32_t corp; /* 1-based enterprise index */
+    uint32_t user; /* index into sim_corp.users */
+    uint32_t slot; /* 0..SIM_MAX_USER_DEPTS */
+} sim_cursor;
+
+/* 20 lowercase hex digits: a magic byte, the three fields, and a 16-bit check. */
+#define SIM_CURSOR_LEN 20
+#define SIM_LIST_ID_MAX 10000
+/* Members a page looks at besides its rows' own, at most (removed members and, for a
+ * narrow visible range, hidden ones): a page may then stop short of limit rows. */
+#define SIM_LIST_ID_SCAN 4096
+
+void sim_cursor_encode(const sim_cursor *cur, char out[SIM_CURSOR_LEN + 1]);
+/* 0, or -EINVAL for anything sim_cursor_encode did not write. */
+int sim_cursor_decode(const char *s, sim_cursor *cur);
+/* One user/list_id answer into out: from cursor (NULL or "" = the start) up to limit
+ * rows {"userid","department"}, one per membership in range of vis (NULL = all),
+ * by member index then the member's department order; next_cursor "" on the last
+ * page. 0, -EINVAL (a cursor not issued for this enterprise), -ENOMEM. */
+int sim_corp_list_id(const sim_corp *c, const char *cursor, uint32_t limit, const sim_deptset *vis,
+                     buf *out);
+
 /* ---- sim_limits.c ---- */
 
 /* Arrival times within the trailing second, oldest first, in a growable ring. Each
@@ -171,9 +241,12 @@ int sim_dir_mutate(sim_dir *d, const char *json, size_t len, buf *out, char *err
 typedef struct sim_window {
     uint64_t *t; /* (time_us << 1) | admitted */
     size_t cap, head, len, admitted;
+    uint64_t span_us; /* the window's length; 0 = 1 s */
 } sim_window;
 
 void sim_window_init(sim_window *w);
+/* A window of another length (the per-IP minute: 60 s). */
+void sim_window_init_span(sim_window *w, uint64_t span_us);
 void sim_window_free(sim_window *w);
 void sim_window_clear(sim_window *w);
 /* Records an arrival at now_us (non-decreasing across calls). Admitted (returns 1)
@@ -182,12 +255,48 @@ void sim_window_clear(sim_window *w);
  * window including this one. A failed allocation admits and forgets the arrival. */
 int sim_window_arrive(sim_window *w, uint64_t now_us, uint32_t limit, int count_rejected,
                       uint32_t *in_window);
+/* The two halves of sim_window_arrive, for a verdict that depends on several windows:
+ * arrivals (admitted ones only unless count_rejected) in (now - span, now] before this
+ * one; then record it. Push: 0 or -ENOMEM (the arrival is then forgotten). */
+size_t sim_window_count(sim_window *w, uint64_t now_us, int count_rejected);
+int sim_window_push(sim_window *w, uint64_t now_us, int admitted);
+
+/* The per-IP hour: arrivals per second in 3600 buckets, counted whole seconds: at an
+ * arrival in second S the count covers the seconds S-3599..S (exact to the second). */
+#define SIM_HOUR_BUCKETS 3600
+typedef struct sim_buckets {
+    uint32_t *all, *admitted; /* [SIM_HOUR_BUCKETS], by second modulo; NULL until used */
+    uint64_t sec;             /* the second of the newest arrival */
+    uint64_t n_all, n_admitted;
+} sim_buckets;
+
+void sim_buckets_free(sim_buckets *b);
+void sim_buckets_clear(sim_buckets *b);
+/* Arrivals in the seconds before now's and now's own, 3600 in all, before this one. */
+uint64_t sim_buckets_count(sim_buckets *b, uint64_t now_us, int count_rejected);
+/* Records one arrival (after sim_buckets_count at the same time). 0 or -ENOMEM. */
+int sim_buckets_push(sim_buckets *b, uint64_t now_us, int admitted);
+
+/* The two credentials of an enterprise: the self-built app's secret and the contact-sync
+ * secret (通讯录同步). Each has its own tokens. */
+typedef enum sim_cred { SIM_CRED_APP = 0, SIM_CRED_CONTACT, SIM_CRED_COUNT } sim_cred;
+extern const char *const sim_cred_names[SIM_CRED_COUNT]; /* "app", "contact" */
+
+/* What one source address has sent, for its limits. */
+typedef struct sim_ipwin {
+    sim_window minute; /* span 60 s, exact */
+    sim_buckets hour;
+} sim_ipwin;
+
+/* sim_limits_ip_arrive's verdicts. */
+enum { SIM_IP_OK = 0, SIM_IP_OVER_MIN, SIM_IP_OVER_HOUR };
 
 typedef enum sim_tok_state { SIM_TOK_OK = 0, SIM_TOK_UNKNOWN, SIM_TOK_EXPIRED } sim_tok_state;
 
 typedef struct sim_token {
     char value[64];
     int corp; /* 0-based enterprise index */
+    sim_cred cred;
     uint64_t expires_us;
 } sim_token;
 
@@ -201,12 +310,17 @@ typedef struct sim_limits {
     uint32_t ban_ms;    /* after a violation, refuse the enterprise this long */
     sim_window *win;    /* [ncorps] */
     uint64_t *banned_until_us;
-    int64_t *cur_token; /* [ncorps] index into tokens, -1 none */
+    uint32_t ip_per_min;  /* requests per source IP in any trailing 60 s */
+    uint32_t ip_per_hour; /* ... in the trailing 3600 s (whole seconds) */
+    int64_t *cur_token;   /* [ncorps * SIM_CRED_COUNT] index into tokens, -1 none */
     sim_token *tokens;
     size_t ntokens, tcap;
     sim_map by_token;
     uint64_t token_rng;
     uint32_t inflight[SIM_P_COUNT];
+    sim_map ip_index; /* source address -> index into ipw */
+    sim_ipwin *ipw;
+    size_t nip, ipcap;
 } sim_limits;
 
 int sim_limits_init(sim_limits *l, int ncorps, uint64_t seed);
@@ -214,16 +328,70 @@ void sim_limits_free(sim_limits *l);
 /* Rate check for one arrival of enterprise corp (0-based): 1 admitted, 0 over the
  * limit (or banned). */
 int sim_limits_arrive(sim_limits *l, int corp, uint64_t now_us);
-/* gettoken: the enterprise's current token while it is valid (expires_in = seconds
- * left), else a new one (*fresh = 1). 0 or -ENOMEM. */
+/* One arrival from a source address (gettoken included): joins its minute and hour
+ * windows, and is judged against ip_per_min and ip_per_hour (refused arrivals count
+ * unless count_rejected is 0). SIM_IP_OK, SIM_IP_OVER_MIN or SIM_IP_OVER_HOUR. An
+ * empty ip, or no memory for a new address, is not limited. */
+int sim_limits_ip_arrive(sim_limits *l, const char *ip, uint64_t now_us);
+/* gettoken: the enterprise's current token of that credential while it is valid
+ * (expires_in = seconds left), else a new one (*fresh = 1). 0 or -ENOMEM. */
+int sim_limits_cred_token(sim_limits *l, int corp, sim_cred cred, uint64_t now_us,
+                          const char **value, uint32_t *expires_in, int *fresh);
+/* The app credential's token (sim_limits_cred_token with SIM_CRED_APP). */
 int sim_limits_token(sim_limits *l, int corp, uint64_t now_us, const char **value,
                      uint32_t *expires_in, int *fresh);
-/* *corp is set for SIM_TOK_OK and SIM_TOK_EXPIRED. */
+/* *corp (and *cred, if not NULL) are set for SIM_TOK_OK and SIM_TOK_EXPIRED. */
+sim_tok_state sim_limits_check_cred_token(const sim_limits *l, const char *value, uint64_t now_us,
+                                          int *corp, sim_cred *cred);
 sim_tok_state sim_limits_check_token(const sim_limits *l, const char *value, uint64_t now_us,
                                      int *corp);
-/* corp < 0: all. invalidate = 0: tokens answer 42001 from now on; 1: they are
- * forgotten and answer 40014. Returns how many live tokens were touched. */
+/* corp < 0: all. Both credentials' tokens. invalidate = 0: tokens answer 42001 from
+ * now on; 1: they are forgotten and answer 40014. Returns how many live tokens were
+ * touched. */
 int sim_limits_expire_tokens(sim_limits *l, int corp, uint64_t now_us, int invalidate);
+
+/* ---- sim_policy.c ---- */
+
+/* Source addresses, kept as 16 bytes (IPv4 as ::ffff:a.b.c.d, so "127.0.0.1" and a
+ * dual-stack peer ::ffff:127.0.0.1 are the same). */
+#define SIM_MAX_IPS 32
+typedef struct sim_ipset {
+    int n;
+    unsigned char addr[SIM_MAX_IPS][16];
+} sim_ipset;
+
+/* 0 and the address, or -EINVAL. */
+int sim_ip_parse(const char *text, unsigned char out[16]);
+/* Dotted IPv4 for a mapped address, else IPv6 text; out has 46 bytes. */
+void sim_ip_format(const unsigned char a[16], char out[46]);
+int sim_ipset_has(const sim_ipset *s, const unsigned char a[16]);
+
+/* One enterprise's switches (POST /sim/policy, --contact-legacy-ips, ...). A list
+ * that is not set is null: no restriction. */
+typedef struct sim_policy {
+    int legacy_set;        /* contact_legacy_ips is a list (else null) */
+    sim_ipset legacy_ips;  /* where the contact token may call the legacy APIs */
+    int app_new;           /* the app gets no mobile, email, avatar, ... */
+    int visible_set;       /* visible_depts is a list (else null: all) */
+    sim_deptset visible;   /* the app's visible range */
+    int trusted_set;       /* trusted_ips is a list (else null: no check) */
+    sim_ipset trusted_ips; /* where app tokens may call from */
+} sim_policy;
+
+void sim_policy_init(sim_policy *p);
+/* POST /sim/policy: {"corp_id"?, "reset"?, keys...} merged into pols[ncorps] (one
+ * enterprise, or all without corp_id), all or nothing. *only: the enterprise's index,
+ * or -1 for all. 0, -EINVAL (400) or -ENOENT (unknown corp_id, 404), message in err. */
+int sim_policy_apply_json(sim_policy *pols, sim_dir *d, const char *json, size_t len, int *only,
+                          char *err, size_t errlen);
+/* A flag without "--" ("trusted-ips", ...): 1 applied, 0 not a policy flag, -EINVAL. */
+int sim_policy_apply_flag(sim_policy *p, const char *name, const char *value, char *err,
+                          size_t errlen);
+/* The settings' keys, into an open object. */
+void sim_policy_json(const sim_policy *p, jw *w);
+/* The checks, each 1 when the call may go on. ip may be "" (unknown: not listed). */
+int sim_policy_trusted(const sim_policy *p, const char *ip);
+int sim_policy_legacy_allowed(const sim_policy *p, const char *ip);
 
 /* ---- sim_faults.c ---- */
 
@@ -272,6 +440,7 @@ void sim_faults_json(const sim_faults *f, jw *w);
 typedef struct sim_counters {
     uint64_t requests, by_path[SIM_P_COUNT];
     uint64_t violations, inflight_violations, tokens_issued;
+    uint64_t ip_violations, forbidden, no_privilege, untrusted_ip; /* 45009 by IP, 48009, ... */
     uint64_t faults[SIM_F_COUNT];
     int ncodes;
     struct {
@@ -297,7 +466,22 @@ typedef struct sim_hit {
     int errcode;     /* the errcode answered, or SIM_NO_CODE */
     sim_fault fault; /* SIM_F_NONE unless injected */
     int violation, inflight_violation, token_issued;
+    int ip_violation; /* refused by the per-IP limit (45009) */
+    int forbidden;    /* 48009: contact token, legacy API, address not allowed */
+    int no_privilege; /* 60011: outside the app's visible range */
+    int untrusted_ip; /* 60020: app token from an address not trusted */
+    const char *ip;   /* the source address; NULL or "" unknown */
 } sim_hit;
+
+/* One source address: its counters, and its busiest minute and hour. */
+typedef struct sim_ipstats {
+    char ip[48];
+    sim_counters c;
+    sim_window minute; /* span 60 s, all arrivals: max_60s (exact) */
+    sim_buckets hour;  /* max_3600s, in whole seconds */
+    uint32_t max_60s;
+    uint64_t max_3600s;
+} sim_ipstats;
 
 typedef struct sim_stats {
     int ncorps, nports;
@@ -306,6 +490,11 @@ typedef struct sim_stats {
     sim_counters *corp;      /* [ncorps] */
     sim_counters *port;      /* [nports] */
     sim_counters *port_corp; /* [nports * ncorps] */
+    sim_map ip_index;        /* source address -> index into ips */
+    sim_ipstats *ips;
+    int nips, ipcap;
+    sim_counters **corp_ip; /* [ncorps][ncorp_ip[corp]], by the index in ips */
+    int *ncorp_ip;
     uint64_t start_mono_us, start_wall_ms;
 } sim_stats;
 
@@ -316,7 +505,10 @@ int sim_stats_port_index(const sim_stats *st, int port);
 void sim_stats_record(sim_stats *st, const sim_hit *h, uint64_t now_us);
 /* A request entered (+1) or left (-1) the in-flight set. */
 void sim_stats_inflight(sim_stats *st, int port, int corp, int delta);
-/* Zeroes everything but the requests still in flight. */
+/* The same, also for its source address (NULL or "": none). */
+void sim_stats_inflight_ip(sim_stats *st, int port, int corp, const char *ip, int delta);
+/* Zeroes everything but the requests still in flight (the addresses seen stay listed,
+ * with zeroes). */
 void sim_stats_reset(sim_stats *st);
 /* Writes the stats' keys into the open object w; corp_filter NULL: every enterprise.
  * 0 or -ENOENT (unknown corp, nothing written). */
@@ -335,8 +527,10 @@ typedef struct sim {
     sim_dir dir;
     sim_limits lim;
     sim_faults faults;
+    sim_policy *policy; /* [dir.ncorps] */
     sim_stats stats;
     uint64_t fault_rng;
+    uint64_t hint_seq;    /* the request number in errmsg hints */
     sim_delayed *pending; /* answers waiting on a latency timer */
     buf scratch;
     int closing;

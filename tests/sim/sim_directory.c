@@ -87,7 +87,10 @@ static int dept_alive(const sim_corp *c, int id)
 
 static sim_body **body_owner(sim_body *e)
 {
-    return e->dept ? &e->corp->depts[e->dept].user_list : &e->corp->dept_list;
+    sim_dept *dp = &e->corp->depts[e->dept];
+    if (!e->dept)
+        return &e->corp->dept_list;
+    return e->lite ? &dp->user_list_lite : &dp->user_list;
 }
 
 static void cache_unlink(sim_cache *k, sim_body *e)
@@ -123,10 +126,10 @@ static void cache_drop(sim_cache *k, sim_body *e)
     free(e);
 }
 
-/* Keeps the answer rendered in k->scratch for (c, dept), evicting the least recently
- * used ones to stay within the budget. NULL if it does not fit or memory is short:
- * the caller then answers from scratch, and the next request renders it again. */
-static sim_body *cache_keep(sim_cache *k, sim_corp *c, int dept)
+/* Keeps the answer rendered in k->scratch for (c, dept, lite), evicting the least
+ * recently used ones to stay within the budget. NULL if it does not fit or memory is
+ * short: the caller then answers from scratch, and the next request renders it again. */
+static sim_body *cache_keep(sim_cache *k, sim_corp *c, int dept, int lite)
 {
     size_t len = k->scratch.len;
     if (len > k->budget)
@@ -138,6 +141,7 @@ static sim_body *cache_keep(sim_cache *k, sim_corp *c, int dept)
         return NULL;
     e->corp = c;
     e->dept = dept;
+    e->lite = lite;
     e->len = len;
     memcpy(e->data, k->scratch.data, len);
     e->data[len] = '\0';
@@ -162,9 +166,12 @@ static void dept_list_stale(sim_corp *c)
 
 static void dept_stale(sim_corp *c, int id)
 {
-    if (id < 1 || id > c->max_dept || !c->depts[id].user_list)
+    if (id < 1 || id > c->max_dept)
         return;
-    cache_drop(c->cache, c->depts[id].user_list);
+    if (c->depts[id].user_list)
+        cache_drop(c->cache, c->depts[id].user_list);
+    if (c->depts[id].user_list_lite)
+        cache_drop(c->cache, c->depts[id].user_list_lite);
 }
 
 static int dept_join(sim_corp *c, int id, int uidx)
@@ -284,6 +291,7 @@ static int corp_generate(sim_dir *d, sim_corp *c, int index, int ndepts, int upd
     c->cache = &d->cache;
     snprintf(c->corp_id, sizeof(c->corp_id), "wwsim%04d", index);
     snprintf(c->secret, sizeof(c->secret), "secret-wwsim%04d", index);
+    snprintf(c->contact_secret, sizeof(c->contact_secret), "contact-wwsim%04d", index);
     snprintf(c->name, sizeof(c->name), "模拟企业%04d", index);
     c->next_user = 1;
     sim_map_init(&c->by_userid);
@@ -485,8 +493,10 @@ static void put_int(buf *b, long long v)
     buf_append(b, tmp, (size_t)(w_int(tmp, v) - tmp));
 }
 
-/* The member fields of user/list and user/get, without the braces. */
-static void render_user_fields(buf *b, const sim_corp *c, const sim_user *u)
+/* The member fields of user/list and user/get, without the braces; lite leaves out
+ * what a new app is not given (mobile, gender, email, biz_mail, avatar, thumb_avatar,
+ * address, qr_code), keys and all. */
+static void render_user_fields(buf *b, const sim_corp *c, const sim_user *u, int lite)
 {
     char piece[MEMBER_PIECE], *p = piece;
     const char *uid = u->userid, *corp = c->corp_id;
@@ -503,37 +513,49 @@ static void render_user_fields(buf *b, const sim_corp *c, const sim_user *u)
     p = w_int_array(p, u->order, u->ndept);
     p = W(p, ",\"position\":\"");
     p = w_mem(p, positions[u->position], strlen(positions[u->position]));
-    p = W(p, "\",\"mobile\":\"");
-    p = w_int(p, (long long)u->mobile);
-    p = W(p, "\",\"gender\":\"");
-    p = w_int(p, u->gender);
-    p = W(p, "\",\"email\":\"");
-    p = w_mem(p, uid, ulen);
-    *p++ = '@';
-    p = w_mem(p, corp, clen);
-    p = W(p, ".example.com\",\"biz_mail\":\"\",\"is_leader_in_dept\":");
+    if (!lite) {
+        p = W(p, "\",\"mobile\":\"");
+        p = w_int(p, (long long)u->mobile);
+        p = W(p, "\",\"gender\":\"");
+        p = w_int(p, u->gender);
+        p = W(p, "\",\"email\":\"");
+        p = w_mem(p, uid, ulen);
+        *p++ = '@';
+        p = w_mem(p, corp, clen);
+        p = W(p, ".example.com\",\"biz_mail\":\"");
+    }
+    p = W(p, "\",\"is_leader_in_dept\":");
     p = w_int_array(p, u->leader, u->ndept);
-    p = W(p, ",\"direct_leader\":[],\"avatar\":\"");
-    p = w_avatar(p, corp, clen, uid, ulen);
-    p = W(p, "\",\"thumb_avatar\":\"");
-    p = w_avatar(p, corp, clen, uid, ulen);
-    p = W(p, "\",\"telephone\":\"\",\"alias\":\"\",\"status\":");
+    p = W(p, ",\"direct_leader\":[]");
+    if (!lite) {
+        p = W(p, ",\"avatar\":\"");
+        p = w_avatar(p, corp, clen, uid, ulen);
+        p = W(p, "\",\"thumb_avatar\":\"");
+        p = w_avatar(p, corp, clen, uid, ulen);
+        *p++ = '"';
+    }
+    p = W(p, ",\"telephone\":\"\",\"alias\":\"\",\"status\":");
     p = w_int(p, u->status);
+    if (!lite)
+        p = W(p, ",\"address\":\"\"");
     /* open_userid "wo%04d%s": the corp index is 1..9999 (sim_dir_generate). */
-    p = W(p, ",\"address\":\"\",\"open_userid\":\"wo");
+    p = W(p, ",\"open_userid\":\"wo");
     for (int div = 1000; div; div /= 10)
         *p++ = (char)('0' + c->index / div % 10);
     p = w_mem(p, uid, ulen);
     p = W(p, "\",\"main_department\":");
     p = w_int(p, u->dept[0]);
-    p = W(p, ",\"extattr\":{\"attrs\":[]},\"qr_code\":\"\",\"external_position\":\"\"");
+    p = W(p, ",\"extattr\":{\"attrs\":[]}");
+    if (!lite)
+        p = W(p, ",\"qr_code\":\"\"");
+    p = W(p, ",\"external_position\":\"\"");
     buf_append(b, piece, (size_t)(p - piece));
 }
 
 #define OK_HEAD "{\"errcode\":0,\"errmsg\":\"ok\""
 
 /* Writes the user/list answer of a department. */
-static int render_user_list(const sim_corp *c, int id, buf *b)
+static int render_user_list(const sim_corp *c, int id, int lite, buf *b)
 {
     const sim_dept *dp = &c->depts[id];
     PUT(b, OK_HEAD ",\"userlist\":[");
@@ -541,21 +563,24 @@ static int render_user_list(const sim_corp *c, int id, buf *b)
         if (i)
             PUT(b, ",");
         PUT(b, "{");
-        render_user_fields(b, c, &c->users[dp->members[i]]);
+        render_user_fields(b, c, &c->users[dp->members[i]], lite);
         PUT(b, "}");
     }
     PUT(b, "]}");
     return b->oom ? -ENOMEM : 0;
 }
 
-static int render_dept_list(const sim_corp *c, int id, buf *b);
+static int render_dept_list(const sim_corp *c, const int *roots, int nroots, buf *b);
 
-/* The kept answer for key (user/list of department key; 0: department/list of the
- * root), else renders it into the cache's scratch and keeps it if it fits. */
-static int cached_answer(sim_corp *c, int key, const char **body, size_t *len)
+/* The kept answer for key (user/list of department key, lite or not; 0: department/list
+ * of the root), else renders it into the cache's scratch and keeps it if it fits. */
+static int cached_answer(sim_corp *c, int key, int lite, const char **body, size_t *len)
 {
+    static const int root = 1;
     sim_cache *k = c->cache;
-    sim_body *e = key ? c->depts[key].user_list : c->dept_list;
+    sim_body *e = !key   ? c->dept_list
+                  : lite ? c->depts[key].user_list_lite
+                         : c->depts[key].user_list;
     int err;
     if (e) {
         cache_unlink(k, e);
@@ -565,10 +590,11 @@ static int cached_answer(sim_corp *c, int key, const char **body, size_t *len)
         return 0;
     }
     buf_reset(&k->scratch);
-    err = key ? render_user_list(c, key, &k->scratch) : render_dept_list(c, 1, &k->scratch);
+    err = key ? render_user_list(c, key, lite, &k->scratch)
+              : render_dept_list(c, &root, 1, &k->scratch);
     if (err)
         return err;
-    e = cache_keep(k, c, key);
+    e = cache_keep(k, c, key, key ? lite : 0);
     *body = e ? e->data : k->scratch.data;
     *len = e ? e->len : k->scratch.len;
     return 0;
@@ -578,7 +604,14 @@ int sim_corp_user_list(sim_corp *c, int dept_id, const char **body, size_t *len)
 {
     if (!dept_alive(c, dept_id))
         return -ENOENT;
-    return cached_answer(c, dept_id, body, len);
+    return cached_answer(c, dept_id, 0, body, len);
+}
+
+int sim_corp_user_list_lite(sim_corp *c, int dept_id, const char **body, size_t *len)
+{
+    if (!dept_alive(c, dept_id))
+        return -ENOENT;
+    return cached_answer(c, dept_id, 1, body, len);
 }
 
 static void render_dept(buf *b, const sim_corp *c, const sim_dept *dp)
@@ -608,20 +641,33 @@ static void render_dept(buf *b, const sim_corp *c, const sim_dept *dp)
     PUT(b, "}");
 }
 
-/* Writes department/list for id's subtree; ids grow from parent to child, so one
- * pass in id order decides membership. */
-static int render_dept_list(const sim_corp *c, int id, buf *b)
+/* in[k] = 1 for the roots and every department under one of them; ids grow from
+ * parent to child, so one pass in id order decides. NULL without memory. */
+static char *mark_subtrees(const sim_corp *c, const int *roots, int nroots)
 {
     char *in = calloc((size_t)c->max_dept + 1, 1);
+    if (!in)
+        return NULL;
+    for (int i = 0; i < nroots; i++)
+        if (roots[i] >= 1 && roots[i] <= c->max_dept)
+            in[roots[i]] = 1;
+    for (int k = 2; k <= c->max_dept; k++)
+        if (!in[k] && c->depts[k].parentid >= 1)
+            in[k] = in[c->depts[k].parentid];
+    return in;
+}
+
+/* Writes department/list of the roots' subtrees (one root: id and its subtree), alive
+ * departments in id order. */
+static int render_dept_list(const sim_corp *c, const int *roots, int nroots, buf *b)
+{
+    char *in = mark_subtrees(c, roots, nroots);
     int n = 0;
     if (!in)
         return -ENOMEM;
-    in[id] = 1;
     PUT(b, OK_HEAD ",\"department\":[");
-    for (int k = id; k <= c->max_dept; k++) {
+    for (int k = 1; k <= c->max_dept; k++) {
         const sim_dept *dp = &c->depts[k];
-        if (k != id && dp->parentid >= 1)
-            in[k] = in[dp->parentid];
         if (in[k] && dp->alive) {
             if (n++)
                 PUT(b, ",");
@@ -642,26 +688,116 @@ int sim_corp_dept_list(sim_corp *c, int id, buf *scratch, const char **body, siz
         return -ENOENT;
     if (id != 1) {
         buf_reset(scratch);
-        err = render_dept_list(c, id, scratch);
+        err = render_dept_list(c, &id, 1, scratch);
         if (err)
             return err;
         *body = scratch->data;
         *len = scratch->len;
         return 0;
     }
-    return cached_answer(c, 0, body, len);
+    return cached_answer(c, 0, 0, body, len);
 }
 
-int sim_corp_user_get(sim_corp *c, const char *userid, buf *out)
+int sim_corp_dept_list_visible(sim_corp *c, const sim_deptset *vis, buf *scratch, const char **body,
+                               size_t *len)
+{
+    int err;
+    if (!vis)
+        return sim_corp_dept_list(c, 1, scratch, body, len);
+    buf_reset(scratch);
+    err = render_dept_list(c, vis->ids, vis->n, scratch);
+    if (err)
+        return err;
+    *body = scratch->data;
+    *len = scratch->len;
+    return 0;
+}
+
+int sim_corp_dept_in(const sim_corp *c, const sim_deptset *vis, int id)
+{
+    if (!vis)
+        return 1;
+    /* Up the parent chain: parents have lower ids, the root's parent is 0. */
+    for (int k = id; k >= 1 && k <= c->max_dept; k = c->depts[k].parentid)
+        for (int i = 0; i < vis->n; i++)
+            if (vis->ids[i] == k)
+                return 1;
+    return 0;
+}
+
+int sim_corp_user_in(const sim_corp *c, const sim_deptset *vis, const sim_user *u)
+{
+    for (int i = 0; i < u->ndept; i++)
+        if (sim_corp_dept_in(c, vis, u->dept[i]))
+            return 1;
+    return 0;
+}
+
+int sim_corp_dept_simplelist(sim_corp *c, int id, const sim_deptset *vis, buf *out)
+{
+    static const int root = 1;
+    char *in;
+    int n = 0;
+    if (id > 0 && !dept_alive(c, id))
+        return -ENOENT;
+    if (id > 0)
+        in = mark_subtrees(c, &id, 1);
+    else
+        in = vis ? mark_subtrees(c, vis->ids, vis->n) : mark_subtrees(c, &root, 1);
+    if (!in)
+        return -ENOMEM;
+    buf_reset(out);
+    PUT(out, OK_HEAD ",\"department_id\":[");
+    for (int k = 1; k <= c->max_dept; k++) {
+        const sim_dept *dp = &c->depts[k];
+        if (!in[k] || !dp->alive)
+            continue;
+        if (n++)
+            PUT(out, ",");
+        PUT(out, "{\"id\":");
+        put_int(out, dp->id);
+        PUT(out, ",\"parentid\":");
+        put_int(out, dp->parentid);
+        PUT(out, ",\"order\":");
+        put_int(out, dp->order);
+        PUT(out, "}");
+    }
+    PUT(out, "]}");
+    free(in);
+    return out->oom ? -ENOMEM : 0;
+}
+
+int sim_corp_dept_get(sim_corp *c, int id, buf *out)
+{
+    if (!dept_alive(c, id))
+        return -ENOENT;
+    buf_reset(out);
+    PUT(out, OK_HEAD ",\"department\":");
+    render_dept(out, c, &c->depts[id]);
+    PUT(out, "}");
+    return out->oom ? -ENOMEM : 0;
+}
+
+static int user_get(sim_corp *c, const char *userid, int lite, buf *out)
 {
     sim_user *u = sim_corp_find_user(c, userid);
     if (!u)
         return -ENOENT;
     buf_reset(out);
     PUT(out, OK_HEAD ",");
-    render_user_fields(out, c, u);
+    render_user_fields(out, c, u, lite);
     PUT(out, "}");
     return out->oom ? -ENOMEM : 0;
+}
+
+int sim_corp_user_get(sim_corp *c, const char *userid, buf *out)
+{
+    return user_get(c, userid, 0, out);
+}
+
+int sim_corp_user_get_lite(sim_corp *c, const char *userid, buf *out)
+{
+    return user_get(c, userid, 1, out);
 }
 
 static void render_org_corp(jw *w, const sim_corp *c)

@@ -1,10 +1,14 @@
 /* What the real upstream enforces, judged by arrival time: a per-enterprise rate over
- * any trailing second, a per-path concurrency cap, and access tokens that expire.
+ * any trailing second, per source IP calls over any trailing minute and hour, a
+ * per-path concurrency cap, and access tokens (one kind per credential) that expire.
  *
  * The rate window is a ring of arrival times (all arrivals in the last second), so
  * the check is exact for any burst shape: arrival n is refused when, counting it,
  * more than `rate` arrivals fall in (t - 1 s, t]. Two requests exactly 1 s apart are
- * in different windows, so a client pacing at exactly 1/rate never trips it. */
+ * in different windows, so a client pacing at exactly 1/rate never trips it. The
+ * per-IP minute is the same ring over 60 s (exact); the per-IP hour counts arrivals
+ * in per-second buckets (exact to the second), so 600,000 an hour cost 28 KiB per
+ * address, not a ring of 600,000 times. */
 #include "tests/sim/sim.h"
 
 #include <errno.h>
@@ -13,16 +17,25 @@
 #include <string.h>
 
 #define WINDOW_US 1000000ULL
+#define IP_MINUTE_US 60000000ULL
+
+const char *const sim_cred_names[SIM_CRED_COUNT] = {"app", "contact"};
 
 void sim_window_init(sim_window *w)
 {
     memset(w, 0, sizeof(*w));
 }
 
+void sim_window_init_span(sim_window *w, uint64_t span_us)
+{
+    sim_window_init(w);
+    w->span_us = span_us;
+}
+
 void sim_window_free(sim_window *w)
 {
     free(w->t);
-    sim_window_init(w);
+    sim_window_init_span(w, w->span_us);
 }
 
 void sim_window_clear(sim_window *w)
@@ -47,9 +60,10 @@ static int window_grow(sim_window *w)
 
 static void window_prune(sim_window *w, uint64_t now_us)
 {
+    uint64_t span = w->span_us ? w->span_us : WINDOW_US;
     while (w->len) {
         uint64_t e = w->t[w->head];
-        if ((e >> 1) + WINDOW_US > now_us)
+        if ((e >> 1) + span > now_us)
             break;
         w->admitted -= e & 1;
         w->head = (w->head + 1) & (w->cap - 1);
@@ -57,23 +71,102 @@ static void window_prune(sim_window *w, uint64_t now_us)
     }
 }
 
+size_t sim_window_count(sim_window *w, uint64_t now_us, int count_rejected)
+{
+    window_prune(w, now_us);
+    return count_rejected ? w->len : w->admitted;
+}
+
+int sim_window_push(sim_window *w, uint64_t now_us, int admitted)
+{
+    if (w->len == w->cap && window_grow(w) != 0)
+        return -ENOMEM;
+    w->t[(w->head + w->len) & (w->cap - 1)] = (now_us << 1) | (uint64_t)(admitted != 0);
+    w->len++;
+    w->admitted += (size_t)(admitted != 0);
+    return 0;
+}
+
 int sim_window_arrive(sim_window *w, uint64_t now_us, uint32_t limit, int count_rejected,
                       uint32_t *in_window)
 {
-    window_prune(w, now_us);
-    size_t counted = count_rejected ? w->len : w->admitted;
-    int ok = counted < limit;
-    if (w->len == w->cap && window_grow(w) != 0) {
+    int ok = sim_window_count(w, now_us, count_rejected) < limit;
+    if (sim_window_push(w, now_us, ok) != 0) {
+        /* No memory to remember it: admitted and forgotten. */
         if (in_window)
             *in_window = (uint32_t)w->len + 1;
         return 1;
     }
-    w->t[(w->head + w->len) & (w->cap - 1)] = (now_us << 1) | (uint64_t)ok;
-    w->len++;
-    w->admitted += (size_t)ok;
     if (in_window)
         *in_window = (uint32_t)w->len;
     return ok;
+}
+
+/* ---- per-second buckets over an hour ---- */
+
+void sim_buckets_free(sim_buckets *b)
+{
+    free(b->all);
+    free(b->admitted);
+    memset(b, 0, sizeof(*b));
+}
+
+void sim_buckets_clear(sim_buckets *b)
+{
+    if (b->all) {
+        memset(b->all, 0, SIM_HOUR_BUCKETS * sizeof(*b->all));
+        memset(b->admitted, 0, SIM_HOUR_BUCKETS * sizeof(*b->admitted));
+    }
+    b->sec = 0;
+    b->n_all = b->n_admitted = 0;
+}
+
+/* Empties the buckets of the seconds after b->sec up to now's (they may hold arrivals
+ * of an hour ago), so that the buckets hold exactly the last 3600 seconds. */
+static void buckets_advance(sim_buckets *b, uint64_t sec)
+{
+    if (!b->all || sec <= b->sec)
+        return;
+    if (sec - b->sec >= SIM_HOUR_BUCKETS) {
+        sim_buckets_clear(b);
+    } else {
+        for (uint64_t t = b->sec + 1; t <= sec; t++) {
+            size_t i = (size_t)(t % SIM_HOUR_BUCKETS);
+            b->n_all -= b->all[i];
+            b->n_admitted -= b->admitted[i];
+            b->all[i] = b->admitted[i] = 0;
+        }
+    }
+    b->sec = sec;
+}
+
+uint64_t sim_buckets_count(sim_buckets *b, uint64_t now_us, int count_rejected)
+{
+    buckets_advance(b, now_us / 1000000);
+    return count_rejected ? b->n_all : b->n_admitted;
+}
+
+int sim_buckets_push(sim_buckets *b, uint64_t now_us, int admitted)
+{
+    uint64_t sec = now_us / 1000000;
+    if (!b->all) {
+        b->all = calloc(SIM_HOUR_BUCKETS, sizeof(*b->all));
+        b->admitted = calloc(SIM_HOUR_BUCKETS, sizeof(*b->admitted));
+        if (!b->all || !b->admitted) {
+            sim_buckets_free(b);
+            return -ENOMEM;
+        }
+        b->sec = sec;
+    }
+    buckets_advance(b, sec);
+    size_t i = (size_t)(sec % SIM_HOUR_BUCKETS);
+    b->all[i]++;
+    b->n_all++;
+    if (admitted) {
+        b->admitted[i]++;
+        b->n_admitted++;
+    }
+    return 0;
 }
 
 int sim_limits_init(sim_limits *l, int ncorps, uint64_t seed)
@@ -85,16 +178,19 @@ int sim_limits_init(sim_limits *l, int ncorps, uint64_t seed)
     l->inflight_errcode = 45009;
     l->token_ttl_s = 7200;
     l->count_rejected = 1;
+    l->ip_per_min = 20000;
+    l->ip_per_hour = 600000;
     l->token_rng = sim_mix(seed, 0x746f6b656e);
     sim_map_init(&l->by_token);
+    sim_map_init(&l->ip_index);
     l->win = calloc((size_t)ncorps, sizeof(*l->win));
     l->banned_until_us = calloc((size_t)ncorps, sizeof(*l->banned_until_us));
-    l->cur_token = malloc((size_t)ncorps * sizeof(*l->cur_token));
+    l->cur_token = malloc((size_t)ncorps * SIM_CRED_COUNT * sizeof(*l->cur_token));
     if (!l->win || !l->banned_until_us || !l->cur_token) {
         sim_limits_free(l);
         return -ENOMEM;
     }
-    for (int i = 0; i < ncorps; i++)
+    for (int i = 0; i < ncorps * SIM_CRED_COUNT; i++)
         l->cur_token[i] = -1;
     return 0;
 }
@@ -109,6 +205,12 @@ void sim_limits_free(sim_limits *l)
     free(l->cur_token);
     free(l->tokens);
     sim_map_free(&l->by_token);
+    for (size_t i = 0; i < l->nip; i++) {
+        sim_window_free(&l->ipw[i].minute);
+        sim_buckets_free(&l->ipw[i].hour);
+    }
+    free(l->ipw);
+    sim_map_free(&l->ip_index);
     memset(l, 0, sizeof(*l));
 }
 
@@ -123,10 +225,57 @@ int sim_limits_arrive(sim_limits *l, int corp, uint64_t now_us)
     return ok;
 }
 
+/* The windows of a source address, made on its first arrival; NULL without memory. */
+static sim_ipwin *ip_windows(sim_limits *l, const char *ip)
+{
+    int64_t idx;
+    if (sim_map_get(&l->ip_index, ip, &idx))
+        return &l->ipw[idx];
+    if (l->nip == l->ipcap) {
+        size_t ncap = l->ipcap ? l->ipcap * 2 : 8;
+        sim_ipwin *n = realloc(l->ipw, ncap * sizeof(*n));
+        if (!n)
+            return NULL;
+        l->ipw = n;
+        l->ipcap = ncap;
+    }
+    if (sim_map_put(&l->ip_index, ip, (int64_t)l->nip) != 0)
+        return NULL;
+    sim_ipwin *w = &l->ipw[l->nip++];
+    memset(w, 0, sizeof(*w));
+    sim_window_init_span(&w->minute, IP_MINUTE_US);
+    return w;
+}
+
+int sim_limits_ip_arrive(sim_limits *l, const char *ip, uint64_t now_us)
+{
+    sim_ipwin *w = ip && *ip ? ip_windows(l, ip) : NULL;
+    int verdict = SIM_IP_OK;
+    if (!w)
+        return SIM_IP_OK;
+    /* Judged against both windows first, then recorded in both with one verdict, so
+     * that with count_rejected 0 both agree on what was admitted. */
+    if (sim_window_count(&w->minute, now_us, l->count_rejected) >= l->ip_per_min)
+        verdict = SIM_IP_OVER_MIN;
+    else if (sim_buckets_count(&w->hour, now_us, l->count_rejected) >= l->ip_per_hour)
+        verdict = SIM_IP_OVER_HOUR;
+    /* A failed allocation forgets the arrival: it is not refused for it. */
+    (void)sim_window_push(&w->minute, now_us, verdict == SIM_IP_OK);
+    (void)sim_buckets_push(&w->hour, now_us, verdict == SIM_IP_OK);
+    return verdict;
+}
+
 int sim_limits_token(sim_limits *l, int corp, uint64_t now_us, const char **value,
                      uint32_t *expires_in, int *fresh)
 {
-    int64_t cur = l->cur_token[corp];
+    return sim_limits_cred_token(l, corp, SIM_CRED_APP, now_us, value, expires_in, fresh);
+}
+
+int sim_limits_cred_token(sim_limits *l, int corp, sim_cred cred, uint64_t now_us,
+                          const char **value, uint32_t *expires_in, int *fresh)
+{
+    int64_t *slot = &l->cur_token[corp * SIM_CRED_COUNT + (int)cred];
+    int64_t cur = *slot;
     /* Like the real upstream: the same token while it is valid, a new one after. */
     if (cur >= 0 && l->tokens[cur].expires_us > now_us) {
         *value = l->tokens[cur].value;
@@ -147,25 +296,34 @@ int sim_limits_token(sim_limits *l, int corp, uint64_t now_us, const char **valu
     snprintf(t->value, sizeof(t->value), "simtok%04d%016llx%016llx", corp + 1,
              (unsigned long long)a, (unsigned long long)b);
     t->corp = corp;
+    t->cred = cred;
     t->expires_us = now_us + (uint64_t)l->token_ttl_s * 1000000;
     int err = sim_map_put(&l->by_token, t->value, (int64_t)l->ntokens);
     if (err)
         return err;
-    l->cur_token[corp] = (int64_t)l->ntokens++;
+    *slot = (int64_t)l->ntokens++;
     *value = t->value;
     *expires_in = l->token_ttl_s;
     *fresh = 1;
     return 0;
 }
 
-sim_tok_state sim_limits_check_token(const sim_limits *l, const char *value, uint64_t now_us,
-                                     int *corp)
+sim_tok_state sim_limits_check_cred_token(const sim_limits *l, const char *value, uint64_t now_us,
+                                          int *corp, sim_cred *cred)
 {
     int64_t idx;
     if (!value || !sim_map_get(&l->by_token, value, &idx))
         return SIM_TOK_UNKNOWN;
     *corp = l->tokens[idx].corp;
+    if (cred)
+        *cred = l->tokens[idx].cred;
     return l->tokens[idx].expires_us > now_us ? SIM_TOK_OK : SIM_TOK_EXPIRED;
+}
+
+sim_tok_state sim_limits_check_token(const sim_limits *l, const char *value, uint64_t now_us,
+                                     int *corp)
+{
+    return sim_limits_check_cred_token(l, value, now_us, corp, NULL);
 }
 
 int sim_limits_expire_tokens(sim_limits *l, int corp, uint64_t now_us, int invalidate)
@@ -184,6 +342,7 @@ int sim_limits_expire_tokens(sim_limits *l, int corp, uint64_t now_us, int inval
     }
     for (int i = 0; i < l->ncorps; i++)
         if (corp < 0 || i == corp)
-            l->cur_token[i] = -1;
+            for (int k = 0; k < SIM_CRED_COUNT; k++)
+                l->cur_token[i * SIM_CRED_COUNT + k] = -1;
     return n;
 }

@@ -20,10 +20,11 @@ typedef struct sim_opts {
     const char *host;
     const char *ports[SIM_MAX_PORTS];
     int nports;
-    uint32_t rate, max_inflight, token_ttl_s, ban_ms;
+    uint32_t rate, max_inflight, token_ttl_s, ban_ms, ip_per_min, ip_per_hour;
     int inflight_errcode, count_rejected;
     int log_level, log_json;
     sim_faults faults;
+    sim_policy policy; /* every enterprise's at start */
 } sim_opts;
 
 static void usage(FILE *out)
@@ -32,12 +33,14 @@ static void usage(FILE *out)
         "usage: orgsync-sim [options]\n"
         "\n"
         "A WeCom contacts API simulator: gettoken, department/list, user/list, user/get,\n"
-        "user/getuserid under /cgi-bin/, with the real answer shapes and error codes.\n"
+        "user/getuserid, user/list_id, department/simplelist, department/get under\n"
+        "/cgi-bin/, with the real answer shapes and error codes.\n"
         "\n"
         "Directory (deterministic for the same flags):\n"
         "  --enterprises N       enterprises (default 1). Enterprise i (1-based) has corp id\n"
-        "                        wwsim%04d and secret secret-wwsim%04d, e.g. wwsim0001 with\n"
-        "                        corpsecret secret-wwsim0001.\n"
+        "                        wwsim%04d, the app secret secret-wwsim%04d and the\n"
+        "                        contact-sync secret contact-wwsim%04d, e.g. wwsim0001 with\n"
+        "                        corpsecret secret-wwsim0001 or contact-wwsim0001.\n"
         "  --departments D       departments per enterprise (default 10): ids 1..D, a tree\n"
         "                        under 1 (the enterprise itself); a parent's id is below its\n"
         "                        children's.\n"
@@ -68,7 +71,26 @@ static void usage(FILE *out)
         "                        errcode --inflight-errcode (default 45009; 45033 is upstream's\n"
         "                        concurrency code).\n"
         "  --token-ttl-s T       access_token lifetime (default 7200). gettoken returns the\n"
-        "                        current token while valid. Unknown token 40014, expired 42001.\n"
+        "                        current token (of that secret) while valid. Unknown token\n"
+        "                        40014, expired 42001.\n"
+        "  --ip-per-min N        API requests per source IP in any trailing 60,000 ms\n"
+        "                        (default 20000); over it errcode 45009. gettoken counts.\n"
+        "  --ip-per-hour N       the same in the trailing hour, counted in whole seconds\n"
+        "                        (default 600000).\n"
+        "\n"
+        "Policy (every enterprise; at runtime per enterprise: POST /sim/policy, '_' for '-'):\n"
+        "  --contact-legacy-ips LIST  addresses (comma-separated; none = no address) from\n"
+        "                        which the contact-sync token may call department/list,\n"
+        "                        user/list and user/get; from any other errcode 48009\n"
+        "                        (default: from anywhere).\n"
+        "  --app-new 0|1         1: app tokens get user/list and user/get members without\n"
+        "                        mobile, email, biz_mail, avatar, thumb_avatar, gender,\n"
+        "                        qr_code, address (default 0).\n"
+        "  --visible-depts LIST  department ids (comma-separated): the app's visible range\n"
+        "                        is them and their subtrees; outside it errcode 60011\n"
+        "                        (default: everything).\n"
+        "  --trusted-ips LIST    addresses from which app tokens may call (every API but\n"
+        "                        gettoken); from any other errcode 60020 (default: any).\n"
         "\n"
         "Faults (also at runtime: POST /sim/faults with the same names, '_' for '-'):\n"
         "  --latency-ms MS --jitter-ms MS   every API answer waits MS + uniform[0, jitter]\n"
@@ -91,8 +113,8 @@ static void usage(FILE *out)
         "\n"
         "Control and evidence routes: GET /healthz, GET /sim/stats[?corp_id=], GET /sim/org\n"
         "[?corp_id=], POST /sim/mutate, POST /sim/expire-tokens[?corp_id=&mode=expire|invalid],\n"
-        "POST /sim/reset-stats, GET|POST /sim/faults, GET|POST /sim/limits. See\n"
-        "tests/sim/README.md.\n",
+        "POST /sim/reset-stats, GET|POST /sim/faults, GET|POST /sim/limits,\n"
+        "GET|POST /sim/policy[?corp_id=]. See tests/sim/README.md.\n",
         out);
 }
 
@@ -128,6 +150,8 @@ static int apply_flag(sim_opts *o, const char *name, const char *val, char *err,
         {"token-ttl-s", 1, 100000000, offsetof(sim_opts, token_ttl_s), 4},
         {"ban-ms", 0, 100000000, offsetof(sim_opts, ban_ms), 4},
         {"count-rejected", 0, 1, offsetof(sim_opts, count_rejected), 4},
+        {"ip-per-min", 1, 100000000, offsetof(sim_opts, ip_per_min), 4},
+        {"ip-per-hour", 1, 100000000, offsetof(sim_opts, ip_per_hour), 4},
     };
     uint64_t x;
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
@@ -179,7 +203,12 @@ static int apply_flag(sim_opts *o, const char *name, const char *val, char *err,
         snprintf(err, errlen, "--log-format must be json or text");
         return -EINVAL;
     }
-    int rc = sim_faults_apply_flag(&o->faults, name, val, err, errlen);
+    int rc = sim_policy_apply_flag(&o->policy, name, val, err, errlen);
+    if (rc == 1)
+        return 0;
+    if (rc < 0)
+        return rc;
+    rc = sim_faults_apply_flag(&o->faults, name, val, err, errlen);
     if (rc == 1)
         return 0;
     if (rc == 0)
@@ -267,6 +296,13 @@ static int start(sim_proc *p, const sim_opts *o)
     s->lim.token_ttl_s = o->token_ttl_s;
     s->lim.count_rejected = o->count_rejected;
     s->lim.ban_ms = o->ban_ms;
+    s->lim.ip_per_min = o->ip_per_min;
+    s->lim.ip_per_hour = o->ip_per_hour;
+    s->policy = calloc((size_t)o->ncorps, sizeof(*s->policy));
+    if (!s->policy)
+        return -ENOMEM;
+    for (int i = 0; i < o->ncorps; i++)
+        s->policy[i] = o->policy;
     s->faults = o->faults;
     s->fault_rng = sim_mix(o->seed, 0x6661756c74);
     s->srv = http_server_new(s->loop, &hso);
@@ -325,6 +361,8 @@ int main(int argc, char **argv)
                   .token_ttl_s = 7200,
                   .inflight_errcode = 45009,
                   .count_rejected = 1,
+                  .ip_per_min = 20000,
+                  .ip_per_hour = 600000,
                   .log_level = LOG_INFO,
                   .log_json = 1};
     char err[256] = "";
@@ -333,6 +371,7 @@ int main(int argc, char **argv)
     int rc;
 
     sim_faults_init(&o.faults);
+    sim_policy_init(&o.policy);
     rc = parse_args(&o, argc, argv, err, sizeof(err));
     if (rc == 1) {
         usage(stdout);
@@ -370,6 +409,7 @@ int main(int argc, char **argv)
     }
     sim_stats_free(&p.s.stats);
     sim_limits_free(&p.s.lim);
+    free(p.s.policy);
     sim_dir_free(&p.s.dir);
     buf_free(&p.s.scratch);
     return rc ? 1 : 0;

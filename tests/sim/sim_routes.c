@@ -2,16 +2,22 @@
  *
  * One API request is judged in this order, all at its arrival time:
  *   1. who: gettoken by ?corpid, the others by their token's enterprise (an expired
- *      token still names it; an unknown token names none);
+ *      token still names it; an unknown token names none), and which credential the
+ *      token belongs to (the app's or the contact-sync one);
  *   2. rate: the arrival joins the enterprise's window; over --rate in the trailing
  *      second answers 45009 (refused arrivals count too, like the real upstream,
  *      unless --count-rejected 0);
  *   3. concurrency: more than --max-inflight requests in flight on this path answer
  *      45009 (or --inflight-errcode, e.g. 45033);
- *   4. token: missing 41001, unknown 40014, expired 42001;
- *   5. faults (hang, HTTP 500, errcode -1, malformed body), then the answer itself,
+ *   4. per source IP: every API arrival joins its address's minute and hour windows;
+ *      over --ip-per-min / --ip-per-hour answers 45009;
+ *   5. token: missing 41001, unknown 40014, expired 42001;
+ *   6. policy: an app token from an address outside trusted_ips 60020; a contact token
+ *      on a legacy API from outside contact_legacy_ips 48009; an app token outside its
+ *      visible range 60011;
+ *   7. faults (hang, HTTP 500, errcode -1, malformed body), then the answer itself,
  *      where a failing department's user/list answers --fail-dept-errcode;
- *   6. latency: every API answer waits latency + jitter on a uv timer.
+ *   8. latency: every API answer waits latency + jitter on a uv timer.
  * A hung request is never answered and leaves the in-flight count at once. */
 #include "tests/sim/sim.h"
 
@@ -37,6 +43,7 @@ struct sim_delayed {
     sim_delayed *prev, *next;
     int status, port, corp;
     sim_path path;
+    char ip[48];
     const char *ctype;
     size_t len;
     char body[];
@@ -75,8 +82,14 @@ static const char *errmsg_for(int code)
         return "api concurrent out of limit";
     case 46004:
         return "user no exist";
+    case 48009:
+        return "api forbidden";
     case 60003:
         return "department not found";
+    case 60011:
+        return "no privilege to access/modify contact/party/agent ";
+    case 60020:
+        return "not allow to access from your ip";
     case 60111:
         return "userid not found";
     default:
@@ -84,11 +97,11 @@ static const char *errmsg_for(int code)
     }
 }
 
-static void inflight_leave(sim *s, sim_path path, int port, int corp)
+static void inflight_leave(sim *s, sim_path path, int port, int corp, const char *ip)
 {
     if (s->lim.inflight[path] > 0)
         s->lim.inflight[path]--;
-    sim_stats_inflight(&s->stats, port, corp, -1);
+    sim_stats_inflight_ip(&s->stats, port, corp, ip, -1);
 }
 
 static void delayed_closed(uv_handle_t *h)
@@ -111,7 +124,7 @@ static void delayed_fire(uv_timer_t *t)
     sim_delayed *d = t->data;
     delayed_unlink(d);
     http_reply(d->req, d->status, d->ctype, d->body, d->len);
-    inflight_leave(d->s, d->path, d->port, d->corp);
+    inflight_leave(d->s, d->path, d->port, d->corp, d->ip);
     uv_close((uv_handle_t *)&d->timer, delayed_closed);
 }
 
@@ -137,6 +150,7 @@ static void api_send(sim *s, http_req *r, const sim_hit *h, int status, const ch
     d->port = h->port;
     d->corp = h->corp;
     d->path = h->path;
+    snprintf(d->ip, sizeof(d->ip), "%s", h->ip ? h->ip : "");
     d->ctype = ctype;
     d->len = len;
     memcpy(d->body, body, len);
@@ -149,7 +163,7 @@ static void api_send(sim *s, http_req *r, const sim_hit *h, int status, const ch
     return;
 now:
     http_reply(r, status, ctype, body, len);
-    inflight_leave(s, h->path, h->port, h->corp);
+    inflight_leave(s, h->path, h->port, h->corp, h->ip);
 }
 
 void sim_routes_shutdown(sim *s)
@@ -172,6 +186,21 @@ static void error_body(sim *s, int code)
                code, errmsg_for(code), code);
 }
 
+/* Today's upstream shape: {"errcode":N,"errmsg":"<msg>, hint: [<request id>], from ip:
+ * <ip>, more info at https://open.work.weixin.qq.com/devtool/query?e=N"}, into scratch.
+ * msg and ip need no escaping (fixed text, an address). */
+static void error_body_ip(sim *s, int code, const char *msg, const char *ip)
+{
+    uint64_t seq = ++s->hint_seq;
+    buf_reset(&s->scratch);
+    buf_printf(&s->scratch,
+               "{\"errcode\":%d,\"errmsg\":\"%s, hint: [%llu_%llu_%08llx], from ip: %s, more "
+               "info at https://open.work.weixin.qq.com/devtool/query?e=%d\"}",
+               code, msg, (unsigned long long)(time_wall_ms() / 1000), (unsigned long long)seq,
+               (unsigned long long)(sim_mix(seq, 0x68696e74) & 0xffffffffULL),
+               ip && *ip ? ip : "unknown", code);
+}
+
 /* ---- the API answers proper (after limits, tokens and faults) ---- */
 
 typedef struct answer {
@@ -184,6 +213,15 @@ typedef struct answer {
 static void answer_code(sim *s, sim_hit *h, answer *a, int code)
 {
     error_body(s, code);
+    h->errcode = code;
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+/* An error in today's shape, with a hint and the source address. */
+static void answer_code_ip(sim *s, sim_hit *h, answer *a, int code, const char *msg)
+{
+    error_body_ip(s, code, msg ? msg : errmsg_for(code), h->ip);
     h->errcode = code;
     a->body = s->scratch.data;
     a->len = s->scratch.len;
@@ -215,11 +253,14 @@ static void do_gettoken(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a,
         answer_code(s, h, a, 41004);
         return;
     }
-    if (strcmp(secret, c->secret) != 0) {
+    sim_cred cred = strcmp(secret, c->secret) == 0           ? SIM_CRED_APP
+                    : strcmp(secret, c->contact_secret) == 0 ? SIM_CRED_CONTACT
+                                                             : SIM_CRED_COUNT;
+    if (cred == SIM_CRED_COUNT) {
         answer_code(s, h, a, 40001);
         return;
     }
-    if (sim_limits_token(&s->lim, c->index - 1, now, &tok, &expires_in, &fresh) != 0) {
+    if (sim_limits_cred_token(&s->lim, c->index - 1, cred, now, &tok, &expires_in, &fresh) != 0) {
         answer_oom(s, h, a);
         return;
     }
@@ -233,15 +274,28 @@ static void do_gettoken(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a,
     a->len = s->scratch.len;
 }
 
-static void do_dept_list(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a)
+/* The optional ?id= of the department APIs: 0 when absent, -1 when not a number. */
+static long query_id(http_req *r)
 {
     const char *idv = http_req_query(r, "id");
-    long id = idv && *idv ? parse_id(idv) : 0;
+    return idv && *idv ? parse_id(idv) : 0;
+}
+
+/* vis: the app token's visible range (NULL: everything). Without an id, only the
+ * departments in range; an id was checked against the range before. */
+static void do_dept_list(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a,
+                         const sim_deptset *vis)
+{
+    long id = query_id(r);
+    int err;
     if (id < 0) {
         answer_code(s, h, a, 40058);
         return;
     }
-    int err = sim_corp_dept_list(c, (int)id, &s->scratch, &a->body, &a->len);
+    if (id == 0 && vis)
+        err = sim_corp_dept_list_visible(c, vis, &s->scratch, &a->body, &a->len);
+    else
+        err = sim_corp_dept_list(c, (int)id, &s->scratch, &a->body, &a->len);
     if (err == -ENOENT) {
         answer_code(s, h, a, 60003);
         return;
@@ -260,7 +314,8 @@ static int fails_dept(const sim *s, const sim_corp *c, int dept)
            (!f->fail_dept_corp[0] || strcmp(f->fail_dept_corp, c->corp_id) == 0);
 }
 
-static void do_user_list(sim *s, sim_corp *c, sim_hit *h, answer *a)
+/* lite: the app is new (policy app_new): members without mobile, email, ... */
+static void do_user_list(sim *s, sim_corp *c, sim_hit *h, answer *a, int lite)
 {
     /* fetch_child (sent by SDKs) is accepted and ignored: one department's members. */
     if (h->dept <= 0) {
@@ -281,7 +336,8 @@ static void do_user_list(sim *s, sim_corp *c, sim_hit *h, answer *a)
             return;
         }
     }
-    int err = sim_corp_user_list(c, h->dept, &a->body, &a->len);
+    int err = lite ? sim_corp_user_list_lite(c, h->dept, &a->body, &a->len)
+                   : sim_corp_user_list(c, h->dept, &a->body, &a->len);
     if (err == -ENOENT) {
         answer_code(s, h, a, 60003);
         return;
@@ -293,14 +349,15 @@ static void do_user_list(sim *s, sim_corp *c, sim_hit *h, answer *a)
     h->errcode = 0;
 }
 
-static void do_user_get(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a)
+static void do_user_get(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a, int lite)
 {
     const char *userid = http_req_query(r, "userid");
     if (!userid || !*userid) {
         answer_code(s, h, a, 41009);
         return;
     }
-    int err = sim_corp_user_get(c, userid, &s->scratch);
+    int err = lite ? sim_corp_user_get_lite(c, userid, &s->scratch)
+                   : sim_corp_user_get(c, userid, &s->scratch);
     if (err == -ENOENT) {
         answer_code(s, h, a, 60111);
         return;
@@ -345,30 +402,241 @@ static void do_getuserid(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a
     a->len = s->scratch.len;
 }
 
+/* The {"cursor","limit"} body of user/list_id: 0, or a message for 40058. */
+static const char *list_id_params(json_object *root, const char **cursor, long long *limit)
+{
+    json_object *v;
+    *cursor = NULL;
+    *limit = SIM_LIST_ID_MAX;
+    if (!root)
+        return NULL;
+    if (json_object_object_get_ex(root, "limit", &v) && v) {
+        *limit = json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : 0;
+        if (*limit < 1 || *limit > SIM_LIST_ID_MAX)
+            return "invalid parameter (limit must be an integer 1..10000)";
+    }
+    if (json_object_object_get_ex(root, "cursor", &v) && v) {
+        if (!json_object_is_type(v, json_type_string))
+            return "invalid parameter (cursor must be a string)";
+        *cursor = json_object_get_string(v);
+    }
+    return NULL;
+}
+
+static void do_list_id(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a,
+                       const sim_deptset *vis)
+{
+    size_t len = 0;
+    const char *body = http_req_body(r, &len), *cursor = NULL, *bad = NULL;
+    json_object *root = body && len ? json_tokener_parse(body) : NULL;
+    long long limit = SIM_LIST_ID_MAX;
+    int err = 0;
+    if (body && len && (!root || !json_object_is_type(root, json_type_object)))
+        bad = "invalid parameter (the body must be a JSON object)";
+    if (!bad)
+        bad = list_id_params(root, &cursor, &limit);
+    if (!bad) {
+        err = sim_corp_list_id(c, cursor, (uint32_t)limit, vis, &s->scratch);
+        if (err == -EINVAL)
+            bad = "invalid parameter (cursor was not issued for this enterprise)";
+    }
+    json_object_put(root);
+    if (bad) {
+        answer_code_ip(s, h, a, 40058, bad);
+        return;
+    }
+    if (err) {
+        answer_oom(s, h, a);
+        return;
+    }
+    h->errcode = 0;
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+static void do_simplelist(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a,
+                          const sim_deptset *vis)
+{
+    long id = query_id(r);
+    if (id < 0) {
+        answer_code(s, h, a, 40058);
+        return;
+    }
+    int err = sim_corp_dept_simplelist(c, (int)id, id ? NULL : vis, &s->scratch);
+    if (err) {
+        if (err == -ENOENT)
+            answer_code(s, h, a, 60003);
+        else
+            answer_oom(s, h, a);
+        return;
+    }
+    h->errcode = 0;
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+static void do_dept_get(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a)
+{
+    long id = query_id(r);
+    if (id <= 0) {
+        answer_code(s, h, a, 40058);
+        return;
+    }
+    int err = sim_corp_dept_get(c, (int)id, &s->scratch);
+    if (err) {
+        if (err == -ENOENT)
+            answer_code(s, h, a, 60003);
+        else
+            answer_oom(s, h, a);
+        return;
+    }
+    h->errcode = 0;
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+/* ---- policy: trusted IPs (60020), legacy APIs (48009), visible range (60011) ---- */
+
+static int legacy_path(sim_path p)
+{
+    return p == SIM_P_DEPT_LIST || p == SIM_P_USER_LIST || p == SIM_P_USER_GET;
+}
+
+static int known_dept(const sim_corp *c, long id)
+{
+    return id >= 1 && id <= c->max_dept && c->depts[id].alive;
+}
+
+/* Whether what an app-token request names is in its visible range. Only existing
+ * departments and members are judged: a malformed or unknown one gets its usual
+ * answer (40058, 60003, 60111). */
+static int in_range(http_req *r, sim_corp *c, const sim_deptset *vis, const sim_hit *h)
+{
+    long id;
+    switch (h->path) {
+    case SIM_P_USER_LIST:
+        return !known_dept(c, h->dept) || sim_corp_dept_in(c, vis, h->dept);
+    case SIM_P_DEPT_LIST:
+    case SIM_P_DEPT_SIMPLELIST:
+    case SIM_P_DEPT_GET:
+        id = query_id(r);
+        return !known_dept(c, id) || sim_corp_dept_in(c, vis, (int)id);
+    case SIM_P_USER_GET: {
+        sim_user *u = sim_corp_find_user(c, http_req_query(r, "userid"));
+        return !u || sim_corp_user_in(c, vis, u);
+    }
+    default:
+        return 1;
+    }
+}
+
+/* 60020, then 48009, then 60011: 1 if the request may go on, else the answer is set. */
+static int policy_admits(sim *s, http_req *r, sim_corp *c, sim_cred cred, sim_hit *h, answer *a)
+{
+    const sim_policy *p = &s->policy[c->index - 1];
+    if (h->path == SIM_P_GETTOKEN)
+        return 1;
+    if (cred == SIM_CRED_APP && !sim_policy_trusted(p, h->ip)) {
+        h->untrusted_ip = 1;
+        answer_code_ip(s, h, a, 60020, NULL);
+    } else if (cred == SIM_CRED_CONTACT && legacy_path(h->path) &&
+               !sim_policy_legacy_allowed(p, h->ip)) {
+        h->forbidden = 1;
+        answer_code_ip(s, h, a, 48009, NULL);
+    } else if (cred == SIM_CRED_APP && p->visible_set && !in_range(r, c, &p->visible, h)) {
+        h->no_privilege = 1;
+        answer_code_ip(s, h, a, 60011, NULL);
+    } else {
+        return 1;
+    }
+    if (log_enabled(LOG_DEBUG))
+        log_debug("refused by policy", LF_S("corp_id", c->corp_id),
+                  LF_S("path", sim_path_names[h->path]), LF_S("credential", sim_cred_names[cred]),
+                  LF_S("ip", h->ip), LF_I("errcode", h->errcode));
+    return 0;
+}
+
 /* ---- the API request pipeline ---- */
 
 static sim_corp *identify(sim *s, http_req *r, sim_path path, uint64_t now, sim_tok_state *ts,
-                          const char **tok)
+                          const char **tok, sim_cred *cred)
 {
     int ci = -1;
     if (path == SIM_P_GETTOKEN)
         return sim_dir_corp(&s->dir, http_req_query(r, "corpid"));
     *tok = http_req_query(r, "access_token");
-    *ts = *tok && **tok ? sim_limits_check_token(&s->lim, *tok, now, &ci) : SIM_TOK_UNKNOWN;
+    *ts = *tok && **tok ? sim_limits_check_cred_token(&s->lim, *tok, now, &ci, cred)
+                        : SIM_TOK_UNKNOWN;
     return *ts == SIM_TOK_UNKNOWN ? NULL : &s->dir.corps[ci];
+}
+
+/* The answer proper, for a request that passed every check and drew no fault that
+ * replaces it. */
+static void dispatch(sim *s, http_req *r, sim_corp *c, sim_cred cred, sim_hit *h, answer *a,
+                     uint64_t now)
+{
+    const sim_policy *p = &s->policy[c->index - 1];
+    const sim_deptset *vis = cred == SIM_CRED_APP && p->visible_set ? &p->visible : NULL;
+    int lite = cred == SIM_CRED_APP && p->app_new;
+    switch (h->path) {
+    case SIM_P_GETTOKEN:
+        do_gettoken(s, r, c, h, a, now);
+        break;
+    case SIM_P_DEPT_LIST:
+        do_dept_list(s, r, c, h, a, vis);
+        break;
+    case SIM_P_USER_LIST:
+        do_user_list(s, c, h, a, lite);
+        break;
+    case SIM_P_USER_GET:
+        do_user_get(s, r, c, h, a, lite);
+        break;
+    case SIM_P_GETUSERID:
+        do_getuserid(s, r, c, h, a);
+        break;
+    case SIM_P_USER_LIST_ID:
+        do_list_id(s, r, c, h, a, vis);
+        break;
+    case SIM_P_DEPT_SIMPLELIST:
+        do_simplelist(s, r, c, h, a, vis);
+        break;
+    default:
+        do_dept_get(s, r, c, h, a);
+        break;
+    }
+}
+
+static void answer_ip_limit(sim *s, sim_hit *h, answer *a, int verdict)
+{
+    char msg[128];
+    int hour = verdict == SIM_IP_OVER_HOUR;
+    snprintf(msg, sizeof(msg), "api freq out of limit (more than %s=%u calls from one ip in %s)",
+             hour ? "ip_per_hour" : "ip_per_min", hour ? s->lim.ip_per_hour : s->lim.ip_per_min,
+             hour ? "3600 s" : "60 s");
+    h->ip_violation = 1;
+    answer_code_ip(s, h, a, 45009, msg);
+    if (log_enabled(LOG_INFO))
+        log_info("per-ip limit violated", LF_S("ip", h->ip), LF_S("path", sim_path_names[h->path]),
+                 LF_S("window", hour ? "3600s" : "60s"),
+                 LF_I("limit", hour ? s->lim.ip_per_hour : s->lim.ip_per_min));
 }
 
 static void api(sim *s, http_req *r, sim_path path)
 {
     uint64_t now = time_mono_us();
     sim_tok_state ts = SIM_TOK_OK;
+    sim_cred cred = SIM_CRED_APP;
     const char *tok = NULL;
+    char ip[48];
     answer a = {200, JSON_CT, NULL, 0};
     sim_hit h = {.port = sim_stats_port_index(&s->stats, http_req_local_port(r)),
                  .corp = -1,
                  .path = path,
-                 .errcode = SIM_NO_CODE};
-    sim_corp *c = identify(s, r, path, now, &ts, &tok);
+                 .errcode = SIM_NO_CODE,
+                 .ip = ip};
+    if (http_req_peer(r, ip, sizeof(ip)) != 0)
+        ip[0] = '\0';
+    sim_corp *c = identify(s, r, path, now, &ts, &tok, &cred);
     if (c)
         h.corp = c->index - 1;
     if (path == SIM_P_USER_LIST) {
@@ -376,7 +644,9 @@ static void api(sim *s, http_req *r, sim_path path)
         h.dept = dv ? (int)parse_id(dv) : 0;
     }
     s->lim.inflight[path]++;
-    sim_stats_inflight(&s->stats, h.port, h.corp, +1);
+    sim_stats_inflight_ip(&s->stats, h.port, h.corp, ip, +1);
+    /* Every API arrival joins its address's windows, whatever else refuses it. */
+    int ipv = sim_limits_ip_arrive(&s->lim, ip, now);
 
     if (c && !sim_limits_arrive(&s->lim, h.corp, now)) {
         h.violation = 1;
@@ -390,6 +660,8 @@ static void api(sim *s, http_req *r, sim_path path)
         if (log_enabled(LOG_INFO))
             log_info("concurrency limit violated", LF_S("path", sim_path_names[path]),
                      LF_I("in_flight", s->lim.inflight[path]));
+    } else if (ipv != SIM_IP_OK) {
+        answer_ip_limit(s, &h, &a, ipv);
     } else if (path != SIM_P_GETTOKEN && (!tok || !*tok)) {
         answer_code(s, &h, &a, 41001);
     } else if (path != SIM_P_GETTOKEN && ts != SIM_TOK_OK) {
@@ -397,14 +669,14 @@ static void api(sim *s, http_req *r, sim_path path)
     } else if (!c) {
         const char *corpid = http_req_query(r, "corpid");
         answer_code(s, &h, &a, corpid && *corpid ? 40013 : 41002);
-    } else {
+    } else if (policy_admits(s, r, c, cred, &h, &a)) {
         h.fault = sim_faults_pick(&s->faults, path, &s->fault_rng);
         switch (h.fault) {
         case SIM_F_HANG:
             /* Never answered: the request leaves the books now, the server frees it
              * when the client gives up and closes. */
             sim_stats_record(&s->stats, &h, now);
-            inflight_leave(s, path, h.port, h.corp);
+            inflight_leave(s, path, h.port, h.corp, ip);
             return;
         case SIM_F_HTTP500:
             a.status = 500;
@@ -416,23 +688,7 @@ static void api(sim *s, http_req *r, sim_path path)
             answer_code(s, &h, &a, -1);
             break;
         default:
-            switch (path) {
-            case SIM_P_GETTOKEN:
-                do_gettoken(s, r, c, &h, &a, now);
-                break;
-            case SIM_P_DEPT_LIST:
-                do_dept_list(s, r, c, &h, &a);
-                break;
-            case SIM_P_USER_LIST:
-                do_user_list(s, c, &h, &a);
-                break;
-            case SIM_P_USER_GET:
-                do_user_get(s, r, c, &h, &a);
-                break;
-            default:
-                do_getuserid(s, r, c, &h, &a);
-                break;
-            }
+            dispatch(s, r, c, cred, &h, &a, now);
             if (h.fault == SIM_F_MALFORMED) {
                 /* Half of the real answer: a body that stops mid-JSON. */
                 a.len = a.len > 1 ? a.len / 2 : a.len;
@@ -475,6 +731,21 @@ static void on_getuserid(http_req *r, void *arg)
     api(arg, r, SIM_P_GETUSERID);
 }
 
+static void on_list_id(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_USER_LIST_ID);
+}
+
+static void on_simplelist(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_DEPT_SIMPLELIST);
+}
+
+static void on_dept_get(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_DEPT_GET);
+}
+
 /* ---- control routes ---- */
 
 static void reply_buf(http_req *r, buf *b)
@@ -511,6 +782,8 @@ static void write_limits(jw *w, const sim_limits *l)
     jw_kint(w, "token_ttl_s", l->token_ttl_s);
     jw_kbool(w, "count_rejected", l->count_rejected);
     jw_kint(w, "ban_ms", l->ban_ms);
+    jw_kint(w, "ip_per_min", l->ip_per_min);
+    jw_kint(w, "ip_per_hour", l->ip_per_hour);
     jw_obj_end(w);
 }
 
@@ -640,7 +913,8 @@ static void on_limits_get(http_req *r, void *arg)
 }
 
 /* {"rate":n,"max_inflight":n,"inflight_errcode":n,"token_ttl_s":n,"count_rejected":b,
- * "ban_ms":n}, any subset; applies to arrivals from now on. */
+ * "ban_ms":n,"ip_per_min":n,"ip_per_hour":n}, any subset; applies to arrivals from now
+ * on. */
 static int limits_apply(sim_limits *l, json_object *root, char *err, size_t errlen)
 {
     sim_limits next = *l;
@@ -666,6 +940,10 @@ static int limits_apply(sim_limits *l, json_object *root, char *err, size_t errl
             next.token_ttl_s = (uint32_t)x;
         else if (strcmp(key, "ban_ms") == 0)
             next.ban_ms = (uint32_t)x;
+        else if (strcmp(key, "ip_per_min") == 0 && x > 0)
+            next.ip_per_min = (uint32_t)x;
+        else if (strcmp(key, "ip_per_hour") == 0 && x > 0)
+            next.ip_per_hour = (uint32_t)x;
         else {
             snprintf(err, errlen, "unknown or out-of-range limit \"%.40s\"", key);
             return -EINVAL;
@@ -690,8 +968,58 @@ static void on_limits_post(http_req *r, void *arg)
     }
     json_object_put(root);
     log_info("limits set", LF_I("rate", s->lim.rate), LF_I("max_inflight", s->lim.max_inflight),
-             LF_I("token_ttl_s", s->lim.token_ttl_s));
+             LF_I("token_ttl_s", s->lim.token_ttl_s), LF_I("ip_per_min", s->lim.ip_per_min),
+             LF_I("ip_per_hour", s->lim.ip_per_hour));
     on_limits_get(r, s);
+}
+
+/* {"corps":[{"corp_id", ...policy keys}]} for one enterprise (only >= 0) or all. */
+static void reply_policy(sim *s, http_req *r, int only)
+{
+    jw w;
+    buf_reset(&s->scratch);
+    jw_init(&w, &s->scratch);
+    jw_obj_begin(&w);
+    jw_key(&w, "corps");
+    jw_arr_begin(&w);
+    for (int i = 0; i < s->dir.ncorps; i++) {
+        if (only >= 0 && i != only)
+            continue;
+        jw_obj_begin(&w);
+        jw_kstr(&w, "corp_id", s->dir.corps[i].corp_id);
+        sim_policy_json(&s->policy[i], &w);
+        jw_obj_end(&w);
+    }
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    reply_buf(r, &s->scratch);
+}
+
+static void on_policy_get(http_req *r, void *arg)
+{
+    sim *s = arg;
+    int bad;
+    sim_corp *c = corp_param(s, r, &bad);
+    if (!bad)
+        reply_policy(s, r, c ? c->index - 1 : -1);
+}
+
+static void on_policy_post(http_req *r, void *arg)
+{
+    sim *s = arg;
+    char err[256];
+    size_t len = 0;
+    int only = -1;
+    const char *body = http_req_body(r, &len);
+    int rc =
+        sim_policy_apply_json(s->policy, &s->dir, body ? body : "", len, &only, err, sizeof(err));
+    if (rc) {
+        int status = rc == -ENOENT ? 404 : rc == -ENOMEM ? 500 : 400;
+        http_reply_error(r, status, status == 404 ? "not_found" : "bad_request", err);
+        return;
+    }
+    log_info("policy set", LF_S("corp_id", only >= 0 ? s->dir.corps[only].corp_id : "*"));
+    reply_policy(s, r, only);
 }
 
 int sim_routes_install(sim *s)
@@ -705,6 +1033,9 @@ int sim_routes_install(sim *s)
         {"GET", "/cgi-bin/user/list", on_user_list},
         {"GET", "/cgi-bin/user/get", on_user_get},
         {"POST", "/cgi-bin/user/getuserid", on_getuserid},
+        {"POST", "/cgi-bin/user/list_id", on_list_id},
+        {"GET", "/cgi-bin/department/simplelist", on_simplelist},
+        {"GET", "/cgi-bin/department/get", on_dept_get},
         {"GET", "/healthz", on_healthz},
         {"GET", "/sim/stats", on_stats},
         {"GET", "/sim/org", on_org},
@@ -715,6 +1046,8 @@ int sim_routes_install(sim *s)
         {"POST", "/sim/faults", on_faults_post},
         {"GET", "/sim/limits", on_limits_get},
         {"POST", "/sim/limits", on_limits_post},
+        {"GET", "/sim/policy", on_policy_get},
+        {"POST", "/sim/policy", on_policy_post},
     };
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         int err = http_server_route(s->srv, routes[i].method, routes[i].pattern, routes[i].h, s);

@@ -1,8 +1,10 @@
 /* Evidence for tests: what each enterprise, each listening port (one client each),
- * and each (port, enterprise) pair asked for, how fast, and what it got back.
+ * each source address (one simulated host each), and each (port, enterprise) and
+ * (enterprise, address) pair asked for, how fast, and what it got back.
  *
- * max_1s is exact: the most arrivals in any one-second window is reached by a window
- * ending at some arrival, and every arrival measures the window ending at it. */
+ * max_1s and max_60s are exact: the most arrivals in any window is reached by a
+ * window ending at some arrival, and every arrival measures the window ending at it.
+ * max_3600s counts whole seconds (the arrival's second and the 3599 before it). */
 #include "tests/sim/sim.h"
 
 #include <errno.h>
@@ -50,6 +52,7 @@ static void counters_reset(sim_counters *c)
 int sim_stats_init(sim_stats *st, int ncorps, const int *ports, int nports, uint64_t now_us)
 {
     memset(st, 0, sizeof(*st));
+    sim_map_init(&st->ip_index);
     if (nports < 0 || nports > SIM_MAX_PORTS)
         return -EINVAL;
     st->ncorps = ncorps;
@@ -61,7 +64,9 @@ int sim_stats_init(sim_stats *st, int ncorps, const int *ports, int nports, uint
     st->corp = calloc((size_t)ncorps, sizeof(*st->corp));
     st->port = calloc((size_t)(nports ? nports : 1), sizeof(*st->port));
     st->port_corp = calloc((size_t)(nports ? nports : 1) * (size_t)ncorps, sizeof(*st->port_corp));
-    if (!st->corp || !st->port || !st->port_corp) {
+    st->corp_ip = calloc((size_t)ncorps, sizeof(*st->corp_ip));
+    st->ncorp_ip = calloc((size_t)ncorps, sizeof(*st->ncorp_ip));
+    if (!st->corp || !st->port || !st->port_corp || !st->corp_ip || !st->ncorp_ip) {
         sim_stats_free(st);
         return -ENOMEM;
     }
@@ -78,9 +83,23 @@ void sim_stats_free(sim_stats *st)
         counters_free(&st->port[i]);
     for (int i = 0; st->port_corp && i < st->nports * st->ncorps; i++)
         counters_free(&st->port_corp[i]);
+    for (int i = 0; st->corp_ip && i < st->ncorps; i++) {
+        for (int j = 0; j < st->ncorp_ip[i]; j++)
+            counters_free(&st->corp_ip[i][j]);
+        free(st->corp_ip[i]);
+    }
+    for (int i = 0; i < st->nips; i++) {
+        counters_free(&st->ips[i].c);
+        sim_window_free(&st->ips[i].minute);
+        sim_buckets_free(&st->ips[i].hour);
+    }
     free(st->corp);
     free(st->port);
     free(st->port_corp);
+    free(st->corp_ip);
+    free(st->ncorp_ip);
+    free(st->ips);
+    sim_map_free(&st->ip_index);
     memset(st, 0, sizeof(*st));
 }
 
@@ -127,6 +146,47 @@ static int ensure_dept(sim_counters *c, int dept)
     return 0;
 }
 
+/* Index of a source address in st->ips, added on first sight; -1 for none or no memory. */
+static int ip_slot(sim_stats *st, const char *ip)
+{
+    int64_t idx;
+    if (!ip || !*ip)
+        return -1;
+    if (sim_map_get(&st->ip_index, ip, &idx))
+        return (int)idx;
+    if (st->nips == st->ipcap) {
+        int ncap = st->ipcap ? st->ipcap * 2 : 8;
+        sim_ipstats *n = realloc(st->ips, (size_t)ncap * sizeof(*n));
+        if (!n)
+            return -1;
+        st->ips = n;
+        st->ipcap = ncap;
+    }
+    if (sim_map_put(&st->ip_index, ip, st->nips) != 0)
+        return -1;
+    sim_ipstats *e = &st->ips[st->nips];
+    memset(e, 0, sizeof(*e));
+    snprintf(e->ip, sizeof(e->ip), "%s", ip);
+    counters_init(&e->c);
+    sim_window_init_span(&e->minute, 60000000ULL);
+    return st->nips++;
+}
+
+/* The counters of (corp, address), grown to the addresses known; NULL without memory. */
+static sim_counters *corp_ip_counters(sim_stats *st, int corp, int ip)
+{
+    if (ip >= st->ncorp_ip[corp]) {
+        sim_counters *n = realloc(st->corp_ip[corp], (size_t)st->nips * sizeof(*n));
+        if (!n)
+            return NULL;
+        for (int j = st->ncorp_ip[corp]; j < st->nips; j++)
+            counters_init(&n[j]);
+        st->corp_ip[corp] = n;
+        st->ncorp_ip[corp] = st->nips;
+    }
+    return &st->corp_ip[corp][ip];
+}
+
 static void counters_hit(sim_counters *c, const sim_hit *h, uint64_t now_us)
 {
     uint32_t n = 0;
@@ -141,6 +201,10 @@ static void counters_hit(sim_counters *c, const sim_hit *h, uint64_t now_us)
     c->violations += (uint64_t)(h->violation != 0);
     c->inflight_violations += (uint64_t)(h->inflight_violation != 0);
     c->tokens_issued += (uint64_t)(h->token_issued != 0);
+    c->ip_violations += (uint64_t)(h->ip_violation != 0);
+    c->forbidden += (uint64_t)(h->forbidden != 0);
+    c->no_privilege += (uint64_t)(h->no_privilege != 0);
+    c->untrusted_ip += (uint64_t)(h->untrusted_ip != 0);
     if (h->fault != SIM_F_NONE)
         c->faults[h->fault]++;
     if (h->errcode != SIM_NO_CODE)
@@ -161,6 +225,21 @@ void sim_stats_record(sim_stats *st, const sim_hit *h, uint64_t now_us)
         counters_hit(&st->corp[h->corp], h, now_us);
     if (h->port >= 0 && h->corp >= 0)
         counters_hit(&st->port_corp[h->port * st->ncorps + h->corp], h, now_us);
+    int ip = ip_slot(st, h->ip);
+    if (ip < 0)
+        return;
+    sim_ipstats *e = &st->ips[ip];
+    counters_hit(&e->c, h, now_us);
+    sim_window_count(&e->minute, now_us, 1); /* drops what left the minute */
+    if (sim_window_push(&e->minute, now_us, 1) == 0 && e->minute.len > e->max_60s)
+        e->max_60s = (uint32_t)e->minute.len;
+    if (sim_buckets_push(&e->hour, now_us, 1) == 0 && e->hour.n_all > e->max_3600s)
+        e->max_3600s = e->hour.n_all;
+    if (h->corp >= 0) {
+        sim_counters *ci = corp_ip_counters(st, h->corp, ip);
+        if (ci)
+            counters_hit(ci, h, now_us);
+    }
 }
 
 static void counters_inflight(sim_counters *c, int delta)
@@ -174,6 +253,11 @@ static void counters_inflight(sim_counters *c, int delta)
 
 void sim_stats_inflight(sim_stats *st, int port, int corp, int delta)
 {
+    sim_stats_inflight_ip(st, port, corp, NULL, delta);
+}
+
+void sim_stats_inflight_ip(sim_stats *st, int port, int corp, const char *ip, int delta)
+{
     counters_inflight(&st->total, delta);
     if (port >= 0)
         counters_inflight(&st->port[port], delta);
@@ -181,6 +265,15 @@ void sim_stats_inflight(sim_stats *st, int port, int corp, int delta)
         counters_inflight(&st->corp[corp], delta);
     if (port >= 0 && corp >= 0)
         counters_inflight(&st->port_corp[port * st->ncorps + corp], delta);
+    int i = ip_slot(st, ip);
+    if (i < 0)
+        return;
+    counters_inflight(&st->ips[i].c, delta);
+    if (corp >= 0) {
+        sim_counters *ci = corp_ip_counters(st, corp, i);
+        if (ci)
+            counters_inflight(ci, delta);
+    }
 }
 
 void sim_stats_reset(sim_stats *st)
@@ -192,6 +285,17 @@ void sim_stats_reset(sim_stats *st)
         counters_reset(&st->port[i]);
     for (int i = 0; i < st->nports * st->ncorps; i++)
         counters_reset(&st->port_corp[i]);
+    for (int i = 0; i < st->ncorps; i++)
+        for (int j = 0; j < st->ncorp_ip[i]; j++)
+            counters_reset(&st->corp_ip[i][j]);
+    for (int i = 0; i < st->nips; i++) {
+        sim_ipstats *e = &st->ips[i];
+        counters_reset(&e->c);
+        sim_window_clear(&e->minute);
+        sim_buckets_clear(&e->hour);
+        e->max_60s = 0;
+        e->max_3600s = 0;
+    }
 }
 
 void sim_counters_refetches(const sim_counters *c, uint64_t *calls_gt1, uint64_t *ok_gt1)
@@ -249,6 +353,10 @@ static void write_counters(jw *w, const sim_stats *st, const sim_counters *c)
     jw_kint(w, "violations", (long long)c->violations);
     jw_kint(w, "inflight_violations", (long long)c->inflight_violations);
     jw_kint(w, "tokens_issued", (long long)c->tokens_issued);
+    jw_kint(w, "ip_violations", (long long)c->ip_violations);
+    jw_kint(w, "forbidden", (long long)c->forbidden);
+    jw_kint(w, "no_privilege", (long long)c->no_privilege);
+    jw_kint(w, "untrusted_ip", (long long)c->untrusted_ip);
     jw_kint(w, "inflight", c->inflight);
     jw_kint(w, "max_inflight", c->max_inflight);
     jw_key(w, "faults");
@@ -306,6 +414,29 @@ int sim_stats_json(const sim_stats *st, const sim_dir *d, const char *corp_filte
             jw_obj_end(w);
         }
         jw_arr_end(w);
+        jw_key(w, "by_ip");
+        jw_arr_begin(w);
+        for (int j = 0; j < st->ncorp_ip[i]; j++) {
+            if (!st->corp_ip[i][j].requests && !st->corp_ip[i][j].inflight)
+                continue; /* an address that only called for other enterprises */
+            jw_obj_begin(w);
+            jw_kstr(w, "ip", st->ips[j].ip);
+            write_counters(w, st, &st->corp_ip[i][j]);
+            jw_obj_end(w);
+        }
+        jw_arr_end(w);
+        jw_obj_end(w);
+    }
+    jw_arr_end(w);
+    jw_key(w, "ips");
+    jw_arr_begin(w);
+    for (int j = 0; j < st->nips; j++) {
+        const sim_ipstats *e = &st->ips[j];
+        jw_obj_begin(w);
+        jw_kstr(w, "ip", e->ip);
+        write_counters(w, st, &e->c);
+        jw_kint(w, "max_60s", e->max_60s);
+        jw_kint(w, "max_3600s", (long long)e->max_3600s);
         jw_obj_end(w);
     }
     jw_arr_end(w);

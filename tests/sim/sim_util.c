@@ -6,7 +6,8 @@
 #include <string.h>
 
 const char *const sim_path_names[SIM_P_COUNT] = {
-    "gettoken", "department/list", "user/list", "user/get", "user/getuserid",
+    "gettoken",     "department/list",       "user/list",      "user/get", "user/getuserid",
+    "user/list_id", "department/simplelist", "department/get",
 };
 
 int sim_path_parse(const char *name, size_t len)

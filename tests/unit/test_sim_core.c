@@ -1,5 +1,7 @@
-/* Unit tests for the simulator's core logic: the arrival-time window, the token
- * table, the generated directory and its mutations, faults and stats. No I/O.
+/* Unit tests for the simulator's core logic: the arrival-time windows (per enterprise
+ * and per source IP), the token table of both credentials, the generated directory
+ * and its mutations, user/list_id paging, the visible range, the fields a new app is
+ * not given, policy settings, faults and stats. No I/O.
  *
  * The simulator is a program, not a library, so its core files are compiled in
  * here directly (sim_routes.c and sim_main.c, which need a server, are not). */
@@ -17,6 +19,8 @@
 #include "tests/sim/sim_directory.c"
 #include "tests/sim/sim_faults.c"
 #include "tests/sim/sim_limits.c"
+#include "tests/sim/sim_listid.c"
+#include "tests/sim/sim_policy.c"
 #include "tests/sim/sim_stats.c"
 #include "tests/sim/sim_util.c"
 
@@ -707,6 +711,756 @@ static void test_stats(void **state)
     sim_dir_free(&d);
 }
 
+/* ---- both credentials ---- */
+
+static void test_tokens_per_credential(void **state)
+{
+    (void)state;
+    sim_limits l;
+    const char *t;
+    uint32_t exp;
+    int fresh, corp = -1;
+    sim_cred cred = SIM_CRED_COUNT;
+    char app[64], contact[64];
+    assert_int_equal(sim_limits_init(&l, 2, 7), 0);
+    assert_int_equal(sim_limits_cred_token(&l, 1, SIM_CRED_APP, SEC, &t, &exp, &fresh), 0);
+    assert_true(fresh);
+    snprintf(app, sizeof(app), "%s", t);
+    assert_int_equal(sim_limits_cred_token(&l, 1, SIM_CRED_CONTACT, SEC, &t, &exp, &fresh), 0);
+    assert_true(fresh); /* its own token, not the app's */
+    snprintf(contact, sizeof(contact), "%s", t);
+    assert_string_not_equal(app, contact);
+    /* The same token again while valid, per credential. */
+    assert_int_equal(sim_limits_cred_token(&l, 1, SIM_CRED_CONTACT, 2 * SEC, &t, &exp, &fresh), 0);
+    assert_false(fresh);
+    assert_string_equal(t, contact);
+    assert_int_equal(sim_limits_token(&l, 1, 2 * SEC, &t, &exp, &fresh), 0);
+    assert_false(fresh);
+    assert_string_equal(t, app);
+    assert_int_equal(sim_limits_check_cred_token(&l, contact, 2 * SEC, &corp, &cred), SIM_TOK_OK);
+    assert_int_equal(corp, 1);
+    assert_int_equal(cred, SIM_CRED_CONTACT);
+    assert_int_equal(sim_limits_check_cred_token(&l, app, 2 * SEC, &corp, &cred), SIM_TOK_OK);
+    assert_int_equal(cred, SIM_CRED_APP);
+    /* Forced expiry touches both kinds; the next gettoken of each is new. */
+    assert_int_equal(sim_limits_expire_tokens(&l, 1, 3 * SEC, 0), 2);
+    assert_int_equal(sim_limits_check_cred_token(&l, contact, 3 * SEC, &corp, &cred),
+                     SIM_TOK_EXPIRED);
+    assert_int_equal(cred, SIM_CRED_CONTACT);
+    assert_int_equal(sim_limits_cred_token(&l, 1, SIM_CRED_CONTACT, 3 * SEC, &t, &exp, &fresh), 0);
+    assert_true(fresh);
+    assert_string_not_equal(t, contact);
+    sim_limits_free(&l);
+}
+
+/* ---- per-IP windows ---- */
+
+static void test_ip_minute_window_edges(void **state)
+{
+    (void)state;
+    sim_limits l;
+    assert_int_equal(sim_limits_init(&l, 1, 1), 0);
+    l.ip_per_min = 3;
+    uint64_t t = 10 * SEC;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sim_limits_ip_arrive(&l, "127.0.0.1", t + (uint64_t)i), SIM_IP_OK);
+    assert_int_equal(sim_limits_ip_arrive(&l, "127.0.0.1", t + 3), SIM_IP_OVER_MIN);
+    /* Another address has windows of its own; "" (unknown) is never limited. */
+    assert_int_equal(sim_limits_ip_arrive(&l, "127.0.0.2", t + 4), SIM_IP_OK);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(sim_limits_ip_arrive(&l, "", t + 5), SIM_IP_OK);
+    /* 1 us before t + 60 s everything is still in (now - 60 s, now]. */
+    assert_int_equal(sim_limits_ip_arrive(&l, "127.0.0.1", t + 60 * SEC - 1), SIM_IP_OVER_MIN);
+    /* Exactly 60 s after the first: it left; the refused ones at t+3 and t+60s-1 count
+     * (count_rejected), so t+1, t+2, t+3, t+60s-1 make 4 >= 3: refused. */
+    assert_int_equal(sim_limits_ip_arrive(&l, "127.0.0.1", t + 60 * SEC), SIM_IP_OVER_MIN);
+    /* Once t+1..t+3 have left: t+60s-1 and t+60s (both refused) remain: admitted. */
+    assert_int_equal(sim_limits_ip_arrive(&l, "127.0.0.1", t + 60 * SEC + 3), SIM_IP_OK);
+
+    /* count_rejected 0: only admitted arrivals count. */
+    sim_limits_free(&l);
+    assert_int_equal(sim_limits_init(&l, 1, 1), 0);
+    l.ip_per_min = 3;
+    l.count_rejected = 0;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sim_limits_ip_arrive(&l, "::1", t + (uint64_t)i), SIM_IP_OK);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(sim_limits_ip_arrive(&l, "::1", t + 30 * SEC), SIM_IP_OVER_MIN);
+    assert_int_equal(sim_limits_ip_arrive(&l, "::1", t + 60 * SEC), SIM_IP_OK);
+    sim_limits_free(&l);
+}
+
+static void test_ip_hour_buckets(void **state)
+{
+    (void)state;
+    sim_limits l;
+    for (int counting = 1; counting >= 0; counting--) {
+        assert_int_equal(sim_limits_init(&l, 1, 1), 0);
+        l.ip_per_hour = 5;
+        l.count_rejected = counting;
+        uint64_t t0 = 7200 * SEC;   /* second 7200 */
+        for (int i = 0; i < 5; i++) /* seconds 7200..7204 */
+            assert_int_equal(sim_limits_ip_arrive(&l, "10.0.0.1", t0 + (uint64_t)i * SEC),
+                             SIM_IP_OK);
+        assert_int_equal(sim_limits_ip_arrive(&l, "10.0.0.1", t0 + 100 * SEC), SIM_IP_OVER_HOUR);
+        /* Second 10799 still covers 7200: full. */
+        assert_int_equal(sim_limits_ip_arrive(&l, "10.0.0.1", t0 + 3599 * SEC + 999999),
+                         SIM_IP_OVER_HOUR);
+        /* Second 10800 covers 7201..10800: 4 admitted (+ 2 refused when they count). */
+        assert_int_equal(sim_limits_ip_arrive(&l, "10.0.0.1", t0 + 3600 * SEC),
+                         counting ? SIM_IP_OVER_HOUR : SIM_IP_OK);
+        /* After more than an hour of silence everything is gone. */
+        assert_int_equal(sim_limits_ip_arrive(&l, "10.0.0.1", t0 + 9000 * SEC), SIM_IP_OK);
+        sim_limits_free(&l);
+    }
+    /* The buckets alone: counts exactly the 3600 seconds up to now's. */
+    sim_buckets b = {0};
+    for (uint64_t sec = 0; sec < 5000; sec++)
+        assert_int_equal(sim_buckets_push(&b, sec * SEC + 123, 1), 0);
+    assert_int_equal(sim_buckets_count(&b, 4999 * SEC, 1), 3600);
+    assert_int_equal(sim_buckets_count(&b, 5000 * SEC, 1), 3599);
+    assert_int_equal(sim_buckets_count(&b, 8598 * SEC, 1), 1);
+    assert_int_equal(sim_buckets_count(&b, 8599 * SEC, 1), 0);
+    sim_buckets_free(&b);
+}
+
+/* ---- user/list_id ---- */
+
+static void test_cursor(void **state)
+{
+    (void)state;
+    char text[SIM_CURSOR_LEN + 1], bad[SIM_CURSOR_LEN + 1];
+    sim_cursor in = {.corp = 9999, .user = 123456789, .slot = 3}, out;
+    sim_cursor_encode(&in, text);
+    assert_int_equal(strlen(text), SIM_CURSOR_LEN);
+    assert_true(strspn(text, "0123456789") < SIM_CURSOR_LEN); /* never a plain number */
+    assert_int_equal(sim_cursor_decode(text, &out), 0);
+    assert_int_equal(out.corp, 9999);
+    assert_int_equal(out.user, 123456789);
+    assert_int_equal(out.slot, 3);
+    /* Any single changed digit is refused. */
+    for (int i = 0; i < SIM_CURSOR_LEN; i++) {
+        for (const char *h = "0123456789abcdef"; *h; h++) {
+            if (*h == text[i])
+                continue;
+            memcpy(bad, text, sizeof(bad));
+            bad[i] = *h;
+            assert_int_equal(sim_cursor_decode(bad, &out), -EINVAL);
+        }
+    }
+    assert_int_equal(sim_cursor_decode("", &out), -EINVAL);
+    assert_int_equal(sim_cursor_decode("12", &out), -EINVAL);
+    assert_int_equal(sim_cursor_decode("A501000400000000667F", &out), -EINVAL);
+}
+
+typedef struct pair_set {
+    char (*userid)[24];
+    int *dept, *count;
+    size_t n, cap;
+} pair_set;
+
+static void pairs_add(pair_set *p, const char *userid, int dept)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        if (p->dept[i] == dept && strcmp(p->userid[i], userid) == 0) {
+            p->count[i]++;
+            return;
+        }
+    }
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 64;
+        p->userid = realloc(p->userid, p->cap * sizeof(*p->userid));
+        p->dept = realloc(p->dept, p->cap * sizeof(*p->dept));
+        p->count = realloc(p->count, p->cap * sizeof(*p->count));
+        assert_non_null(p->userid);
+        assert_non_null(p->dept);
+        assert_non_null(p->count);
+    }
+    snprintf(p->userid[p->n], sizeof(p->userid[p->n]), "%s", userid);
+    p->dept[p->n] = dept;
+    p->count[p->n++] = 1;
+}
+
+static int pairs_count(const pair_set *p, const char *userid, int dept)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->dept[i] == dept && strcmp(p->userid[i], userid) == 0)
+            return p->count[i];
+    return 0;
+}
+
+static void pairs_free(pair_set *p)
+{
+    free(p->userid);
+    free(p->dept);
+    free(p->count);
+    memset(p, 0, sizeof(*p));
+}
+
+/* One page: its rows into p, its next_cursor into next ("" at the end). */
+static int list_id_page(sim_corp *c, const char *cursor, uint32_t limit, const sim_deptset *vis,
+                        pair_set *p, char *next)
+{
+    buf out;
+    json_object *o, *rows, *v;
+    buf_init(&out);
+    int rc = sim_corp_list_id(c, cursor, limit, vis, &out);
+    if (rc) {
+        buf_free(&out);
+        return rc;
+    }
+    o = json_tokener_parse(out.data);
+    assert_non_null(o);
+    assert_true(json_object_object_get_ex(o, "errcode", &v));
+    assert_int_equal(json_object_get_int(v), 0);
+    assert_true(json_object_object_get_ex(o, "next_cursor", &v));
+    snprintf(next, SIM_CURSOR_LEN + 1, "%s", json_object_get_string(v));
+    assert_true(json_object_object_get_ex(o, "dept_user", &rows));
+    assert_true(json_object_array_length(rows) <= limit);
+    for (size_t i = 0; i < json_object_array_length(rows); i++) {
+        json_object *row = json_object_array_get_idx(rows, i), *u, *d;
+        assert_true(json_object_object_get_ex(row, "userid", &u));
+        assert_true(json_object_object_get_ex(row, "department", &d));
+        pairs_add(p, json_object_get_string(u), json_object_get_int(d));
+    }
+    json_object_put(o);
+    buf_free(&out);
+    return 0;
+}
+
+/* All pages from the start; returns the number of pages. */
+static int list_id_all(sim_corp *c, uint32_t limit, const sim_deptset *vis, pair_set *p)
+{
+    char cur[SIM_CURSOR_LEN + 1] = "", next[SIM_CURSOR_LEN + 1];
+    int pages = 0;
+    do {
+        assert_int_equal(list_id_page(c, cur, limit, vis, p, next), 0);
+        memcpy(cur, next, sizeof(cur));
+        pages++;
+        assert_true(pages < 100000);
+    } while (cur[0]);
+    return pages;
+}
+
+/* Every membership of the directory (in range of vis) exactly once in p, and nothing
+ * else. */
+static void assert_all_memberships(sim_corp *c, const sim_deptset *vis, const pair_set *p)
+{
+    size_t want = 0;
+    for (size_t i = 0; i < c->nusers; i++) {
+        const sim_user *u = &c->users[i];
+        for (int k = 0; u->alive && k < u->ndept; k++) {
+            if (!sim_corp_dept_in(c, vis, u->dept[k]))
+                continue;
+            assert_int_equal(pairs_count(p, u->userid, u->dept[k]), 1);
+            want++;
+        }
+    }
+    assert_int_equal(p->n, want);
+}
+
+static void test_list_id_pages(void **state)
+{
+    (void)state;
+    sim_dir d;
+    pair_set p = {0};
+    char next[SIM_CURSOR_LEN + 1];
+    buf out;
+    buf_init(&out);
+    assert_int_equal(sim_dir_generate(&d, 2, 9, 4, 17), 0);
+    sim_corp *c = &d.corps[0];
+    /* Every page size from 1 (pages split members in two departments) to all in one. */
+    for (uint32_t limit = 1; limit <= 50; limit += (limit < 8 ? 1 : 21)) {
+        int pages = list_id_all(c, limit, NULL, &p);
+        assert_all_memberships(c, NULL, &p);
+        assert_int_equal(pages, (int)((p.n + limit - 1) / limit));
+        pairs_free(&p);
+    }
+    assert_int_equal(list_id_all(c, SIM_LIST_ID_MAX, NULL, &p), 1);
+    assert_all_memberships(c, NULL, &p);
+    pairs_free(&p);
+    /* Rows by member index, then the member's departments (main first). */
+    assert_int_equal(sim_corp_list_id(c, "", 3, NULL, &out), 0);
+    assert_non_null(strstr(out.data, "\"dept_user\":[{\"userid\":\"u000001\",\"department\":1},"
+                                     "{\"userid\":\"u000002\",\"department\":1}"));
+    /* A cursor of another enterprise, or garbage, is refused. */
+    char other[SIM_CURSOR_LEN + 1];
+    sim_cursor oc = {.corp = 2, .user = 1, .slot = 0};
+    sim_cursor_encode(&oc, other);
+    assert_int_equal(sim_corp_list_id(c, other, 3, NULL, &out), -EINVAL);
+    assert_int_equal(sim_corp_list_id(&d.corps[1], other, 3, NULL, &out), 0);
+    assert_int_equal(sim_corp_list_id(c, "12", 3, NULL, &out), -EINVAL);
+    sim_cursor far = {.corp = 1, .user = (uint32_t)c->nusers + 1, .slot = 0};
+    sim_cursor_encode(&far, other);
+    assert_int_equal(sim_corp_list_id(c, other, 3, NULL, &out), -EINVAL);
+    /* The visible range: only memberships in departments under 2. */
+    sim_deptset vis = {.n = 1, .ids = {2}};
+    list_id_all(c, 4, &vis, &p);
+    assert_true(p.n > 0);
+    assert_all_memberships(c, &vis, &p);
+    pairs_free(&p);
+    (void)next;
+    buf_free(&out);
+    sim_dir_free(&d);
+}
+
+static void test_list_id_across_mutations(void **state)
+{
+    (void)state;
+    sim_dir d;
+    buf out;
+    char err[256], cur[SIM_CURSOR_LEN + 1] = "", next[SIM_CURSOR_LEN + 1];
+    pair_set p = {0};
+    buf_init(&out);
+    assert_int_equal(sim_dir_generate(&d, 1, 8, 5, 23), 0);
+    sim_corp *c = &d.corps[0];
+    size_t start_users = c->nusers;
+    /* Page 1 (10 rows), then changes before and after the cursor. */
+    assert_int_equal(list_id_page(c, cur, 10, NULL, &p, next), 0);
+    memcpy(cur, next, sizeof(cur));
+    sim_cursor pos;
+    assert_int_equal(sim_cursor_decode(cur, &pos), 0);
+    assert_true(pos.user >= 5 && pos.user < 12);
+    assert_int_equal(mutate(&d,
+                            "{\"ops\":[{\"op\":\"remove\",\"userid\":\"u000002\"},"
+                            "{\"op\":\"remove\",\"userid\":\"u000030\"},"
+                            "{\"op\":\"add\",\"userid\":\"late.one\",\"department\":[3,4]},"
+                            "{\"op\":\"move\",\"userid\":\"u000025\",\"department\":[7,8]}],"
+                            "\"random\":{\"add\":3,\"rename\":4}}",
+                            &out, err),
+                     0);
+    while (cur[0]) {
+        assert_int_equal(list_id_page(c, cur, 10, NULL, &p, next), 0);
+        memcpy(cur, next, sizeof(cur));
+        /* And more changes between later pages. */
+        if (cur[0])
+            assert_int_equal(mutate(&d, "{\"random\":{\"add\":1}}", &out, err), 0);
+    }
+    /* Nothing twice; every member listed where it was when its turn came: members
+     * before the cursor with what they had then (u000002 removed after it was listed),
+     * members after it with what they have now. */
+    for (size_t i = 0; i < p.n; i++)
+        assert_int_equal(p.count[i], 1);
+    assert_int_equal(pairs_count(&p, "u000002", c->users[1].dept[0]), 1);
+    assert_int_equal(pairs_count(&p, "u000030", c->users[29].dept[0]), 0);
+    assert_int_equal(pairs_count(&p, "u000025", 7), 1);
+    assert_int_equal(pairs_count(&p, "u000025", 8), 1);
+    assert_int_equal(pairs_count(&p, "late.one", 3), 1);
+    assert_int_equal(pairs_count(&p, "late.one", 4), 1);
+    for (size_t i = 0; i < c->nusers; i++) {
+        const sim_user *u = &c->users[i];
+        if (!u->alive || i < pos.user)
+            continue;
+        for (int k = 0; k < u->ndept; k++)
+            assert_int_equal(pairs_count(&p, u->userid, u->dept[k]), 1);
+    }
+    assert_true(c->nusers > start_users + 4);
+    pairs_free(&p);
+    buf_free(&out);
+    sim_dir_free(&d);
+}
+
+/* A page looks at no more than limit + SIM_LIST_ID_SCAN members, however few rows it
+ * finds: with a narrow range it stops short and hands on a cursor. */
+static void test_list_id_page_is_bounded(void **state)
+{
+    (void)state;
+    sim_dir d;
+    pair_set p = {0};
+    char next[SIM_CURSOR_LEN + 1];
+    sim_cursor pos;
+    assert_int_equal(sim_dir_generate(&d, 1, 400, 30, 5), 0);
+    sim_corp *c = &d.corps[0];
+    int leaf = c->max_dept; /* a leaf: nothing has a higher id */
+    sim_deptset vis = {.n = 1, .ids = {leaf}};
+    assert_int_equal(list_id_page(c, "", 2, &vis, &p, next), 0);
+    assert_int_equal(sim_cursor_decode(next, &pos), 0);
+    assert_true(pos.user <= 2 + SIM_LIST_ID_SCAN);
+    pairs_free(&p);
+    list_id_all(c, 2, &vis, &p);
+    assert_all_memberships(c, &vis, &p);
+    pairs_free(&p);
+    sim_dir_free(&d);
+}
+
+/* ---- visible range ---- */
+
+static int has_ancestor_in(const sim_corp *c, int id, const int *set, int n)
+{
+    for (int k = id; k >= 1; k = c->depts[k].parentid)
+        for (int i = 0; i < n; i++)
+            if (set[i] == k)
+                return 1;
+    return 0;
+}
+
+static int json_ids(const char *body, const char *key, int *ids, int max)
+{
+    json_object *o = json_tokener_parse(body), *arr, *v;
+    int n = 0;
+    assert_non_null(o);
+    assert_true(json_object_object_get_ex(o, key, &arr));
+    for (size_t i = 0; i < json_object_array_length(arr) && n < max; i++) {
+        assert_true(json_object_object_get_ex(json_object_array_get_idx(arr, i), "id", &v));
+        ids[n++] = json_object_get_int(v);
+    }
+    json_object_put(o);
+    return n;
+}
+
+/* A copy of the first n bytes, valid until the next call. */
+static const char *strndup_tmp(const char *s, size_t n)
+{
+    static char tmp[1024];
+    assert_true(n < sizeof(tmp));
+    memcpy(tmp, s, n);
+    tmp[n] = '\0';
+    return tmp;
+}
+
+static void test_visible_range(void **state)
+{
+    (void)state;
+    sim_dir d;
+    buf scratch, out;
+    const char *body = NULL;
+    size_t len;
+    int ids[128], n;
+    buf_init(&scratch);
+    buf_init(&out);
+    assert_int_equal(sim_dir_generate(&d, 1, 60, 2, 4), 0);
+    sim_corp *c = &d.corps[0];
+    /* Two subtrees (one may lie inside the other: still listed once). */
+    sim_deptset vis = {.n = 2, .ids = {3, 7}};
+    int want = 0;
+    for (int k = 1; k <= c->max_dept; k++) {
+        int in = has_ancestor_in(c, k, vis.ids, vis.n);
+        assert_int_equal(sim_corp_dept_in(c, &vis, k), in);
+        assert_true(sim_corp_dept_in(c, NULL, k));
+        want += in;
+    }
+    assert_true(want >= 2 && want < 60);
+    assert_false(sim_corp_dept_in(c, &vis, 1));
+    assert_int_equal(sim_corp_dept_list_visible(c, &vis, &scratch, &body, &len), 0);
+    n = json_ids(body, "department", ids, 128);
+    assert_int_equal(n, want);
+    for (int i = 0; i < n; i++)
+        assert_true(has_ancestor_in(c, ids[i], vis.ids, vis.n));
+    assert_int_equal(sim_corp_dept_simplelist(c, 0, &vis, &out), 0);
+    assert_int_equal(json_ids(out.data, "department_id", ids, 128), want);
+    assert_int_equal(sim_corp_dept_simplelist(c, 0, NULL, &out), 0);
+    assert_int_equal(json_ids(out.data, "department_id", ids, 128), 60);
+    /* simplelist of one id: its subtree, the same set as department/list. */
+    assert_int_equal(sim_corp_dept_simplelist(c, 3, NULL, &out), 0);
+    n = json_ids(out.data, "department_id", ids, 128);
+    assert_int_equal(sim_corp_dept_list(c, 3, &scratch, &body, &len), 0);
+    int ids2[128];
+    assert_int_equal(json_ids(body, "department", ids2, 128), n);
+    assert_memory_equal(ids, ids2, (size_t)n * sizeof(int));
+    assert_int_equal(sim_corp_dept_simplelist(c, 61, NULL, &out), -ENOENT);
+    /* department/get: one department, the department/list object. */
+    assert_int_equal(sim_corp_dept_get(c, 3, &out), 0);
+    assert_non_null(strstr(out.data, "\"department\":{\"id\":3,"));
+    /* ... the same object as in department/list (without the closing brace of the
+     * answer). */
+    const char *obj = strstr(out.data, "{\"id\":3,");
+    assert_non_null(obj);
+    assert_non_null(strstr(body, strndup_tmp(obj, strlen(obj) - 1)));
+    assert_int_equal(sim_corp_dept_get(c, 61, &out), -ENOENT);
+    /* A member is in range when any of its departments is. */
+    for (size_t i = 0; i < c->nusers; i++) {
+        const sim_user *u = &c->users[i];
+        int in = 0;
+        for (int k = 0; k < u->ndept; k++)
+            in |= has_ancestor_in(c, u->dept[k], vis.ids, vis.n);
+        assert_int_equal(sim_corp_user_in(c, &vis, u), in);
+    }
+    buf_free(&scratch);
+    buf_free(&out);
+    sim_dir_free(&d);
+}
+
+/* ---- app_new: the fields a new app is not given ---- */
+
+static const char *const hidden_keys[] = {"mobile",       "email",  "biz_mail", "avatar",
+                                          "thumb_avatar", "gender", "qr_code",  "address"};
+
+static int is_hidden(const char *key)
+{
+    for (size_t i = 0; i < NELEM(hidden_keys); i++)
+        if (strcmp(hidden_keys[i], key) == 0)
+            return 1;
+    return 0;
+}
+
+/* lite is full without exactly the hidden keys, every other key equal. */
+static void assert_stripped(json_object *full, json_object *lite)
+{
+    int nfull = 0, nlite = 0, hidden = 0;
+    json_object_object_foreach(full, key, val)
+    {
+        json_object *lv;
+        nfull++;
+        if (is_hidden(key)) {
+            hidden++;
+            assert_false(json_object_object_get_ex(lite, key, &lv));
+            continue;
+        }
+        assert_true(json_object_object_get_ex(lite, key, &lv));
+        assert_string_equal(json_object_to_json_string(val), json_object_to_json_string(lv));
+    }
+    json_object_object_foreach(lite, lkey, lval)
+    {
+        (void)lkey;
+        (void)lval;
+        nlite++;
+    }
+    assert_int_equal(hidden, (int)NELEM(hidden_keys));
+    assert_int_equal(nlite, nfull - hidden);
+}
+
+static void test_app_new_fields(void **state)
+{
+    (void)state;
+    sim_dir d;
+    buf a, b, out;
+    char err[256];
+    const char *body = NULL;
+    size_t len;
+    buf_init(&a);
+    buf_init(&b);
+    buf_init(&out);
+    assert_int_equal(sim_dir_generate(&d, 1, 5, 3, 8), 0);
+    sim_corp *c = &d.corps[0];
+    for (int k = 1; k <= 5; k++) {
+        assert_int_equal(sim_corp_user_list(c, k, &body, &len), 0);
+        json_object *fo = json_tokener_parse(body), *fl, *lo, *ll;
+        assert_int_equal(sim_corp_user_list_lite(c, k, &body, &len), 0);
+        lo = json_tokener_parse(body);
+        assert_true(json_object_object_get_ex(fo, "userlist", &fl));
+        assert_true(json_object_object_get_ex(lo, "userlist", &ll));
+        assert_int_equal(json_object_array_length(fl), json_object_array_length(ll));
+        for (size_t i = 0; i < json_object_array_length(fl); i++)
+            assert_stripped(json_object_array_get_idx(fl, i), json_object_array_get_idx(ll, i));
+        json_object_put(fo);
+        json_object_put(lo);
+    }
+    assert_int_equal(sim_corp_user_get(c, "u000004", &a), 0);
+    assert_int_equal(sim_corp_user_get_lite(c, "u000004", &b), 0);
+    json_object *ga = json_tokener_parse(a.data), *gb = json_tokener_parse(b.data);
+    assert_stripped(ga, gb);
+    json_object_put(ga);
+    json_object_put(gb);
+    /* Both answers are kept, and a mutation drops both. */
+    assert_non_null(c->depts[2].user_list);
+    assert_non_null(c->depts[2].user_list_lite);
+    assert_int_equal(sim_corp_user_list_lite(c, 2, &body, &len), 0);
+    assert_null(strstr(body, "\"mobile\""));
+    assert_int_equal(mutate(&d,
+                            "{\"ops\":[{\"op\":\"add\",\"name\":\"新来的\",\"department\":[2]}]}",
+                            &out, err),
+                     0);
+    assert_null(c->depts[2].user_list);
+    assert_null(c->depts[2].user_list_lite);
+    assert_int_equal(sim_corp_user_list_lite(c, 2, &body, &len), 0);
+    assert_non_null(strstr(body, "新来的"));
+    buf_free(&a);
+    buf_free(&b);
+    buf_free(&out);
+    sim_dir_free(&d);
+}
+
+/* ---- policy settings ---- */
+
+static int policy_post(sim_policy *pols, sim_dir *d, const char *json, int *only, char *err)
+{
+    return sim_policy_apply_json(pols, d, json, strlen(json), only, err, 256);
+}
+
+static void test_policy(void **state)
+{
+    (void)state;
+    sim_dir d;
+    sim_policy pols[3];
+    char err[256];
+    int only;
+    assert_int_equal(sim_dir_generate(&d, 3, 4, 1, 1), 0);
+    for (int i = 0; i < 3; i++)
+        sim_policy_init(&pols[i]);
+    /* Defaults: no restriction. */
+    assert_true(sim_policy_trusted(&pols[0], "203.0.113.9"));
+    assert_true(sim_policy_legacy_allowed(&pols[0], ""));
+    assert_false(pols[0].app_new || pols[0].visible_set);
+
+    assert_int_equal(policy_post(pols, &d,
+                                 "{\"corp_id\":\"wwsim0002\",\"trusted_ips\":[\"127.0.0.1\","
+                                 "\"::1\"],\"contact_legacy_ips\":[],\"visible_depts\":[2,3]}",
+                                 &only, err),
+                     0);
+    assert_int_equal(only, 1);
+    assert_true(sim_policy_trusted(&pols[0], "127.0.0.2")); /* other enterprises untouched */
+    assert_true(sim_policy_trusted(&pols[1], "127.0.0.1"));
+    assert_true(sim_policy_trusted(&pols[1], "::ffff:127.0.0.1")); /* the same address */
+    assert_true(sim_policy_trusted(&pols[1], "::1"));
+    assert_false(sim_policy_trusted(&pols[1], "127.0.0.2"));
+    assert_false(sim_policy_trusted(&pols[1], ""));
+    assert_false(sim_policy_legacy_allowed(&pols[1], "127.0.0.1")); /* [] = nowhere */
+    assert_int_equal(pols[1].visible.n, 2);
+
+    /* Merge: only the given keys change; without corp_id every enterprise. */
+    assert_int_equal(policy_post(pols, &d, "{\"app_new\":true}", &only, err), 0);
+    assert_int_equal(only, -1);
+    for (int i = 0; i < 3; i++)
+        assert_true(pols[i].app_new);
+    assert_true(pols[1].trusted_set && pols[1].visible_set);
+
+    /* All or nothing, the bad key named. */
+    static const char *const bad[] = {
+        "{\"corp_id\":\"wwsim0002\",\"app_new\":false,\"trusted_ips\":[\"300.1.1.1\"]}",
+        "{\"corp_id\":\"wwsim0002\",\"app_new\":false,\"visible_depts\":[0]}",
+        "{\"corp_id\":\"wwsim0002\",\"app_new\":false,\"contact_legacy_ips\":\"127.0.0.1\"}",
+        "{\"corp_id\":\"wwsim0002\",\"app_new\":false,\"trusted\":[]}",
+        "{\"corp_id\":\"wwsim0002\",\"app_new\":0}",
+    };
+    static const char *const named[] = {"trusted_ips", "visible_depts", "contact_legacy_ips",
+                                        "trusted", "app_new"};
+    for (size_t i = 0; i < NELEM(bad); i++) {
+        assert_int_equal(policy_post(pols, &d, bad[i], &only, err), -EINVAL);
+        assert_non_null(strstr(err, named[i]));
+        assert_true(pols[1].app_new);
+    }
+    assert_int_equal(policy_post(pols, &d, "{\"corp_id\":\"wwsim0009\"}", &only, err), -ENOENT);
+    assert_int_equal(policy_post(pols, &d, "[]", &only, err), -EINVAL);
+
+    /* null lifts a restriction; reset clears everything first. */
+    assert_int_equal(
+        policy_post(pols, &d, "{\"corp_id\":\"wwsim0002\",\"trusted_ips\":null}", &only, err), 0);
+    assert_true(sim_policy_trusted(&pols[1], "198.51.100.1"));
+    assert_true(pols[1].visible_set);
+    assert_int_equal(policy_post(pols, &d,
+                                 "{\"corp_id\":\"wwsim0002\",\"reset\":true,"
+                                 "\"contact_legacy_ips\":[\"127.0.0.3\"]}",
+                                 &only, err),
+                     0);
+    assert_false(pols[1].app_new || pols[1].visible_set || pols[1].trusted_set);
+    assert_true(sim_policy_legacy_allowed(&pols[1], "127.0.0.3"));
+    assert_false(sim_policy_legacy_allowed(&pols[1], "127.0.0.1"));
+
+    /* The view. */
+    buf b;
+    jw w;
+    buf_init(&b);
+    jw_init(&w, &b);
+    jw_obj_begin(&w);
+    sim_policy_json(&pols[1], &w);
+    jw_obj_end(&w);
+    assert_string_equal(b.data, "{\"contact_legacy_ips\":[\"127.0.0.3\"],\"app_new\":false,"
+                                "\"visible_depts\":null,\"trusted_ips\":null}");
+    buf_free(&b);
+
+    /* Flags. */
+    sim_policy f;
+    sim_policy_init(&f);
+    assert_int_equal(sim_policy_apply_flag(&f, "trusted-ips", "127.0.0.1,10.1.2.3", err, 256), 1);
+    assert_int_equal(f.trusted_ips.n, 2);
+    assert_int_equal(sim_policy_apply_flag(&f, "contact-legacy-ips", "none", err, 256), 1);
+    assert_true(f.legacy_set);
+    assert_int_equal(f.legacy_ips.n, 0);
+    assert_int_equal(sim_policy_apply_flag(&f, "visible-depts", "2,5", err, 256), 1);
+    assert_int_equal(f.visible.ids[1], 5);
+    assert_int_equal(sim_policy_apply_flag(&f, "app-new", "1", err, 256), 1);
+    assert_true(f.app_new);
+    assert_int_equal(sim_policy_apply_flag(&f, "app-new", "yes", err, 256), -EINVAL);
+    assert_non_null(strstr(err, "--app-new"));
+    assert_int_equal(sim_policy_apply_flag(&f, "visible-depts", "2,x", err, 256), -EINVAL);
+    assert_int_equal(sim_policy_apply_flag(&f, "trusted-ips", "127.0.0.1,", err, 256), -EINVAL);
+    assert_int_equal(sim_policy_apply_flag(&f, "rate", "5", err, 256), 0);
+    sim_dir_free(&d);
+}
+
+/* ---- stats per source address ---- */
+
+static void test_stats_per_ip(void **state)
+{
+    (void)state;
+    sim_stats st;
+    sim_dir d;
+    buf b;
+    jw w;
+    assert_int_equal(sim_dir_generate(&d, 2, 3, 1, 1), 0);
+    int noports[1] = {0};
+    assert_int_equal(sim_stats_init(&st, 2, noports, 0, SEC), 0);
+    sim_hit h = {
+        .port = -1, .corp = 0, .path = SIM_P_USER_LIST_ID, .errcode = 0, .ip = "127.0.0.2"};
+    /* 5 in the first minute, 3 more 59.999999 s after the first: max_60s 8; then 2 after
+     * the first minute has gone. */
+    for (int i = 0; i < 5; i++)
+        sim_stats_record(&st, &h, 10 * SEC + (uint64_t)i * MS);
+    for (int i = 0; i < 3; i++)
+        sim_stats_record(&st, &h, 70 * SEC - 1);
+    for (int i = 0; i < 2; i++)
+        sim_stats_record(&st, &h, 71 * SEC);
+    h.ip = "127.0.0.3";
+    h.corp = 1;
+    h.errcode = 60020;
+    h.untrusted_ip = 1;
+    sim_stats_record(&st, &h, 72 * SEC);
+    h.ip = NULL; /* unknown address: in no ips[] entry */
+    h.untrusted_ip = 0;
+    h.errcode = 48009;
+    h.forbidden = 1;
+    sim_stats_record(&st, &h, 72 * SEC);
+    assert_int_equal(st.nips, 2);
+    assert_int_equal(st.ips[0].c.requests, 10);
+    assert_int_equal(st.ips[0].max_60s, 8);
+    assert_int_equal(st.ips[0].max_3600s, 10);
+    assert_int_equal(st.ips[0].c.by_path[SIM_P_USER_LIST_ID], 10);
+    assert_int_equal(st.ips[1].c.untrusted_ip, 1);
+    assert_int_equal(st.corp[1].forbidden, 1);
+    assert_int_equal(st.total.untrusted_ip, 1);
+
+    buf_init(&b);
+    jw_init(&w, &b);
+    jw_obj_begin(&w);
+    assert_int_equal(sim_stats_json(&st, &d, NULL, &w), 0);
+    jw_obj_end(&w);
+    json_object *o = json_tokener_parse(b.data), *v, *c0, *c1, *e;
+    assert_non_null(o);
+    assert_true(json_object_object_get_ex(o, "ips", &v));
+    assert_int_equal(json_object_array_length(v), 2);
+    e = json_object_array_get_idx(v, 0);
+    assert_true(json_object_object_get_ex(e, "ip", &v));
+    assert_string_equal(json_object_get_string(v), "127.0.0.2");
+    assert_true(json_object_object_get_ex(e, "max_60s", &v));
+    assert_int_equal(json_object_get_int(v), 8);
+    json_object_object_get_ex(o, "corps", &v);
+    c0 = json_object_array_get_idx(v, 0);
+    c1 = json_object_array_get_idx(v, 1);
+    /* by_ip: only the addresses that called for that enterprise. */
+    assert_true(json_object_object_get_ex(c0, "by_ip", &v));
+    assert_int_equal(json_object_array_length(v), 1);
+    assert_true(json_object_object_get_ex(json_object_array_get_idx(v, 0), "requests", &e));
+    assert_int_equal(json_object_get_int(e), 10);
+    assert_true(json_object_object_get_ex(c1, "by_ip", &v));
+    assert_int_equal(json_object_array_length(v), 1);
+    e = json_object_array_get_idx(v, 0);
+    assert_true(json_object_object_get_ex(e, "ip", &v));
+    assert_string_equal(json_object_get_string(v), "127.0.0.3");
+    assert_true(json_object_object_get_ex(c1, "forbidden", &v));
+    assert_int_equal(json_object_get_int(v), 1);
+    json_object_put(o);
+
+    sim_stats_reset(&st);
+    assert_int_equal(st.nips, 2); /* still listed, zeroed */
+    assert_int_equal(st.ips[0].c.requests, 0);
+    assert_int_equal(st.ips[0].max_60s, 0);
+    assert_int_equal(st.corp_ip[0][0].requests, 0);
+    sim_stats_record(&st, &h, 80 * SEC);
+    buf_free(&b);
+    sim_stats_free(&st);
+    sim_dir_free(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -726,6 +1480,17 @@ int main(void)
         cmocka_unit_test(test_random_mutations_deterministic),
         cmocka_unit_test(test_faults),
         cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_tokens_per_credential),
+        cmocka_unit_test(test_ip_minute_window_edges),
+        cmocka_unit_test(test_ip_hour_buckets),
+        cmocka_unit_test(test_cursor),
+        cmocka_unit_test(test_list_id_pages),
+        cmocka_unit_test(test_list_id_across_mutations),
+        cmocka_unit_test(test_list_id_page_is_bounded),
+        cmocka_unit_test(test_visible_range),
+        cmocka_unit_test(test_app_new_fields),
+        cmocka_unit_test(test_policy),
+        cmocka_unit_test(test_stats_per_ip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

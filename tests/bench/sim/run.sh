@@ -7,7 +7,9 @@
 # SIM_BINARY defaults to $ORGSYNC_SIM_BIN, else build-bench/orgsync-sim, built
 # without sanitizers (Release) if missing. DURATION (default 10s), CONNECTIONS (64),
 # DEPARTMENTS (100) and MEMBERS (20, members whose main department it is; about 10%
-# more join as second departments) tune the run. The rate limit is set out of reach.
+# more join as second departments) tune the run. The rate limits (per enterprise and
+# per source IP: wrk's one address would pass 20,000 a minute in a second) are set
+# out of reach.
 # The simulator is one thread, so it never uses more than one core.
 set -euo pipefail
 
@@ -42,7 +44,8 @@ if [ "${PIN:-0}" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ];
     PIN_SIM=(taskset -c 0) PIN_WRK=(taskset -c 1)
 fi
 "${PIN_SIM[@]}" "$SIM" --port 0 --quiet --departments "$DEPARTMENTS" --users-per-dept "$MEMBERS" \
-    --rate 100000000 --max-inflight 100000 >"$TMP/out" 2>"$TMP/err" &
+    --rate 100000000 --max-inflight 100000 --ip-per-min 100000000 --ip-per-hour 100000000 \
+    >"$TMP/out" 2>"$TMP/err" &
 SIM_PID=$!
 for _ in $(seq 1 100); do grep -q '^listening' "$TMP/out" 2>/dev/null && break; sleep 0.05; done
 PORT=$(awk 'NR==1 {print $2}' "$TMP/out")
