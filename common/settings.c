@@ -44,6 +44,7 @@ const char *const settings_names[] = {"ORGSYNC_ENV",
                                       "ORGSYNC_EGRESS_MAX_PER_MIN",
                                       "ORGSYNC_EGRESS_MAX_PER_HOUR",
                                       "ORGSYNC_UPSTREAM_BIND",
+                                      "ORGSYNC_EGRESS_REFUSED_TTL",
                                       NULL};
 
 #define MAX_FILE_ENTRIES 64
@@ -474,6 +475,13 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
         s->egress_max_per_hour = (int)n;
     }
 
+    if ((v = lookup(src, "ORGSYNC_EGRESS_REFUSED_TTL"))) {
+        if (parse_long(v, 1, 604800, &n))
+            return bad(err, errlen, "ORGSYNC_EGRESS_REFUSED_TTL",
+                       "seconds from 1 to 604800 (a week)", v);
+        s->egress_refused_ttl_s = (int)n;
+    }
+
     if ((v = lookup(src, "ORGSYNC_UPSTREAM_BIND")) && *v) {
         if (strlen(v) >= sizeof(s->upstream_bind) || !valid_ip_literal(v))
             return bad(err, errlen, "ORGSYNC_UPSTREAM_BIND",
@@ -518,6 +526,7 @@ static void defaults(settings *s)
     egress_cap_id_from_host(host, s->egress_id, sizeof(s->egress_id));
     s->egress_max_per_min = EGRESS_UPSTREAM_PER_MIN;
     s->egress_max_per_hour = EGRESS_UPSTREAM_PER_HOUR;
+    s->egress_refused_ttl_s = 3600;
 }
 
 int settings_load_from(settings *s, const char *config_file, settings_getenv_fn get, void *arg,

@@ -41,7 +41,8 @@ typedef struct settings {
     char egress_id[65];           /* ORGSYNC_EGRESS_ID: which egress (public IP) calls leave from */
     int egress_max_per_min;       /* ORGSYNC_EGRESS_MAX_PER_MIN, 1..20000 */
     int egress_max_per_hour;      /* ORGSYNC_EGRESS_MAX_PER_HOUR, 1..600000 */
-    char upstream_bind[64];       /* ORGSYNC_UPSTREAM_BIND: local IP literal, "" = any */
+    int egress_refused_ttl_s; /* ORGSYNC_EGRESS_REFUSED_TTL: how long a refused egress sits out */
+    char upstream_bind[64];   /* ORGSYNC_UPSTREAM_BIND: local IP literal, "" = any */
 } settings;
 
 /* Fills s from defaults, the optional config file and the environment.

@@ -16,6 +16,7 @@ struct candidacy {
     uv_loop_t *loop;
     redis_client *redis;
     char key[256];
+    char egress_key[256]; /* candidacy_egress_key of our egress */
     char *instance, *version;
     int heartbeat_ms, live_ms, grace_ms, prune_ms;
 
@@ -67,8 +68,15 @@ static redis_script beat_script = {
            "  end\n"
            "end\n"
            "redis.call('PEXPIRE', key, prune)\n"
+           "out[#out + 1] = redis.call('GET', KEYS[2]) or ''\n"
            "return out\n",
 };
+
+int candidacy_egress_key(const char *env, const char *egress_id, char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, "orgsync:%s:egress_refused:%s", env, egress_id);
+    return (n < 0 || (size_t)n >= outlen) ? -1 : 0;
+}
 
 int candidacy_key(const char *env, const char *job, char *out, size_t outlen)
 {
@@ -139,7 +147,8 @@ static int parse_reply(const redisReply *r, candidacy_entry *e, int max)
 
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1)
         return -1;
-    for (i = 1; i + 2 < r->elements + 0 && n < max; i += 3) {
+    /* {now, (instance, version, led)..., egress refusal} */
+    for (i = 1; i + 3 < r->elements + 0 && n < max; i += 3) {
         const redisReply *inst = r->element[i], *ver = r->element[i + 1], *led = r->element[i + 2];
         if (inst->type != REDIS_REPLY_STRING || ver->type != REDIS_REPLY_STRING ||
             led->type != REDIS_REPLY_STRING)
@@ -187,8 +196,12 @@ static void on_reply(void *arg, redisReply *reply, const char *err)
             why = e ? "malformed candidates reply" : "out of memory";
         else if (candidacy_rank_compute(e, n, c->instance, c->version, c->grace_ms, &v) != 0)
             why = "our entry is missing from the candidates";
-        else
+        else {
+            const redisReply *last = reply->element[reply->elements - 1];
+            if (last->type == REDIS_REPLY_STRING)
+                snprintf(v.egress_refused, sizeof(v.egress_refused), "%s", last->str);
             note_view(c, &v);
+        }
     }
     if (op->cb && !c->closing)
         op->cb(op->arg, why ? NULL : &v, why);
@@ -201,7 +214,7 @@ static int send_op(candidacy *c, int mode, candidacy_rank_cb cb, void *arg)
 {
     static const char *const modes[] = {"beat", "led", "leave"};
     char live[16], prune[16];
-    const char *argv[6];
+    const char *argv[7];
     cand_op *op = calloc(1, sizeof(*op));
     int rc;
 
@@ -214,12 +227,13 @@ static int send_op(candidacy *c, int mode, candidacy_rank_cb cb, void *arg)
     snprintf(live, sizeof(live), "%d", c->live_ms);
     snprintf(prune, sizeof(prune), "%d", c->prune_ms);
     argv[0] = c->key;
-    argv[1] = c->instance;
-    argv[2] = c->version;
-    argv[3] = modes[mode];
-    argv[4] = live;
-    argv[5] = prune;
-    rc = redis_eval(c->redis, &beat_script, 1, 6, argv, on_reply, op);
+    argv[1] = c->egress_key;
+    argv[2] = c->instance;
+    argv[3] = c->version;
+    argv[4] = modes[mode];
+    argv[5] = live;
+    argv[6] = prune;
+    rc = redis_eval(c->redis, &beat_script, 2, 7, argv, on_reply, op);
     if (rc) {
         free(op);
         return rc;
@@ -253,7 +267,9 @@ candidacy *candidacy_new(uv_loop_t *loop, redis_client *redis, const candidacy_o
     c->redis = redis;
     c->instance = strdup(o->instance);
     c->version = strdup(o->code_version);
-    if (!c->instance || !c->version || candidacy_key(o->env, o->job, c->key, sizeof(c->key))) {
+    if (!c->instance || !c->version || candidacy_key(o->env, o->job, c->key, sizeof(c->key)) ||
+        candidacy_egress_key(o->env, o->egress_id ? o->egress_id : "", c->egress_key,
+                             sizeof(c->egress_key))) {
         free(c->instance);
         free(c->version);
         free(c);

@@ -37,10 +37,11 @@ typedef struct candidacy_opts {
     const char *job;
     const char *instance;
     const char *code_version;
-    int heartbeat_ms; /* 0: 1000 */
-    int live_ms;      /* 0: 3 * heartbeat + 500 */
-    int grace_ms;     /* per rank; 0: 200 */
-    int prune_ms;     /* 0: 600000 (10 min) */
+    const char *egress_id; /* ORGSYNC_EGRESS_ID: whose refusal (egress_refused) to read */
+    int heartbeat_ms;      /* 0: 1000 */
+    int live_ms;           /* 0: 3 * heartbeat + 500 */
+    int grace_ms;          /* per rank; 0: 200 */
+    int prune_ms;          /* 0: 600000 (10 min) */
 } candidacy_opts;
 
 /* One live candidate as read from Redis. */
@@ -58,6 +59,10 @@ typedef struct candidacy_view {
     int competitors;         /* live candidates with the newest version */
     int live;                /* live candidates of any version */
     long long delay_ms;      /* rank * grace_ms */
+    /* Why the upstream refused our egress at its last attempt (60020, 48009),
+     * "" if it did not: orgsync:<env>:egress_refused:<egress id>, set by a
+     * leader that met the refusal, for ORGSYNC_EGRESS_REFUSED_TTL. */
+    char egress_refused[256];
 } candidacy_view;
 
 /* Pure: ranks self among entries (which must include self). 0, or -1 when self
@@ -85,6 +90,9 @@ int candidacy_last_view(const candidacy *c, candidacy_view *out);
  * then, from a loop callback. No rank callback is called after this. The
  * redis_client must stay open until done (redis_close fails what is pending). */
 void candidacy_close(candidacy *c, int leave, void (*done)(void *arg), void *arg);
+
+/* "orgsync:<env>:egress_refused:<egress id>". 0, or -1 if it does not fit. */
+int candidacy_egress_key(const char *env, const char *egress_id, char *out, size_t outlen);
 
 /* "orgsync:<env>:candidates:<job>". 0, or -1 if it does not fit. */
 int candidacy_key(const char *env, const char *job, char *out, size_t outlen);

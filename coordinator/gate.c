@@ -18,6 +18,7 @@ void gate_init(gate *g, const settings *s)
     g->role_can_write = GATE_UNKNOWN;
     g->version_older = GATE_UNKNOWN;
     snprintf(g->version, sizeof(g->version), "%s", s->code_version);
+    snprintf(g->egress_id, sizeof(g->egress_id), "%s", s->egress_id);
 }
 
 int gate_may_schedule(const gate *g)
@@ -40,7 +41,8 @@ int gate_eligible(const gate *g)
 {
     /* An unknown version verdict (no candidate list read yet) does not block:
      * the candidacy check runs again right before every attempt. */
-    return gate_may_schedule(g) && gate_read_only(g) == GATE_NO && g->version_older != GATE_YES;
+    return gate_may_schedule(g) && gate_read_only(g) == GATE_NO && g->version_older != GATE_YES &&
+           !g->egress_refused[0];
 }
 
 typedef struct why_buf {
@@ -89,6 +91,9 @@ size_t gate_why_not(const gate *g, char *out, size_t outlen)
     if (g->version_older == GATE_YES)
         why_add(&w, "code version %s is older than %s, the newest among live candidates",
                 g->version, g->newest_version);
+    if (g->egress_refused[0])
+        why_add(&w, "the upstream refused egress %s at its last attempt: %s", g->egress_id,
+                g->egress_refused);
     if (w.n)
         why_add(&w, "environment %s%s", g->env, NULL);
     return w.n;

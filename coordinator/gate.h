@@ -10,7 +10,11 @@
  *     enterprises.corp_secret), on a primary, which gate_probe_read_only() asks
  *     PostgreSQL; until the answer comes the worker does not compete;
  *   - its code version is not older than the newest among live candidates of
- *     its environment (coordinator/candidacy.h fills that in).
+ *     its environment (coordinator/candidacy.h fills that in);
+ *   - the upstream did not refuse its egress (ORGSYNC_EGRESS_ID) at its last
+ *     attempt: an IP that is not trusted (60020), or that may not use the
+ *     contact-sync secret's legacy calls (48009), cannot sync, so leadership
+ *     must not move to it (candidacy.h fills that in too).
  * The environment is not a condition (every environment has its own lock) but
  * it is part of every answer, so nobody wonders which lock a worker is after. */
 #ifndef ORGSYNC_GATE_H
@@ -28,12 +32,14 @@ typedef struct gate {
     int schedule_on;   /* ORGSYNC_SCHEDULE */
     int worker_listed; /* worker id in ORGSYNC_SCHEDULER_WORKERS */
     int worker_id;
-    int read_only_setting;   /* settings_read_only */
-    int role_can_write;      /* GATE_UNKNOWN until probed (auto only) */
-    char probe_error[128];   /* why the probe has not answered, "" if none */
-    int version_older;       /* GATE_YES when a newer live candidate exists */
-    char version[64];        /* ours */
-    char newest_version[64]; /* newest among live candidates, "" unknown */
+    int read_only_setting;    /* settings_read_only */
+    int role_can_write;       /* GATE_UNKNOWN until probed (auto only) */
+    char probe_error[128];    /* why the probe has not answered, "" if none */
+    int version_older;        /* GATE_YES when a newer live candidate exists */
+    char version[64];         /* ours */
+    char newest_version[64];  /* newest among live candidates, "" unknown */
+    char egress_id[65];       /* ORGSYNC_EGRESS_ID */
+    char egress_refused[256]; /* the upstream's refusal at the egress's last attempt, "" none */
 } gate;
 
 /* The static parts, from the settings; role and version unknown. */

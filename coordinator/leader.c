@@ -7,6 +7,7 @@
  * handles are closed, its lock object is closed, no query of its own is in
  * flight and the job no longer holds the job_run. */
 #include "coordinator/leader.h"
+#include "coordinator/candidacy.h"
 
 #include "common/alert.h"
 #include "common/log.h"
@@ -225,6 +226,32 @@ static void job_fenced_out(job_run *run)
         return;
     s->fenced = 1;
     kick_now(s);
+}
+
+static void on_refusal_stored(void *arg, redisReply *reply, const char *err)
+{
+    (void)arg;
+    (void)reply;
+    if (err)
+        log_warn("could not record the egress refusal", LF_S("error", err));
+}
+
+/* The upstream refused this host's egress: every worker on it stops competing
+ * (candidacy.h reads the key) until the key expires, so leadership does not
+ * come back to a host that cannot sync. Best effort: without Redis the gate
+ * simply does not learn it. */
+static void job_egress_refused(job_run *run, const char *why)
+{
+    leader_session *s = run->coord;
+    char key[256], ttl[24];
+
+    if (candidacy_egress_key(s->st.env, s->st.egress_id, key, sizeof(key)))
+        return;
+    snprintf(ttl, sizeof(ttl), "%d", s->st.egress_refused_ttl_s);
+    log_warn("the upstream refused this egress: it stops competing for the lock",
+             LF_S("egress_id", s->st.egress_id), LF_I("for_seconds", s->st.egress_refused_ttl_s),
+             LF_S("why", why));
+    redis_cmd(s->o.redis, on_refusal_stored, NULL, "SET %s %s EX %s", key, why, ttl);
 }
 
 static void job_finished(job_run *run, const char *state, const char *error)
@@ -552,6 +579,7 @@ static void start_job(leader_session *s, const runs_claimed *c)
     s->run.ncorp_ids = s->nrun_corps;
     s->run.lease_valid = job_lease_valid;
     s->run.fenced_out = job_fenced_out;
+    s->run.egress_refused = job_egress_refused;
     s->run.finished = job_finished;
     s->run.coord = s;
 

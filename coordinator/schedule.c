@@ -116,6 +116,7 @@ static void note_view(schedule *s, const candidacy_view *v)
 
     g->version_older = v->version_ok ? GATE_NO : GATE_YES;
     snprintf(g->newest_version, sizeof(g->newest_version), "%s", v->newest_version);
+    snprintf(g->egress_refused, sizeof(g->egress_refused), "%s", v->egress_refused);
 }
 
 /* ---- the leader session ------------------------------------------------ */
@@ -460,6 +461,7 @@ static void ensure_candidacy(schedule *s)
                                               .job = s->o.ops->name,
                                               .instance = s->st.instance,
                                               .code_version = s->st.code_version,
+                                              .egress_id = s->o.gate->egress_id,
                                               .heartbeat_ms = s->o.cand_heartbeat_ms,
                                               .grace_ms = s->o.grace_ms});
     if (s->cand)

@@ -310,9 +310,11 @@ typedef struct sim_limits {
     uint32_t ban_ms;    /* after a violation, refuse the enterprise this long */
     sim_window *win;    /* [ncorps] */
     uint64_t *banned_until_us;
-    uint32_t ip_per_min;  /* requests per source IP in any trailing 60 s */
-    uint32_t ip_per_hour; /* ... in the trailing 3600 s (whole seconds) */
-    int64_t *cur_token;   /* [ncorps * SIM_CRED_COUNT] index into tokens, -1 none */
+    uint32_t list_id_page_max; /* rows of a user/list_id page at most, whatever the limit
+                                  asked (0: the limit asked); a test knob for many pages */
+    uint32_t ip_per_min;       /* requests per source IP in any trailing 60 s */
+    uint32_t ip_per_hour;      /* ... in the trailing 3600 s (whole seconds) */
+    int64_t *cur_token;        /* [ncorps * SIM_CRED_COUNT] index into tokens, -1 none */
     sim_token *tokens;
     size_t ntokens, tcap;
     sim_map by_token;

@@ -436,6 +436,8 @@ static void do_list_id(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a,
     if (!bad)
         bad = list_id_params(root, &cursor, &limit);
     if (!bad) {
+        if (s->lim.list_id_page_max && limit > s->lim.list_id_page_max)
+            limit = s->lim.list_id_page_max;
         err = sim_corp_list_id(c, cursor, (uint32_t)limit, vis, &s->scratch);
         if (err == -EINVAL)
             bad = "invalid parameter (cursor was not issued for this enterprise)";
@@ -784,6 +786,7 @@ static void write_limits(jw *w, const sim_limits *l)
     jw_kint(w, "ban_ms", l->ban_ms);
     jw_kint(w, "ip_per_min", l->ip_per_min);
     jw_kint(w, "ip_per_hour", l->ip_per_hour);
+    jw_kint(w, "list_id_page_max", l->list_id_page_max);
     jw_obj_end(w);
 }
 
@@ -913,8 +916,8 @@ static void on_limits_get(http_req *r, void *arg)
 }
 
 /* {"rate":n,"max_inflight":n,"inflight_errcode":n,"token_ttl_s":n,"count_rejected":b,
- * "ban_ms":n,"ip_per_min":n,"ip_per_hour":n}, any subset; applies to arrivals from now
- * on. */
+ * "ban_ms":n,"ip_per_min":n,"ip_per_hour":n,"list_id_page_max":n}, any subset; applies to
+ * arrivals from now on. */
 static int limits_apply(sim_limits *l, json_object *root, char *err, size_t errlen)
 {
     sim_limits next = *l;
@@ -944,6 +947,8 @@ static int limits_apply(sim_limits *l, json_object *root, char *err, size_t errl
             next.ip_per_min = (uint32_t)x;
         else if (strcmp(key, "ip_per_hour") == 0 && x > 0)
             next.ip_per_hour = (uint32_t)x;
+        else if (strcmp(key, "list_id_page_max") == 0 && x <= 10000)
+            next.list_id_page_max = (uint32_t)x;
         else {
             snprintf(err, errlen, "unknown or out-of-range limit \"%.40s\"", key);
             return -EINVAL;

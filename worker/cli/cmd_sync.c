@@ -732,7 +732,8 @@ int cmd_sync(const settings *s, int argc, char **argv)
     }
     c.pg = pg_pool_new(&c.loop, &(pg_pool_opts){.dsn = s->pg_dsn, .size = PG_POOL_SIZE});
     c.redis = redis_new(&c.loop, &(redis_opts){.url = s->redis_url});
-    c.http = http_client_new(&c.loop, NULL);
+    c.http = http_client_new(
+        &c.loop, &(http_client_opts){.bind_addr = s->upstream_bind[0] ? s->upstream_bind : NULL});
     if (!c.pg || !c.redis || !c.http) {
         fprintf(stderr, "orgsync sync: out of memory\n");
         return 1; /* the process ends here: nothing to hand back */

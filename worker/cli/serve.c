@@ -327,7 +327,11 @@ static int open_clients(worker *w)
 {
     w->pg = pg_pool_new(&w->loop, &(pg_pool_opts){.dsn = w->st.pg_dsn, .size = PG_POOL_SIZE});
     w->redis = redis_new(&w->loop, &(redis_opts){.url = w->st.redis_url});
-    w->http = http_client_new(&w->loop, NULL);
+    /* One client for the upstream and the alert webhook, bound to the egress
+     * address when ORGSYNC_UPSTREAM_BIND names one. */
+    w->http = http_client_new(
+        &w->loop,
+        &(http_client_opts){.bind_addr = w->st.upstream_bind[0] ? w->st.upstream_bind : NULL});
     if (!w->pg || !w->redis || !w->http)
         return -1;
     if (alert_init(&w->loop, w->http, w->st.alert_webhook[0] ? w->st.alert_webhook : NULL,
@@ -340,7 +344,10 @@ static int open_clients(worker *w)
                                     .instance = w->st.instance,
                                     .rate = w->st.dept_rate,
                                     .max_inflight = w->st.upstream_max_inflight,
-                                    .daily_quota = w->st.daily_quota});
+                                    .daily_quota = w->st.daily_quota,
+                                    .egress_id = w->st.egress_id,
+                                    .egress_per_min = w->st.egress_max_per_min,
+                                    .egress_per_hour = w->st.egress_max_per_hour});
     return w->wc ? 0 : -1;
 }
 

@@ -15,6 +15,7 @@
 
 #include "common/backoff.h"
 #include "common/buf.h"
+#include "common/egress_cap.h"
 #include "common/log.h"
 #include "common/loop_sem.h"
 #include "common/metrics.h"
@@ -71,6 +72,8 @@ typedef enum wc_phase {
     PH_PACE,         /* timer: a pause, before the admission */
     PH_HOLD,         /* timer: admitted, local pacing before the send */
     PH_ADMIT,        /* Redis: quota counter */
+    PH_EGRESS,       /* Redis: the egress's minute and hour caps */
+    PH_EGRESS_WAIT,  /* timer: the egress is at its cap */
     PH_SEM,          /* waiting for a global in-flight slot */
     PH_HTTP,         /* upstream call in flight */
 } wc_phase;
@@ -132,6 +135,8 @@ struct wecom {
     char *base_url, *env, *instance;
     wecom_opts o;
     struct wc_shared *shared; /* the in-flight cap, shared by every client on the loop */
+    egress_cap *egress;       /* the per-egress caps, shared through Redis; NULL: none */
+    int egress_warned;
     uint64_t rng;
     wc_corp *corps;
     int closing;
@@ -396,6 +401,7 @@ static void on_corp_timer(uv_timer_t *t)
         call_begin(c);
         break;
     case PH_HOLD:
+    case PH_EGRESS_WAIT:
         hold_then_send(c);
         break;
     default:
@@ -681,10 +687,17 @@ static void call_begin(wc_corp *c)
     admit(c);
 }
 
-/* Admitted: wait for local pacing, then for an in-flight slot. */
+static void on_egress(void *arg, int status, long long wait_ms, long long in_minute,
+                      long long in_hour);
+
+/* Admitted: wait for local pacing, then for the egress's caps (the upstream's
+ * per-IP limits, shared by every enterprise and process leaving from this
+ * egress), then for an in-flight slot. The egress is asked last so that a call
+ * it counts is sent at once, and a wait for it holds no slot. */
 static void hold_then_send(wc_corp *c)
 {
     uint64_t wait = pace_wait_us(c, time_mono_us());
+    wecom *w = c->w;
 
     if (wait > 0) {
         metrics_counter_add(M_PACING_WAITS, NULL, 1);
@@ -692,8 +705,39 @@ static void hold_then_send(wc_corp *c)
         corp_timer(c, PH_HOLD, ms_ceil(wait));
         return;
     }
+    if (w->egress && egress_cap_admit(w->egress, on_egress, c) == 0) {
+        c->phase = PH_EGRESS;
+        w->pending++;
+        return;
+    }
     c->phase = PH_SEM;
-    loop_sem_wait(&c->w->shared->sem, &c->semw);
+    loop_sem_wait(&w->shared->sem, &c->semw);
+}
+
+static void on_egress(void *arg, int status, long long wait_ms, long long in_minute,
+                      long long in_hour)
+{
+    wc_corp *c = arg;
+    wecom *w = c->w;
+
+    (void)in_minute;
+    (void)in_hour;
+    if (!op_back(c))
+        return;
+    if (status == EGRESS_WAIT) {
+        w->stats.egress_waits++;
+        corp_timer(c, PH_EGRESS_WAIT, (uint64_t)(wait_ms > 0 ? wait_ms : 1));
+        return;
+    }
+    /* Like the shared window: without Redis the caps cannot be counted, and the
+     * sync goes on under its per-enterprise pacing rather than stop. */
+    if (status < 0 && !w->egress_warned) {
+        log_warn("wecom: egress caps unavailable, calls not counted against them",
+                 LF_I("err", status));
+        w->egress_warned = 1;
+    }
+    c->phase = PH_SEM;
+    loop_sem_wait(&w->shared->sem, &c->semw);
 }
 
 static void admit(wc_corp *c)
@@ -1495,6 +1539,20 @@ wecom *wecom_new(uv_loop_t *loop, http_client *http, redis_client *redis, const 
         free(w);
         return NULL;
     }
+    if (opts->egress_id && *opts->egress_id) {
+        w->egress = egress_cap_new(
+            redis, opts->egress_id,
+            opts->egress_per_min > 0 ? opts->egress_per_min : EGRESS_UPSTREAM_PER_MIN,
+            opts->egress_per_hour > 0 ? opts->egress_per_hour : EGRESS_UPSTREAM_PER_HOUR);
+        if (!w->egress) {
+            shared_put(w->shared);
+            free(w->base_url);
+            free(w->env);
+            free(w->instance);
+            free(w);
+            return NULL;
+        }
+    }
     w->rng = backoff_seed();
     w->member_salt = backoff_rand(&w->rng);
     uv_timer_init(loop, &w->closer);
@@ -1582,6 +1640,13 @@ void wecom_close(wecom *w, void (*done)(void *arg), void *arg)
         answered(c); /* an admitted call that will not be sent frees its place */
         w->pending++;
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    }
+    /* Admissions still asked of the egress caps come back now, cancelled (each
+     * holds a corp whose timer close is still pending, so w outlives them). */
+    if (w->egress) {
+        egress_cap *e = w->egress;
+        w->egress = NULL;
+        egress_cap_free(e);
     }
     /* The closer handle guarantees w outlives this call even with nothing pending. */
     w->pending++;

@@ -124,6 +124,11 @@ typedef struct wecom_opts {
     uint32_t ban_pause_ms;                    /* first pause after 45009/45033; 0 = 1000 */
     uint32_t ban_pause_cap_ms;                /* 0 = 60000 */
     int ban_retries;                          /* pauses before giving up; 0 = 5 */
+    /* The per-egress caps (common/egress_cap.h): calls leaving from this egress
+     * id, counted in Redis by every process and client that shares it. NULL or
+     * "": none. 0 caps: the upstream's limits (20,000/min, 600,000/h). */
+    const char *egress_id;
+    int egress_per_min, egress_per_hour;
     /* Called before every upstream call; 0 refuses it (WECOM_E_STOPPED). NULL = always. */
     int (*gate)(void *arg);
     void *gate_arg;
@@ -179,6 +184,7 @@ typedef struct wecom_stats {
      * the ones whose window held only this client's calls (held by its own
      * pacing, see wecom.c's admit_script). */
     unsigned long shared_booked, shared_booked_own;
+    unsigned long egress_waits; /* calls the egress caps held back */
 } wecom_stats;
 void wecom_get_stats(const wecom *w, wecom_stats *out);
 
