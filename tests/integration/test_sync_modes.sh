@@ -105,6 +105,7 @@ eq "renames still applied" "$(org_users | cut -d'|' -f1,2 | md5sum)" "$(pg_users
 check "the missing fields are recorded" grep -q "mobile,email" <<<"$(sql "SELECT array_to_string(fields_missing, ',') FROM enterprises")"
 check "enterprise list shows them" grep -q "mobile,email" <<<"$("$ORGSYNC_BIN" enterprise list)"
 check "the run JSON shows them" grep -q '"fields_missing":\["mobile","email"' <<<"$("$ORGSYNC_BIN" status --json)"
+check "orgsync status shows them" grep -q "$C: legacy API, fields not provided: mobile,email" <<<"$("$ORGSYNC_BIN" status)"
 
 # ---- 5. a visible range: the roster still covers everyone, deletions exact
 policy '{"reset": true}'

@@ -56,6 +56,29 @@ static void print_run(json_object *run)
                jstr_or(e, "requests", "0"), jstr_or(e, "retries", "0"), jstr_or(e, "errors", "0"),
                jstr_or(e, "eta_seconds", "-"), jstr_or(e, "last_error", ""));
     }
+    /* How each enterprise reads the upstream, and what its credential leaves out
+     * (mobile lookups cover only members whose mobile is known). */
+    for (size_t i = 0; i < json_object_array_length(ents); i++) {
+        json_object *e = json_object_array_get_idx(ents, i), *fm;
+        const char *mode = jstr(e, "api_mode");
+        if (!mode)
+            continue;
+        printf("  %s: %s API", jstr_or(e, "corp_id", "?"), mode);
+        if (!strcmp(mode, "modern"))
+            printf(", roster %s memberships%s", jstr_or(e, "roster_members", "0"),
+                   json_object_get_boolean(json_object_object_get(e, "roster_done")) ? ""
+                                                                                     : " so far");
+        if (json_object_object_get_ex(e, "fields_missing", &fm) &&
+            json_object_is_type(fm, json_type_array) && json_object_array_length(fm) > 0) {
+            printf(", fields not provided:");
+            for (size_t k = 0; k < json_object_array_length(fm); k++)
+                printf("%s%s", k ? "," : " ",
+                       json_object_get_string(json_object_array_get_idx(fm, k)));
+        }
+        if (jstr(e, "api_mode_reason"))
+            printf(" (%s)", jstr(e, "api_mode_reason"));
+        printf("\n");
+    }
 }
 
 static int print_recent(PGconn *c, const settings *s)
