@@ -7,7 +7,7 @@
 #   MODE=modern tests/bench/sync/run.sh           # the API as it is today: a new egress (48009
 #                                                 # to the contact-sync secret on the legacy calls),
 #                                                 # department/simplelist + user/list_id + user/list
-#   IP_PER_MIN=1200 CORPS=40 tests/bench/sync/run.sh   # wide: the per-IP limit (simulator and
+#   MODE=modern IP_PER_MIN=250 CORPS=40 DEPTS=10 USERS=20 tests/bench/sync/run.sh  # wide: the per-IP limit (simulator and
 #                                                 # ORGSYNC_EGRESS_MAX_PER_MIN) is the floor
 #
 # Builds Release binaries (no sanitizers) in BUILD_DIR (default build-bench)
@@ -161,8 +161,9 @@ sync_once() {
                    max1s: .max_1s, viol: .violations}] as $c |
       ($c | map(.n) | max) as $maxreq |
       # the floor: the slowest enterprise at its rate, or every call through one
-      # egress at the per-IP minute limit, whichever is longer
-      (.total.requests / (($ipmin | tonumber) / 60)) as $ipfloor |
+      # egress under the per-IP minute limit L, whichever is longer: call i (from
+      # 0) cannot go before 60 * floor(i / L) s, so N calls need 60 * floor((N-1) / L)
+      (60 * (((.total.requests - 1) / ($ipmin | tonumber)) | floor)) as $ipfloor |
       ([$maxreq / $rate, $ipfloor] | max) as $floor |
       ($c | map(select(.span > 0) | (.n - 1) / .span) | sort) as $rps |
       "== results",
