@@ -482,6 +482,15 @@ static int check_fenced(ds_job *j, PGresult *res)
     return 0;
 }
 
+/* $1..$4 of every fenced statement (coordinator/fence.h): env, job, token, run. */
+static void fence_params(const ds_job *j, const char **p)
+{
+    p[0] = j->run->env;
+    p[1] = j->run->job;
+    p[2] = j->token;
+    p[3] = j->run_id;
+}
+
 static void fmt_ll(char *out, size_t n, long long v)
 {
     snprintf(out, n, "%lld", v);
@@ -721,10 +730,7 @@ static void write_issue(ds_write *w)
             rc = -ENOMEM;
     }
     if (!rc) {
-        p[0] = j->run->env;
-        p[1] = j->run->job;
-        p[2] = j->token;
-        p[3] = j->run_id;
+        fence_params(j, p);
         p[4] = wp.b[0].data;
         p[5] = wp.b[1].data;
         p[6] = wp.b[2].data;
@@ -1201,10 +1207,7 @@ static void departments_write(ds_corp *c, const char *body)
     }
     fmt_ll(total, sizeof(total), c->ndepts);
     take_counters(c, req, ret, errs);
-    p[0] = j->run->env;
-    p[1] = j->run->job;
-    p[2] = j->token;
-    p[3] = j->run_id;
+    fence_params(j, p);
     p[4] = c->corp_id;
     p[5] = body;
     p[6] = total;
@@ -1276,10 +1279,7 @@ static void on_roster(void *arg, const wecom_result *res)
     c->roster_rows = rows;
     fmt_ll(page, sizeof(page), c->roster_pages);
     take_counters(c, req, ret, errs);
-    p[0] = j->run->env;
-    p[1] = j->run->job;
-    p[2] = j->token;
-    p[3] = j->run_id;
+    fence_params(j, p);
     p[4] = c->corp_id;
     p[5] = page;
     p[6] = uids;
@@ -1423,10 +1423,7 @@ static void corp_final_write(ds_corp *c, int ok, const char *why)
     c->fresh = 0; /* no member is written after this */
     uid_set_free(&c->written);
     take_counters(c, req, ret, errs);
-    p[0] = j->run->env;
-    p[1] = j->run->job;
-    p[2] = j->token;
-    p[3] = j->run_id;
+    fence_params(j, p);
     p[4] = c->corp_id;
     if (ok) {
         p[5] = req;
@@ -1726,10 +1723,7 @@ static void on_enterprises(void *arg, PGresult *res, const char *err)
         job_stop(j, "out of memory");
         return;
     }
-    p[0] = j->run->env;
-    p[1] = j->run->job;
-    p[2] = j->token;
-    p[3] = j->run_id;
+    fence_params(j, p);
     p[4] = lit;
     if (!lease_ok(j)) {
         free(lit);

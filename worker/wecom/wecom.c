@@ -1345,6 +1345,15 @@ int wecom_user_list_text_as(wecom *w, const char *corp_id, wecom_cred cred, long
                    query_printf("department_id=%lld", dept_id), NULL, 1, cb, arg);
 }
 
+/* The JSON body a writer put in b, handed over (b is left empty); NULL on out
+ * of memory. */
+static char *post_body(buf *b)
+{
+    char *post = b->oom ? NULL : buf_detach(b, NULL);
+    buf_free(b);
+    return post;
+}
+
 int wecom_user_list_id(wecom *w, const char *corp_id, wecom_cred cred, const char *cursor,
                        int limit, wecom_cb cb, void *arg)
 {
@@ -1361,12 +1370,7 @@ int wecom_user_list_id(wecom *w, const char *corp_id, wecom_cred cred, const cha
         jw_kstr(&j, "cursor", cursor);
     jw_kint(&j, "limit", limit);
     jw_obj_end(&j);
-    if (b.oom) {
-        buf_free(&b);
-        return -ENOMEM;
-    }
-    post = buf_detach(&b, NULL);
-    if (!post)
+    if (!(post = post_body(&b)))
         return -ENOMEM;
     return enqueue(w, corp_id, WECOM_API_USER_LIST_ID, cred, xstrdup(""), post, 0, cb, arg);
 }
@@ -1394,12 +1398,7 @@ int wecom_getuserid(wecom *w, const char *corp_id, const char *mobile, wecom_cb 
     jw_obj_begin(&j);
     jw_kstr(&j, "mobile", mobile);
     jw_obj_end(&j);
-    if (b.oom) {
-        buf_free(&b);
-        return -ENOMEM;
-    }
-    post = buf_detach(&b, NULL);
-    if (!post)
+    if (!(post = post_body(&b)))
         return -ENOMEM;
     return enqueue(w, corp_id, WECOM_API_GETUSERID, WECOM_CRED_APP, xstrdup(""), post, 0, cb, arg);
 }
