@@ -898,7 +898,7 @@ static void on_written(void *arg, PGresult *res, const char *err)
 
 /* ---- what no retry fixes ------------------------------------------------------------ */
 
-/* A forbidden errcode (sync_forbidden.h): the enterprise stops fetching and fails
+/* A forbidden errcode (sync_modern.h): the enterprise stops fetching and fails
  * with what to do about it, once, with an alert of its own kind. */
 static void corp_forbidden(ds_corp *c, const char *api, wecom_cred cred, const wecom_result *res)
 {
