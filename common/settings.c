@@ -45,6 +45,7 @@ const char *const settings_names[] = {"ORGSYNC_ENV",
                                       "ORGSYNC_EGRESS_MAX_PER_HOUR",
                                       "ORGSYNC_UPSTREAM_BIND",
                                       "ORGSYNC_EGRESS_REFUSED_TTL",
+                                      "ORGSYNC_DRAIN_MS",
                                       NULL};
 
 #define MAX_FILE_ENTRIES 64
@@ -361,6 +362,12 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
         if (parse_long(v, 1000, 600000, &n))
             return bad(err, errlen, "ORGSYNC_LOCK_TTL_MS", "milliseconds from 1000 to 600000", v);
         s->lock_ttl_ms = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_DRAIN_MS"))) {
+        if (parse_long(v, 0, 15000, &n))
+            return bad(err, errlen, "ORGSYNC_DRAIN_MS", "milliseconds from 0 to 15000", v);
+        s->drain_ms = (int)n;
     }
 
     if ((v = lookup(src, "ORGSYNC_DEPT_RATE"))) {

@@ -27,6 +27,7 @@ typedef struct settings {
     char cron[128];               /* ORGSYNC_CRON */
     char tz[64];                  /* ORGSYNC_TZ */
     int lock_ttl_ms;              /* ORGSYNC_LOCK_TTL_MS */
+    int drain_ms;                 /* ORGSYNC_DRAIN_MS: serve's drain window after SIGTERM */
     double dept_rate;             /* ORGSYNC_DEPT_RATE */
     int upstream_max_inflight;    /* ORGSYNC_UPSTREAM_MAX_INFLIGHT */
     char upstream_url[512];       /* ORGSYNC_UPSTREAM_URL, no trailing slash */

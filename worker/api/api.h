@@ -53,6 +53,10 @@ typedef struct api_deps {
     /* 1: write endpoints are refused with 403 (ORGSYNC_READ_ONLY on, or auto and
      * the role cannot write). */
     int read_only;
+    /* NULL: never draining. Else, while *draining is nonzero (the worker got
+     * SIGTERM and is about to stop), GET /readyz answers 503 "draining" without
+     * probing anything, so that a load balancer stops sending to this worker. */
+    const int *draining;
     /* Progress cache lifetime; 0 means 250 ms, negative disables caching (tests). */
     int cache_ms;
 } api_deps;

@@ -22,7 +22,11 @@ static void on_healthz(http_req *req, void *arg)
     http_reply_json(req, 200, "{\"status\":\"ok\"}");
 }
 
-/* ---- /readyz: both checks run at once; the answer waits for both ---- */
+/* ---- /readyz: both checks run at once; the answer waits for both ----
+ *
+ * Ready means this worker can answer reads, which need PostgreSQL only: Redis
+ * down is reported (the "redis" field, "degraded") but not fatal. 503 when
+ * PostgreSQL does not answer, and while the worker drains before it stops. */
 
 typedef struct ready_op {
     api *a;
@@ -38,19 +42,16 @@ static void ready_finish(ready_op *op)
     if (api_unref(op->a)) {
         buf b;
         jw w;
-        int ok = !strcmp(op->pg, "ok") && !strcmp(op->redis, "ok");
+        int pg_ok = !strcmp(op->pg, "ok"), redis_ok = !strcmp(op->redis, "ok");
         char msg[300];
         buf_init(&b);
         jw_init(&w, &b);
         jw_obj_begin(&w);
-        if (ok) {
+        if (pg_ok) {
             jw_kstr(&w, "status", "ready");
         } else {
-            snprintf(msg, sizeof msg, "%s%s%s%s%s", strcmp(op->pg, "ok") ? "postgres: " : "",
-                     strcmp(op->pg, "ok") ? op->pg : "",
-                     strcmp(op->pg, "ok") && strcmp(op->redis, "ok") ? "; " : "",
-                     strcmp(op->redis, "ok") ? "redis: " : "",
-                     strcmp(op->redis, "ok") ? op->redis : "");
+            snprintf(msg, sizeof msg, "postgres: %s%s%s", op->pg,
+                     redis_ok ? "" : "; redis: ", redis_ok ? "" : op->redis);
             jw_key(&w, "error");
             jw_obj_begin(&w);
             jw_kstr(&w, "code", "dependency_down");
@@ -59,11 +60,15 @@ static void ready_finish(ready_op *op)
         }
         jw_kstr(&w, "postgres", op->pg);
         jw_kstr(&w, "redis", op->redis);
+        /* reads are served, but what needs Redis (the leader lock and lookup,
+         * the realtime lookup's shared caches) is not */
+        jw_kbool(&w, "degraded", !redis_ok);
+        jw_kbool(&w, "draining", 0);
         jw_obj_end(&w);
         if (b.oom)
             http_reply_error(op->req, 503, "out_of_memory", "out of memory");
         else
-            http_reply(op->req, ok ? 200 : 503, "application/json", b.data, b.len);
+            http_reply(op->req, pg_ok ? 200 : 503, "application/json", b.data, b.len);
         buf_free(&b);
     }
     free(op);
@@ -92,7 +97,16 @@ static void on_ready_redis(void *arg, redisReply *reply, const char *err)
 static void on_readyz(http_req *req, void *arg)
 {
     api *a = arg;
-    ready_op *op = calloc(1, sizeof(*op));
+    ready_op *op;
+
+    if (a->d.draining && *a->d.draining) {
+        static const char body[] =
+            "{\"error\":{\"code\":\"draining\",\"message\":\"shutting down\"},"
+            "\"status\":\"draining\",\"draining\":true}";
+        http_reply(req, 503, "application/json", body, sizeof body - 1);
+        return;
+    }
+    op = calloc(1, sizeof(*op));
     if (!op) {
         http_reply_error(req, 503, "out_of_memory", "out of memory");
         return;

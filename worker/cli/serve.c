@@ -6,8 +6,11 @@
  *
  * A worker shuts down on SIGTERM/SIGINT in stages, each waiting for the last:
  * the scheduler (a leader stops its job, leaves the run resumable and releases
- * the lock), then the API, HTTP server, upstream client and alert sender, then
- * the HTTP client, Redis and PostgreSQL, then the loop ends.
+ * the lock) and, at the same time, the drain window (ORGSYNC_DRAIN_MS: the API
+ * keeps serving but GET /readyz answers 503, so that a load balancer stops
+ * sending here before the port closes), then the API, HTTP server, upstream
+ * client and alert sender, then the HTTP client, Redis and PostgreSQL, then the
+ * loop ends.
  *
  * Two diagnostic environment variables, outside the ORGSYNC_ settings because no
  * deployment should set them: ORGSYNC_FAIRNESS=off makes the scheduler race with
@@ -55,9 +58,12 @@ typedef struct worker {
     uv_signal_t sig_term, sig_int;
     uv_timer_t probe_timer;
     uv_timer_t api_timer;
+    uv_timer_t drain_timer;
     int api_up;
-    int stopping;
-    int waits; /* stage-2 closes still to come back */
+    int listening; /* the API serves on its port */
+    int stopping;  /* also the API's "draining": /readyz answers 503 from now on */
+    int stage1;    /* scheduler close and drain window still to end */
+    int waits;     /* stage-2 closes still to come back */
     int exit_code;
     int fair, grace_ms;
 } worker;
@@ -147,7 +153,8 @@ static void bring_up_api(worker *w)
                                   .wecom = w->wc,
                                   .leader_local = leader_local,
                                   .leader_local_arg = w,
-                                  .read_only = gate_read_only(&w->g) == GATE_YES},
+                                  .read_only = gate_read_only(&w->g) == GATE_YES,
+                                  .draining = &w->stopping},
                       &w->api);
     if (rc == 0)
         rc = page_register(w->srv);
@@ -161,6 +168,7 @@ static void bring_up_api(worker *w)
         begin_shutdown(w, "cannot listen");
         return;
     }
+    w->listening = 1;
     log_info("serve: worker serving", LF_S("addr", w->st.http_addr),
              LF_I("port", http_server_port(w->srv, 0)), LF_S("env", w->st.env),
              LF_I("read_only", gate_read_only(&w->g)));
@@ -237,6 +245,7 @@ static void final_close(worker *w)
     signal(SIGINT, SIG_IGN);
     uv_close((uv_handle_t *)&w->probe_timer, NULL);
     uv_close((uv_handle_t *)&w->api_timer, NULL);
+    uv_close((uv_handle_t *)&w->drain_timer, NULL);
 }
 
 static void on_stage2_closed(void *arg)
@@ -267,12 +276,26 @@ static void close_services(worker *w)
     on_stage2_closed(w);
 }
 
+static void stage1_done(worker *w)
+{
+    if (--w->stage1 == 0)
+        close_services(w);
+}
+
 static void on_sched_closed(void *arg)
 {
     worker *w = arg;
 
     w->sched = NULL;
-    close_services(w);
+    stage1_done(w);
+}
+
+static void on_drain_timer(uv_timer_t *t)
+{
+    worker *w = t->data;
+
+    log_info("serve: drain window over; closing the API");
+    stage1_done(w);
 }
 
 static void begin_shutdown(worker *w, const char *why)
@@ -283,10 +306,17 @@ static void begin_shutdown(worker *w, const char *why)
     log_info("serve: worker shutting down", LF_S("why", why));
     uv_timer_stop(&w->probe_timer);
     uv_timer_stop(&w->api_timer);
+    w->stage1 = 1;
+    if (w->listening && w->st.drain_ms > 0) {
+        w->stage1++;
+        log_info("serve: draining: /readyz answers 503, the API serves until the window ends",
+                 LF_I("drain_ms", w->st.drain_ms));
+        uv_timer_start(&w->drain_timer, on_drain_timer, (uint64_t)w->st.drain_ms, 0);
+    }
     if (w->sched)
         schedule_close(w->sched, on_sched_closed, w);
     else
-        close_services(w);
+        stage1_done(w);
 }
 
 /* ---- the worker process ----------------------------------------------- */
@@ -373,7 +403,9 @@ static int worker_run(void *arg, int id)
     uv_signal_init(&w->loop, &w->sig_int);
     uv_timer_init(&w->loop, &w->probe_timer);
     uv_timer_init(&w->loop, &w->api_timer);
+    uv_timer_init(&w->loop, &w->drain_timer);
     w->sig_term.data = w->sig_int.data = w->probe_timer.data = w->api_timer.data = w;
+    w->drain_timer.data = w;
     uv_signal_start(&w->sig_term, on_signal, SIGTERM);
     uv_signal_start(&w->sig_int, on_signal, SIGINT);
     if (open_clients(w) != 0) {
