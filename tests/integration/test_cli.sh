@@ -34,6 +34,68 @@ check "serve: the message names ORGSYNC_DEPT_RATE" grep -q "^orgsync: ORGSYNC_DE
 eq "serve: nothing connected anywhere" 0 "$(grep -c 'connect(' "$ORGSYNC_TEST_TMP/strace.serve.$$" || true)"
 eq "serve: no worker forked" 0 "$(grep -cE '(clone|fork)\(' "$ORGSYNC_TEST_TMP/strace.serve.$$" || true)"
 
+# --help for every command: usage on stdout, exit 0, before the settings are read
+# (a bad setting does not matter) and before anything connects or forks.
+declare -A FLAGS=(
+    [serve]="ORGSYNC_DRAIN_MS"
+    [status]="--run --json"
+    [sync]="--corp --no-wait"
+    [migrate]=""
+    [enterprise]="add set list disable enable --corp-id --secret-env --contact-secret-env --no-contact-secret --api-mode --name"
+    [version]="--version"
+)
+for c in serve status sync migrate enterprise version; do
+    for h in --help -h; do
+        set +e
+        out=$(ASAN_OPTIONS=detect_leaks=0 ORGSYNC_DEPT_RATE=abc strace -f -qq -e trace=connect,clone,fork,vfork \
+            -o "$ORGSYNC_TEST_TMP/strace.help.$$" "$ORGSYNC_BIN" "$c" "$h" 2>"$ORGSYNC_TEST_TMP/help.err.$$")
+        rc=$?
+        set -e
+        eq "$c $h exits 0" 0 "$rc"
+        check "$c $h prints its usage on stdout" grep -q "^usage: orgsync .*$c" <<<"$out"
+        eq "$c $h: nothing on stderr" "" "$(cat "$ORGSYNC_TEST_TMP/help.err.$$")"
+        eq "$c $h: nothing connected, no fork" 0 "$(grep -cE 'connect\(|(clone|fork)\(' "$ORGSYNC_TEST_TMP/strace.help.$$" || true)"
+    done
+    for f in ${FLAGS[$c]}; do
+        check "$c --help mentions $f" grep -q -- "$f" <<<"$out"
+    done
+    eq "orgsync help $c is $c --help" "$out" "$("$ORGSYNC_BIN" help "$c")"
+done
+out=$("$ORGSYNC_BIN" enterprise add --corp-id x --help)
+check "--help after other arguments still prints usage" grep -q "^usage: orgsync .*enterprise" <<<"$out"
+for h in --help -h help; do
+    out=$(ORGSYNC_DEPT_RATE=abc "$ORGSYNC_BIN" "$h" 2>&1)
+    eq "orgsync $h exits 0" 0 $?
+    for c in serve migrate sync status enterprise version; do
+        check "orgsync $h lists $c" grep -q "^  $c " <<<"$out"
+    done
+done
+eq "orgsync --version prints what version prints" "$("$ORGSYNC_BIN" version)" "$(ORGSYNC_DEPT_RATE=abc "$ORGSYNC_BIN" --version)"
+
+# Unknown flags: exit 2, one line on stderr naming the flag, nothing on stdout.
+usage_err() { # DESCRIPTION FLAG ARGS...: exits 2, names FLAG in one line on stderr
+    local d=$1 flag=$2 rc
+    shift 2
+    set +e
+    "$ORGSYNC_BIN" "$@" >"$ORGSYNC_TEST_TMP/ue.out.$$" 2>"$ORGSYNC_TEST_TMP/ue.err.$$"
+    rc=$?
+    set -e
+    eq "$d exits 2" 2 "$rc"
+    eq "$d: one line on stderr" 1 "$(wc -l <"$ORGSYNC_TEST_TMP/ue.err.$$")"
+    check "$d: names $flag" grep -q -- "$flag" "$ORGSYNC_TEST_TMP/ue.err.$$"
+    eq "$d: nothing on stdout" 0 "$(wc -c <"$ORGSYNC_TEST_TMP/ue.out.$$")"
+}
+usage_err "serve --frob" --frob serve --frob
+usage_err "status --frob" --frob status --frob
+usage_err "status --run x" --run status --run x
+usage_err "sync --frob" --frob sync --frob
+usage_err "migrate --frob" --frob migrate --frob
+usage_err "enterprise add --frob" --frob enterprise add --frob
+usage_err "version --frob" --frob version --frob
+usage_err "orgsync --frob" --frob --frob
+usage_err "orgsync --version --frob" --frob --version --frob
+usage_err "orgsync help frob" frob help frob
+
 set +e
 "$ORGSYNC_BIN" frobnicate >/dev/null 2>&1; eq "unknown command exits 2" 2 $?
 "$ORGSYNC_BIN" migrate --force >/dev/null 2>&1; eq "unknown flag exits 2" 2 $?

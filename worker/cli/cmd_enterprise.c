@@ -194,6 +194,28 @@ static int ent_list(const settings *s)
     return r ? 0 : 1;
 }
 
+void cmd_enterprise_usage(FILE *f)
+{
+    fprintf(
+        f,
+        "usage: orgsync [--config FILE] enterprise add --corp-id ID --secret-env VAR --name NAME\n"
+        "                    [--contact-secret-env VAR] [--api-mode auto|legacy|modern]\n"
+        "       orgsync enterprise set --corp-id ID [--secret-env VAR] [--name NAME]\n"
+        "                    [--contact-secret-env VAR | --no-contact-secret]\n"
+        "                    [--api-mode auto|legacy|modern]\n"
+        "       orgsync enterprise list\n"
+        "       orgsync enterprise disable|enable --corp-id ID\n\n"
+        "Manages the enterprises table. Secrets are read from the named environment\n"
+        "variables, never from the command line.\n\n"
+        "  --corp-id ID               the enterprise (1-64 of A-Z a-z 0-9 _ -)\n"
+        "  --secret-env VAR           variable holding the app secret\n"
+        "  --contact-secret-env VAR   variable holding the contact-sync secret\n"
+        "  --no-contact-secret        forget the contact-sync secret\n"
+        "  --api-mode MODE            auto (default), legacy or modern\n"
+        "  --name NAME                display name (1-200 characters)\n\n"
+        "Exit status: 0 done, 1 unknown enterprise or PostgreSQL failed, 2 usage error.\n");
+}
+
 int cmd_enterprise(const settings *s, int argc, char **argv)
 {
     ent_args a = {0};

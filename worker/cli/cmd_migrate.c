@@ -65,6 +65,15 @@ static int apply_one(PGconn *c, const migration *m)
     return 0;
 }
 
+void cmd_migrate_usage(FILE *f)
+{
+    fprintf(f, "usage: orgsync [--config FILE] migrate\n\n"
+               "Applies the compiled-in sql/ migrations to ORGSYNC_PG_DSN in order, each in its\n"
+               "own transaction, recording them in schema_migrations; a second run changes\n"
+               "nothing. Refuses a database newer than this binary. Takes no options.\n\n"
+               "Exit status: 0 up to date, 1 failed, 2 usage error.\n");
+}
+
 int cmd_migrate(const settings *s, int argc, char **argv)
 {
     PGconn *c;
@@ -109,6 +118,12 @@ int cmd_migrate(const settings *s, int argc, char **argv)
 done:
     PQfinish(c); /* ends the session, which releases the advisory lock */
     return rc;
+}
+
+void cmd_version_usage(FILE *f)
+{
+    fprintf(f, "usage: orgsync version    (or orgsync --version)\n\n"
+               "Prints the version and the schema version it needs. Takes no options.\n");
 }
 
 int cmd_version(const settings *s, int argc, char **argv)

@@ -103,6 +103,17 @@ static int print_recent(PGconn *c, const settings *s)
     return 0;
 }
 
+void cmd_status_usage(FILE *f)
+{
+    fprintf(f, "usage: orgsync [--config FILE] status [--run ID] [--json]\n\n"
+               "Prints a run and its per-enterprise progress (percent, ETA, counts, last\n"
+               "error) from PostgreSQL (ORGSYNC_PG_DSN), in environment ORGSYNC_ENV.\n\n"
+               "  --run ID    that run (a positive integer); default: the latest run, followed\n"
+               "              by the 10 most recent runs\n"
+               "  --json      print exactly what GET /v1/runs/{run_id} answers\n\n"
+               "Exit status: 0 printed, 1 no such run or PostgreSQL failed, 2 usage error.\n");
+}
+
 int cmd_status(const settings *s, int argc, char **argv)
 {
     const char *run_arg = NULL;

@@ -97,9 +97,9 @@ typedef struct sync_cli {
 
 /* ---- arguments ---------------------------------------------------------------------- */
 
-static void usage(FILE *f)
+void cmd_sync_usage(FILE *f)
 {
-    fprintf(f, "usage: orgsync sync [--corp ID]... [--no-wait]\n\n"
+    fprintf(f, "usage: orgsync [--config FILE] sync [--corp ID]... [--no-wait]\n\n"
                "Runs one directory sync in the foreground under the leader lock: resumes an\n"
                "interrupted run if there is one, else starts a new one.\n\n"
                "  --corp ID    only this enterprise (repeatable); default: every enabled one\n"
@@ -112,7 +112,7 @@ static int parse_args(sync_cli *c, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
+            cmd_sync_usage(stdout);
             return 1;
         }
         if (!strcmp(a, "--no-wait")) {

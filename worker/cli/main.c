@@ -11,22 +11,40 @@
 typedef struct command {
     const char *name;
     int (*run)(const settings *s, int argc, char **argv);
+    void (*usage)(FILE *f);
     const char *help;
 } command;
 
 static const command commands[] = {
-    {"serve", cmd_serve, "the per-host daemon: supervisor, workers, API, scheduler"},
-    {"migrate", cmd_migrate, "apply sql/ migrations in order, idempotently"},
-    {"sync", cmd_sync, "one directory sync in the foreground, with live progress"},
-    {"status", cmd_status, "runs and per-enterprise progress from PostgreSQL"},
-    {"enterprise", cmd_enterprise, "add|list|disable|enable enterprises"},
-    {"version", cmd_version, "print the version and the schema version it needs"},
-    {NULL, NULL, NULL},
+    {"serve", cmd_serve, cmd_serve_usage,
+     "the per-host daemon: supervisor, workers, API, scheduler"},
+    {"migrate", cmd_migrate, cmd_migrate_usage, "apply sql/ migrations in order, idempotently"},
+    {"sync", cmd_sync, cmd_sync_usage, "one directory sync in the foreground, with live progress"},
+    {"status", cmd_status, cmd_status_usage, "runs and per-enterprise progress from PostgreSQL"},
+    {"enterprise", cmd_enterprise, cmd_enterprise_usage, "add|set|list|disable|enable enterprises"},
+    {"version", cmd_version, cmd_version_usage,
+     "print the version and the schema version it needs"},
+    {NULL, NULL, NULL, NULL},
 };
+
+static const command *find_command(const char *name)
+{
+    for (const command *c = commands; c->name; c++)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
+static int is_help(const char *a)
+{
+    return !strcmp(a, "--help") || !strcmp(a, "-h");
+}
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: orgsync [--config FILE] <command> [options]\n\ncommands:\n");
+    fprintf(f, "usage: orgsync [--config FILE] <command> [options]\n"
+               "       orgsync <command> --help | orgsync help [<command>] | orgsync --version\n\n"
+               "commands:\n");
     for (const command *c = commands; c->name; c++)
         fprintf(f, "  %-11s %s\n", c->name, c->help);
     fprintf(f, "\nsettings come from ORGSYNC_* environment variables (see docs/CONFIGURATION.md);\n"
@@ -71,16 +89,40 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
-    if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    /* Help and --version come before the settings are read: they work whatever
+     * the environment holds, and connect nowhere. */
+    if (!strcmp(argv[1], "help") || is_help(argv[1])) {
+        if (argc > 2 && !strcmp(argv[1], "help")) {
+            if (!(cmd = find_command(argv[2]))) {
+                fprintf(stderr, "orgsync help: unknown command '%s' (try orgsync --help)\n",
+                        argv[2]);
+                return EXIT_USAGE;
+            }
+            cmd->usage(stdout);
+            return 0;
+        }
         usage(stdout);
         return 0;
     }
-    for (const command *c = commands; c->name; c++)
-        if (strcmp(c->name, argv[1]) == 0)
-            cmd = c;
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+        if (argc > 2) {
+            fprintf(stderr, "orgsync: --version: unexpected argument '%s'\n", argv[2]);
+            return EXIT_USAGE;
+        }
+        return cmd_version(NULL, 1, argv + 1);
+    }
+    cmd = find_command(argv[1]);
     if (!cmd) {
-        fprintf(stderr, "orgsync: unknown command '%s' (try orgsync --help)\n", argv[1]);
+        fprintf(stderr, "orgsync: unknown %s '%s' (try orgsync --help)\n",
+                argv[1][0] == '-' ? "option" : "command", argv[1]);
         return EXIT_USAGE;
+    }
+    /* CMD --help (or -h) anywhere among its arguments */
+    for (i = 2; i < argc; i++) {
+        if (is_help(argv[i])) {
+            cmd->usage(stdout);
+            return 0;
+        }
     }
     if (settings_load(&s, config, err, sizeof(err))) {
         fprintf(stderr, "orgsync: %s\n", err);

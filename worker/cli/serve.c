@@ -432,6 +432,20 @@ static int worker_run(void *arg, int id)
     return rc;
 }
 
+void cmd_serve_usage(FILE *f)
+{
+    fprintf(f, "usage: orgsync [--config FILE] serve\n\n"
+               "The per-host daemon: a supervisor that runs ORGSYNC_WORKERS worker processes,\n"
+               "each serving the HTTP API on ORGSYNC_HTTP_ADDR and, when ORGSYNC_SCHEDULE=on,\n"
+               "competing for the leader lock to run the scheduled sync. Takes no options:\n"
+               "settings come from ORGSYNC_* variables (docs/CONFIGURATION.md).\n\n"
+               "SIGTERM or SIGINT stops it gracefully: GET /readyz answers 503 at once, the\n"
+               "API keeps serving for ORGSYNC_DRAIN_MS, a leader leaves its run resumable\n"
+               "and releases the lock.\n\n"
+               "Exit status: 0 stopped cleanly, 1 runtime failure, 2 usage or configuration\n"
+               "error.\n");
+}
+
 int cmd_serve(const settings *s, int argc, char **argv)
 {
     if (argc > 1)
