@@ -79,9 +79,13 @@ static void test_egress_id_default(void **state)
  * environment clears one from the file. */
 static void test_egress_settings(void **state)
 {
-    const char *env[] = {"ORGSYNC_EGRESS_ID=203.0.113.7", "ORGSYNC_EGRESS_MAX_PER_MIN=20000",
-                         "ORGSYNC_EGRESS_MAX_PER_HOUR=1", "ORGSYNC_UPSTREAM_BIND=2001:db8::5",
-                         "ORGSYNC_EGRESS_REFUSED_TTL=90", NULL};
+    const char *env[] = {"ORGSYNC_EGRESS_ID=203.0.113.7",
+                         "ORGSYNC_EGRESS_MAX_PER_MIN=20000",
+                         "ORGSYNC_EGRESS_MAX_PER_HOUR=1",
+                         "ORGSYNC_UPSTREAM_BIND=2001:db8::5",
+                         "ORGSYNC_EGRESS_REFUSED_TTL=90",
+                         "ORGSYNC_DRAIN_MS=15000",
+                         NULL};
     const char *env2[] = {"ORGSYNC_EGRESS_ID=2001:db8::5", "ORGSYNC_EGRESS_MAX_PER_MIN=1",
                           "ORGSYNC_EGRESS_MAX_PER_HOUR=600000", "ORGSYNC_UPSTREAM_BIND=", NULL};
     char *path = write_tmp("ORGSYNC_UPSTREAM_BIND=127.0.0.2\n"
@@ -95,8 +99,10 @@ static void test_egress_settings(void **state)
     assert_int_equal(s.egress_max_per_hour, 1);
     assert_string_equal(s.upstream_bind, "2001:db8::5");
     assert_int_equal(s.egress_refused_ttl_s, 90);
+    assert_int_equal(s.drain_ms, 15000);
     assert_int_equal(load(&s, path, NULL, err), 0);
     assert_int_equal(s.egress_refused_ttl_s, 3600); /* the default */
+    assert_int_equal(s.drain_ms, 0);                /* the default */
     assert_string_equal(s.upstream_bind, "127.0.0.2");
     assert_string_equal(s.egress_id, "from-file_1");
     assert_int_equal(load(&s, path, env2, err), 0);
@@ -205,6 +211,9 @@ static void test_bad_values(void **state)
         {"ORGSYNC_EGRESS_REFUSED_TTL=0", "ORGSYNC_EGRESS_REFUSED_TTL"},
         {"ORGSYNC_EGRESS_REFUSED_TTL=604801", "ORGSYNC_EGRESS_REFUSED_TTL"},
         {"ORGSYNC_EGRESS_REFUSED_TTL=1h", "ORGSYNC_EGRESS_REFUSED_TTL"},
+        {"ORGSYNC_DRAIN_MS=-1", "ORGSYNC_DRAIN_MS"},
+        {"ORGSYNC_DRAIN_MS=15001", "ORGSYNC_DRAIN_MS"},
+        {"ORGSYNC_DRAIN_MS=2s", "ORGSYNC_DRAIN_MS"},
         {"ORGSYNC_UPSTREAM_BIND=localhost", "ORGSYNC_UPSTREAM_BIND"},
         {"ORGSYNC_UPSTREAM_BIND=eth0", "ORGSYNC_UPSTREAM_BIND"},
         {"ORGSYNC_UPSTREAM_BIND=127.0.0.1:80", "ORGSYNC_UPSTREAM_BIND"},
