@@ -438,12 +438,12 @@ static int group_setup(void **state)
     sim_start();
     worker_start(&g_w, g_dsn, redis_url);
     g_port = g_w.port;
-    /* wait until both clients are connected */
+    /* wait until both clients are connected (/readyz is 200 on PostgreSQL alone) */
     for (int i = 0; i < 200; i++) {
         resp r = get("/readyz");
-        int st = r.status;
+        int up = r.status == 200 && r.body && strstr(r.body, "\"redis\":\"ok\"");
         resp_free(&r);
-        if (st == 200)
+        if (up)
             break;
         usleep(20000);
     }
@@ -476,6 +476,7 @@ static void test_health(void **state)
     r = get("/readyz");
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.body, "\"postgres\":\"ok\""));
+    assert_non_null(strstr(r.body, "\"degraded\":false,\"draining\":false"));
     resp_free(&r);
     expect_status("GET", "/v1/runs/abc", NULL, NULL, 400); /* something to count */
     r = get("/metrics");
