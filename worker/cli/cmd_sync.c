@@ -111,10 +111,6 @@ static int parse_args(sync_cli *c, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            cmd_sync_usage(stdout);
-            return 1;
-        }
         if (!strcmp(a, "--no-wait")) {
             c->no_wait = 1;
             continue;
@@ -719,9 +715,9 @@ int cmd_sync(const settings *s, int argc, char **argv)
     memset(&c, 0, sizeof(c));
     c.s = s;
     c.corps = corps;
-    rc = parse_args(&c, argc, argv);
+    rc = parse_args(&c, argc, argv); /* --help: main.c answers it before this */
     if (rc)
-        return rc == 1 ? 0 : rc;
+        return rc;
     c.tty = isatty(STDOUT_FILENO);
     /* Info lines would scroll the live display away; warnings still show. */
     if (c.tty && isatty(STDERR_FILENO) && !getenv("ORGSYNC_LOG_LEVEL") && s->log_level < LOG_WARN)
