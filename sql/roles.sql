@@ -40,6 +40,10 @@ BEGIN
     IF to_regclass('sync_roster') IS NOT NULL THEN
         GRANT SELECT ON sync_roster TO orgsync_reader;
     END IF;
+    -- schema 5 and later: the revision every progress answer carries
+    IF to_regclass('sync_revisions') IS NOT NULL THEN
+        GRANT SELECT ON sync_revisions TO orgsync_reader;
+    END IF;
 END
 $$;
 -- Column privileges: the reader may see which enterprises exist and how they

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -336,7 +337,8 @@ static void worker_main(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
-static void worker_start(worker *w, const char *dsn, const char *redis_url)
+/* cache_ms as api_deps: 0 the default 250 ms. */
+static void worker_start_ms(worker *w, const char *dsn, const char *redis_url, int cache_ms)
 {
     char err[256];
     memset(w, 0, sizeof(*w));
@@ -361,13 +363,23 @@ static void worker_start(worker *w, const char *dsn, const char *redis_url)
     assert_non_null(w->wc);
     w->srv = http_server_new(&w->loop, &(http_server_opts){.idle_timeout_ms = 1000});
     assert_non_null(w->srv);
-    api_deps d = {.loop = &w->loop, .settings = &w->s, .pg = w->pg, .redis = w->rc, .wecom = w->wc};
+    api_deps d = {.loop = &w->loop,
+                  .settings = &w->s,
+                  .pg = w->pg,
+                  .redis = w->rc,
+                  .wecom = w->wc,
+                  .cache_ms = cache_ms};
     assert_int_equal(api_register(w->srv, &d, &w->a), 0);
     assert_int_equal(http_server_listen(w->srv, "127.0.0.1:0", err, sizeof err), 0);
     w->port = http_server_port(w->srv, 0);
     uv_async_init(&w->loop, &w->stop, on_stop);
     w->stop.data = w;
     assert_int_equal(uv_thread_create(&w->th, worker_main, w), 0);
+}
+
+static void worker_start(worker *w, const char *dsn, const char *redis_url)
+{
+    worker_start_ms(w, dsn, redis_url, 0);
 }
 
 static void worker_stop(worker *w)
@@ -656,6 +668,195 @@ static void test_cache(void **state)
         polls++;
     }
     assert_true(polls > 20);
+}
+
+/* ---- revisions and ?min_revision= (docs/API.md "Caching") ---- */
+
+static long long revision_of(const char *body)
+{
+    json_object *o = parse(body);
+    long long v = json_object_get_int64(jget(o, "revision"));
+    json_object_put(o);
+    return v;
+}
+
+/* What sync_revisions holds for this test's environment: bumped once by every
+ * statement that writes its runs or progress (sql/005). */
+static long long env_revision(void)
+{
+    char q[256];
+    snprintf(q, sizeof q,
+             "SELECT revision FROM sync_revisions WHERE env = '%s' AND job = 'directory-sync'",
+             g_env);
+    return sql_ll(q);
+}
+
+static long long json_ll_at(const char *body, const char *path)
+{
+    json_object *o = parse(body), *v = o;
+    char buf[128], *save = NULL;
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *k = strtok_r(buf, ".", &save); k; k = strtok_r(NULL, ".", &save))
+        v = isdigit((unsigned char)k[0]) ? json_object_array_get_idx(v, (size_t)atoi(k))
+                                         : jget(v, k);
+    long long r = json_object_get_int64(v);
+    json_object_put(o);
+    return r;
+}
+
+static void test_min_revision(void **state)
+{
+    (void)state;
+    static const char *routes[] = {"/v1/runs/2", "/v1/runs/latest", "/v1/runs?limit=5",
+                                   "/v1/enterprises/wwsim0002/progress"};
+    static const char *bad[] = {"abc",
+                                "-1",
+                                "1.5",
+                                "",
+                                "+1",
+                                "1e3",
+                                "0x10",
+                                "1%20",
+                                "9999999999999999999",
+                                "1%27%20OR%201%3D1--"};
+    char path[256];
+
+    /* A malformed min_revision is 400 on every progress route, before any query. */
+    for (size_t r = 0; r < sizeof routes / sizeof routes[0]; r++)
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            snprintf(path, sizeof path, "%s%smin_revision=%s", routes[r],
+                     strchr(routes[r], '?') ? "&" : "?", bad[i]);
+            expect_status("GET", path, NULL, NULL, 400);
+        }
+    resp x = get("/v1/runs/2?min_revision=x");
+    assert_non_null(strstr(x.body, "min_revision must be an integer"));
+    resp_free(&x);
+
+    /* Every answer carries the environment's revision; asking for the current
+     * one gets it from every route (nothing newer exists). */
+    long long rev = env_revision();
+    assert_true(rev > 1);
+    for (size_t r = 0; r < sizeof routes / sizeof routes[0]; r++) {
+        snprintf(path, sizeof path, "%s%smin_revision=%lld", routes[r],
+                 strchr(routes[r], '?') ? "&" : "?", rev);
+        x = get(path);
+        assert_int_equal(x.status, 200);
+        assert_int_equal(revision_of(x.body), rev);
+        if (r == 2) /* the list: each run too */
+            assert_int_equal(json_ll_at(x.body, "runs.0.revision"), rev);
+        resp_free(&x);
+    }
+}
+
+/* A worker whose cache keeps answers for 60 s (test_min_revision_fresh): what
+ * it answers without min_revision is its cached answer, whatever PostgreSQL
+ * holds now. Stopped by the teardown even when the test fails. */
+static worker g_w60;
+static int g_saved_port;
+
+static int long_cache_setup(void **state)
+{
+    (void)state;
+    worker_start_ms(&g_w60, g_dsn, need_env("ORGSYNC_TEST_REDIS_URL"), 60000);
+    g_saved_port = g_port;
+    g_port = g_w60.port;
+    for (int i = 0; i < 200; i++) {
+        resp h = get("/readyz");
+        int st = h.status;
+        resp_free(&h);
+        if (st == 200)
+            break;
+        usleep(20000);
+    }
+    return 0;
+}
+
+static int long_cache_teardown(void **state)
+{
+    (void)state;
+    g_port = g_saved_port;
+    worker_stop(&g_w60);
+    return 0;
+}
+
+static void test_min_revision_fresh(void **state)
+{
+    (void)state;
+    static const char *routes[] = {"/v1/runs/2", "/v1/runs/latest", "/v1/runs?limit=5",
+                                   "/v1/enterprises/wwsim0002/progress"};
+    char path[256];
+
+    for (size_t r = 0; r < sizeof routes / sizeof routes[0]; r++) {
+        const char *sep = strchr(routes[r], '?') ? "&" : "?";
+        resp a = get(routes[r]);
+        assert_int_equal(a.status, 200);
+        long long r0 = revision_of(a.body);
+        /* one statement, one revision */
+        long long users = sql_ll("UPDATE sync_progress SET users_upserted = users_upserted + 1 "
+                                 "WHERE run_id = 2 AND corp_id = 'wwsim0002' "
+                                 "RETURNING users_upserted");
+        long long r1 = env_revision();
+        assert_int_equal(r1, r0 + 1);
+
+        resp b = get(routes[r]); /* cached: the same bytes, the old revision */
+        assert_string_equal(b.body, a.body);
+
+        snprintf(path, sizeof path, "%s%smin_revision=%lld", routes[r], sep, r0);
+        resp c = get(path); /* the cached answer is good enough */
+        assert_string_equal(c.body, a.body);
+
+        snprintf(path, sizeof path, "%s%smin_revision=%lld", routes[r], sep, r1);
+        resp d = get(path); /* older than asked: a fresh answer */
+        assert_int_equal(d.status, 200);
+        assert_int_equal(revision_of(d.body), r1);
+        if (r == 3)
+            assert_int_equal(json_ll_at(d.body, "enterprise.users_upserted"), users);
+        else if (r != 2)
+            assert_int_equal(json_ll_at(d.body, "enterprises.1.users_upserted"), users);
+
+        resp e = get(routes[r]); /* and it replaced the cached one */
+        assert_string_equal(e.body, d.body);
+
+        /* A revision that does not exist yet: one fresh query, answered with
+         * what there is (never a wait for the future). */
+        snprintf(path, sizeof path, "%s%smin_revision=999999999999999999", routes[r], sep);
+        resp f = get(path);
+        assert_int_equal(f.status, 200);
+        assert_int_equal(revision_of(f.body), r1);
+        resp_free(&a);
+        resp_free(&b);
+        resp_free(&c);
+        resp_free(&d);
+        resp_free(&e);
+        resp_free(&f);
+    }
+
+    /* Many requests for a revision newer than the cached one at once: they
+     * share the fills (each waits for at most the one under way and the next),
+     * and every one is answered with the newest revision. */
+    sqlx("UPDATE sync_progress SET requests = requests + 1 WHERE run_id = 2");
+    long long r2 = env_revision();
+    enum { N = 24 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        /* half of them ask for a revision no fill can bring: each is answered
+         * by the first fill sent after it arrived */
+        snprintf(path, sizeof path,
+                 "GET /v1/runs/latest?min_revision=%lld HTTP/1.1\r\nHost: t\r\nConnection: "
+                 "close\r\n\r\n",
+                 i % 2 ? 999999999999999999LL : r2);
+        fds[i] = connect_to(g_port);
+        send_all(fds[i], path, strlen(path));
+    }
+    for (int i = 0; i < N; i++) {
+        resp z;
+        if (read_resp(fds[i], &z, 10000))
+            fail_msg("request %d not answered", i);
+        close(fds[i]);
+        assert_int_equal(z.status, 200);
+        assert_int_equal(revision_of(z.body), r2);
+        resp_free(&z);
+    }
 }
 
 static void test_users(void **state)
@@ -1024,6 +1225,9 @@ int main(void)
         cmocka_unit_test(test_run_errors),
         cmocka_unit_test(test_progress),
         cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_min_revision),
+        cmocka_unit_test_setup_teardown(test_min_revision_fresh, long_cache_setup,
+                                        long_cache_teardown),
         cmocka_unit_test(test_users),
         cmocka_unit_test(test_users_by_mobile),
         cmocka_unit_test(test_admin_auth),

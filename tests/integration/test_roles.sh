@@ -32,5 +32,12 @@ check "reader cannot write users" grep -q "permission denied" <<<"$(q "$R" "UPDA
 check "reader cannot create runs" grep -q "permission denied" <<<"$(q "$R" "INSERT INTO sync_runs (env, job, trigger, scheduled_for) VALUES ('t','j','cli',now())")"
 eq "reader has no INSERT on users (what READ_ONLY=auto checks)" f "$(q "$R" "SELECT has_table_privilege('users', 'INSERT')")"
 eq "writer has INSERT on users" t "$(q "$W" "SELECT has_table_privilege('users', 'INSERT')")"
+# The revision (sql/005): the reader reads it for the API; the writer bumps it
+# through the triggers, which need no privilege of its own on the table.
+eq "reader reads the revision" "t|1" "$(q "$R" "SELECT count(*) = 1, max(revision) FROM sync_revisions WHERE env = 't'")"
+check "reader cannot write the revision" grep -q "permission denied" <<<"$(q "$R" "UPDATE sync_revisions SET revision = 0")"
+psql -qAtX "$ADMIN" -c "REVOKE ALL ON sync_revisions FROM orgsync_writer" >/dev/null
+check "writer without privileges on sync_revisions still writes runs" q "$W" "UPDATE sync_runs SET heartbeat_at = now() WHERE env = 't'"
+eq "and bumps the revision" 2 "$(q "$R" "SELECT revision FROM sync_revisions WHERE env = 't'")"
 psql -qAtX "$ADMIN" -c "DROP OWNED BY orgsync_writer; DROP OWNED BY orgsync_reader" >/dev/null 2>&1 || true
 finish

@@ -2,7 +2,8 @@
 # Schema version 2 (sql/002): users and departments lose their foreign key to
 # enterprises, and a trigger keeps what the key guaranteed. Upgrading a version 1
 # database that holds data keeps the data; deleting or truncating enterprises
-# removes their rows; a corp_id with rows cannot change.
+# removes their rows; a corp_id with rows cannot change. The later migrations
+# apply on top of it: 005 starts each existing environment's revision at 1.
 . "$(dirname "$0")/../lib/testlib.sh"
 
 DSN=$(fresh_db)
@@ -18,14 +19,18 @@ q "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NU
 q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww1', 'One', 's1'), ('ww2', 'Two', 's2');
    INSERT INTO departments (corp_id, dept_id, name) VALUES ('ww1', 1, 'd'), ('ww2', 1, 'd');
    INSERT INTO users (corp_id, userid, department) VALUES ('ww1', 'a', '{1}'), ('ww1', 'b', '{1}'),
-     ('ww2', 'a', '{1}')" >/dev/null
+     ('ww2', 'a', '{1}');
+   INSERT INTO sync_runs (env, job, trigger, scheduled_for, state)
+     VALUES ('old', 'directory-sync', 'cli', now() - interval '1 day', 'succeeded'),
+            ('old', 'directory-sync', 'cli', now(), 'succeeded')" >/dev/null
 eq "version 1 has the foreign keys" 2 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
 
 out=$(ORGSYNC_PG_DSN="$DSN" "$ORGSYNC_BIN" migrate 2>/dev/null)
-check "migrate applies 002, 003 and 004" grep -q "migrated to schema version 4 (3 files applied)" <<<"$out"
+check "migrate applies 002 to 005" grep -q "migrated to schema version 5 (4 files applied)" <<<"$out"
 eq "003: checkpoints keep userids" "userids|ARRAY" "$(q "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'sync_checkpoints' AND column_name = 'userids'")"
 eq "no foreign key to enterprises left" 0 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
-eq "the data is kept" "3|2" "$(q "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM departments)")"
+eq "the data is kept" "3|2|2" "$(q "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM departments), (SELECT count(*) FROM sync_runs)")"
+eq "005: an existing environment starts at revision 1" "old|directory-sync|1" "$(q "SELECT env, job, revision FROM sync_revisions")"
 
 # Deleting an enterprise deletes its users and departments, and only those.
 q "DELETE FROM enterprises WHERE corp_id = 'ww1'" >/dev/null

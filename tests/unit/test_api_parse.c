@@ -38,6 +38,37 @@ static void test_positive_integers(void **state)
     assert_int_equal(api_parse_pos_ll("999999999999999999", 999999999999999999LL, &v), 0);
 }
 
+/* ?min_revision=: 0 allowed (nothing seen yet), digits only, at most 18. */
+static void test_revisions(void **state)
+{
+    (void)state;
+    long long v = -1;
+    assert_int_equal(api_parse_nonneg_ll("0", &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(api_parse_nonneg_ll("1234", &v), 0);
+    assert_int_equal(v, 1234);
+    assert_int_equal(api_parse_nonneg_ll("999999999999999999", &v), 0);
+    assert_true(v == 999999999999999999LL);
+    const char *bad[] = {NULL,
+                         "",
+                         "-1",
+                         "+1",
+                         " 1",
+                         "1 ",
+                         "1.0",
+                         "1e3",
+                         "0x10",
+                         "abc",
+                         "1;DROP TABLE x",
+                         "9999999999999999999",
+                         "１"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        v = 7;
+        assert_int_equal(api_parse_nonneg_ll(bad[i], &v), -1);
+        assert_int_equal(v, 7); /* untouched */
+    }
+}
+
 static void test_corp_ids(void **state)
 {
     (void)state;
@@ -129,9 +160,8 @@ static void test_lookup_body(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_positive_integers),
-        cmocka_unit_test(test_corp_ids),
-        cmocka_unit_test(test_mobiles),
+        cmocka_unit_test(test_positive_integers), cmocka_unit_test(test_revisions),
+        cmocka_unit_test(test_corp_ids),          cmocka_unit_test(test_mobiles),
         cmocka_unit_test(test_lookup_body),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,7 +13,8 @@
  * Progress answers (runs, latest, one run, one enterprise's progress) are cached per
  * worker for at most cache_ms (250 by default), and concurrent misses for the same
  * answer share one query, so a polling storm costs PostgreSQL a few queries a second
- * per worker whatever the number of clients. */
+ * per worker whatever the number of clients. Each carries the revision of the runs it
+ * shows, and ?min_revision=N never gets an older one (worker/api/api_cache.h). */
 #ifndef ORGSYNC_API_H
 #define ORGSYNC_API_H
 

@@ -2,7 +2,9 @@
  * /v1/enterprises/{corp_id}/progress (all through the per-worker cache) and
  * POST /v1/runs.
  *
- * Percent and ETA are defined once, in worker/api/run_view.c. */
+ * Percent and ETA are defined once, in worker/api/run_view.c. Every answer of a
+ * GET here says the revision of the runs it shows, and each takes
+ * ?min_revision=N: never an answer of a lower revision (api_cache.h). */
 #include "worker/api/api_cache.h"
 #include "worker/api/api_routes.h"
 
@@ -28,8 +30,22 @@ static const char list_sql[] =
 static const char progress_sql[] =
     "SELECT EXISTS (SELECT 1 FROM enterprises WHERE corp_id = $3) AS known, x.* FROM (SELECT 1) "
     "AS one LEFT JOIN LATERAL (SELECT r.run_id, r.state AS run_state, " PROGRESS_COLS
-    ", extract(epoch FROM now()) FROM sync_runs r JOIN sync_progress p ON p.run_id = r.run_id "
-    "WHERE r.env = $1 AND r.job = $2 AND p.corp_id = $3 ORDER BY r.run_id DESC LIMIT 1) x ON true";
+    ", extract(epoch FROM now()), " RUN_REVISION " FROM sync_runs r JOIN sync_progress p ON "
+    "p.run_id = r.run_id WHERE r.env = $1 AND r.job = $2 AND p.corp_id = $3 ORDER BY r.run_id "
+    "DESC LIMIT 1) x ON true";
+
+/* ?min_revision=N: 0 when absent; -1 (answered 400) when not an integer from 0
+ * to 999999999999999999. */
+static int min_revision(http_req *req, long long *out)
+{
+    const char *s = http_req_query(req, "min_revision");
+    *out = 0;
+    if (!s || api_parse_nonneg_ll(s, out) == 0)
+        return 0;
+    http_reply_error(req, 400, "bad_request",
+                     "min_revision must be an integer from 0 to 999999999999999999");
+    return -1;
+}
 
 static char *detach(buf *b, size_t *len)
 {
@@ -59,7 +75,7 @@ static void on_run(void *arg, PGresult *res, const char *err)
     if (!body)
         api_cache_error(e, 503, "out_of_memory", "out of memory");
     else
-        api_cache_done(e, 200, body, len);
+        api_cache_done(e, 200, body, len, api_col_ll(res, 0, RC_REVISION));
 }
 
 static int fill_run(api *a, api_centry *e)
@@ -80,20 +96,24 @@ static void init_run(api_centry *e, const void *arg)
 
 static void on_run_latest(http_req *req, void *arg)
 {
-    long long id = 0;
-    api_cached(arg, req, "run:latest", init_run, &id, fill_run);
+    long long id = 0, min_rev;
+    if (min_revision(req, &min_rev))
+        return;
+    api_cached(arg, req, "run:latest", min_rev, init_run, &id, fill_run);
 }
 
 static void on_run_id(http_req *req, void *arg)
 {
-    long long id;
+    long long id, min_rev;
     char key[48];
     if (api_parse_pos_ll(http_req_param(req, "run_id"), 999999999999999999LL, &id)) {
         http_reply_error(req, 400, "bad_request", "run_id must be a positive integer");
         return;
     }
+    if (min_revision(req, &min_rev))
+        return;
     snprintf(key, sizeof key, "run:%lld", id);
-    api_cached(arg, req, key, init_run, &id, fill_run);
+    api_cached(arg, req, key, min_rev, init_run, &id, fill_run);
 }
 
 /* ---- the list ---- */
@@ -110,9 +130,12 @@ static void on_list(void *arg, PGresult *res, const char *err)
         api_cache_error(e, 503, "database_unavailable", "could not query PostgreSQL");
         return;
     }
+    /* the environment's revision: the same on every row (0 without runs) */
+    long long rev = PQntuples(res) ? api_col_ll(res, 0, RC_REVISION) : 0;
     buf_init(&b);
     jw_init(&w, &b);
     jw_obj_begin(&w);
+    jw_kint(&w, "revision", rev);
     jw_key(&w, "runs");
     jw_arr_begin(&w);
     for (int i = 0; i < PQntuples(res); i++) {
@@ -129,7 +152,7 @@ static void on_list(void *arg, PGresult *res, const char *err)
     if (!body)
         api_cache_error(e, 503, "out_of_memory", "out of memory");
     else
-        api_cache_done(e, 200, body, len);
+        api_cache_done(e, 200, body, len, rev);
 }
 
 static int fill_list(api *a, api_centry *e)
@@ -148,15 +171,17 @@ static void init_list(api_centry *e, const void *arg)
 static void on_runs(http_req *req, void *arg)
 {
     const char *ls = http_req_query(req, "limit");
-    long long lim = 20;
+    long long lim = 20, min_rev;
     char key[32];
     if (ls && api_parse_pos_ll(ls, 100, &lim)) {
         http_reply_error(req, 400, "bad_request", "limit must be an integer from 1 to 100");
         return;
     }
+    if (min_revision(req, &min_rev))
+        return;
     int l = (int)lim;
     snprintf(key, sizeof key, "runs:%d", l);
-    api_cached(arg, req, key, init_list, &l, fill_list);
+    api_cached(arg, req, key, min_rev, init_list, &l, fill_list);
 }
 
 /* ---- one enterprise's progress ---- */
@@ -181,12 +206,14 @@ static void on_progress(void *arg, PGresult *res, const char *err)
         api_cache_error(e, 404, "not_found", "this enterprise has not been in any run yet");
         return;
     }
-    /* columns: known, run_id, run_state, PROGRESS_COLS..., now */
+    /* columns: known, run_id, run_state, PROGRESS_COLS..., now, revision */
+    long long rev = api_col_ll(res, 0, 3 + PC_N + 1);
     buf_init(&b);
     jw_init(&w, &b);
     jw_obj_begin(&w);
     jw_kint(&w, "run_id", api_col_ll(res, 0, 1));
     jw_kstr(&w, "run_state", PQgetvalue(res, 0, 2));
+    jw_kint(&w, "revision", rev);
     jw_key(&w, "enterprise");
     run_view_put_enterprise(&w, res, 0, 3, run_view_col_d(res, 0, 3 + PC_N));
     jw_obj_end(&w);
@@ -194,7 +221,7 @@ static void on_progress(void *arg, PGresult *res, const char *err)
     if (!body)
         api_cache_error(e, 503, "out_of_memory", "out of memory");
     else
-        api_cache_done(e, 200, body, len);
+        api_cache_done(e, 200, body, len, rev);
 }
 
 static int fill_progress(api *a, api_centry *e)
@@ -212,12 +239,15 @@ static void on_enterprise_progress(http_req *req, void *arg)
 {
     const char *corp = http_req_param(req, "corp_id");
     char key[API_CACHE_KEY];
+    long long min_rev;
     if (!corp_id_valid(corp)) {
         http_reply_error(req, 400, "bad_request", "corp_id must be 1-64 of [A-Za-z0-9_-]");
         return;
     }
+    if (min_revision(req, &min_rev))
+        return;
     snprintf(key, sizeof key, "progress:%s", corp);
-    api_cached(arg, req, key, init_progress, corp, fill_progress);
+    api_cached(arg, req, key, min_rev, init_progress, corp, fill_progress);
 }
 
 /* ---- POST /v1/runs ---- */

@@ -75,7 +75,7 @@ int api_pg_failed(api *a, const char *what, const char *err)
 
 /* ---- parsing ---- */
 
-int api_parse_pos_ll(const char *s, long long max, long long *out)
+int api_parse_nonneg_ll(const char *s, long long *out)
 {
     long long v = 0;
     if (!s || !*s || strlen(s) > 18)
@@ -85,7 +85,14 @@ int api_parse_pos_ll(const char *s, long long max, long long *out)
             return -1;
         v = v * 10 + (*p - '0');
     }
-    if (v < 1 || v > max)
+    *out = v;
+    return 0;
+}
+
+int api_parse_pos_ll(const char *s, long long max, long long *out)
+{
+    long long v;
+    if (api_parse_nonneg_ll(s, &v) || v < 1 || v > max)
         return -1;
     *out = v;
     return 0;

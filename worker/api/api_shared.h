@@ -52,6 +52,8 @@ int api_pg_failed(api *a, const char *what, const char *err);
 
 /* Parsing helpers shared by the routes: 0 ok, -1 bad. */
 int api_parse_pos_ll(const char *s, long long max, long long *out);
+/* 0 to 999999999999999999, digits only (a revision: ?min_revision=). */
+int api_parse_nonneg_ll(const char *s, long long *out);
 /* SPEC §5 mobile format (docs/API.md): 11 digits starting with 1, or '+' and 6 to
  * 15 digits. 1 if valid. */
 int api_valid_mobile(const char *s);

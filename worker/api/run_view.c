@@ -142,6 +142,7 @@ void run_view_put_fields(jw *w, const PGresult *r, int row)
     api_kepoch(w, "heartbeat_at", r, row, RC_HEARTBEAT);
     api_kepoch(w, "finished_at", r, row, RC_FINISHED);
     jw_kstr(w, "error", api_col(r, row, RC_ERROR));
+    jw_kint(w, "revision", api_col_ll(r, row, RC_REVISION));
 }
 
 double run_view_percent(const char *state, double mean, int nent)

@@ -10,13 +10,20 @@
 
 #include "common/buf.h"
 
+/* The revision of the environment of run r (sql/005_progress_revision.sql) as
+ * the statement's snapshot sees it: every run and progress answer carries it,
+ * and ?min_revision= compares with it (docs/API.md "Caching"). 0 before any run. */
+#define RUN_REVISION                                                                               \
+    "coalesce((SELECT v.revision FROM sync_revisions v WHERE v.env = r.env AND v.job = r.job), "   \
+    "0)"
+
 /* Run columns, shared by the detail and list queries (indexes below). */
 #define RUN_COLS                                                                                   \
     "r.run_id, r.env, r.job, r.trigger, r.state, r.leader_instance, r.fencing_token, r.attempt, "  \
     "r.code_version, r.error, array_to_json(r.corp_ids)::text, extract(epoch FROM "                \
     "r.scheduled_for), extract(epoch FROM r.created_at), extract(epoch FROM r.started_at), "       \
     "extract(epoch FROM r.heartbeat_at), extract(epoch FROM r.finished_at), extract(epoch FROM "   \
-    "now())"
+    "now()), " RUN_REVISION
 enum {
     RC_ID = 0,
     RC_ENV,
@@ -35,6 +42,7 @@ enum {
     RC_HEARTBEAT,
     RC_FINISHED,
     RC_NOW,
+    RC_REVISION,
     RC_N
 };
 
