@@ -275,7 +275,7 @@ candidacy *candidacy_new(uv_loop_t *loop, redis_client *redis, const candidacy_o
         free(c);
         return NULL;
     }
-    c->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
+    c->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : CANDIDACY_HEARTBEAT_MS;
     c->live_ms = o->live_ms > 0 ? o->live_ms : 3 * c->heartbeat_ms + 500;
     c->grace_ms = o->grace_ms > 0 ? o->grace_ms : 200;
     c->prune_ms = o->prune_ms > 0 ? o->prune_ms : 600000;

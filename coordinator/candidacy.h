@@ -32,6 +32,11 @@ typedef struct candidacy candidacy;
 
 #define CANDIDACY_MAX 256
 
+/* The defaults of heartbeat_ms and live_ms below, which `orgsync serve` uses:
+ * also the window in which GET /v1/candidates calls an entry live. */
+#define CANDIDACY_HEARTBEAT_MS 1000
+#define CANDIDACY_LIVE_MS (3 * CANDIDACY_HEARTBEAT_MS + 500)
+
 typedef struct candidacy_opts {
     const char *env;
     const char *job;

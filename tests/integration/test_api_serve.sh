@@ -78,5 +78,40 @@ eq "host a still answers" 20 "$ok_count"
 # Metrics name the worker that answered.
 check "/metrics has worker info" grep -q '^orgsync_worker_info{instance="a/w[12]",worker_id="[12]"} 1' \
     <(curl -fsS "$A/metrics")
+# GET /v1/candidates: the hosts competing for the lock, from the candidates hash.
+# b never competes (schedule off); c runs older code; "gone/w1" stopped heartbeating.
+ver=$(jq -r .code_version <<<"$latest")
+serve_start c 0 ORGSYNC_WORKERS=1 ORGSYNC_CODE_VERSION=0.0.1
+serve_wait_ready c
+live_cands() { curl -fsS "$A/v1/candidates" | jq '[.candidates[] | select(.live)] | length'; }
+T=10 wait_for test "$(live_cands)" = 2 || not_ok "c never became a live candidate"
+rnow=$(rcli TIME | head -1)
+rcli HSET "orgsync:$SV_ENV:candidates:$SV_JOB" gone/w1 "9.9.9|$(((rnow - 120) * 1000))|0" >/dev/null
+cands=$(curl -fsS "$B/v1/candidates")
+echo "$cands"
+cand() { jq -r --arg i "$1" ".candidates[] | select(.instance | test(\"^\" + \$i + \"(/w1)?\$\")) | $2" <<<"$cands"; }
+eq "three candidates, by instance" "a/w1 c gone/w1" \
+    "$(jq -r '[.candidates[].instance | sub("^c/w1$"; "c")] | join(" ")' <<<"$cands")"
+eq "a's version" "$ver" "$(cand a .code_version)"
+eq "c's version" 0.0.1 "$(cand c .code_version)"
+eq "the newest live version is a's" "$ver" "$(jq -r .newest_version <<<"$cands")"
+eq "a: live, may lead, first in line" "true true 0" "$(cand a '"\(.live) \(.eligible) \(.rank)"')"
+eq "c: live, older code, may not lead" "true false false null" \
+    "$(cand c '"\(.live) \(.version_ok) \(.eligible) \(.rank)"')"
+check "c's reason names both versions" grep -q "code version 0.0.1 is older than $ver" <<<"$(cand c .why_not)"
+eq "gone: not live, may not lead" "false false" "$(cand gone/w1 '"\(.live) \(.eligible)"')"
+check "gone's reason says when it was last seen" grep -q '^not live: last heartbeat 1[12][0-9] s ago$' \
+    <<<"$(cand gone/w1 .why_not)"
+check "last_seen is RFC 3339" grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{12}Z$' <<<"$(cand a .last_seen)"
+eq "a led the run: last_led set" true "$(cand a '.last_led != null')"
+eq "c never led" null "$(cand c .last_led)"
+# Errors as on every other route: a wrong method is 405 with Allow, a longer path 404.
+st() { curl -sS -o "$SV_DIR/st.body" -D "$SV_DIR/st.head" -w '%{http_code}' "$@"; }
+eq "POST /v1/candidates: 405 (as /v1/leader)" "405 $(st -X POST "$A/v1/leader")" "$(st -X POST "$A/v1/candidates") 405"
+check "405 names the allowed method" grep -qi '^allow: .*GET' "$SV_DIR/st.head"
+eq "405 body is an API error" method_not_allowed "$(jq -r .error.code "$SV_DIR/st.body")"
+eq "GET /v1/candidates/x: 404 (as /v1/leader/x)" "404 $(st "$A/v1/leader/x")" "$(st "$A/v1/candidates/x") 404"
+eq "404 body is an API error" not_found "$(jq -r .error.code "$SV_DIR/st.body")"
+
 check "no sanitizer report in any log" serve_logs_clean
 finish

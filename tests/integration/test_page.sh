@@ -17,7 +17,9 @@ serve_sim 1 --enterprises 2 --departments 120 --users-per-dept 2 --seed 3
 serve_corps "$SDB" 2
 # 4 requests a second per enterprise: the run lasts about 10 s, long enough to watch.
 serve_start a 0 ORGSYNC_WORKERS=1 ORGSYNC_DEPT_RATE=4
-serve_wait_ready a
+# a second host, so that the page lists two candidates and the leadership can move
+serve_start b 0 ORGSYNC_WORKERS=1 ORGSYNC_DEPT_RATE=4
+serve_wait_ready a b
 URL="http://127.0.0.1:${SV_HTTP[a]}/"
 
 headers=$(curl -fsS -D - -o "$SV_DIR/page.html" "$URL")
@@ -56,8 +58,34 @@ check "the page names the leader" grep -q '<b id="leader">a\(/w1\)\? (token [0-9
 check "the page shows the run's state" grep -Eq '<b id="state" class="state (running|succeeded)">' "$SV_DIR/dom2.html"
 check "the page shows each enterprise" grep -q 'data-corp="wwsim0002"' "$SV_DIR/dom2.html"
 
+# Names, history and hosts (fetched every 3 s of the page's clock, the first at once).
+check "the page names each enterprise (enterprises.name)" grep -q '<td>c2<span class="corp">wwsim0002</span></td>' "$SV_DIR/dom2.html"
+check "the history has a row for the run" grep -q "<tr data-run=\"$rid\">" "$SV_DIR/dom2.html"
+check "the chart has a bar for the run" grep -q "<g data-run=\"$rid\">" "$SV_DIR/dom2.html"
+check "the history names the run's leader" grep -Eq "<tr data-run=\"$rid\">.*</span>[ab](/w1)?</td>" "$SV_DIR/dom2.html"
+check "the hosts table lists host a" grep -Eq '<tr data-instance="a(/w1)?">' "$SV_DIR/dom2.html"
+check "the hosts table lists host b" grep -Eq '<tr data-instance="b(/w1)?">' "$SV_DIR/dom2.html"
+check "the page says whether the answering worker competes" grep -Eq '<b id="self">a(/w1)?</b>: <span id="self-why">(leads now|competes for the lock)</span>' "$SV_DIR/dom2.html"
+
 T=60 wait_for run_is "$rid" succeeded || not_ok "run $rid did not finish"
 dom 3 >"$SV_DIR/dom3.html"
 read -r _ s3 < <(bars <"$SV_DIR/dom3.html")
 eq "both bars full once the run succeeded" 200.0 "$s3"
+
+# A second run, for the rotation; the screenshot is taken while it goes on.
+sleep 2
+rid2=$(serve_request_run a)
+T=15 wait_for bash -c "[ \"\$(psql -qAtX '$SDB' -c 'SELECT coalesce(sum(departments_done), 0) FROM sync_progress WHERE run_id = $rid2')\" -gt 30 ]" ||
+    not_ok "run $rid2 made no progress"
+"$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync --hide-scrollbars \
+    --user-data-dir="$SV_DIR/chromium.shot" --virtual-time-budget=3000 --window-size=1200,900 \
+    --screenshot="$SV_DIR/page.png" "$URL" 2>"$SV_DIR/chromium.shot.err"
+check "a screenshot of the page" test -s "$SV_DIR/page.png"
+# ORGSYNC_PAGE_SCREENSHOT=docs/page.png keeps it (the one in docs/ was taken so)
+if [ -n "${ORGSYNC_PAGE_SCREENSHOT:-}" ] && [ -s "$SV_DIR/page.png" ]; then cp "$SV_DIR/page.png" "$ORGSYNC_PAGE_SCREENSHOT"; fi
+dom 4 >"$SV_DIR/dom4.html"
+check "the history lists both runs" grep -q "<tr data-run=\"$rid2\">.*<tr data-run=\"$rid\">" "$SV_DIR/dom4.html"
+echo "leaders: run $rid $(psql_q "SELECT leader_instance FROM sync_runs WHERE run_id = $rid"), run $rid2 $(psql_q "SELECT leader_instance FROM sync_runs WHERE run_id = $rid2")"
+T=60 wait_for run_is "$rid2" succeeded || not_ok "run $rid2 did not finish"
 finish

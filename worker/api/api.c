@@ -85,6 +85,8 @@ int api_register(http_server *srv, const api_deps *deps, api **out)
     describe_api_metrics();
     err = api_health_register(a);
     if (!err)
+        err = api_hosts_register(a);
+    if (!err)
         err = api_runs_register(a);
     if (!err)
         err = api_users_register(a);

@@ -1,6 +1,7 @@
 /* GET /: the progress page. Static (compiled in); its script polls this
- * worker's own /v1/runs/latest and /v1/leader, and fetches nothing from
- * anywhere else, which the Content-Security-Policy enforces. */
+ * worker's own /v1/runs/latest and /v1/leader (every second), /v1/runs and
+ * /v1/candidates (every 3 s), draws its chart as inline SVG, and fetches nothing
+ * from anywhere else, which the Content-Security-Policy enforces. */
 #include "worker/api/page.h"
 
 static void on_page(http_req *req, void *arg)

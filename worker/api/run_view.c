@@ -91,6 +91,7 @@ void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double n
 
     jw_obj_begin(w);
     jw_kstr(w, "corp_id", PQgetvalue(r, row, c0 + PC_CORP));
+    jw_kstr(w, "name", api_col(r, row, c0 + PC_NAME));
     jw_kstr(w, "state", st);
     jw_kint(w, "departments_total", total);
     jw_kint(w, "departments_done", done);

@@ -52,7 +52,8 @@ enum {
     "p.started_at), extract(epoch FROM p.updated_at), extract(epoch FROM p.finished_at), "         \
     "p.api_mode, p.roster_members, p.roster_done, (SELECT array_to_json(e.fields_missing)::text "  \
     "FROM enterprises e WHERE e.corp_id = p.corp_id), (SELECT e.api_mode_reason FROM "             \
-    "enterprises e WHERE e.corp_id = p.corp_id)"
+    "enterprises e WHERE e.corp_id = p.corp_id), (SELECT e.name FROM enterprises e WHERE "         \
+    "e.corp_id = p.corp_id)"
 enum {
     PC_CORP = 0,
     PC_STATE,
@@ -72,6 +73,7 @@ enum {
     PC_ROSTER_DONE,
     PC_FIELDS_MISSING, /* JSON array: member fields the last successful sync never got */
     PC_MODE_REASON,    /* why the enterprise uses its mode */
+    PC_NAME,           /* enterprises.name (NULL if the enterprise was deleted since) */
     PC_N
 };
 
