@@ -65,11 +65,7 @@ static void ready_finish(ready_op *op)
         jw_kbool(&w, "degraded", !redis_ok);
         jw_kbool(&w, "draining", 0);
         jw_obj_end(&w);
-        if (b.oom)
-            http_reply_error(op->req, 503, "out_of_memory", "out of memory");
-        else
-            http_reply(op->req, pg_ok ? 200 : 503, "application/json", b.data, b.len);
-        buf_free(&b);
+        api_reply_json(op->req, pg_ok ? 200 : 503, &b);
     }
     free(op);
 }
@@ -334,11 +330,7 @@ static void on_leader_info(void *arg, const leader_info *info, const char *err)
     jw_kint(&w, "leader_changes", loc.leader_changes);
     jw_obj_end(&w);
     jw_obj_end(&w);
-    if (b.oom)
-        http_reply_error(op->req, 503, "out_of_memory", "out of memory");
-    else
-        http_reply(op->req, 200, "application/json", b.data, b.len);
-    buf_free(&b);
+    api_reply_json(op->req, 200, &b);
 done:
     free(op);
 }

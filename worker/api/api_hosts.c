@@ -200,11 +200,7 @@ static void reply_candidates(hosts_op *op, const redisReply *r)
     }
     jw_arr_end(&w);
     jw_obj_end(&w);
-    if (b.oom)
-        http_reply_error(op->req, 503, "out_of_memory", "out of memory");
-    else
-        http_reply(op->req, 200, "application/json", b.data, b.len);
-    buf_free(&b);
+    api_reply_json(op->req, 200, &b);
 out:
     free(c);
     free(live);

@@ -58,6 +58,15 @@ int api_admin_ok(api *a, http_req *req)
     return 1;
 }
 
+void api_reply_json(http_req *req, int status, buf *b)
+{
+    if (b->oom)
+        http_reply_error(req, 503, "out_of_memory", "out of memory");
+    else
+        http_reply(req, status, "application/json", b->data, b->len);
+    buf_free(b);
+}
+
 int api_pg_query(api *a, const char *sql, int n, const char *const *p, pg_result_cb cb, void *arg)
 {
     if (!pg_pool_ready(a->d.pg))

@@ -42,6 +42,10 @@ int api_unref(api *a);
  * 0 when the request may not go on, 1 when it may. */
 int api_admin_ok(api *a, http_req *req);
 
+/* Answers req with the JSON a writer put in b (503 out_of_memory if b ran out),
+ * and frees b. */
+void api_reply_json(http_req *req, int status, buf *b);
+
 /* pg_query, but failing at once (PG_ECLOSING) while the pool has no live
  * connection: a worker whose database is down answers 503 now, not after the
  * pool's query timeout. */

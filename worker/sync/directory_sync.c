@@ -1300,26 +1300,40 @@ static void on_roster(void *arg, const wecom_result *res)
     j->db_inflight++;
 }
 
-static void on_roster_written(void *arg, PGresult *res, const char *err)
+/* The common start of the answer to one enterprise's own write (its
+ * departments, a roster page): 0 when the write committed and the job goes on;
+ * else the enterprise (or the job) has been dealt with. what names the step in
+ * the error. */
+static int corp_write_back(ds_corp *c, PGresult *res, const char *err, const char *what)
 {
-    ds_corp *c = arg;
     ds_job *j = c->job;
 
     j->db_inflight--;
     if (j->stopping) {
         ds_end_check(j);
-        return;
+        return -1;
     }
     if (err) {
         restore_counters(c);
-        corp_error(c, "user/list_id: database: %.300s", err);
+        corp_error(c, "%s: database: %.300s", what, err);
+        log_error("directory sync: enterprise write failed", LF_S("corp_id", c->corp_id),
+                  LF_S("step", what), LF_S("error", err));
         corp_fail(c, c->last_error);
-        return;
+        return -1;
     }
     if (!check_fenced(j, res)) {
         ds_end_check(j);
-        return;
+        return -1;
     }
+    return 0;
+}
+
+static void on_roster_written(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+
+    if (corp_write_back(c, res, err, "user/list_id"))
+        return;
     c->roster_pages++;
     c->roster_members += c->roster_rows;
     free(c->roster_cursor);
@@ -1376,25 +1390,9 @@ static void skip_checkpointed(ds_corp *c, const char *arr)
 static void on_departments_written(void *arg, PGresult *res, const char *err)
 {
     ds_corp *c = arg;
-    ds_job *j = c->job;
 
-    j->db_inflight--;
-    if (j->stopping) {
-        ds_end_check(j);
+    if (corp_write_back(c, res, err, "department/list"))
         return;
-    }
-    if (err) {
-        restore_counters(c);
-        corp_error(c, "department/list: database: %.300s", err);
-        log_error("directory sync: department upsert failed", LF_S("corp_id", c->corp_id),
-                  LF_S("error", err));
-        corp_fail(c, c->last_error);
-        return;
-    }
-    if (!check_fenced(j, res)) {
-        ds_end_check(j);
-        return;
-    }
     skip_checkpointed(c, PQgetvalue(res, 0, 2));
     c->fresh = PQgetvalue(res, 0, 3)[0] == 't';
     if (c->modern && !c->roster_done) {
