@@ -18,13 +18,13 @@
 #include "coordinator/runs.h"
 #include "worker/api/run_view.h"
 
-/* The enterprise percent formula again, in SQL, for the list's aggregate. */
+/* The runs with their enterprise count and the sum of their percents in tenths
+ * (ENT_TENTHS_SQL, the one definition): run_view_percent makes the run's. */
 static const char list_sql[] =
-    "SELECT " RUN_COLS ", a.n, a.pct FROM (SELECT * FROM sync_runs WHERE env = $1 AND job = $2 "
-    "ORDER BY run_id DESC LIMIT $3::int) r LEFT JOIN LATERAL (SELECT count(*) AS n, avg(CASE WHEN "
-    "p.state IN ('succeeded', 'failed') THEN 100 WHEN p.departments_total > 0 THEN least(99.9, "
-    "floor(1000.0 * p.departments_done / p.departments_total) / 10) ELSE 0 END) AS pct FROM "
-    "sync_progress p WHERE p.run_id = r.run_id) a ON true ORDER BY r.run_id DESC";
+    "SELECT " RUN_COLS ", a.n, a.tenths FROM (SELECT * FROM sync_runs WHERE env = $1 AND job = $2 "
+    "ORDER BY run_id DESC LIMIT $3::int) r LEFT JOIN LATERAL (SELECT count(*) AS n, "
+    "coalesce(sum(" ENT_TENTHS_SQL "), 0) AS tenths FROM sync_progress p WHERE p.run_id = "
+    "r.run_id) a ON true ORDER BY r.run_id DESC";
 
 /* The enterprise's row in the latest run that has one; known = it exists at all. */
 static const char progress_sql[] =
@@ -142,7 +142,7 @@ static void on_list(void *arg, PGresult *res, const char *err)
         int nent = (int)api_col_ll(res, i, RC_N);
         jw_obj_begin(&w);
         run_view_put_fields(&w, res, i);
-        run_view_put_progress(&w, res, i, nent ? run_view_col_d(res, i, RC_N + 1) : 0, nent);
+        run_view_put_progress(&w, res, i, api_col_ll(res, i, RC_N + 1), nent);
         jw_kint(&w, "enterprises_total", nent);
         jw_obj_end(&w);
     }

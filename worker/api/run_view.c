@@ -5,9 +5,11 @@
  * Percent and ETA (docs/API.md):
  *   enterprise percent: 100 once succeeded or failed; else departments_done /
  *     departments_total, floored to 0.1 and capped at 99.9 (deletions remain);
- *     0 while the total is unknown.
+ *     0 while the total is unknown. Computed by PostgreSQL, in integer tenths,
+ *     by ENT_TENTHS_SQL (run_view.h) and nowhere else.
  *   run percent: 100 once finished (succeeded, partial, failed), 0 while pending,
- *     else the mean of its enterprises' percents.
+ *     else the mean of its enterprises' percents, rounded half up to 0.1 with
+ *     integer arithmetic (run_view_percent), for the detail and the list alike.
  *   ETA: from this run's observed rate, measured with PostgreSQL's clock so every
  *     worker on every host computes the same figure: enterprise = elapsed since its
  *     start * (total - done) / done; run = elapsed since the run started *
@@ -39,14 +41,7 @@ double run_view_col_d(const PGresult *r, int row, int col)
 
 double run_view_ent_percent(const PGresult *r, int row, int c0)
 {
-    const char *st = PQgetvalue(r, row, c0 + PC_STATE);
-    long long total = api_col_ll(r, row, c0 + PC_TOTAL), done = api_col_ll(r, row, c0 + PC_DONE);
-    if (!strcmp(st, "succeeded") || !strcmp(st, "failed"))
-        return 100;
-    if (total <= 0)
-        return 0;
-    double p = floor(1000.0 * (double)done / (double)total) / 10;
-    return p > 99.9 ? 99.9 : p;
+    return (double)api_col_ll(r, row, c0 + PC_TENTHS) / 10;
 }
 
 long long run_view_eta(int finished, double started, double now, double done, double left)
@@ -146,46 +141,51 @@ void run_view_put_fields(jw *w, const PGresult *r, int row)
     jw_kint(w, "revision", api_col_ll(r, row, RC_REVISION));
 }
 
-double run_view_percent(const char *state, double mean, int nent)
+double run_view_percent(const char *state, long long sum_tenths, int nent)
 {
     if (run_view_finished(state))
         return 100;
-    return !strcmp(state, "pending") || nent == 0 ? 0 : floor(mean * 10 + 0.5) / 10;
+    if (!strcmp(state, "pending") || nent <= 0 || sum_tenths <= 0)
+        return 0;
+    /* floor(sum / nent + 1/2), in tenths; 99.9 at most until the run is over */
+    long long t = (2 * sum_tenths + nent) / (2LL * nent);
+    return (double)(t > 999 ? 999 : t) / 10;
 }
 
-/* percent and eta_seconds of a run from the mean enterprise percent. */
-void run_view_put_progress(jw *w, const PGresult *r, int row, double mean, int nent)
+/* percent and eta_seconds of a run from its enterprises' percents. */
+void run_view_put_progress(jw *w, const PGresult *r, int row, long long sum_tenths, int nent)
 {
     const char *st = PQgetvalue(r, row, RC_STATE);
-    double pct = run_view_percent(st, mean, nent);
+    double pct = run_view_percent(st, sum_tenths, nent);
     jw_kdbl(w, "percent", pct);
     run_view_put_eta(w, run_view_finished(st), run_view_col_d(r, row, RC_STARTED),
                      run_view_col_d(r, row, RC_NOW), pct, 100 - pct);
 }
 
-/* The mean percent of the enterprises of a run_view_sql result; *nent of them. */
-static double ent_mean(const PGresult *res, int *nent)
+/* The sum of the enterprise percents (tenths) of a run_view_sql result; *nent
+ * of them. */
+static long long ent_sum(const PGresult *res, int *nent)
 {
     int n = PQntuples(res);
-    double sum = 0;
+    long long sum = 0;
 
     *nent = 0;
     for (int i = 0; i < n; i++) {
         if (PQgetisnull(res, i, RC_N + PC_CORP))
             continue; /* a run with no progress rows yet: one row of NULLs */
-        sum += run_view_ent_percent(res, i, RC_N);
+        sum += api_col_ll(res, i, RC_N + PC_TENTHS);
         (*nent)++;
     }
-    return *nent ? sum / *nent : 0;
+    return sum;
 }
 
 void run_view_run_progress(const PGresult *res, double *percent, long long *eta)
 {
     const char *st = PQgetvalue(res, 0, RC_STATE);
     int nent;
-    double mean = ent_mean(res, &nent);
+    long long sum = ent_sum(res, &nent);
 
-    *percent = run_view_percent(st, mean, nent);
+    *percent = run_view_percent(st, sum, nent);
     *eta = run_view_eta(run_view_finished(st), run_view_col_d(res, 0, RC_STARTED),
                         run_view_col_d(res, 0, RC_NOW), *percent, 100 - *percent);
 }
@@ -194,7 +194,8 @@ void run_view_run_progress(const PGresult *res, double *percent, long long *eta)
 char *run_view_json(const PGresult *res, size_t *len)
 {
     int n = PQntuples(res), nent;
-    double mean = ent_mean(res, &nent), now = run_view_col_d(res, 0, RC_NOW);
+    long long sum = ent_sum(res, &nent);
+    double now = run_view_col_d(res, 0, RC_NOW);
     char *body;
     buf b;
     jw w;
@@ -203,7 +204,7 @@ char *run_view_json(const PGresult *res, size_t *len)
     jw_init(&w, &b);
     jw_obj_begin(&w);
     run_view_put_fields(&w, res, 0);
-    run_view_put_progress(&w, res, 0, mean, nent);
+    run_view_put_progress(&w, res, 0, sum, nent);
     jw_kint(&w, "enterprises_total", nent);
     jw_key(&w, "enterprises");
     jw_arr_begin(&w);

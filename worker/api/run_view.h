@@ -46,6 +46,15 @@ enum {
     RC_N
 };
 
+/* The one definition of an enterprise's percent, in tenths of a percent (an
+ * integer, so that every mean below is exact): 1000 once succeeded or failed;
+ * else departments_done / departments_total floored to a tenth and capped at
+ * 99.9 (deletions remain); 0 while the total is unknown. A column of
+ * PROGRESS_COLS, and summed by the run list's aggregate. */
+#define ENT_TENTHS_SQL                                                                             \
+    "(CASE WHEN p.state IN ('succeeded', 'failed') THEN 1000 WHEN p.departments_total > 0 THEN "   \
+    "least(999, (1000::bigint * p.departments_done) / p.departments_total) ELSE 0 END)"
+
 #define PROGRESS_COLS                                                                              \
     "p.corp_id, p.state, p.departments_total, p.departments_done, p.users_upserted, "              \
     "p.users_deleted, p.requests, p.retries, p.errors, p.last_error, extract(epoch FROM "          \
@@ -53,7 +62,7 @@ enum {
     "p.api_mode, p.roster_members, p.roster_done, (SELECT array_to_json(e.fields_missing)::text "  \
     "FROM enterprises e WHERE e.corp_id = p.corp_id), (SELECT e.api_mode_reason FROM "             \
     "enterprises e WHERE e.corp_id = p.corp_id), (SELECT e.name FROM enterprises e WHERE "         \
-    "e.corp_id = p.corp_id)"
+    "e.corp_id = p.corp_id), " ENT_TENTHS_SQL
 enum {
     PC_CORP = 0,
     PC_STATE,
@@ -74,6 +83,7 @@ enum {
     PC_FIELDS_MISSING, /* JSON array: member fields the last successful sync never got */
     PC_MODE_REASON,    /* why the enterprise uses its mode */
     PC_NAME,           /* enterprises.name (NULL if the enterprise was deleted since) */
+    PC_TENTHS,         /* ENT_TENTHS_SQL: the enterprise's percent in tenths */
     PC_N
 };
 
@@ -88,8 +98,10 @@ double run_view_ent_percent(const PGresult *r, int row, int c0);
 long long run_view_eta(int finished, double started, double now, double done, double left);
 /* The eta_seconds of enterprise `row` (progress columns from c0), -1 for null. */
 long long run_view_ent_eta(const PGresult *r, int row, int c0, double now);
-/* A run's percent from its state and the mean of its nent enterprises' percents. */
-double run_view_percent(const char *state, double mean, int nent);
+/* A run's percent from its state and the sum of its nent enterprises' percents
+ * in tenths (ENT_TENTHS_SQL): 100 once finished, 0 while pending or without
+ * enterprises, else their mean rounded half up to a tenth, at most 99.9. */
+double run_view_percent(const char *state, long long sum_tenths, int nent);
 /* The run's percent and eta_seconds (-1 for null) from a run_view_sql result
  * with at least one row: the figures run_view_json writes, for a caller that
  * shows them without JSON (the live display of `orgsync sync`). */
@@ -97,7 +109,7 @@ void run_view_run_progress(const PGresult *res, double *percent, long long *eta)
 void run_view_put_eta(jw *w, int finished, double started, double now, double done, double left);
 void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double now);
 void run_view_put_fields(jw *w, const PGresult *r, int row);
-void run_view_put_progress(jw *w, const PGresult *r, int row, double mean, int nent);
+void run_view_put_progress(jw *w, const PGresult *r, int row, long long sum_tenths, int nent);
 /* The run object (SPEC §5) from a run_view_sql result with at least one row;
  * malloc'ed (caller frees), NULL when out of memory. */
 char *run_view_json(const PGresult *res, size_t *len);
