@@ -435,6 +435,11 @@ static void on_holder(void *arg, const char *instance, long long token, long lon
         s->lock_seen_held = 1;
         return;
     }
+    if (s->o.continuous) {
+        /* Always something to run: resume the unfinished run, or start one. */
+        compete(s, K_CATCHUP, 0);
+        return;
+    }
     need = s->lock_seen_held || s->notified || !s->last_pg_look_us ||
            time_mono_us() - s->last_pg_look_us >= (uint64_t)s->o.catchup_check_ms * 1000;
     s->lock_seen_held = 0;
@@ -576,7 +581,8 @@ int schedule_start(const schedule_opts *o, schedule **out)
     uv_timer_init(o->loop, &s->attempt_timer);
     s->fire_timer.data = s->poll_timer.data = s->attempt_timer.data = s;
     s->handles_open = 3;
-    arm_fire(s);
+    if (!s->o.continuous)
+        arm_fire(s);
     uv_timer_start(&s->poll_timer, poll_tick, 0, (uint64_t)s->o.poll_ms);
     log_info("scheduler started", LF_S("env", s->st.env), LF_S("job", o->ops->name),
              LF_S("cron", s->st.cron), LF_S("tz", s->st.tz), LF_I("fair", o->fair),

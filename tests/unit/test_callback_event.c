@@ -64,8 +64,7 @@ static void test_refusals(void **state)
     (void)state;
     expect_refused("hello", "<xml>");
     expect_refused("<xml><CreateTime>1</CreateTime></xml>", "ToUserName");
-    expect_refused("<xml><ToUserName>w</ToUserName><CreateTime>x</CreateTime></xml>",
-                   "CreateTime");
+    expect_refused("<xml><ToUserName>w</ToUserName><CreateTime>x</CreateTime></xml>", "CreateTime");
     expect_refused("<xml><ToUserName>w</ToUserName><CreateTime>1</CreateTime><MsgType>text"
                    "</MsgType></xml>",
                    "MsgType");
@@ -74,8 +73,7 @@ static void test_refusals(void **state)
                    "Event");
     expect_refused(HEAD "<ChangeType>drop_table</ChangeType></xml>", "ChangeType");
     expect_refused(HEAD "<ChangeType>delete_user</ChangeType></xml>", "UserID");
-    expect_refused(HEAD "<ChangeType>delete_user</ChangeType><UserID>a b</UserID></xml>",
-                   "UserID");
+    expect_refused(HEAD "<ChangeType>delete_user</ChangeType><UserID>a b</UserID></xml>", "UserID");
     expect_refused(HEAD "<ChangeType>delete_party</ChangeType><Id>-3</Id></xml>", "Id");
     expect_refused(HEAD "<ChangeType>delete_party</ChangeType><Id><![CDATA[3]]</Id></xml>", "Id");
     expect_refused(HEAD "<ChangeType>update_user</ChangeType><UserID>a</UserID><NewUserID>a&amp;"

@@ -39,7 +39,7 @@ static void test_key(void **state)
     assert_true(msgcrypt_aeskey_valid(AESKEY));
     assert_false(msgcrypt_aeskey_valid(NULL));
     assert_false(msgcrypt_aeskey_valid(""));
-    assert_false(msgcrypt_aeskey_valid(AESKEY "A"));                                 /* 44 */
+    assert_false(msgcrypt_aeskey_valid(AESKEY "A"));                                   /* 44 */
     assert_false(msgcrypt_aeskey_valid("abcdefghijklmnopqrstuvwxyz0123456789ABCDEF")); /* 42 */
     assert_false(msgcrypt_aeskey_valid("abcdefghijklmnopqrstuvwxyz0123456789ABCDE+"
                                        "G")); /* not [A-Za-z0-9] */

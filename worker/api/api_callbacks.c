@@ -275,8 +275,8 @@ static void on_callback(http_req *req, void *arg)
     if (post) {
         size_t len = 0;
         const char *body = http_req_body(req, &len);
-        int rc = body && strlen(body) == len ? callback_xml_get(body, "Encrypt", enc, sizeof enc)
-                                             : -1;
+        int rc =
+            body && strlen(body) == len ? callback_xml_get(body, "Encrypt", enc, sizeof enc) : -1;
         if (rc != 1 || !enc[0]) {
             refuse(req, 400, "bad_request", "the body must be <xml> with an <Encrypt> element");
             op_free(op);

@@ -43,9 +43,9 @@ int callback_xml_get(const char *xml, const char *tag, char *out, size_t outlen)
 static const struct {
     const char *type, *kind, *id_tag;
 } types[] = {
-    {"create_user", "user", "UserID"},       {"update_user", "user", "UserID"},
-    {"delete_user", "user", "UserID"},       {"create_party", "department", "Id"},
-    {"update_party", "department", "Id"},    {"delete_party", "department", "Id"},
+    {"create_user", "user", "UserID"},    {"update_user", "user", "UserID"},
+    {"delete_user", "user", "UserID"},    {"create_party", "department", "Id"},
+    {"update_party", "department", "Id"}, {"delete_party", "department", "Id"},
     {"update_tag", "tag", "TagId"},
 };
 
@@ -89,8 +89,7 @@ int callback_event_parse(const char *xml, callback_event *ev, char *why, size_t 
         FAIL("ToUserName is missing or malformed");
     if (callback_xml_get(xml, "FromUserName", ev->from_user, sizeof ev->from_user) < 0)
         FAIL("FromUserName is malformed");
-    if (callback_xml_get(xml, "CreateTime", v, sizeof v) != 1 ||
-        !positive_int(v, &ev->create_time))
+    if (callback_xml_get(xml, "CreateTime", v, sizeof v) != 1 || !positive_int(v, &ev->create_time))
         FAIL("CreateTime must be a positive integer");
     if (callback_xml_get(xml, "MsgType", v, sizeof v) != 1 || strcmp(v, "event") != 0)
         FAIL("MsgType must be event");

@@ -16,8 +16,8 @@
 int callback_xml_get(const char *xml, const char *tag, char *out, size_t outlen);
 
 typedef struct callback_event {
-    char to_user[72];    /* ToUserName: the corp id */
-    char from_user[72];  /* FromUserName ("sys" for contact changes) */
+    char to_user[72];   /* ToUserName: the corp id */
+    char from_user[72]; /* FromUserName ("sys" for contact changes) */
     long long create_time;
     char change_type[24]; /* create_user, update_user, delete_user, create_party, ... */
     const char *kind;     /* "user", "department" or "tag" */

@@ -289,7 +289,7 @@ int cmd_enterprise(const settings *s, int argc, char **argv)
         return ent_write(s, &a, !strcmp(sub, "add"));
     if (!strcmp(sub, "list"))
         return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode || a.no_contact ||
-                           a.cb_token_env || a.no_callback
+                       a.cb_token_env || a.no_callback
                    ? cmd_usage_error("enterprise", "list takes no options")
                    : ent_list(s);
     return ent_set_enabled(s, &a, !strcmp(sub, "enable"));
