@@ -72,14 +72,22 @@ static void op_free(cb_op *op)
 
 /* ---- storing the event ---- */
 
-/* One statement: insert, or tell a duplicate event (another request) from a
- * replay (this request's signature is stored already). */
+/* One statement: a request whose signature is stored already is a replay
+ * (nothing written); else the event is inserted, or, when the same event is
+ * stored already (a duplicate delivery), stored once: if that copy was applied
+ * already it is made pending again, so a change that came within the same
+ * second as an applied one (the same key) is fetched again, not lost. Answers
+ * (event_id or NULL, inserted, replay). */
 static const char store_sql[] =
-    "WITH ins AS (INSERT INTO callback_inbox (corp_id, from_user, create_time, change_type, kind, "
-    "target, new_target, msg_signature, received_by) VALUES ($1, $2, $3::bigint, $4, $5, $6, "
-    "nullif($7, ''), $8, $9) ON CONFLICT DO NOTHING RETURNING event_id) "
-    "SELECT (SELECT event_id FROM ins), EXISTS (SELECT 1 FROM callback_inbox WHERE corp_id = $1 "
-    "AND msg_signature = $8)";
+    "WITH rep AS (SELECT 1 FROM callback_inbox WHERE corp_id = $1 AND msg_signature = $8), "
+    "ins AS (INSERT INTO callback_inbox AS c (corp_id, from_user, create_time, change_type, kind, "
+    "target, new_target, msg_signature, received_by) SELECT $1, $2, $3::bigint, $4, $5, $6, "
+    "nullif($7, ''), $8, $9 WHERE NOT EXISTS (SELECT 1 FROM rep) "
+    "ON CONFLICT (corp_id, from_user, create_time, change_type, target) DO UPDATE SET "
+    "applied_at = NULL, outcome = 'redelivered', attempts = 0, received_at = clock_timestamp() "
+    "WHERE c.applied_at IS NOT NULL RETURNING event_id, (xmax = 0) AS fresh) "
+    "SELECT (SELECT event_id FROM ins), coalesce((SELECT fresh FROM ins), false), "
+    "EXISTS (SELECT 1 FROM rep)";
 
 static void on_stored(void *arg, PGresult *res, const char *err)
 {
@@ -93,17 +101,18 @@ static void on_stored(void *arg, PGresult *res, const char *err)
                          "database_unavailable", "could not store the event in PostgreSQL");
         goto done;
     }
-    if (!PQgetisnull(res, 0, 0)) {
+    if (PQgetvalue(res, 0, 2)[0] == 't') {
+        refuse(op->req, 409, "replayed", "this request (its msg_signature) was received already");
+        goto done;
+    } else if (PQgetvalue(res, 0, 1)[0] == 't') {
         count("stored");
         log_info("callback: event stored", LF_S("corp_id", op->corp),
                  LF_S("change_type", op->ev.change_type), LF_S("target", op->ev.target),
                  LF_S("event_id", PQgetvalue(res, 0, 0)));
-    } else if (PQgetvalue(res, 0, 1)[0] == 't') {
-        refuse(op->req, 409, "replayed", "this request (its msg_signature) was received already");
-        goto done;
     } else {
         count("duplicate");
         log_info("callback: duplicate event", LF_S("corp_id", op->corp),
+                 LF_S("rearmed", PQgetisnull(res, 0, 0) ? "no" : "yes"),
                  LF_S("change_type", op->ev.change_type), LF_S("target", op->ev.target));
     }
     http_reply(op->req, 200, "text/plain; charset=utf-8", "success", 7);
