@@ -158,6 +158,22 @@ eq "each stored once" 0 "$(psql_q "SELECT count(*) FROM (SELECT 1 FROM callback_
 check "the duplicates were answered as duplicates" grep -q '"callback: duplicate event"' "$SV_DIR/a.log"
 eq "the applier ran as its own job" 1 "$(psql_q "SELECT count(*) FROM sync_runs WHERE env = '$SV_ENV' AND job = 'callback-apply' AND state = 'running'")"
 eq "under its own fence" 1 "$(psql_q "SELECT count(*) FROM leader_fence WHERE env = '$SV_ENV' AND job = 'callback-apply'")"
+prog=$(curl -fsS "$B/v1/enterprises/$C/progress")
+eq "progress: no callback waiting" 0 "$(jq .callbacks.waiting <<<"$prog")"
+eq "progress: every stored callback applied" "$(psql_q "SELECT count(*) FROM callback_inbox WHERE corp_id = '$C'")" "$(jq .callbacks.applied <<<"$prog")"
+check "progress: when the last was applied" jq -e '.callbacks.last_applied_at | test("Z$")' <<<"$prog"
+# Metrics are per process: ask every worker (SO_REUSEPORT picks one per
+# connection) until the applying one answers.
+applier_metrics() {
+    local i
+    for i in $(seq 1 30); do
+        curl -fsS "$A/metrics" "$B/metrics" | grep -E '^orgsync_callback_(apply_seconds_count|inbox_depth)' >"$SV_DIR/m.txt"
+        [ "$(grep -c . "$SV_DIR/m.txt")" -ge 2 ] && return 0
+    done
+    return 1
+}
+check "metrics: the inbox depth and the store-to-row latency" applier_metrics
+cat "$SV_DIR/m.txt"
 check "delete_user was confirmed upstream (user/get)" test "$(sim_stat '.total.by_path["user/get"]')" -ge 1
 
 # ---- kill -9 right after answering: nothing lost ----
