@@ -150,6 +150,10 @@ T=15 wait_for pending
 check "every event applied" pending
 check "PostgreSQL equals the simulator, without a scheduled run" serve_data_equals_sim "$SDB"
 eq "no scheduled or manual run besides the first" 1 "$(psql_q "SELECT count(*) FROM sync_runs WHERE env = '$SV_ENV' AND job = 'directory-sync'")"
+# A full run afterwards reconciles and agrees (deletes nothing the callbacks wrote).
+rid=$(serve_request_run b)
+T=20 wait_for run_is "$rid" succeeded || not_ok "the second sync did not finish"
+check "after a full run PostgreSQL still equals the simulator" serve_data_equals_sim "$SDB"
 stats=$(curl -fsS "$SIM_URL/sim/callbacks")
 events=$(jq .stats.events <<<"$stats")
 delivered=$(jq .stats.delivered <<<"$stats")
