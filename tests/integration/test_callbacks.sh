@@ -43,8 +43,8 @@ CBT=$TOKEN CBK=$AESKEY "$ORGSYNC_BIN" enterprise set --corp-id wwsim0002 --callb
 check "enterprise list shows callbacks configured" grep -q "$C .* yes .* yes" <<<"$("$ORGSYNC_BIN" enterprise list)"
 unset ORGSYNC_PG_DSN
 
-serve_start a 0
-serve_start b 1
+serve_start a 0 ORGSYNC_CALLBACK_LAG_ALERT_S=1
+serve_start b 1 ORGSYNC_CALLBACK_LAG_ALERT_S=1
 serve_wait_ready a b
 A="http://127.0.0.1:${SV_HTTP[a]}"
 B="http://127.0.0.1:${SV_HTTP[b]}"
@@ -180,8 +180,23 @@ check "metrics: the inbox depth and the store-to-row latency" applier_metrics
 cat "$SV_DIR/m.txt"
 check "delete_user was confirmed upstream (user/get)" test "$(sim_stat '.total.by_path["user/get"]')" -ge 1
 
-# ---- kill -9 right after answering: nothing lost ----
+# ---- the upstream fails: the event waits, the lag shows and is alerted ----
 curl -fsS -X POST "$SIM_URL/sim/callbacks" -d "{\"corp_id\":\"$C\",\"url\":null}" >/dev/null
+curl -fsS -X POST "$SIM_URL/sim/faults" -d '{"http500":1,"paths":["user/get"]}' >/dev/null
+ts=$(date +%s)
+read -r sig enc <<<"$(craft $C "$ts" n7 "$(event_xml $C update_user u000004 "$ts")")"
+eq "an event while user/get fails: accepted" 200 "$(post "$B" $C "$sig" "$ts" n7 "$enc")"
+lagging() { curl -fsS "$B/v1/enterprises/$C/progress" | jq -e '.callbacks.waiting == 1 and .callbacks.lag_seconds > 1'; }
+T=10 wait_for lagging
+check "progress shows it waiting, with its lag" lagging
+alerted() { grep -h '"msg":"alert"' "$SV_DIR/a.log" "$SV_DIR/b.log" | grep -q '"kind":"callback_lag"'; }
+T=10 wait_for alerted
+check "the lag past ORGSYNC_CALLBACK_LAG_ALERT_S is alerted" alerted
+curl -fsS -X POST "$SIM_URL/sim/faults" -d '{"reset":true}' >/dev/null
+T=20 wait_for pending
+eq "once the upstream answers, it is applied" upserted "$(psql_q "SELECT outcome FROM callback_inbox WHERE target = 'u000004' AND create_time = $ts")"
+
+# ---- kill -9 right after answering: nothing lost ----
 curl -fsS -X POST "$SIM_URL/sim/mutate" -d "{\"corp_id\":\"$C\",\"ops\":[{\"op\":\"add\",\"userid\":\"cbkill\",\"department\":[1]}]}" >/dev/null
 ts=$(date +%s)
 read -r sig enc <<<"$(craft $C "$ts" n9 "$(event_xml $C create_user cbkill "$ts")")"
@@ -193,6 +208,27 @@ eq "it is in the inbox" 1 "$(psql_q "SELECT count(*) FROM callback_inbox WHERE t
 T=15 wait_for has_rows "users WHERE corp_id = '$C' AND userid = 'cbkill' AND deleted_at IS NULL" || true
 eq "the surviving instance applied it" 1 "$(psql_q "SELECT count(*) FROM users WHERE corp_id = '$C' AND userid = 'cbkill' AND deleted_at IS NULL")"
 eq "b leads the applier now" b "$(rcli GET "orgsync:$SV_ENV:lock:callback-apply" | cut -d'|' -f1 | cut -d/ -f1)"
+
+# ---- kill -9 of the applying leader mid-burst: nothing lost ----
+serve_start c 0
+serve_wait_ready c
+declare -A URL=([b]="$B" [c]="http://127.0.0.1:${SV_HTTP[c]}")
+L=$(rcli GET "orgsync:$SV_ENV:lock:callback-apply" | cut -d'|' -f1 | cut -d/ -f1)
+R=b
+[ "$L" = b ] && R=c
+echo "the applier leads on $L; callbacks go to $R; $L is killed mid-burst"
+curl -fsS -X POST "$SIM_URL/sim/callbacks" -d "{\"corp_id\":\"$C\",\"url\":\"${URL[$R]}/v1/callbacks/wecom/$C\",
+    \"token\":\"$TOKEN\",\"aeskey\":\"$AESKEY\",\"duplicate\":0.3,\"reorder\":true}" >/dev/null
+curl -fsS -X POST "$SIM_URL/sim/mutate" -d "{\"corp_id\":\"$C\",\"random\":{\"add\":15,\"rename\":15,\"move\":15,\"remove\":5}}" >/dev/null
+sleep 0.3
+applied_before=$(psql_q "SELECT count(*) FROM callback_inbox WHERE applied_at IS NOT NULL")
+kill -KILL -- "-${SV_PID[$L]}"
+unset "SV_PID[$L]"
+T=20 wait_for pending
+check "every event of the burst applied after the leader died" pending
+check "PostgreSQL equals the simulator" serve_data_equals_sim "$SDB"
+eq "$R leads the applier now" "$R" "$(rcli GET "orgsync:$SV_ENV:lock:callback-apply" | cut -d'|' -f1 | cut -d/ -f1)"
+echo "events applied before the kill: $applied_before, after: $(psql_q "SELECT count(*) FROM callback_inbox WHERE applied_at IS NOT NULL")"
 
 # ---- the figures ----
 if [ ${#LAT[@]} -gt 0 ]; then

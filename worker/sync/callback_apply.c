@@ -400,13 +400,15 @@ static void note_lag(ap_job *j, double depth, double lag)
     char msg[160];
     metrics_gauge_set(M_INBOX_DEPTH, NULL, depth);
     metrics_gauge_set(M_LAG, NULL, lag);
-    if (lag > APPLY_LAG_ALERT_S && !j->lag_alerted) {
+    int limit = j->run->settings->callback_lag_alert_s > 0 ? j->run->settings->callback_lag_alert_s
+                                                           : APPLY_LAG_ALERT_S;
+    if (lag > limit && !j->lag_alerted) {
         j->lag_alerted = 1;
         snprintf(msg, sizeof msg,
                  "the oldest pending change callback is %.0f s old (threshold %d s), %.0f waiting",
-                 lag, APPLY_LAG_ALERT_S, depth);
+                 lag, limit, depth);
         alert_raise("callback_lag", msg, NULL, j->run->run_id);
-    } else if (lag <= APPLY_LAG_ALERT_S) {
+    } else if (lag <= limit) {
         j->lag_alerted = 0;
     }
 }

@@ -28,7 +28,8 @@
  * orgsync_callback_lag_seconds (age of the oldest pending event),
  * orgsync_callback_apply_seconds (histogram, stored -> row written) and
  * orgsync_callback_events_applied_total{outcome}. An alert "callback_lag" is
- * raised when the oldest pending event is older than APPLY_LAG_ALERT_S (once,
+ * raised when the oldest pending event is older than ORGSYNC_CALLBACK_LAG_ALERT_S
+ * (settings; APPLY_LAG_ALERT_S when 0) seconds (once,
  * then again only after the lag came back under it). */
 #ifndef ORGSYNC_CALLBACK_APPLY_H
 #define ORGSYNC_CALLBACK_APPLY_H
