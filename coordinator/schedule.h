@@ -65,6 +65,11 @@ typedef struct schedule_opts {
      * unfinished run is resumed or, if none, one is created and runs until its
      * leader stops. */
     int continuous;
+    /* Continuous jobs only: NULL, or a query answering one boolean: the job
+     * is started only while it answers true (asked when the lock is free, at
+     * most every catchup_check_ms), so a deployment that does not use the job
+     * never runs it. */
+    const char *wanted_sql;
 } schedule_opts;
 
 /* Starts watching (strings copied). 0 and *out set, or a negative errno. */

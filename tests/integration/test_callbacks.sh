@@ -219,16 +219,23 @@ R=b
 echo "the applier leads on $L; callbacks go to $R; $L is killed mid-burst"
 curl -fsS -X POST "$SIM_URL/sim/callbacks" -d "{\"corp_id\":\"$C\",\"url\":\"${URL[$R]}/v1/callbacks/wecom/$C\",
     \"token\":\"$TOKEN\",\"aeskey\":\"$AESKEY\",\"duplicate\":0.3,\"reorder\":true}" >/dev/null
+# Slow answers (150 ms each, one at a time per enterprise): the burst takes
+# the leader several seconds, and it dies in the middle of it.
+curl -fsS -X POST "$SIM_URL/sim/faults" -d '{"latency_ms":150}' >/dev/null
+applied_start=$(psql_q "SELECT count(*) FROM callback_inbox WHERE applied_at IS NOT NULL")
 curl -fsS -X POST "$SIM_URL/sim/mutate" -d "{\"corp_id\":\"$C\",\"random\":{\"add\":15,\"rename\":15,\"move\":15,\"remove\":5}}" >/dev/null
-sleep 0.3
+sleep 1.5
 applied_before=$(psql_q "SELECT count(*) FROM callback_inbox WHERE applied_at IS NOT NULL")
+waiting_before=$(psql_q "SELECT count(*) FROM callback_inbox WHERE applied_at IS NULL")
 kill -KILL -- "-${SV_PID[$L]}"
 unset "SV_PID[$L]"
+echo "killed $L with $((applied_before - applied_start)) events of the burst applied and $waiting_before waiting"
+check "the kill came mid-burst (events still waiting)" test "$waiting_before" -gt 0
+curl -fsS -X POST "$SIM_URL/sim/faults" -d '{"reset":true}' >/dev/null
 T=20 wait_for pending
 check "every event of the burst applied after the leader died" pending
 check "PostgreSQL equals the simulator" serve_data_equals_sim "$SDB"
 eq "$R leads the applier now" "$R" "$(rcli GET "orgsync:$SV_ENV:lock:callback-apply" | cut -d'|' -f1 | cut -d/ -f1)"
-echo "events applied before the kill: $applied_before, after: $(psql_q "SELECT count(*) FROM callback_inbox WHERE applied_at IS NOT NULL")"
 
 # ---- the figures ----
 if [ ${#LAT[@]} -gt 0 ]; then

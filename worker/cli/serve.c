@@ -133,7 +133,8 @@ static void start_scheduler(worker *w)
                                          .gate = &w->g,
                                          .fair = w->fair,
                                          .grace_ms = w->grace_ms,
-                                         .continuous = 1},
+                                         .continuous = 1,
+                                         .wanted_sql = CALLBACK_APPLY_WANTED_SQL},
                         &w->sched_cb);
     if (rc) {
         log_error("serve: the callback applier did not start", LF_I("error", rc));

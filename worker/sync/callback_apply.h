@@ -4,7 +4,9 @@
  * A second job of the coordinator with its own lock (lock:callback-apply) and
  * fence row, so it may run on another host than the nightly directory sync,
  * under the same gate (ORGSYNC_SCHEDULE, worker ids, read-only, version). Its
- * run is continuous: the scheduler starts it whenever the lock is free
+ * run is continuous: while CALLBACK_APPLY_WANTED_SQL holds (within 5 s of an
+ * enterprise getting callback keys) the scheduler starts it whenever the lock
+ * is free
  * (schedule_opts.continuous) and it never ends on its own; a leader that stops
  * or dies leaves the run resumable and the next holder goes on with it.
  *
@@ -43,5 +45,11 @@
 #define APPLY_LAG_ALERT_S 60
 
 extern const job_ops callback_apply_ops;
+
+/* The job is wanted (schedule_opts.wanted_sql) while an enabled enterprise has
+ * callback keys, or events wait: a deployment without callbacks never runs it. */
+#define CALLBACK_APPLY_WANTED_SQL                                                                  \
+    "SELECT EXISTS (SELECT 1 FROM enterprises WHERE enabled AND callback_token IS NOT NULL) OR "   \
+    "EXISTS (SELECT 1 FROM callback_inbox WHERE applied_at IS NULL)"
 
 #endif
