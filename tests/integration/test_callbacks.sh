@@ -219,6 +219,9 @@ R=b
 echo "the applier leads on $L; callbacks go to $R; $L is killed mid-burst"
 curl -fsS -X POST "$SIM_URL/sim/callbacks" -d "{\"corp_id\":\"$C\",\"url\":\"${URL[$R]}/v1/callbacks/wecom/$C\",
     \"token\":\"$TOKEN\",\"aeskey\":\"$AESKEY\",\"duplicate\":0.3,\"reorder\":true}" >/dev/null
+# An event applied 8 days ago: the next leader prunes it when it starts.
+psql_q "INSERT INTO callback_inbox (corp_id, create_time, change_type, kind, target, msg_signature, received_at, applied_at, outcome)
+        VALUES ('$C', 1, 'update_user', 'user', 'ancient', 'old-signature', now() - interval '8 days', now() - interval '8 days', 'upserted')" >/dev/null
 # Slow answers (150 ms each, one at a time per enterprise): the burst takes
 # the leader several seconds, and it dies in the middle of it.
 curl -fsS -X POST "$SIM_URL/sim/faults" -d '{"latency_ms":150}' >/dev/null
@@ -235,6 +238,7 @@ curl -fsS -X POST "$SIM_URL/sim/faults" -d '{"reset":true}' >/dev/null
 T=20 wait_for pending
 check "every event of the burst applied after the leader died" pending
 check "PostgreSQL equals the simulator" serve_data_equals_sim "$SDB"
+eq "applied events older than 7 days pruned by the new leader" 0 "$(psql_q "SELECT count(*) FROM callback_inbox WHERE target = 'ancient'")"
 eq "$R leads the applier now" "$R" "$(rcli GET "orgsync:$SV_ENV:lock:callback-apply" | cut -d'|' -f1 | cut -d/ -f1)"
 
 # ---- the figures ----

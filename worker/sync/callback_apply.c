@@ -48,6 +48,7 @@ struct ap_job {
     int batch_full;
     int batch_failed;
     int lag_alerted;
+    unsigned long ticks;
     char stop_reason[160];
 };
 
@@ -480,6 +481,26 @@ static void on_batch(void *arg, PGresult *res, const char *err)
     batch_done_one(j); /* the batch query itself */
 }
 
+/* Applied events are kept APPLY_KEEP_DAYS (far beyond the route's 300 s replay
+ * window), then removed, 1000 at a time, by the leader (fenced). */
+#define APPLY_KEEP_DAYS 7
+#define PRUNE_EVERY_TICKS 300
+static const char prune_sql[] =
+    "WITH " FENCE_CTE " DELETE FROM callback_inbox WHERE event_id IN (SELECT event_id FROM "
+    "callback_inbox WHERE applied_at < now() - interval '7 days' AND EXISTS (SELECT 1 FROM fence) "
+    "ORDER BY event_id LIMIT 1000)";
+
+static void on_pruned(void *arg, PGresult *res, const char *err)
+{
+    ap_job *j = arg;
+    if (err)
+        log_warn("callback apply: pruning applied events failed", LF_S("error", err));
+    else if (atoi(PQcmdTuples(res)) > 0)
+        log_info("callback apply: pruned applied events", LF_S("rows", PQcmdTuples(res)),
+                 LF_I("older_than_days", APPLY_KEEP_DAYS));
+    batch_done_one(j);
+}
+
 static void tick(uv_timer_t *timer)
 {
     ap_job *j = timer->data;
@@ -493,6 +514,12 @@ static void tick(uv_timer_t *timer)
         return;
     }
     j->batch_failed = 0;
+    if (++j->ticks % PRUNE_EVERY_TICKS == 1) {
+        const char *pp[3] = {j->run->env, j->run->job, j->token};
+        j->inflight++;
+        if (pg_query(j->run->pg, prune_sql, 3, pp, on_pruned, j) != 0)
+            j->inflight--;
+    }
     snprintf(lim, sizeof lim, "%d", APPLY_BATCH);
     p[0] = lim;
     j->inflight++;
