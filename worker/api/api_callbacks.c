@@ -1,4 +1,5 @@
-/* WeCom change callbacks: GET|POST /v1/callbacks/wecom/{corp_id} (docs/API.md).
+/* WeCom change callbacks: GET|POST /v1/callbacks/wecom/{corp_id} (docs/API.md),
+ * and GET /v1/callbacks, their freshness per enterprise (the progress page).
  *
  * GET (the URL check WeCom makes when the callback is set up): verify
  * msg_signature over echostr, decrypt it, check the receive id, answer the
@@ -317,6 +318,82 @@ static void on_callback(http_req *req, void *arg)
     }
 }
 
+/* ---- GET /v1/callbacks: freshness of every enterprise with callbacks ---- */
+
+typedef struct sum_op {
+    api *a;
+    http_req *req;
+} sum_op;
+
+static const char summary_sql[] =
+    "SELECT corp_id, count(*) FILTER (WHERE applied_at IS NULL), count(*) FILTER (WHERE "
+    "applied_at IS NOT NULL), coalesce(extract(epoch FROM now() - min(received_at) FILTER (WHERE "
+    "applied_at IS NULL)), 0), extract(epoch FROM max(applied_at)) FROM callback_inbox GROUP BY "
+    "corp_id ORDER BY corp_id";
+
+static void on_summary(void *arg, PGresult *res, const char *err)
+{
+    sum_op *op = arg;
+    long long waiting = 0, applied = 0;
+    double lag = 0;
+    buf b;
+    jw w;
+
+    if (!api_unref(op->a))
+        goto done;
+    if (err) {
+        http_reply_error(op->req, api_pg_failed(op->a, "callbacks summary", err),
+                         "database_unavailable", "could not query PostgreSQL");
+        goto done;
+    }
+    buf_init(&b);
+    jw_init(&w, &b);
+    jw_obj_begin(&w);
+    jw_key(&w, "enterprises");
+    jw_arr_begin(&w);
+    for (int i = 0; i < PQntuples(res); i++) {
+        double l = strtod(PQgetvalue(res, i, 3), NULL);
+        waiting += api_col_ll(res, i, 1);
+        applied += api_col_ll(res, i, 2);
+        if (l > lag)
+            lag = l;
+        jw_obj_begin(&w);
+        jw_kstr(&w, "corp_id", PQgetvalue(res, i, 0));
+        jw_kint(&w, "waiting", api_col_ll(res, i, 1));
+        jw_kint(&w, "applied", api_col_ll(res, i, 2));
+        jw_kdbl(&w, "lag_seconds", l);
+        api_kepoch(&w, "last_applied_at", res, i, 4);
+        jw_obj_end(&w);
+    }
+    jw_arr_end(&w);
+    jw_kint(&w, "waiting", waiting);
+    jw_kint(&w, "applied", applied);
+    jw_kdbl(&w, "lag_seconds", lag);
+    jw_obj_end(&w);
+    api_reply_json(op->req, 200, &b);
+done:
+    free(op);
+}
+
+static void on_callbacks_summary(http_req *req, void *arg)
+{
+    api *a = arg;
+    sum_op *op = calloc(1, sizeof(*op));
+
+    if (!op) {
+        http_reply_error(req, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    op->a = a;
+    op->req = req;
+    api_ref(a);
+    if (api_pg_query(a, summary_sql, 0, NULL, on_summary, op) != 0) {
+        api_unref(a);
+        http_reply_error(req, 503, "database_unavailable", "could not query PostgreSQL");
+        free(op);
+    }
+}
+
 int api_callbacks_register(api *a)
 {
     int err;
@@ -327,5 +404,7 @@ int api_callbacks_register(api *a)
     err = http_server_route(a->srv, "GET", "/v1/callbacks/wecom/{corp_id}", on_callback, a);
     if (!err)
         err = http_server_route(a->srv, "POST", "/v1/callbacks/wecom/{corp_id}", on_callback, a);
+    if (!err)
+        err = http_server_route(a->srv, "GET", "/v1/callbacks", on_callbacks_summary, a);
     return err;
 }
