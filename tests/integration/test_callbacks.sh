@@ -45,7 +45,8 @@ unset ORGSYNC_PG_DSN
 
 serve_start a 0 ORGSYNC_CALLBACK_LAG_ALERT_S=1
 serve_start b 1 ORGSYNC_CALLBACK_LAG_ALERT_S=1
-serve_wait_ready a b
+serve_start ro 0 ORGSYNC_READ_ONLY=on ORGSYNC_SCHEDULE=off ORGSYNC_WORKERS=1
+serve_wait_ready a b ro
 A="http://127.0.0.1:${SV_HTTP[a]}"
 B="http://127.0.0.1:${SV_HTTP[b]}"
 
@@ -105,6 +106,8 @@ eq "a stale timestamp is refused" 403 "$(post "$A" $C "$sig2" "$old" n3 "$enc2")
 read -r sig3 enc3 <<<"$(craft $C "$ts" n4 "<xml><ToUserName><![CDATA[$C]]></ToUserName><MsgType>event</MsgType></xml>")"
 eq "a malformed message is refused" 400 "$(post "$A" $C "$sig3" "$ts" n4 "$enc3")"
 eq "an unknown enterprise is 404" 404 "$(post "$A" wwnobody "$sig" "$ts" n2 "$enc")"
+eq "a read-only deployment stores no callback" 403 "$(post "http://127.0.0.1:${SV_HTTP[ro]}" $C "$sig" "$ts" n2 "$enc")"
+check "as read_only" jq -e '.error.code == "read_only"' "$SV_DIR/post.out"
 eq "refusals stored nothing" "$before" "$(inbox)"
 eq "the same request accepted" 200 "$(post "$A" $C "$sig" "$ts" n2 "$enc")"
 eq "and replayed: refused" 409 "$(post "$B" $C "$sig" "$ts" n2 "$enc")"

@@ -254,6 +254,10 @@ static void on_callback(http_req *req, void *arg)
         refuse(req, 400, "bad_request", "corp_id must be 1-64 of [A-Za-z0-9_-]");
         return;
     }
+    if (post && a->d.read_only) {
+        refuse(req, 403, "read_only", "this deployment is read-only: it stores no callbacks");
+        return;
+    }
     op = calloc(1, sizeof(*op));
     if (!op) {
         http_reply_error(req, 503, "out_of_memory", "out of memory");
