@@ -89,6 +89,9 @@ read -r sig enc <<<"$(craft $C "$ts" n1 "echo-4711")"
 encq=$(jq -rn --arg v "$enc" '$v|@uri')
 eq "GET answers the decrypted echostr" "echo-4711" \
     "$(curl -fsS "$B/v1/callbacks/wecom/$C?msg_signature=$sig&timestamp=$ts&nonce=n1&echostr=$encq")"
+gt=$(curl -fsS -o /dev/null -w '%{time_total}' "$B/v1/callbacks/wecom/$C?msg_signature=$sig&timestamp=$ts&nonce=n1&echostr=$encq")
+echo "GET check answered in ${gt} s"
+check "the GET check answers within WeCom's 1 s" awk "BEGIN{exit !($gt < 1)}"
 eq "GET with a bad signature is 403" 403 \
     "$(curl -sS -o /dev/null -w '%{http_code}' "$B/v1/callbacks/wecom/$C?msg_signature=0$sig&timestamp=$ts&nonce=n1&echostr=$encq")"
 
