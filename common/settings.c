@@ -46,6 +46,7 @@ const char *const settings_names[] = {"ORGSYNC_ENV",
                                       "ORGSYNC_UPSTREAM_BIND",
                                       "ORGSYNC_EGRESS_REFUSED_TTL",
                                       "ORGSYNC_DRAIN_MS",
+                                      "ORGSYNC_CALLBACK_LAG_ALERT_S",
                                       NULL};
 
 #define MAX_FILE_ENTRIES 64
@@ -412,6 +413,13 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
         s->lookup_budget = (int)n;
     }
 
+    if ((v = lookup(src, "ORGSYNC_CALLBACK_LAG_ALERT_S"))) {
+        if (parse_long(v, 1, 86400, &n))
+            return bad(err, errlen, "ORGSYNC_CALLBACK_LAG_ALERT_S",
+                       "seconds from 1 to 86400 (age of the oldest waiting change callback)", v);
+        s->callback_lag_alert_s = (int)n;
+    }
+
     if ((v = lookup(src, "ORGSYNC_ADMIN_TOKEN")) && *v) {
         if (strlen(v) < 16 || strlen(v) >= sizeof(s->admin_token)) {
             snprintf(err, errlen,
@@ -527,6 +535,7 @@ static void defaults(settings *s)
     snprintf(s->upstream_url, sizeof(s->upstream_url), "https://qyapi.weixin.qq.com");
     s->daily_quota = 0;
     s->lookup_budget = 60;
+    s->callback_lag_alert_s = 60;
     s->log_level = LOG_INFO;
     s->log_json = 1;
     snprintf(s->code_version, sizeof(s->code_version), "%s", ORGSYNC_VERSION);

@@ -33,6 +33,7 @@ typedef struct settings {
     char upstream_url[512];       /* ORGSYNC_UPSTREAM_URL, no trailing slash */
     long daily_quota;             /* ORGSYNC_DAILY_QUOTA, 0 = unset */
     int lookup_budget;            /* ORGSYNC_LOOKUP_BUDGET per enterprise per hour */
+    int callback_lag_alert_s;     /* ORGSYNC_CALLBACK_LAG_ALERT_S: alert callback_lag past it */
     char admin_token[256];        /* ORGSYNC_ADMIN_TOKEN, "" = write endpoints refused */
     char alert_webhook[512];      /* ORGSYNC_ALERT_WEBHOOK, "" = none */
     int log_level;                /* ORGSYNC_LOG_LEVEL (log_level) */

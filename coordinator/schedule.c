@@ -52,6 +52,8 @@ struct schedule {
     int lock_seen_held;
     int notified;
     uint64_t last_pg_look_us;
+    uint64_t wanted_at_us; /* continuous: when wanted_sql last answered */
+    int wanted;
     int last_eligible; /* -1 unknown: for logging changes */
     char last_why[256];
 
@@ -415,6 +417,27 @@ static void look_in_pg(schedule *s)
     s->pending++;
 }
 
+static void on_wanted(void *arg, PGresult *res, const char *err)
+{
+    schedule *s = arg;
+
+    s->watching = 0;
+    s->pending--;
+    if (s->closing) {
+        maybe_free(s);
+        return;
+    }
+    if (err) {
+        log_warn("scheduler: could not ask whether the job is wanted", LF_S("job", s->o.ops->name),
+                 LF_S("error", err));
+        return;
+    }
+    s->wanted_at_us = time_mono_us();
+    s->wanted = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+    if (s->wanted && !s->sess && !s->armed)
+        compete(s, K_CATCHUP, 0);
+}
+
 static void on_holder(void *arg, const char *instance, long long token, long long pttl,
                       const char *err)
 {
@@ -433,6 +456,21 @@ static void on_holder(void *arg, const char *instance, long long token, long lon
         return;
     if (instance) {
         s->lock_seen_held = 1;
+        return;
+    }
+    if (s->o.continuous) {
+        /* Always something to run (resume the unfinished run, or start one),
+         * while the job is wanted. */
+        if (!s->o.wanted_sql || (s->wanted_at_us && time_mono_us() - s->wanted_at_us <
+                                                        (uint64_t)s->o.catchup_check_ms * 1000)) {
+            if (!s->o.wanted_sql || s->wanted)
+                compete(s, K_CATCHUP, 0);
+            return;
+        }
+        if (pg_query(s->o.pg, s->o.wanted_sql, 0, NULL, on_wanted, s) == 0) {
+            s->watching = 1;
+            s->pending++;
+        }
         return;
     }
     need = s->lock_seen_held || s->notified || !s->last_pg_look_us ||
@@ -576,7 +614,8 @@ int schedule_start(const schedule_opts *o, schedule **out)
     uv_timer_init(o->loop, &s->attempt_timer);
     s->fire_timer.data = s->poll_timer.data = s->attempt_timer.data = s;
     s->handles_open = 3;
-    arm_fire(s);
+    if (!s->o.continuous)
+        arm_fire(s);
     uv_timer_start(&s->poll_timer, poll_tick, 0, (uint64_t)s->o.poll_ms);
     log_info("scheduler started", LF_S("env", s->st.env), LF_S("job", o->ops->name),
              LF_S("cron", s->st.cron), LF_S("tz", s->st.tz), LF_I("fair", o->fair),

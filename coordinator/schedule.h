@@ -60,6 +60,16 @@ typedef struct schedule_opts {
     int heartbeat_ms;      /* run heartbeats; 0: leader.c default */
     int stop_timeout_ms;   /* job stop bound on shutdown; 0: leader.c default */
     int cand_heartbeat_ms; /* candidacy heartbeats; 0: 1000 */
+    /* 1: a continuous job (worker/sync/callback_apply.h): no cron fires; whenever
+     * the lock is free it competes (rank grace as usual) with create=1, so the
+     * unfinished run is resumed or, if none, one is created and runs until its
+     * leader stops. */
+    int continuous;
+    /* Continuous jobs only: NULL, or a query answering one boolean: the job
+     * is started only while it answers true (asked when the lock is free, at
+     * most every catchup_check_ms), so a deployment that does not use the job
+     * never runs it. */
+    const char *wanted_sql;
 } schedule_opts;
 
 /* Starts watching (strings copied). 0 and *out set, or a negative errno. */

@@ -8,7 +8,8 @@
 -- orgsync_writer: production hosts (any worker may become the leader, and the
 --   realtime lookup stores what it finds). Reads corp_secret to get tokens.
 -- orgsync_reader: API-only deployments (staging, load test, read replicas).
---   SELECT on everything except enterprises.corp_secret and contact_secret; with
+--   SELECT on everything except enterprises.corp_secret, contact_secret,
+--   callback_token and callback_aeskey; with
 --   ORGSYNC_READ_ONLY=auto a process on this role never competes for the lock
 --   and refuses the write endpoints.
 -- Neither role can change the schema: migrations run as the owner.
@@ -44,10 +45,15 @@ BEGIN
     IF to_regclass('sync_revisions') IS NOT NULL THEN
         GRANT SELECT ON sync_revisions TO orgsync_reader;
     END IF;
+    -- schema 6 and later: the callback inbox (progress shows its depth and lag)
+    IF to_regclass('callback_inbox') IS NOT NULL THEN
+        GRANT SELECT ON callback_inbox TO orgsync_reader;
+    END IF;
 END
 $$;
 -- Column privileges: the reader may see which enterprises exist and how they
--- sync, never their secrets (corp_secret, contact_secret).
+-- sync, never their secrets (corp_secret, contact_secret, callback_token,
+-- callback_aeskey).
 GRANT SELECT (corp_id, name, enabled, created_at) ON enterprises TO orgsync_reader;
 DO $$
 BEGIN

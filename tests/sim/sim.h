@@ -522,6 +522,7 @@ void sim_counters_refetches(const sim_counters *c, uint64_t *calls_gt1, uint64_t
 /* ---- sim_routes.c: the server state and its handlers ---- */
 
 typedef struct sim_delayed sim_delayed;
+typedef struct sim_callbacks sim_callbacks;
 
 typedef struct sim {
     uv_loop_t *loop;
@@ -535,8 +536,22 @@ typedef struct sim {
     uint64_t hint_seq;    /* the request number in errmsg hints */
     sim_delayed *pending; /* answers waiting on a latency timer */
     buf scratch;
+    sim_callbacks *callbacks; /* change callbacks (sim_callbacks.c); NULL until configured */
     int closing;
 } sim;
+
+/* ---- sim_callbacks.c: change callbacks sent to a configured URL ---- */
+
+struct http_req;
+/* GET|POST /sim/callbacks */
+void sim_callbacks_on_get(struct http_req *r, void *arg);
+void sim_callbacks_on_post(struct http_req *r, void *arg);
+/* After a successful POST /sim/mutate: answer is its JSON answer. */
+void sim_callbacks_mutated(sim *s, const char *answer, size_t len);
+/* Shutdown: posts in flight fail without retry (close before the loop ends);
+ * free after the loop has run out. */
+void sim_callbacks_close(sim *s);
+void sim_callbacks_free(sim *s);
 
 /* Registers every route on s->srv. 0 or negative errno. */
 int sim_routes_install(sim *s);

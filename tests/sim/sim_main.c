@@ -410,6 +410,7 @@ int main(int argc, char **argv)
     sim_stats_free(&p.s.stats);
     sim_limits_free(&p.s.lim);
     free(p.s.policy);
+    sim_callbacks_free(&p.s);
     sim_dir_free(&p.s.dir);
     buf_free(&p.s.scratch);
     return rc ? 1 : 0;

@@ -168,6 +168,7 @@ now:
 
 void sim_routes_shutdown(sim *s)
 {
+    sim_callbacks_close(s);
     while (s->pending) {
         sim_delayed *d = s->pending;
         delayed_unlink(d);
@@ -842,6 +843,7 @@ static void on_mutate(http_req *r, void *arg)
         return;
     }
     log_info("directory mutated", LF_I("bytes", (long long)s->scratch.len));
+    sim_callbacks_mutated(s, s->scratch.data ? s->scratch.data : "{}", s->scratch.len);
     reply_buf(r, &s->scratch);
 }
 
@@ -1053,6 +1055,8 @@ int sim_routes_install(sim *s)
         {"POST", "/sim/limits", on_limits_post},
         {"GET", "/sim/policy", on_policy_get},
         {"POST", "/sim/policy", on_policy_post},
+        {"GET", "/sim/callbacks", sim_callbacks_on_get},
+        {"POST", "/sim/callbacks", sim_callbacks_on_post},
     };
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         int err = http_server_route(s->srv, routes[i].method, routes[i].pattern, routes[i].h, s);

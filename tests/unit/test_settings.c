@@ -53,6 +53,7 @@ static void test_defaults(void **state)
     assert_string_equal(s.upstream_url, "https://qyapi.weixin.qq.com");
     assert_int_equal(s.daily_quota, 0);
     assert_int_equal(s.lookup_budget, 60);
+    assert_int_equal(s.callback_lag_alert_s, 60);
     assert_string_equal(s.admin_token, "");
     assert_true(strchr(s.instance, ':') != NULL);
     assert_int_equal(s.egress_max_per_min, 20000);
@@ -132,6 +133,7 @@ static void test_valid_values(void **state)
                          "ORGSYNC_UPSTREAM_URL=http://127.0.0.1:9999///",
                          "ORGSYNC_DAILY_QUOTA=5000",
                          "ORGSYNC_LOOKUP_BUDGET=0",
+                         "ORGSYNC_CALLBACK_LAG_ALERT_S=5",
                          "ORGSYNC_ADMIN_TOKEN=0123456789abcdef",
                          "ORGSYNC_ALERT_WEBHOOK=http://127.0.0.1:1/hook",
                          "ORGSYNC_LOG_LEVEL=debug",
@@ -156,6 +158,7 @@ static void test_valid_values(void **state)
     assert_string_equal(s.upstream_url, "http://127.0.0.1:9999");
     assert_int_equal(s.daily_quota, 5000);
     assert_int_equal(s.lookup_budget, 0);
+    assert_int_equal(s.callback_lag_alert_s, 5);
     assert_string_equal(s.admin_token, "0123456789abcdef");
     assert_int_equal(s.log_level, 0);
     assert_int_equal(s.log_json, 0);
@@ -190,6 +193,8 @@ static void test_bad_values(void **state)
         {"ORGSYNC_UPSTREAM_URL=ftp://x", "ORGSYNC_UPSTREAM_URL"},
         {"ORGSYNC_DAILY_QUOTA=-1", "ORGSYNC_DAILY_QUOTA"},
         {"ORGSYNC_LOOKUP_BUDGET=ten", "ORGSYNC_LOOKUP_BUDGET"},
+        {"ORGSYNC_CALLBACK_LAG_ALERT_S=0", "ORGSYNC_CALLBACK_LAG_ALERT_S"},
+        {"ORGSYNC_CALLBACK_LAG_ALERT_S=1m", "ORGSYNC_CALLBACK_LAG_ALERT_S"},
         {"ORGSYNC_ADMIN_TOKEN=short", "ORGSYNC_ADMIN_TOKEN"},
         {"ORGSYNC_ALERT_WEBHOOK=mailto:x", "ORGSYNC_ALERT_WEBHOOK"},
         {"ORGSYNC_LOG_LEVEL=loud", "ORGSYNC_LOG_LEVEL"},

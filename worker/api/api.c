@@ -90,6 +90,8 @@ int api_register(http_server *srv, const api_deps *deps, api **out)
         err = api_runs_register(a);
     if (!err)
         err = api_users_register(a);
+    if (!err)
+        err = api_callbacks_register(a);
     if (err)
         goto fail;
     http_server_set_observer(srv, observe, a);

@@ -5,6 +5,7 @@
 
 #include "worker/api/api_shared.h"
 
+int api_callbacks_register(api *a);
 int api_health_register(api *a);
 int api_hosts_register(api *a);
 int api_runs_register(api *a);

@@ -28,11 +28,15 @@ static const char list_sql[] =
 
 /* The enterprise's row in the latest run that has one; known = it exists at all. */
 static const char progress_sql[] =
-    "SELECT EXISTS (SELECT 1 FROM enterprises WHERE corp_id = $3) AS known, x.* FROM (SELECT 1) "
+    "SELECT EXISTS (SELECT 1 FROM enterprises WHERE corp_id = $3) AS known, x.*, cb.* FROM (SELECT "
+    "1) "
     "AS one LEFT JOIN LATERAL (SELECT r.run_id, r.state AS run_state, " PROGRESS_COLS
     ", extract(epoch FROM now()), " RUN_REVISION " FROM sync_runs r JOIN sync_progress p ON "
     "p.run_id = r.run_id WHERE r.env = $1 AND r.job = $2 AND p.corp_id = $3 ORDER BY r.run_id "
-    "DESC LIMIT 1) x ON true";
+    "DESC LIMIT 1) x ON true, LATERAL (SELECT count(*) FILTER (WHERE applied_at IS NULL) AS "
+    "cb_waiting, count(*) FILTER (WHERE applied_at IS NOT NULL) AS cb_applied, coalesce(extract("
+    "epoch FROM now() - min(received_at) FILTER (WHERE applied_at IS NULL)), 0) AS cb_lag, "
+    "extract(epoch FROM max(applied_at)) AS cb_last FROM callback_inbox WHERE corp_id = $3) cb";
 
 /* ?min_revision=N: 0 when absent; -1 (answered 400) when not an integer from 0
  * to 999999999999999999. */
@@ -216,6 +220,15 @@ static void on_progress(void *arg, PGresult *res, const char *err)
     jw_kint(&w, "revision", rev);
     jw_key(&w, "enterprise");
     run_view_put_enterprise(&w, res, 0, 3, run_view_col_d(res, 0, 3 + PC_N));
+    /* Change callbacks (callback_inbox): waiting, applied, how old the oldest
+     * waiting one is, when the last one was applied. */
+    jw_key(&w, "callbacks");
+    jw_obj_begin(&w);
+    jw_kint(&w, "waiting", api_col_ll(res, 0, 3 + PC_N + 2));
+    jw_kint(&w, "applied", api_col_ll(res, 0, 3 + PC_N + 3));
+    jw_kdbl(&w, "lag_seconds", run_view_col_d(res, 0, 3 + PC_N + 4));
+    api_kepoch(&w, "last_applied_at", res, 0, 3 + PC_N + 5);
+    jw_obj_end(&w);
     jw_obj_end(&w);
     char *body = detach(&b, &len);
     if (!body)

@@ -2,6 +2,7 @@
  * Secrets (the app secret, and optionally the contact-sync secret) are read from
  * named environment variables, never from argv (argv is visible to every user
  * through ps). */
+#include "common/msgcrypt.h"
 #include "worker/cli/cli_db.h"
 #include "worker/cli/commands.h"
 #include "worker/wecom/corp_id.h"
@@ -17,7 +18,10 @@ typedef struct ent_args {
     const char *contact_env;
     const char *api_mode;
     const char *name;
+    const char *cb_token_env;
+    const char *cb_aeskey_env;
     int no_contact;
+    int no_callback;
 } ent_args;
 
 static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
@@ -34,7 +38,14 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
             dst = &a->api_mode;
         else if (!strcmp(argv[i], "--name"))
             dst = &a->name;
-        else if (!strcmp(argv[i], "--no-contact-secret")) {
+        else if (!strcmp(argv[i], "--callback-token-env"))
+            dst = &a->cb_token_env;
+        else if (!strcmp(argv[i], "--callback-aeskey-env"))
+            dst = &a->cb_aeskey_env;
+        else if (!strcmp(argv[i], "--no-callback")) {
+            a->no_callback = 1;
+            continue;
+        } else if (!strcmp(argv[i], "--no-contact-secret")) {
             a->no_contact = 1;
             continue;
         } else
@@ -53,6 +64,12 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
     if (a->no_contact && a->contact_env)
         return cmd_usage_error("enterprise",
                                "--no-contact-secret and --contact-secret-env exclude each other");
+    if (!a->cb_token_env != !a->cb_aeskey_env)
+        return cmd_usage_error("enterprise", "--callback-token-env and --callback-aeskey-env go "
+                                             "together (a callback needs both)");
+    if (a->no_callback && a->cb_token_env)
+        return cmd_usage_error("enterprise",
+                               "--no-callback and --callback-token-env exclude each other");
     if (a->name && (strlen(a->name) == 0 || strlen(a->name) > 200))
         return cmd_usage_error("enterprise", "--name: expected 1 to 200 characters");
     return 0;
@@ -76,7 +93,7 @@ static const char *secret_from(const char *option, const char *var)
  * --no-contact-secret. */
 static int ent_write(const settings *s, const ent_args *a, int add)
 {
-    const char *secret = NULL, *contact = NULL, *p[6];
+    const char *secret = NULL, *contact = NULL, *cb_token = NULL, *cb_aeskey = NULL, *p[9];
     PGconn *c;
     PGresult *r;
     int rc = 1;
@@ -87,14 +104,32 @@ static int ent_write(const settings *s, const ent_args *a, int add)
                                "[--contact-secret-env VAR] [--api-mode auto|legacy|modern]");
     if (!add && !a->corp_id)
         return cmd_usage_error("enterprise", "set needs --corp-id ID");
-    if (!add && !a->secret_env && !a->contact_env && !a->api_mode && !a->name && !a->no_contact)
+    if (!add && !a->secret_env && !a->contact_env && !a->api_mode && !a->name && !a->no_contact &&
+        !a->cb_token_env && !a->no_callback)
         return cmd_usage_error("enterprise",
                                "set: nothing to change (give --secret-env, --contact-secret-env, "
-                               "--no-contact-secret, --api-mode or --name)");
+                               "--no-contact-secret, --api-mode, --name, --callback-token-env "
+                               "with --callback-aeskey-env, or --no-callback)");
     if (a->secret_env && !(secret = secret_from("--secret-env", a->secret_env)))
         return EXIT_USAGE;
     if (a->contact_env && !(contact = secret_from("--contact-secret-env", a->contact_env)))
         return EXIT_USAGE;
+    if (a->cb_token_env) {
+        if (!(cb_token = secret_from("--callback-token-env", a->cb_token_env)) ||
+            !(cb_aeskey = secret_from("--callback-aeskey-env", a->cb_aeskey_env)))
+            return EXIT_USAGE;
+        /* The values are never printed: only which variable is wrong, and why. */
+        if (strlen(cb_token) > 128 || strspn(cb_token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
+                                                       "qrstuvwxyz0123456789") != strlen(cb_token))
+            return cmd_usage_error("enterprise",
+                                   "--callback-token-env: %s must hold 1 to 128 of A-Z, a-z, 0-9",
+                                   a->cb_token_env);
+        if (!msgcrypt_aeskey_valid(cb_aeskey))
+            return cmd_usage_error("enterprise",
+                                   "--callback-aeskey-env: %s must hold an EncodingAESKey: "
+                                   "exactly 43 of A-Z, a-z, 0-9",
+                                   a->cb_aeskey_env);
+    }
     c = cli_db_connect(s, "enterprise");
     if (!c)
         return 1;
@@ -104,24 +139,38 @@ static int ent_write(const settings *s, const ent_args *a, int add)
     p[3] = contact;
     p[4] = a->api_mode;
     p[5] = a->no_contact ? "t" : "f";
+    p[6] = cb_token;
+    p[7] = cb_aeskey;
+    p[8] = a->no_callback ? "t" : "f";
     if (add)
         r = cli_db_exec(c, "enterprise",
                         "INSERT INTO enterprises (corp_id, name, corp_secret, contact_secret, "
-                        " api_mode) VALUES ($1, $2, $3, $4, coalesce($5, 'auto'))"
+                        " api_mode, callback_token, callback_aeskey) VALUES ($1, $2, $3, $4,"
+                        " coalesce($5, 'auto'), $7, $8)"
                         " ON CONFLICT (corp_id) DO UPDATE SET name = EXCLUDED.name,"
                         " corp_secret = EXCLUDED.corp_secret,"
                         " contact_secret = CASE WHEN $6::boolean THEN NULL"
                         "   ELSE coalesce($4, enterprises.contact_secret) END,"
-                        " api_mode = coalesce($5, enterprises.api_mode) RETURNING (xmax = 0)",
-                        6, p);
+                        " api_mode = coalesce($5, enterprises.api_mode),"
+                        " callback_token = CASE WHEN $9::boolean THEN NULL"
+                        "   ELSE coalesce($7, enterprises.callback_token) END,"
+                        " callback_aeskey = CASE WHEN $9::boolean THEN NULL"
+                        "   ELSE coalesce($8, enterprises.callback_aeskey) END"
+                        " RETURNING (xmax = 0)",
+                        9, p);
     else
         r = cli_db_exec(c, "enterprise",
                         "UPDATE enterprises SET name = coalesce($2, name),"
                         " corp_secret = coalesce($3, corp_secret),"
                         " contact_secret = CASE WHEN $6::boolean THEN NULL"
                         "   ELSE coalesce($4, contact_secret) END,"
-                        " api_mode = coalesce($5, api_mode) WHERE corp_id = $1 RETURNING false",
-                        6, p);
+                        " api_mode = coalesce($5, api_mode),"
+                        " callback_token = CASE WHEN $9::boolean THEN NULL"
+                        "   ELSE coalesce($7, callback_token) END,"
+                        " callback_aeskey = CASE WHEN $9::boolean THEN NULL"
+                        "   ELSE coalesce($8, callback_aeskey) END"
+                        " WHERE corp_id = $1 RETURNING false",
+                        9, p);
     if (r) {
         if (PQntuples(r) == 0) {
             fprintf(stderr, "orgsync enterprise: no enterprise %s\n", a->corp_id);
@@ -175,15 +224,17 @@ static int ent_list(const settings *s)
                     "SELECT corp_id, name, enabled, to_char(created_at AT TIME ZONE 'UTC',"
                     " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), contact_secret IS NOT NULL, api_mode,"
                     " coalesce(api_mode_used, '-'), coalesce(array_to_string(fields_missing, ','),"
-                    " '-'), coalesce(api_mode_reason, '') FROM enterprises ORDER BY corp_id",
+                    " '-'), coalesce(api_mode_reason, ''), callback_token IS NOT NULL"
+                    " FROM enterprises ORDER BY corp_id",
                     0, NULL);
     if (r) {
-        printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %s\n", "CORP_ID", "ENABLED", "CREATED",
-               "CONTACT", "MODE", "USED", "FIELDS_MISSING", "NAME");
+        printf("%-24s %-8s %-21s %-8s %-9s %-8s %-7s %-16s %s\n", "CORP_ID", "ENABLED", "CREATED",
+               "CONTACT", "CALLBACK", "MODE", "USED", "FIELDS_MISSING", "NAME");
         for (int i = 0; i < PQntuples(r); i++) {
-            printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %s\n", PQgetvalue(r, i, 0),
+            printf("%-24s %-8s %-21s %-8s %-9s %-8s %-7s %-16s %s\n", PQgetvalue(r, i, 0),
                    PQgetvalue(r, i, 2)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 3),
-                   PQgetvalue(r, i, 4)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 5),
+                   PQgetvalue(r, i, 4)[0] == 't' ? "yes" : "no",
+                   PQgetvalue(r, i, 9)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 5),
                    PQgetvalue(r, i, 6), PQgetvalue(r, i, 7), PQgetvalue(r, i, 1));
             if (PQgetvalue(r, i, 8)[0])
                 printf("  %s: %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 8));
@@ -203,6 +254,8 @@ void cmd_enterprise_usage(FILE *f)
         "       orgsync enterprise set --corp-id ID [--secret-env VAR] [--name NAME]\n"
         "                    [--contact-secret-env VAR | --no-contact-secret]\n"
         "                    [--api-mode auto|legacy|modern]\n"
+        "                    [--callback-token-env VAR --callback-aeskey-env VAR |\n"
+        "                     --no-callback]\n"
         "       orgsync enterprise list\n"
         "       orgsync enterprise disable|enable --corp-id ID\n\n"
         "Manages the enterprises table. Secrets are read from the named environment\n"
@@ -212,7 +265,11 @@ void cmd_enterprise_usage(FILE *f)
         "  --contact-secret-env VAR   variable holding the contact-sync secret\n"
         "  --no-contact-secret        forget the contact-sync secret\n"
         "  --api-mode MODE            auto (default), legacy or modern\n"
-        "  --name NAME                display name (1-200 characters)\n\n"
+        "  --name NAME                display name (1-200 characters)\n"
+        "  --callback-token-env VAR   variable holding the change callback's Token\n"
+        "                             (1-128 of A-Z a-z 0-9)\n"
+        "  --callback-aeskey-env VAR  variable holding its EncodingAESKey (43 of A-Z a-z 0-9)\n"
+        "  --no-callback              forget both (callbacks are then refused)\n\n"
         "Exit status: 0 done, 1 unknown enterprise or PostgreSQL failed, 2 usage error.\n");
 }
 
@@ -231,7 +288,8 @@ int cmd_enterprise(const settings *s, int argc, char **argv)
     if (!strcmp(sub, "add") || !strcmp(sub, "set"))
         return ent_write(s, &a, !strcmp(sub, "add"));
     if (!strcmp(sub, "list"))
-        return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode || a.no_contact
+        return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode || a.no_contact ||
+                       a.cb_token_env || a.no_callback
                    ? cmd_usage_error("enterprise", "list takes no options")
                    : ent_list(s);
     return ent_set_enabled(s, &a, !strcmp(sub, "enable"));

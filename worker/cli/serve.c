@@ -28,6 +28,7 @@
 #include "coordinator/supervisor.h"
 #include "worker/api/api.h"
 #include "worker/cli/commands.h"
+#include "worker/sync/callback_apply.h"
 #include "worker/sync/directory_sync.h"
 #include "worker/api/page.h"
 #include "worker/wecom/wecom.h"
@@ -55,6 +56,7 @@ typedef struct worker {
     http_server *srv;
     api *api;
     schedule *sched;
+    schedule *sched_cb; /* the callback-apply job's (continuous) */
     uv_signal_t sig_term, sig_int;
     uv_timer_t probe_timer;
     uv_timer_t api_timer;
@@ -120,6 +122,23 @@ static void start_scheduler(worker *w)
         log_error("serve: the scheduler did not start", LF_I("error", rc));
         w->sched = NULL;
         return;
+    }
+    /* The change callbacks' applier: its own lock and fence, the same gate. */
+    rc = schedule_start(&(schedule_opts){.loop = &w->loop,
+                                         .settings = &w->st,
+                                         .pg = w->pg,
+                                         .redis = w->redis,
+                                         .http = w->http,
+                                         .ops = &callback_apply_ops,
+                                         .gate = &w->g,
+                                         .fair = w->fair,
+                                         .grace_ms = w->grace_ms,
+                                         .continuous = 1,
+                                         .wanted_sql = CALLBACK_APPLY_WANTED_SQL},
+                        &w->sched_cb);
+    if (rc) {
+        log_error("serve: the callback applier did not start", LF_I("error", rc));
+        w->sched_cb = NULL;
     }
     if (runs_channel(w->st.env, channel, sizeof(channel)) == 0 &&
         pg_listen(w->pg, channel, on_notify, w) != 0)
@@ -290,6 +309,14 @@ static void on_sched_closed(void *arg)
     stage1_done(w);
 }
 
+static void on_sched_cb_closed(void *arg)
+{
+    worker *w = arg;
+
+    w->sched_cb = NULL;
+    stage1_done(w);
+}
+
 static void on_drain_timer(uv_timer_t *t)
 {
     worker *w = t->data;
@@ -312,6 +339,10 @@ static void begin_shutdown(worker *w, const char *why)
         log_info("serve: draining: /readyz answers 503, the API serves until the window ends",
                  LF_I("drain_ms", w->st.drain_ms));
         uv_timer_start(&w->drain_timer, on_drain_timer, (uint64_t)w->st.drain_ms, 0);
+    }
+    if (w->sched_cb) {
+        w->stage1++;
+        schedule_close(w->sched_cb, on_sched_cb_closed, w);
     }
     if (w->sched)
         schedule_close(w->sched, on_sched_closed, w);
