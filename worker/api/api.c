@@ -47,16 +47,16 @@ static void observe(void *arg, const char *method, const char *route, int status
 /* The series /metrics copies in from the clients' own statistics. */
 static void describe_api_metrics(void)
 {
-    metrics_describe("orgsync_worker_info", METRIC_GAUGE, "The worker that answered this scrape");
-    metrics_describe("orgsync_http_connections", METRIC_GAUGE, "Open HTTP client connections");
+    metrics_describe("orgsync_http_connections", METRIC_GAUGE,
+                     "Open HTTP client connections of the live workers");
     metrics_describe("orgsync_pg_timeouts_total", METRIC_COUNTER, "PostgreSQL query timeouts");
     metrics_describe("orgsync_pg_reconnects_total", METRIC_COUNTER, "PostgreSQL reconnections");
     metrics_describe("orgsync_redis_timeouts_total", METRIC_COUNTER, "Redis command timeouts");
     metrics_describe("orgsync_redis_reconnects_total", METRIC_COUNTER, "Redis reconnections");
     metrics_describe("orgsync_upstream_calls_total", METRIC_COUNTER,
-                     "Upstream calls made by this process (all APIs)");
+                     "Upstream calls made by the workers of this host (all APIs)");
     metrics_describe("orgsync_upstream_token_refreshes_total", METRIC_COUNTER,
-                     "Access tokens fetched by this process");
+                     "Access tokens fetched by the workers of this host");
     metrics_describe("orgsync_upstream_bans_total", METRIC_COUNTER,
                      "Upstream frequency or concurrency refusals (45009, 45033)");
     metrics_describe("orgsync_upstream_inflight", METRIC_GAUGE, "Upstream calls in flight now");
