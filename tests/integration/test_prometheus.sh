@@ -87,9 +87,10 @@ for _ in $(seq 1 20); do scrape; done
 check "the run is counted (runs by state)" grep -q "^orgsync_runs{env=\"$SV_ENV\",orgsync_job=\"directory-sync\",state=\"partial\"} 1" "$(last)"
 lock_after=$(for i in $(seq "$during1" $((NS - 1))); do lock_of "$(printf '%s/%04d' "$S" "$i")"; done | sort -u)
 eq "orgsync_lock_held after the run: 0 in every scrape" 0 "$lock_after"
-old_pid=$(sed -n 's/^orgsync_worker_info{worker="2",.*pid="\([0-9]*\)".*/\1/p' "$(last)")
-check "worker 2's pid is in orgsync_worker_info" test -n "$old_pid"
-kill -KILL "$old_pid"
+# worker 2's pid, from the supervisor's log, and as the metrics say it
+old_pid=$(sed -n 's/.*"supervisor: worker started".*"worker_id":2,"pid":\([0-9]*\).*/\1/p' "$SV_DIR/a.log" | tail -1)
+check "worker 2's pid is in orgsync_worker_info" grep -q "^orgsync_worker_info{worker=\"2\",.*pid=\"$old_pid\"" "$(last)"
+[ -n "$old_pid" ] && kill -KILL "$old_pid"
 new_pid_is_up() {
     curl -fsS "$URL/metrics" | grep -q "^orgsync_worker_info{worker=\"2\",.*pid=\"[0-9]*\"" &&
         ! curl -fsS "$URL/metrics" | grep -q "pid=\"$old_pid\""
