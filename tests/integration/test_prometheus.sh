@@ -143,4 +143,6 @@ for m in $( (jq -r '.. | .expr? // empty' "$DASH"; cat "$RULES/orgsync.rules.yml
     grep -qx "$m" <<<"$names" || missing="$missing $m"
 done
 eq "metrics the dashboard and the rules use that no scrape has" "" "$missing"
+# ORGSYNC_SHOW_SCRAPE=1: print the last scrape (for docs/API.md's excerpt)
+[ -n "${ORGSYNC_SHOW_SCRAPE:-}" ] && sed 's/^/# scrape: /' "$(last)"
 finish
