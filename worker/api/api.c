@@ -16,6 +16,7 @@ static void api_free(api *a)
 {
     api_cache_free(a);
     lookup_free(a->lk);
+    free(a->succ);
     free(a);
 }
 

@@ -226,6 +226,58 @@ void api_metrics_refresh(api *a)
     proc_metrics_update();
 }
 
+/* One enterprise's last success (Unix time, 0: none seen). */
+struct api_success {
+    char corp_id[72];
+    double t;
+};
+
+static int cmp_success(const void *k, const void *e)
+{
+    return strcmp(k, ((const struct api_success *)e)->corp_id);
+}
+
+/* The cached last success of corp_id raised to t (t <= 0: only looked up);
+ * returns the cached value, or t when the cache cannot grow. */
+static double api_success_merge(api *a, const char *corp_id, double t)
+{
+    struct api_success *e = NULL;
+    size_t lo = 0, hi = a->nsucc;
+
+    if (strlen(corp_id) >= sizeof e->corp_id)
+        return t;
+    while (lo < hi) { /* the insertion point */
+        size_t mid = (lo + hi) / 2;
+        int c = cmp_success(corp_id, &a->succ[mid]);
+        if (c == 0) {
+            e = &a->succ[mid];
+            break;
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    if (!e) {
+        if (a->nsucc == a->capsucc) {
+            size_t cap = a->capsucc ? a->capsucc * 2 : 64;
+            struct api_success *v = realloc(a->succ, cap * sizeof(*v));
+            if (!v)
+                return t;
+            a->succ = v;
+            a->capsucc = cap;
+        }
+        memmove(&a->succ[lo + 1], &a->succ[lo], (a->nsucc - lo) * sizeof(*a->succ));
+        e = &a->succ[lo];
+        snprintf(e->corp_id, sizeof e->corp_id, "%s", corp_id);
+        e->t = 0;
+        a->nsucc++;
+    }
+    if (t > e->t)
+        e->t = t;
+    return e->t;
+}
+
 static int extra_push(metrics_sample *x, size_t *n, size_t cap, const char *name,
                       const char *labels, double v)
 {
@@ -264,6 +316,15 @@ static void metrics_reply(metrics_op *op, PGresult *res)
         double val = PQgetisnull(res, r, 2) ? 0 : strtod(PQgetvalue(res, r, 2), NULL);
         char k[160];
         int rc;
+        if (!strcmp(kind, "mark")) {
+            /* marks only grow; an older answer arriving late must not move it back
+             * past rows a newer one has seen (it would only cost a re-read) */
+            if ((long long)val > a->succ_mark)
+                a->succ_mark = (long long)val;
+            continue;
+        }
+        if (!strcmp(kind, "corp"))
+            val = api_success_merge(a, key, val);
         label_value(key, k, sizeof k);
         if (!strcmp(kind, "state"))
             rc = fmt(labels, sizeof labels, "%s,state=\"%s\"", env, k);
@@ -297,37 +358,47 @@ static void on_env_figures(void *arg, PGresult *res, const char *err)
     free(op);
 }
 
-/* Every state (0 when none), the last succeeded run, and per enabled enterprise
- * the end of the last run that synced it (NULL: never; rendered as 0). The
- * per-enterprise look-up walks sync_progress's primary key backwards from the
- * newest run, so it stops at the first match. */
+/* Every state (0 when none), the last succeeded run, per enabled enterprise the
+ * latest end of a succeeded sync_progress row in runs from $3 on (NULL: none
+ * there), and the next $3: the first run from $3 on that may still change
+ * (pending, running, abandoned), else the one after the last. Finished runs'
+ * rows never change, so the cache in api_success_merge only needs what is newer:
+ * the first scrape of a worker reads sync_progress once, later ones a range of
+ * its primary key. */
 static const char env_figures_sql[] =
-    "SELECT 'state', s, (SELECT count(*) FROM sync_runs r WHERE r.env = $1 AND r.job = $2 "
-    "AND r.state = s)::float8 "
+    "WITH st AS (SELECT state, count(*) AS n FROM sync_runs WHERE env = $1 AND job = $2 "
+    "GROUP BY state) "
+    "SELECT 'state', s, coalesce((SELECT n FROM st WHERE st.state = s), 0)::float8 "
     "FROM unnest(ARRAY['pending','running','succeeded','partial','failed','abandoned']) s "
     "UNION ALL "
     "SELECT 'last', '', (SELECT extract(epoch FROM finished_at) FROM sync_runs "
     "WHERE env = $1 AND job = $2 AND state = 'succeeded' ORDER BY run_id DESC LIMIT 1)::float8 "
     "UNION ALL "
-    "SELECT 'corp', e.corp_id, (SELECT extract(epoch FROM p.finished_at) FROM sync_progress p "
-    "JOIN sync_runs r ON r.run_id = p.run_id WHERE p.corp_id = e.corp_id "
-    "AND p.state = 'succeeded' AND r.env = $1 AND r.job = $2 "
-    "ORDER BY p.run_id DESC LIMIT 1)::float8 "
-    "FROM enterprises e WHERE e.enabled";
+    "SELECT 'corp', e.corp_id, w.t FROM enterprises e LEFT JOIN ("
+    "SELECT p.corp_id, extract(epoch FROM max(p.finished_at))::float8 AS t "
+    "FROM sync_progress p JOIN sync_runs r ON r.run_id = p.run_id "
+    "WHERE p.run_id >= $3::bigint AND p.state = 'succeeded' AND r.env = $1 AND r.job = $2 "
+    "GROUP BY p.corp_id) w ON w.corp_id = e.corp_id WHERE e.enabled "
+    "UNION ALL "
+    "SELECT 'mark', '', coalesce((SELECT min(run_id) FROM sync_runs WHERE env = $1 AND job = $2 "
+    "AND run_id >= $3::bigint AND state IN ('pending','running','abandoned')), "
+    "(SELECT max(run_id) + 1 FROM sync_runs WHERE env = $1 AND job = $2), $3::bigint)::float8";
 
 static void on_metrics(http_req *req, void *arg)
 {
     api *a = arg;
     metrics_op *op = calloc(1, sizeof(*op));
-    const char *p[] = {a->d.settings->env, API_JOB};
+    char mark[24];
+    const char *p[] = {a->d.settings->env, API_JOB, mark};
     if (!op) {
         http_reply_error(req, 503, "out_of_memory", "out of memory");
         return;
     }
+    snprintf(mark, sizeof mark, "%lld", a->succ_mark);
     op->a = a;
     op->req = req;
     api_ref(a);
-    if (pg_pool_ready(a->d.pg) && pg_query(a->d.pg, env_figures_sql, 2, p, on_env_figures, op) == 0)
+    if (pg_pool_ready(a->d.pg) && pg_query(a->d.pg, env_figures_sql, 3, p, on_env_figures, op) == 0)
         return;
     api_unref(a);
     metrics_reply(op, NULL);
