@@ -45,6 +45,7 @@ deps_ensure() {
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
-    # Debian starts a system-wide redis-server and postgresql cluster on install;
+    # Debian starts a system-wide redis-server and postgresql cluster (and a
+# prometheus server) on install;
     # orgsync never uses them (tests start their own on free ports).
 }
