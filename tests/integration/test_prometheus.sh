@@ -26,7 +26,7 @@ SV_ENV="prom$$"
 SDB=$(fresh_db)
 SV_DBS+=("$SDB")
 # Slow answers make a run last a few seconds, long enough to scrape it.
-serve_sim 1 --enterprises 2 --departments 40 --users-per-dept 3 --seed 7 --latency-ms 150
+serve_sim 1 --enterprises 2 --departments 60 --users-per-dept 3 --seed 7 --latency-ms 150
 serve_corps "$SDB" 2
 # An enterprise the upstream does not know: its gettoken fails, the run ends
 # partial and raises alerts (so that orgsync_alerts_total exists).
