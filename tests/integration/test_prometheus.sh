@@ -7,6 +7,8 @@
 #     that the supervisor restarts, no counter or histogram series goes down or
 #     disappears, and orgsync_lock_held says the same thing whichever worker
 #     answers (during the run: 1, the scheduler worker leads);
+#   - a second host reports the same environment-wide series (runs by state,
+#     last successes: from PostgreSQL);
 #   - deploy/grafana/orgsync.json is JSON and every metric its queries (and the
 #     rules) name is in a scrape.
 . "$(dirname "$0")/../lib/testlib.sh"
@@ -133,6 +135,16 @@ for b in bad[:20]:
     print(b)
 sys.exit(1 if bad else 0)
 PY
+
+# A second host (one worker, not competing) says the same about the environment.
+serve_start b 0 ORGSYNC_WORKERS=1 ORGSYNC_SCHEDULE=off
+serve_wait_ready b
+envwide() { grep -E '^orgsync_(runs|last_success_timestamp_seconds)\{' "$1" | sort; }
+curl -fsS "http://127.0.0.1:${SV_HTTP[b]}/metrics" >"$SV_DIR/b.scrape"
+curl -fsS "$URL/metrics" >"$SV_DIR/a.scrape"
+check "host b has the environment-wide series" test "$(envwide "$SV_DIR/b.scrape" | wc -l)" -ge 10
+eq "hosts a and b agree on runs and last successes" "$(envwide "$SV_DIR/a.scrape")" "$(envwide "$SV_DIR/b.scrape")"
+eq "host b: lock not held there" 0 "$(lock_of "$SV_DIR/b.scrape")"
 
 # The dashboard and the rules name only metrics a scrape has.
 check "the dashboard is JSON with panels" jq -e '.panels | length > 10' "$DASH"
