@@ -11,6 +11,7 @@
 #include "common/backoff.h"
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/timeutil.h"
 
 #include <errno.h>
@@ -149,6 +150,9 @@ void alert_raise(const char *kind, const char *message, const char *corp_id, lon
         kind = "unknown";
     if (!message)
         message = "";
+    /* kinds are short [a-z_] names chosen by the code: a bounded label */
+    char label[64];
+    snprintf(label, sizeof label, "kind=\"%.40s\"", kind);
     error_level = !strcmp(kind, ALERT_RUN_FAILED) || !strcmp(kind, ALERT_LOCK_LOST);
     if (error_level)
         log_error("alert", LF_S("kind", kind), LF_S("message", message), LF_S("corp_id", corp_id),
@@ -156,6 +160,7 @@ void alert_raise(const char *kind, const char *message, const char *corp_id, lon
     else
         log_warn("alert", LF_S("kind", kind), LF_S("message", message), LF_S("corp_id", corp_id),
                  LF_I("run_id", run_id));
+    metrics_counter_add(M_ALERTS, label, 1);
     if (!A.inited)
         return;
     A.st.raised++;

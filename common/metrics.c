@@ -16,15 +16,16 @@
 #define TABLE_SIZE (METRICS_MAX_SERIES * 2) /* load factor at most 1/2 */
 #define MAX_DESCS 128
 
-static const double bucket_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                       2.5,   5,     10,   30,    60,   300, 900,  3600};
-#define NBUCKETS (sizeof(bucket_bounds) / sizeof(bucket_bounds[0]))
+static const double bucket_bounds[METRICS_NBUCKETS] = {
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600};
+#define NBUCKETS METRICS_NBUCKETS
 
 typedef struct series {
     char name[METRICS_MAX_NAME];
     char labels[METRICS_MAX_LABELS];
     metric_type type;
     double value; /* counter, gauge; histogram: sum */
+    double base;  /* counter: the value metrics_restore gave it */
     uint64_t count;
     uint64_t buckets[NBUCKETS]; /* non-cumulative; +Inf is count */
 } series;
@@ -117,13 +118,14 @@ void metrics_init(void)
         metric_type type;
         const char *help;
     } known[] = {
-        {M_LOCK_HELD, METRIC_GAUGE, "1 while this process holds the leader lock"},
-        {M_LEADER_CHANGES, METRIC_COUNTER, "Leadership changes seen by this process"},
+        {M_LOCK_HELD, METRIC_GAUGE, "1 while a worker of this host holds the leader lock"},
+        {M_LEADER_CHANGES, METRIC_COUNTER,
+         "Leadership acquisitions and losses seen by the workers of this host"},
         {M_RUNS, METRIC_GAUGE, "Runs of this environment by state (from PostgreSQL)"},
-        {M_RUN_DURATION, METRIC_HISTOGRAM, "Duration of runs led by this process"},
-        {M_DEPARTMENTS_SYNCED, METRIC_COUNTER, "Departments synced by this process"},
+        {M_RUN_DURATION, METRIC_HISTOGRAM, "Duration of runs led by a worker of this host"},
+        {M_DEPARTMENTS_SYNCED, METRIC_COUNTER, "Departments synced by the workers of this host"},
         {M_MEMBERS_SYNCED, METRIC_COUNTER,
-         "Members written by this process (new, changed or restored)"},
+         "Members written by the workers of this host (new, changed or restored)"},
         {M_UPSTREAM_REQUESTS, METRIC_COUNTER, "Upstream requests by API and errcode"},
         {M_UPSTREAM_DURATION, METRIC_HISTOGRAM, "Upstream request latency by API"},
         {M_PACING_WAITS, METRIC_COUNTER, "Upstream requests that waited for a pacing slot"},
@@ -140,7 +142,19 @@ void metrics_init(void)
          "admission (every process sharing the egress id)"},
         {M_EGRESS_LIMIT, METRIC_GAUGE, "The per-egress-IP cap of upstream calls by window"},
         {M_EGRESS_WAITS, METRIC_COUNTER,
-         "Upstream calls of this process that had to wait for the per-egress-IP cap"},
+         "Upstream calls of this host that had to wait for the per-egress-IP cap"},
+        {M_ALERTS, METRIC_COUNTER, "Operator alerts raised on this host, by kind"},
+        {M_BUILD_INFO, METRIC_GAUGE, "The orgsync build this host runs (always 1)"},
+        {M_WORKER_INFO, METRIC_GAUGE, "One series per live worker of this host (always 1)"},
+        {M_WORKERS_UP, METRIC_GAUGE, "Live workers of this host"},
+        {M_LAST_SUCCESS, METRIC_GAUGE,
+         "Unix time of the last succeeded run of this environment, and per enabled "
+         "enterprise the last run that synced it (0: never), from PostgreSQL"},
+        {M_PROC_CPU, METRIC_COUNTER, "User and system CPU time of the worker process"},
+        {M_PROC_RSS, METRIC_GAUGE, "Resident memory of the worker process"},
+        {M_PROC_START, METRIC_GAUGE, "Start time of the worker process since the Unix epoch"},
+        {M_PROC_FDS, METRIC_GAUGE, "Open file descriptors of the worker process"},
+        {M_PROC_MAX_FDS, METRIC_GAUGE, "File descriptor limit of the worker process"},
     };
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         metrics_describe(known[i].name, known[i].type, known[i].help);
@@ -182,7 +196,7 @@ void metrics_counter_set(const char *name, const char *labels, double v)
 {
     series *s = lookup(name, labels, METRIC_COUNTER, 1);
     if (s)
-        s->value = v;
+        s->value = s->base + v;
 }
 
 void metrics_gauge_set(const char *name, const char *labels, double v)
@@ -224,9 +238,9 @@ double metrics_value(const char *name, const char *labels)
     return s->type == METRIC_HISTOGRAM ? (double)s->count : s->value;
 }
 
-static int cmp_series(const void *a, const void *b)
+static int cmp_sample(const void *a, const void *b)
 {
-    const series *x = *(const series *const *)a, *y = *(const series *const *)b;
+    const metrics_sample *x = a, *y = b;
     int c = strcmp(x->name, y->name);
     return c ? c : strcmp(x->labels, y->labels);
 }
@@ -276,49 +290,91 @@ static void put_header(buf *b, const char *name, metric_type fallback)
     }
 }
 
-static void put_histogram(buf *b, const series *s)
+static void put_histogram(buf *b, const metrics_sample *s)
 {
     const char *sep = s->labels[0] ? "," : "";
-    uint64_t cum = 0;
+    unsigned long long cum = 0;
     for (size_t i = 0; i < NBUCKETS; i++) {
         cum += s->buckets[i];
         buf_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", s->name, s->labels, sep, bucket_bounds[i],
-                   (unsigned long long)cum);
+                   cum);
     }
-    buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", s->name, s->labels, sep,
-               (unsigned long long)s->count);
+    buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", s->name, s->labels, sep, s->count);
     if (s->labels[0])
         buf_printf(b, "%s_sum{%s} ", s->name, s->labels);
     else
         buf_printf(b, "%s_sum ", s->name);
     put_value(b, s->value);
     if (s->labels[0])
-        buf_printf(b, "\n%s_count{%s} %llu\n", s->name, s->labels, (unsigned long long)s->count);
+        buf_printf(b, "\n%s_count{%s} %llu\n", s->name, s->labels, s->count);
     else
-        buf_printf(b, "\n%s_count %llu\n", s->name, (unsigned long long)s->count);
+        buf_printf(b, "\n%s_count %llu\n", s->name, s->count);
 }
 
-char *metrics_render(size_t *len)
+static void to_sample(const series *s, metrics_sample *m)
 {
-    buf b;
-    series **all = NULL;
-    char *out = NULL;
-    size_t n = 0;
+    memcpy(m->name, s->name, sizeof(m->name));
+    memcpy(m->labels, s->labels, sizeof(m->labels));
+    m->type = (int)s->type;
+    m->value = s->value;
+    m->count = s->count;
+    for (size_t i = 0; i < NBUCKETS; i++)
+        m->buckets[i] = s->buckets[i];
+}
 
+size_t metrics_snapshot(metrics_sample *out, size_t max)
+{
+    size_t n = 0;
     if (dropped > 0)
         metrics_counter_set(M_DROPPED_SERIES, NULL, dropped);
-    buf_init(&b);
-    all = malloc((nseries ? nseries : 1) * sizeof(*all));
-    if (!all)
-        goto cleanup;
-    for (size_t i = 0; i < TABLE_SIZE; i++)
+    for (size_t i = 0; i < TABLE_SIZE && n < max; i++)
         if (table[i])
-            all[n++] = table[i];
-    qsort(all, n, sizeof(*all), cmp_series);
+            to_sample(table[i], &out[n++]);
+    return n;
+}
+
+void metrics_restore(const metrics_sample *in, size_t n)
+{
     for (size_t i = 0; i < n; i++) {
-        series *s = all[i];
-        if (i == 0 || strcmp(all[i - 1]->name, s->name) != 0)
-            put_header(&b, s->name, s->type);
+        const metrics_sample *m = &in[i];
+        char name[METRICS_MAX_NAME], labels[METRICS_MAX_LABELS];
+        series *s;
+        if (m->type != METRIC_COUNTER && m->type != METRIC_HISTOGRAM)
+            continue;
+        /* the sample comes from shared memory: never trust its terminators */
+        snprintf(name, sizeof name, "%.*s", (int)sizeof(m->name) - 1, m->name);
+        snprintf(labels, sizeof labels, "%.*s", (int)sizeof(m->labels) - 1, m->labels);
+        s = lookup(name, labels, (metric_type)m->type, 1);
+        if (!s || s->type != (metric_type)m->type || !(m->value >= 0))
+            continue;
+        s->value = m->value;
+        if (s->type == METRIC_COUNTER) {
+            s->base = m->value;
+            continue;
+        }
+        s->count = m->count;
+        for (size_t b = 0; b < NBUCKETS; b++)
+            s->buckets[b] = m->buckets[b];
+    }
+}
+
+metric_type metrics_type_of(const char *name, metric_type fallback)
+{
+    desc *d = find_desc(name);
+    return d ? d->type : fallback;
+}
+
+char *metrics_render_samples(metrics_sample *all, size_t n, size_t *len)
+{
+    buf b;
+    char *out = NULL;
+
+    buf_init(&b);
+    qsort(all, n, sizeof(*all), cmp_sample);
+    for (size_t i = 0; i < n; i++) {
+        metrics_sample *s = &all[i];
+        if (i == 0 || strcmp(all[i - 1].name, s->name) != 0)
+            put_header(&b, s->name, (metric_type)s->type);
         if (s->type == METRIC_HISTOGRAM) {
             put_histogram(&b, s);
             continue;
@@ -332,8 +388,20 @@ char *metrics_render(size_t *len)
     }
     if (!b.oom)
         out = buf_detach(&b, len);
-cleanup:
     buf_free(&b);
+    return out;
+}
+
+char *metrics_render(size_t *len)
+{
+    metrics_sample *all = malloc((nseries + 1) * sizeof(*all));
+    char *out;
+    size_t n;
+
+    if (!all)
+        return NULL;
+    n = metrics_snapshot(all, nseries + 1);
+    out = metrics_render_samples(all, n, len);
     free(all);
     return out;
 }

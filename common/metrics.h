@@ -47,6 +47,16 @@ typedef enum { METRIC_COUNTER = 0, METRIC_GAUGE, METRIC_HISTOGRAM } metric_type;
 #define M_EGRESS_CALLS "orgsync_egress_calls"       /* gauge, labels window="60s"|"3600s" */
 #define M_EGRESS_LIMIT "orgsync_egress_limit"       /* gauge, labels window */
 #define M_EGRESS_WAITS "orgsync_egress_waits_total" /* counter */
+#define M_ALERTS "orgsync_alerts_total"             /* counter, labels kind */
+#define M_BUILD_INFO "orgsync_build_info"           /* gauge 1, labels version, commit, ... */
+#define M_WORKER_INFO "orgsync_worker_info"         /* gauge 1, labels worker, orgsync_instance */
+#define M_WORKERS_UP "orgsync_workers_up"           /* gauge: live workers of this host */
+#define M_LAST_SUCCESS "orgsync_last_success_timestamp_seconds" /* gauge, labels env, corp_id? */
+#define M_PROC_CPU "process_cpu_seconds_total"                  /* counter, labels worker */
+#define M_PROC_RSS "process_resident_memory_bytes"              /* gauge, labels worker */
+#define M_PROC_START "process_start_time_seconds"               /* gauge, labels worker */
+#define M_PROC_FDS "process_open_fds"                           /* gauge, labels worker */
+#define M_PROC_MAX_FDS "process_max_fds"                        /* gauge, labels worker */
 
 /* Describes the well-known metrics above. */
 void metrics_init(void);
@@ -57,7 +67,8 @@ int metrics_describe(const char *name, metric_type type, const char *help);
 /* Adds v (>= 0) to a counter series, creating it at 0 first. */
 void metrics_counter_add(const char *name, const char *labels, double v);
 /* Sets a counter series to an absolute value (for counters kept elsewhere, e.g.
- * pg_pool_stats, copied in before rendering). */
+ * pg_pool_stats, copied in before rendering): the value restored by
+ * metrics_restore, if any, plus v. */
 void metrics_counter_set(const char *name, const char *labels, double v);
 /* Sets a gauge series. */
 void metrics_gauge_set(const char *name, const char *labels, double v);
@@ -66,6 +77,34 @@ void metrics_gauge_add(const char *name, const char *labels, double v);
 /* Records one observation (seconds) in a histogram with fixed buckets
  * 0.001 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 300 900 3600 +Inf. */
 void metrics_observe(const char *name, const char *labels, double seconds);
+
+/* Series as plain data: what a worker publishes for the host's aggregate
+ * (common/metrics_host.h). */
+#define METRICS_NBUCKETS 17
+typedef struct metrics_sample {
+    char name[METRICS_MAX_NAME];
+    char labels[METRICS_MAX_LABELS];
+    int type;     /* metric_type */
+    double value; /* counter, gauge; histogram: sum */
+    unsigned long long count;
+    unsigned long long buckets[METRICS_NBUCKETS]; /* non-cumulative; +Inf is count */
+} metrics_sample;
+
+/* Copies at most max series of the registry into out (unordered); returns how
+ * many were copied. */
+size_t metrics_snapshot(metrics_sample *out, size_t max);
+/* Makes the counters and histograms of in the registry's starting values (a
+ * restarted worker continues its predecessor's counts, so that the host's sums
+ * never go back). Gauges are ignored. A counter restored here keeps its
+ * restored value as a base under metrics_counter_set, which then sets base + v. */
+void metrics_restore(const metrics_sample *in, size_t n);
+/* Renders n samples (sorted here, in place, by name then labels) with the
+ * registry's TYPE and HELP lines, in the text format of metrics_render. Samples
+ * with equal name and labels must have been merged by the caller. Caller frees;
+ * NULL on out of memory. */
+char *metrics_render_samples(metrics_sample *s, size_t n, size_t *len);
+/* The described type of a metric; fallback when it was never described. */
+metric_type metrics_type_of(const char *name, metric_type fallback);
 
 /* Current value of a counter or gauge series (tests); 0 if absent. */
 double metrics_value(const char *name, const char *labels);

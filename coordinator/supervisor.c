@@ -3,6 +3,7 @@
 
 #include "common/backoff.h"
 #include "common/log.h"
+#include "common/metrics_host.h"
 #include "common/settings.h"
 #include "common/timeutil.h"
 
@@ -150,6 +151,7 @@ static void on_exit_status(sup *p, int id, int status)
 
     w->pid = 0;
     w->last_status = status;
+    metrics_host_exited(id); /* its gauges leave the host's /metrics; counters stay */
     if (p->stopping) {
         log_info("supervisor: worker ended", LF_I("worker_id", id), LF_I("exit_code", code),
                  LF_I("signal", sig));

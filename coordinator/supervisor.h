@@ -21,7 +21,10 @@
  *   - SIGTERM or SIGINT: every worker gets SIGTERM; after stop_timeout_ms the
  *     ones still running get SIGKILL. Returns 0 when every worker exited 0;
  *   - a worker dies with the supervisor (PR_SET_PDEATHSIG, SIGTERM), so a
- *     killed supervisor leaves no orphans behind. */
+ *     killed supervisor leaves no orphans behind;
+ *   - a reaped worker is marked gone in the host's metrics segment
+ *     (common/metrics_host.h; a no-op when the caller mapped none), so that its
+ *     gauges leave the host's /metrics while its counters stay. */
 #ifndef ORGSYNC_SUPERVISOR_H
 #define ORGSYNC_SUPERVISOR_H
 

@@ -496,12 +496,24 @@ static void test_health(void **state)
     assert_non_null(strstr(r.head, "text/plain"));
     assert_non_null(strstr(r.body, "orgsync_http_requests_total{route=\"/v1/runs/{run_id}\","
                                    "method=\"GET\",status=\"400\"} 1"));
-    assert_non_null(strstr(r.body, "orgsync_runs{state=\"running\"} 1"));
-    assert_non_null(strstr(r.body, "orgsync_runs{state=\"succeeded\"} 1"));
+    char want[256];
+    snprintf(want, sizeof want,
+             "orgsync_runs{env=\"%s\",orgsync_job=\"directory-sync\",state=\"running\"} 1", g_env);
+    assert_non_null(strstr(r.body, want));
+    snprintf(want, sizeof want,
+             "orgsync_runs{env=\"%s\",orgsync_job=\"directory-sync\",state=\"succeeded\"} 1",
+             g_env);
+    assert_non_null(strstr(r.body, want));
     assert_non_null(strstr(r.body, "# TYPE orgsync_http_request_duration_seconds histogram"));
-    assert_non_null(strstr(r.body, "orgsync_lock_held{job=\"directory-sync\"} 0"));
+    snprintf(want, sizeof want, "orgsync_lock_held{env=\"%s\",orgsync_job=\"directory-sync\"} 0",
+             g_env);
+    assert_non_null(strstr(r.body, want));
+    /* an in-process worker outside the supervisor: worker 0, the process's own figures */
     assert_non_null(
-        strstr(r.body, "orgsync_worker_info{instance=\"apitest:1\",worker_id=\"0\"} 1"));
+        strstr(r.body, "orgsync_worker_info{worker=\"0\",orgsync_instance=\"apitest:1\",pid=\""));
+    assert_non_null(strstr(r.body, "orgsync_build_info{version=\""));
+    assert_non_null(strstr(r.body, "orgsync_workers_up 1\n"));
+    assert_null(strstr(r.body, "instance=\"apitest:1\",worker_id"));
     assert_non_null(strstr(r.body, "# TYPE orgsync_upstream_calls_total counter"));
     resp_free(&r);
 }

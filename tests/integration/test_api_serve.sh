@@ -75,9 +75,10 @@ ok_count=0
 for _ in $(seq 1 20); do curl -fsS "$A/healthz" >/dev/null && ok_count=$((ok_count + 1)); done
 eq "host a still answers" 20 "$ok_count"
 
-# Metrics name the worker that answered.
-check "/metrics has worker info" grep -q '^orgsync_worker_info{instance="a/w[12]",worker_id="[12]"} 1' \
-    <(curl -fsS "$A/metrics")
+# Metrics are the host's, whichever worker answers: both workers listed.
+m=$(curl -fsS "$A/metrics")
+check "/metrics lists worker 1" grep -q '^orgsync_worker_info{worker="1",orgsync_instance="a/w1",pid="[0-9]*"} 1' <<<"$m"
+check "/metrics lists worker 2" grep -q '^orgsync_worker_info{worker="2",orgsync_instance="a/w2",pid="[0-9]*"} 1' <<<"$m"
 # GET /v1/candidates: the hosts competing for the lock, from the candidates hash.
 # b never competes (schedule off); c runs older code; "gone/w1" stopped heartbeating.
 ver=$(jq -r .code_version <<<"$latest")

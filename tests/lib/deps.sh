@@ -12,7 +12,8 @@ ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procp
 # clang and its sanitizer/libFuzzer runtimes (Debian 12 ships clang 14; with
 # --no-install-recommends clang does not pull libclang-rt-14-dev) are for the
 # fuzz targets that a full tests/run.sh ends with.
-ORGSYNC_DEPS_TEST="libcmocka-dev chromium clang libclang-rt-14-dev"
+# prometheus is for promtool (it.prometheus: check rules, test rules, check metrics).
+ORGSYNC_DEPS_TEST="libcmocka-dev chromium clang libclang-rt-14-dev prometheus"
 ORGSYNC_DEPS_BENCH="wrk nginx-light valgrind"
 
 deps_missing() {
@@ -44,6 +45,7 @@ deps_ensure() {
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
-    # Debian starts a system-wide redis-server and postgresql cluster on install;
+    # Debian starts a system-wide redis-server and postgresql cluster (and a
+# prometheus server) on install;
     # orgsync never uses them (tests start their own on free ports).
 }

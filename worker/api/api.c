@@ -16,6 +16,7 @@ static void api_free(api *a)
 {
     api_cache_free(a);
     lookup_free(a->lk);
+    free(a->succ);
     free(a);
 }
 
@@ -47,19 +48,25 @@ static void observe(void *arg, const char *method, const char *route, int status
 /* The series /metrics copies in from the clients' own statistics. */
 static void describe_api_metrics(void)
 {
-    metrics_describe("orgsync_worker_info", METRIC_GAUGE, "The worker that answered this scrape");
-    metrics_describe("orgsync_http_connections", METRIC_GAUGE, "Open HTTP client connections");
+    metrics_describe("orgsync_http_connections", METRIC_GAUGE,
+                     "Open HTTP client connections of the live workers");
     metrics_describe("orgsync_pg_timeouts_total", METRIC_COUNTER, "PostgreSQL query timeouts");
     metrics_describe("orgsync_pg_reconnects_total", METRIC_COUNTER, "PostgreSQL reconnections");
     metrics_describe("orgsync_redis_timeouts_total", METRIC_COUNTER, "Redis command timeouts");
     metrics_describe("orgsync_redis_reconnects_total", METRIC_COUNTER, "Redis reconnections");
     metrics_describe("orgsync_upstream_calls_total", METRIC_COUNTER,
-                     "Upstream calls made by this process (all APIs)");
+                     "Upstream calls made by the workers of this host (all APIs)");
     metrics_describe("orgsync_upstream_token_refreshes_total", METRIC_COUNTER,
-                     "Access tokens fetched by this process");
+                     "Access tokens fetched by the workers of this host");
     metrics_describe("orgsync_upstream_bans_total", METRIC_COUNTER,
                      "Upstream frequency or concurrency refusals (45009, 45033)");
     metrics_describe("orgsync_upstream_inflight", METRIC_GAUGE, "Upstream calls in flight now");
+    /* Unlabelled counters exist from the start (at 0), so that a rate() or an
+     * alert on them has a series before the first event. */
+    static const char *const zero[] = {M_PACING_WAITS, M_PACING_WAIT_SECONDS, M_EGRESS_WAITS,
+                                       M_DEPARTMENTS_SYNCED, M_MEMBERS_SYNCED};
+    for (size_t i = 0; i < sizeof(zero) / sizeof(zero[0]); i++)
+        metrics_counter_add(zero[i], NULL, 0);
 }
 
 int api_register(http_server *srv, const api_deps *deps, api **out)

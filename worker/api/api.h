@@ -74,6 +74,11 @@ int api_register(http_server *srv, const api_deps *deps, api **out);
  * server, the pool and the Redis client. NULL is a no-op. */
 void api_close(api *a);
 
+/* Refreshes the series this worker copies from its clients' statistics, its
+ * lock state and /proc into the metrics registry (GET /metrics does it too);
+ * serve.c calls it every second before metrics_host_publish(). NULL: no-op. */
+void api_metrics_refresh(api *a);
+
 /* The job whose runs and leader the API reports. */
 #define API_JOB "directory-sync"
 

@@ -3,13 +3,18 @@
 #include "worker/api/api_routes.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/metrics_host.h"
+#include "common/proc_metrics.h"
 #include "common/timeutil.h"
+#include "version.h"
 #include "coordinator/leader.h"
 #include "coordinator/lock.h"
 #include "worker/wecom/wecom.h"
@@ -127,20 +132,68 @@ static void on_readyz(http_req *req, void *arg)
     }
 }
 
-/* ---- /metrics: a few gauges are refreshed from their sources first ---- */
+/* ---- /metrics: the host's aggregate (common/metrics_host.h) ----
+ *
+ * Each worker refreshes the series it copies from its clients' statistics and
+ * from /proc (api_metrics_refresh, also called every second by serve.c) and
+ * publishes them; the worker that answers adds what is environment-wide, read
+ * from PostgreSQL at scrape time so that every worker and every host says the
+ * same: runs by state, the last success overall and per enabled enterprise,
+ * and the build. */
 
 typedef struct metrics_op {
     api *a;
     http_req *req;
 } metrics_op;
 
-static void copy_client_stats(api *a)
+/* A Prometheus label value: \, " and newline escaped. */
+static void label_value(const char *in, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (const char *p = in ? in : ""; *p && n + 3 < cap; p++) {
+        if (*p == '\\' || *p == '"') {
+            out[n++] = '\\';
+            out[n++] = *p;
+        } else if (*p == '\n') {
+            out[n++] = '\\';
+            out[n++] = 'n';
+        } else {
+            out[n++] = *p;
+        }
+    }
+    out[n] = '\0';
+}
+
+/* snprintf that says when the text did not fit (the sample is then left out:
+ * a cut label would not parse). 0 or -1. */
+__attribute__((format(printf, 3, 4))) static int fmt(char *out, size_t cap, const char *f, ...)
+{
+    va_list ap;
+    int n;
+    va_start(ap, f);
+    n = vsnprintf(out, cap, f, ap);
+    va_end(ap);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+/* env="...",orgsync_job="directory-sync" */
+static void env_labels(const api *a, char *out, size_t cap)
+{
+    char env[sizeof(a->d.settings->env) * 2];
+    label_value(a->d.settings->env, env, sizeof env);
+    snprintf(out, cap, "env=\"%s\",orgsync_job=\"%s\"", env, API_JOB);
+}
+
+void api_metrics_refresh(api *a)
 {
     pg_stats ps;
     redis_stats rs;
     lock_stats ls;
-    char labels[64];
+    char labels[METRICS_MAX_LABELS];
+    char inst[128]; /* a longer name is cut (at a character, never inside an escape) */
 
+    if (!a || a->closing)
+        return;
     pg_pool_stats(a->d.pg, &ps);
     redis_get_stats(a->d.redis, &rs);
     metrics_counter_set(M_PG_ERRORS, "source=\"pool\"", (double)ps.errors);
@@ -162,78 +215,193 @@ static void copy_client_stats(api *a)
         metrics_counter_set("orgsync_upstream_bans_total", NULL, (double)ws.bans);
         metrics_gauge_set("orgsync_upstream_inflight", NULL, (double)ws.inflight);
     }
-    /* each worker answers from its own registry: say which one this is */
-    char inst[65], info[128];
-    size_t n = 0;
-    for (const char *p = a->d.settings->instance; *p && n < sizeof inst - 1; p++)
-        inst[n++] = (*p == '"' || *p == '\\' || *p == '\n') ? '_' : *p; /* label-safe */
-    inst[n] = '\0';
-    snprintf(info, sizeof info, "instance=\"%s\",worker_id=\"%d\"", inst, a->d.settings->worker_id);
-    metrics_gauge_set("orgsync_worker_info", info, 1);
+    /* the aggregate adds worker="<id>" */
+    label_value(a->d.settings->instance, inst, sizeof inst);
+    if (fmt(labels, sizeof labels, "orgsync_instance=\"%s\",pid=\"%d\"", inst, (int)getpid()) == 0)
+        metrics_gauge_set(M_WORKER_INFO, labels, 1);
     lock_process_stats(&ls);
-    snprintf(labels, sizeof labels, "job=\"%s\"", API_JOB);
+    env_labels(a, labels, sizeof labels);
     metrics_gauge_set(M_LOCK_HELD, labels, ls.held);
     metrics_counter_set(M_LEADER_CHANGES, labels, (double)ls.changes);
+    proc_metrics_update();
 }
 
-static void metrics_reply(metrics_op *op)
+/* One enterprise's last success (Unix time, 0: none seen). */
+struct api_success {
+    char corp_id[72];
+    double t;
+};
+
+static int cmp_success(const void *k, const void *e)
 {
-    size_t len = 0;
-    char *text = metrics_render(&len);
-    if (!text) {
-        http_reply_error(op->req, 503, "out_of_memory", "out of memory");
-        return;
+    return strcmp(k, ((const struct api_success *)e)->corp_id);
+}
+
+/* The cached last success of corp_id raised to t (t <= 0: only looked up);
+ * returns the cached value, or t when the cache cannot grow. */
+static double api_success_merge(api *a, const char *corp_id, double t)
+{
+    struct api_success *e = NULL;
+    size_t lo = 0, hi = a->nsucc;
+
+    if (strlen(corp_id) >= sizeof e->corp_id)
+        return t;
+    while (lo < hi) { /* the insertion point */
+        size_t mid = (lo + hi) / 2;
+        int c = cmp_success(corp_id, &a->succ[mid]);
+        if (c == 0) {
+            e = &a->succ[mid];
+            break;
+        }
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
+    if (!e) {
+        if (a->nsucc == a->capsucc) {
+            size_t cap = a->capsucc ? a->capsucc * 2 : 64;
+            struct api_success *v = realloc(a->succ, cap * sizeof(*v));
+            if (!v)
+                return t;
+            a->succ = v;
+            a->capsucc = cap;
+        }
+        memmove(&a->succ[lo + 1], &a->succ[lo], (a->nsucc - lo) * sizeof(*a->succ));
+        e = &a->succ[lo];
+        snprintf(e->corp_id, sizeof e->corp_id, "%s", corp_id);
+        e->t = 0;
+        a->nsucc++;
+    }
+    if (t > e->t)
+        e->t = t;
+    return e->t;
+}
+
+static int extra_push(metrics_sample *x, size_t *n, size_t cap, const char *name,
+                      const char *labels, double v)
+{
+    if (*n >= cap)
+        return -1;
+    memset(&x[*n], 0, sizeof x[*n]);
+    snprintf(x[*n].name, sizeof x[*n].name, "%s", name);
+    snprintf(x[*n].labels, sizeof x[*n].labels, "%s", labels);
+    x[*n].type = METRIC_GAUGE;
+    x[*n].value = v;
+    (*n)++;
+    return 0;
+}
+
+static void metrics_reply(metrics_op *op, PGresult *res)
+{
+    api *a = op->a;
+    size_t len = 0, n = 0, cap = 16 + (res ? (size_t)PQntuples(res) : 0);
+    metrics_sample *x = calloc(cap, sizeof(*x));
+    char env[METRICS_MAX_LABELS], labels[METRICS_MAX_LABELS], v[2][160];
+    char *text = NULL;
+
+    if (!x)
+        goto oom;
+    api_metrics_refresh(a);
+    env_labels(a, env, sizeof env);
+    label_value(a->d.settings->env, v[0], sizeof v[0]);
+    label_value(a->d.settings->code_version, v[1], sizeof v[1]);
+    if (fmt(labels, sizeof labels,
+            "version=\"%s\",commit=\"%s\",schema_version=\"%d\",code_version=\"%s\",env=\"%s\"",
+            ORGSYNC_VERSION, ORGSYNC_COMMIT, ORGSYNC_SCHEMA_VERSION, v[1], v[0]) == 0)
+        extra_push(x, &n, cap, M_BUILD_INFO, labels, 1);
+    /* rows: (kind, key, value) from the query in on_metrics */
+    for (int r = 0; res && r < PQntuples(res); r++) {
+        const char *kind = PQgetvalue(res, r, 0), *key = PQgetvalue(res, r, 1);
+        double val = PQgetisnull(res, r, 2) ? 0 : strtod(PQgetvalue(res, r, 2), NULL);
+        char k[160];
+        int rc;
+        if (!strcmp(kind, "mark")) {
+            /* marks only grow; an older answer arriving late must not move it back
+             * past rows a newer one has seen (it would only cost a re-read) */
+            if ((long long)val > a->succ_mark)
+                a->succ_mark = (long long)val;
+            continue;
+        }
+        if (!strcmp(kind, "corp"))
+            val = api_success_merge(a, key, val);
+        label_value(key, k, sizeof k);
+        if (!strcmp(kind, "state"))
+            rc = fmt(labels, sizeof labels, "%s,state=\"%s\"", env, k);
+        else if (!strcmp(kind, "corp"))
+            rc = fmt(labels, sizeof labels, "%s,corp_id=\"%s\"", env, k);
+        else
+            rc = fmt(labels, sizeof labels, "%s", env);
+        if (rc == 0)
+            extra_push(x, &n, cap, !strcmp(kind, "state") ? M_RUNS : M_LAST_SUCCESS, labels, val);
+    }
+    text = metrics_host_render(x, n, &len);
+    free(x);
+    if (!text)
+        goto oom;
     http_reply(op->req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
     free(text);
+    return;
+oom:
+    http_reply_error(op->req, 503, "out_of_memory", "out of memory");
 }
 
-static void on_run_states(void *arg, PGresult *res, const char *err)
+static void on_env_figures(void *arg, PGresult *res, const char *err)
 {
     metrics_op *op = arg;
     if (api_unref(op->a)) {
-        if (!err) {
-            static const char *const states[] = {"pending", "running", "succeeded",
-                                                 "partial", "failed",  "abandoned"};
-            char labels[64];
-            for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
-                double n = 0;
-                for (int r = 0; r < PQntuples(res); r++)
-                    if (!strcmp(PQgetvalue(res, r, 0), states[i]))
-                        n = strtod(PQgetvalue(res, r, 1), NULL);
-                snprintf(labels, sizeof labels, "state=\"%s\"", states[i]);
-                metrics_gauge_set(M_RUNS, labels, n);
-            }
-        } else {
-            api_pg_failed(op->a, "metrics run states", err);
-        }
-        copy_client_stats(op->a);
-        metrics_reply(op);
+        if (err)
+            api_pg_failed(op->a, "metrics environment figures", err);
+        /* PostgreSQL down: the host's own series are still worth scraping */
+        metrics_reply(op, err ? NULL : res);
     }
     free(op);
 }
+
+/* Every state (0 when none), the last succeeded run, per enabled enterprise the
+ * latest end of a succeeded sync_progress row in runs from $3 on (NULL: none
+ * there), and the next $3: the first run from $3 on that may still change
+ * (pending, running, abandoned), else the one after the last. Finished runs'
+ * rows never change, so the cache in api_success_merge only needs what is newer:
+ * the first scrape of a worker reads sync_progress once, later ones a range of
+ * its primary key. */
+static const char env_figures_sql[] =
+    "WITH st AS (SELECT state, count(*) AS n FROM sync_runs WHERE env = $1 AND job = $2 "
+    "GROUP BY state) "
+    "SELECT 'state', s, coalesce((SELECT n FROM st WHERE st.state = s), 0)::float8 "
+    "FROM unnest(ARRAY['pending','running','succeeded','partial','failed','abandoned']) s "
+    "UNION ALL "
+    "SELECT 'last', '', (SELECT extract(epoch FROM finished_at) FROM sync_runs "
+    "WHERE env = $1 AND job = $2 AND state = 'succeeded' ORDER BY run_id DESC LIMIT 1)::float8 "
+    "UNION ALL "
+    "SELECT 'corp', e.corp_id, w.t FROM enterprises e LEFT JOIN ("
+    "SELECT p.corp_id, extract(epoch FROM max(p.finished_at))::float8 AS t "
+    "FROM sync_progress p JOIN sync_runs r ON r.run_id = p.run_id "
+    "WHERE p.run_id >= $3::bigint AND p.state = 'succeeded' AND r.env = $1 AND r.job = $2 "
+    "GROUP BY p.corp_id) w ON w.corp_id = e.corp_id WHERE e.enabled "
+    "UNION ALL "
+    "SELECT 'mark', '', coalesce((SELECT min(run_id) FROM sync_runs WHERE env = $1 AND job = $2 "
+    "AND run_id >= $3::bigint AND state IN ('pending','running','abandoned')), "
+    "(SELECT max(run_id) + 1 FROM sync_runs WHERE env = $1 AND job = $2), $3::bigint)::float8";
 
 static void on_metrics(http_req *req, void *arg)
 {
     api *a = arg;
     metrics_op *op = calloc(1, sizeof(*op));
-    const char *p[] = {a->d.settings->env, API_JOB};
+    char mark[24];
+    const char *p[] = {a->d.settings->env, API_JOB, mark};
     if (!op) {
         http_reply_error(req, 503, "out_of_memory", "out of memory");
         return;
     }
+    snprintf(mark, sizeof mark, "%lld", a->succ_mark);
     op->a = a;
     op->req = req;
     api_ref(a);
-    if (pg_pool_ready(a->d.pg) &&
-        pg_query(a->d.pg,
-                 "SELECT state, count(*) FROM sync_runs WHERE env = $1 AND job = $2 GROUP BY state",
-                 2, p, on_run_states, op) == 0)
+    if (pg_pool_ready(a->d.pg) && pg_query(a->d.pg, env_figures_sql, 3, p, on_env_figures, op) == 0)
         return;
-    /* PostgreSQL down: the process's own counters are still worth scraping */
     api_unref(a);
-    copy_client_stats(a);
-    metrics_reply(op);
+    metrics_reply(op, NULL);
     free(op);
 }
 

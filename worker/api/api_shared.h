@@ -30,6 +30,11 @@ struct api {
     void (*destroy)(api *a); /* frees a (set by api.c, which owns what a holds) */
     int cache_ms;
     api_centry *cache[API_CACHE_SLOTS];
+    /* GET /metrics: each enterprise's last success, kept between scrapes so that
+     * only runs from succ_mark on are read again (api_health.c) */
+    struct api_success *succ; /* sorted by corp_id */
+    size_t nsucc, capsucc;
+    long long succ_mark;
 };
 
 /* Pending-callback accounting: every async call the api starts takes one

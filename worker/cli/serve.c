@@ -20,6 +20,7 @@
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/log.h"
+#include "common/metrics_host.h"
 #include "common/pg.h"
 #include "common/redis.h"
 #include "coordinator/gate.h"
@@ -44,6 +45,9 @@
 /* How long the API waits for the read-only answer before it serves anyway
  * (write endpoints then rely on the role's privileges until it comes). */
 #define API_WAIT_FOR_PROBE_MS 2000
+/* How often a worker publishes its metrics for the host's /metrics (what a
+ * crashed worker can lose at most). */
+#define METRICS_PUBLISH_MS 1000
 
 typedef struct worker {
     uv_loop_t loop;
@@ -61,6 +65,7 @@ typedef struct worker {
     uv_timer_t probe_timer;
     uv_timer_t api_timer;
     uv_timer_t drain_timer;
+    uv_timer_t metrics_timer;
     int api_up;
     int listening; /* the API serves on its port */
     int stopping;  /* also the API's "draining": /readyz answers 503 from now on */
@@ -237,6 +242,16 @@ static void probe_tick(uv_timer_t *t)
         uv_timer_start(&w->probe_timer, probe_tick, PROBE_RETRY_MS, 0);
 }
 
+/* ---- metrics: this worker's share of the host's /metrics -------------- */
+
+static void on_metrics_timer(uv_timer_t *t)
+{
+    worker *w = t->data;
+
+    api_metrics_refresh(w->api);
+    metrics_host_publish();
+}
+
 /* ---- shutdown --------------------------------------------------------- */
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -265,6 +280,7 @@ static void final_close(worker *w)
     uv_close((uv_handle_t *)&w->probe_timer, NULL);
     uv_close((uv_handle_t *)&w->api_timer, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    uv_close((uv_handle_t *)&w->metrics_timer, NULL);
 }
 
 static void on_stage2_closed(void *arg)
@@ -278,6 +294,10 @@ static void on_stage2_closed(void *arg)
 static void close_services(worker *w)
 {
     w->waits = 1; /* held until every close below is started */
+    /* the last figures of this worker's clients, before they go */
+    api_metrics_refresh(w->api);
+    metrics_host_publish();
+    uv_timer_stop(&w->metrics_timer);
     api_close(w->api);
     w->api = NULL;
     if (w->srv) {
@@ -424,6 +444,8 @@ static int worker_run(void *arg, int id)
     w->st = *s;
     worker_identity(&w->st, id);
     log_init((log_level)w->st.log_level, w->st.log_json, w->st.instance, id);
+    /* before anything counts: continue from this slot's last published counts */
+    metrics_host_attach(id);
     signal(SIGPIPE, SIG_IGN);
     fair = getenv("ORGSYNC_FAIRNESS");
     w->fair = !(fair && !strcmp(fair, "off"));
@@ -435,6 +457,9 @@ static int worker_run(void *arg, int id)
     uv_timer_init(&w->loop, &w->probe_timer);
     uv_timer_init(&w->loop, &w->api_timer);
     uv_timer_init(&w->loop, &w->drain_timer);
+    uv_timer_init(&w->loop, &w->metrics_timer);
+    w->metrics_timer.data = w;
+    uv_timer_start(&w->metrics_timer, on_metrics_timer, METRICS_PUBLISH_MS, METRICS_PUBLISH_MS);
     w->sig_term.data = w->sig_int.data = w->probe_timer.data = w->api_timer.data = w;
     w->drain_timer.data = w;
     uv_signal_start(&w->sig_term, on_signal, SIGTERM);
@@ -457,6 +482,7 @@ static int worker_run(void *arg, int id)
     rc = uv_loop_close(&w->loop);
     if (rc)
         log_warn("serve: loop closed with handles still open", LF_S("error", uv_strerror(rc)));
+    metrics_host_publish(); /* what counted during the last closes */
     log_info("serve: worker stopped", LF_I("exit_code", w->exit_code));
     rc = w->exit_code;
     free(w);
@@ -479,12 +505,21 @@ void cmd_serve_usage(FILE *f)
 
 int cmd_serve(const settings *s, int argc, char **argv)
 {
+    int rc;
+
     if (argc > 1)
         return cmd_usage_error("serve",
                                "unknown argument '%s' (serve takes none; settings come from "
                                "ORGSYNC_* variables)",
                                argv[1]);
-    return supervisor_run(&(supervisor_opts){
+    /* one /metrics per host: every worker's registry in memory the supervisor
+     * maps before it forks (common/metrics_host.h) */
+    rc = metrics_host_init(s->workers);
+    if (rc) {
+        fprintf(stderr, "orgsync serve: cannot map the metrics segment: %s\n", strerror(-rc));
+        return 1;
+    }
+    rc = supervisor_run(&(supervisor_opts){
         .workers = s->workers,
         .run = worker_run,
         .arg = (void *)s,
@@ -492,4 +527,6 @@ int cmd_serve(const settings *s, int argc, char **argv)
          * release the lock. */
         .stop_timeout_ms = 20000,
     });
+    metrics_host_shutdown();
+    return rc;
 }
