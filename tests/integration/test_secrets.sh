@@ -146,6 +146,15 @@ cfg_err "ORGSYNC_REDIS_PASSWORD_FILE: $SV_DIR/empty is empty" ORGSYNC_REDIS_PASS
 cfg_err "ORGSYNC_READ_TOKEN: must differ from ORGSYNC_ADMIN_TOKEN" \
     ORGSYNC_ADMIN_TOKEN_FILE="$FILES/admin" ORGSYNC_READ_TOKEN_FILE="$FILES/admin"
 
+# The shipped environment files load as they are (settings and the files they
+# name: prod.env's sslrootcert must be readable; without it libpq would look in
+# a home directory that the unit's ProtectHome=yes hides).
+for f in "$ORGSYNC_SRC"/deploy/env/*.env; do
+    out=$(env -u CREDENTIALS_DIRECTORY "$ORGSYNC_BIN" --config "$f" version 2>&1) && rc=0 || rc=$?
+    eq "deploy/env/$(basename "$f") loads as shipped" 0 "$rc"
+    [ "$rc" = 0 ] || echo "$out"
+done
+
 # ---- serve with file-based secrets only ----
 serve_sim 4 --enterprises 1 --departments 3 --users-per-dept 3
 # c: everything from $CREDENTIALS_DIRECTORY; nothing secret in the environment.
