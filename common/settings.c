@@ -313,6 +313,23 @@ static const char *conninfo_val(const PQconninfoOption *opts, const char *kw)
     return NULL;
 }
 
+/* 1 when every connection of the DSN goes to a Unix-domain socket: no host and
+ * no hostaddr (libpq's default socket), or one host that is a socket directory
+ * ("/...") or an abstract socket ("@..."). */
+static int unix_socket_only(const PQconninfoOption *opts, const source *src)
+{
+    const char *host = conninfo_val(opts, "host"), *hostaddr = conninfo_val(opts, "hostaddr");
+    if (!host && src->get)
+        host = src->get("PGHOST", src->arg);
+    if (!hostaddr && src->get)
+        hostaddr = src->get("PGHOSTADDR", src->arg);
+    if (hostaddr && *hostaddr)
+        return 0;
+    if (!host || !*host)
+        return 1;
+    return (host[0] == '/' || host[0] == '@') && !strchr(host, ',');
+}
+
 /* Files the DSN names must be readable by this process: under the systemd unit
  * (ProtectHome=yes, ProtectSystem=strict) a path that works from an operator's
  * shell may not, and libpq's own message comes only at the first connection.
@@ -334,6 +351,8 @@ static int check_pg_dsn_files(const PQconninfoOption *opts, const source *src, c
         mode = src->get("PGSSLMODE", src->arg);
     if (!mode || (strcmp(mode, "verify-ca") != 0 && strcmp(mode, "verify-full") != 0))
         return 0;
+    if (unix_socket_only(opts, src))
+        return 0; /* libpq uses no TLS on a Unix-domain socket */
     if (!root && src->get)
         root = src->get("PGSSLROOTCERT", src->arg);
     if (root && strcmp(root, "system") == 0) {
@@ -507,25 +526,26 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
 
     {
         PQconninfoOption *opts = PQconninfoParse(s->pg_dsn, NULL);
-        int r = secret(src, "ORGSYNC_PG_PASSWORD", sv, sizeof sv, from, sizeof from, err, errlen);
-        int rc = r < 0 ? -1 : 0;
+        int found =
+            secret(src, "ORGSYNC_PG_PASSWORD", sv, sizeof sv, from, sizeof from, err, errlen);
+        int rc = found < 0 ? -1 : 0;
         if (!opts) {
             snprintf(err, errlen, "ORGSYNC_PG_DSN: out of memory");
             rc = -1;
-        } else if (rc == 0 && r > 0 && conninfo_val(opts, "password")) {
+        } else if (rc == 0 && found > 0 && conninfo_val(opts, "password")) {
             snprintf(err, errlen,
                      "ORGSYNC_PG_PASSWORD%s: ORGSYNC_PG_DSN already holds a password; give it "
                      "once",
                      from);
             rc = -1;
-        } else if (rc == 0 && r > 0 && strlen(sv) >= sizeof(s->pg_password)) {
+        } else if (rc == 0 && found > 0 && strlen(sv) >= sizeof(s->pg_password)) {
             snprintf(err, errlen, "ORGSYNC_PG_PASSWORD%s: longer than %zu characters", from,
                      sizeof(s->pg_password) - 1);
             rc = -1;
         } else if (rc == 0) {
             rc = check_pg_dsn_files(opts, src, err, errlen);
         }
-        if (rc == 0 && r > 0)
+        if (rc == 0 && found > 0)
             memcpy(s->pg_password, sv, strlen(sv) + 1);
         if (opts)
             PQconninfoFree(opts);

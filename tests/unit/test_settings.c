@@ -606,6 +606,13 @@ static void test_pg_dsn_files(void **state)
         assert_int_equal(load(&s, NULL, env, err), 0);
     snprintf(a, sizeof a, "ORGSYNC_PG_DSN=host=db sslmode=require");
     assert_int_equal(load(&s, NULL, env, err), 0);
+    /* no TLS on a Unix-domain socket: nothing to check */
+    snprintf(a, sizeof a, "ORGSYNC_PG_DSN=host=/var/run/postgresql sslmode=verify-full");
+    assert_int_equal(load(&s, NULL, env, err), 0);
+    snprintf(a, sizeof a, "ORGSYNC_PG_DSN=dbname=orgsync sslmode=verify-full");
+    assert_int_equal(load(&s, NULL, env, err), 0);
+    snprintf(a, sizeof a, "ORGSYNC_PG_DSN=host=/a,db sslmode=verify-full sslrootcert=%s/none", dir);
+    expect_err(env, "ORGSYNC_PG_DSN: sslrootcert ", NULL, NULL);
     snprintf(a, sizeof a, "ORGSYNC_PG_DSN=host=db password=hunter2 bogus");
     expect_err(env, "ORGSYNC_PG_DSN: not a valid libpq connection string", "hunter2", NULL);
     snprintf(a, sizeof a, "ORGSYNC_PG_DSN=postgresql://u:hunter2@[::1/db");
