@@ -1,17 +1,15 @@
 #include "common/hash.h"
 
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <string.h>
 
-void hash_sha256_hex(const void *data, size_t len, char out[65])
+static void to_hex(const unsigned char *md, unsigned int mdlen, char out[65])
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-
-    /* EVP_Digest fails only on allocation failure; an empty digest string
+    /* Both functions fail only on allocation failure; an empty digest string
      * then never equals a real one. */
-    if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32) {
+    if (mdlen != 32) {
         out[0] = '\0';
         return;
     }
@@ -20,6 +18,26 @@ void hash_sha256_hex(const void *data, size_t len, char out[65])
         out[2 * i + 1] = hex[md[i] & 15];
     }
     out[64] = '\0';
+}
+
+void hash_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+
+    if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL))
+        mdlen = 0;
+    to_hex(md, mdlen, out);
+}
+
+void hash_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+
+    if (klen > 0x7fffffff || !HMAC(EVP_sha256(), key, (int)klen, data, len, md, &mdlen))
+        mdlen = 0;
+    to_hex(md, mdlen, out);
 }
 
 int hash_ct_equal(const char *a, const char *b)

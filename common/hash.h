@@ -1,4 +1,4 @@
-/* SHA-256 (OpenSSL libcrypto EVP) and constant-time comparison. */
+/* SHA-256 and HMAC-SHA256 (OpenSSL libcrypto) and constant-time comparison. */
 #ifndef ORGSYNC_HASH_H
 #define ORGSYNC_HASH_H
 
@@ -6,6 +6,8 @@
 
 /* Lowercase hex digest, NUL-terminated. */
 void hash_sha256_hex(const void *data, size_t len, char out[65]);
+/* HMAC-SHA256 of data under key (RFC 2104), lowercase hex, NUL-terminated. */
+void hash_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len, char out[65]);
 /* 1 if equal. Time depends only on the lengths, not on where the strings
  * differ (for bearer tokens). NULL equals only NULL. */
 int hash_ct_equal(const char *a, const char *b);

@@ -109,6 +109,7 @@ typedef struct pg_chan {
 struct pg_pool {
     uv_loop_t *loop;
     char *dsn;
+    char *password; /* pg_pool_opts.password, or NULL */
     int size, query_timeout_ms, connect_timeout_ms, queue_max;
     /* The DSN parsed once into keyword/value arrays, so each connect can add a
      * hostaddr resolved off the loop. */
@@ -1242,6 +1243,10 @@ static void pool_free(pg_pool *p)
     if (p->conninfo)
         PQconninfoFree(p->conninfo);
     free(p->dsn);
+    if (p->password) {
+        explicit_bzero(p->password, strlen(p->password));
+        free(p->password);
+    }
     free(p);
 }
 
@@ -1297,6 +1302,8 @@ static int pool_parse_dsn(pg_pool *p)
             p->hostaddr_idx = i;
         else if (strcmp(o->keyword, "host") == 0)
             p->host_idx = i;
+        else if (strcmp(o->keyword, "password") == 0 && p->password)
+            p->val[i] = p->password;
     }
     if (p->hostaddr_idx < 0 || p->host_idx < 0)
         return PG_EINVAL;
@@ -1330,6 +1337,8 @@ pg_pool *pg_pool_new(uv_loop_t *loop, const pg_pool_opts *opts)
     p->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
     p->queue_max = opts->queue_max > 0 ? opts->queue_max : PG_QUEUE_MAX;
     p->dsn = xstrdup(opts->dsn ? opts->dsn : "");
+    if (opts->password && *opts->password && !(p->password = xstrdup(opts->password)))
+        goto fail;
     p->slots = calloc((size_t)p->size, sizeof(pg_conn));
     if (!p->dsn || !p->slots || pool_parse_dsn(p) != 0)
         goto fail;

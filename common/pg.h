@@ -34,7 +34,10 @@ typedef struct pg_pool_opts {
     int query_timeout_ms;
     int connect_timeout_ms;
     int queue_max; /* requests waiting for a connection; 0: PG_QUEUE_MAX */
-} pg_pool_opts;    /* defaults if 0: size 2, 10000, 5000 */
+    /* NULL or "": the DSN's own (or libpq's passfile). Else given to libpq as the
+     * password keyword, never written into the DSN (ORGSYNC_PG_PASSWORD). */
+    const char *password;
+} pg_pool_opts; /* defaults if 0: size 2, 10000, 5000 */
 
 /* Bound on queries (and acquire requests) waiting for a free connection; past
  * it pg_query returns PG_EQUEUEFULL and the callback is not called. */

@@ -5,12 +5,14 @@
 #include "common/egress_cap.h"
 #include "common/log.h"
 #include "common/redis.h"
+#include "common/secret.h"
 #include "version.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <libpq-fe.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +49,20 @@ const char *const settings_names[] = {"ORGSYNC_ENV",
                                       "ORGSYNC_EGRESS_REFUSED_TTL",
                                       "ORGSYNC_DRAIN_MS",
                                       "ORGSYNC_CALLBACK_LAG_ALERT_S",
+                                      "ORGSYNC_READ_TOKEN",
+                                      "ORGSYNC_PUBLIC_READS",
+                                      "ORGSYNC_PG_PASSWORD",
+                                      "ORGSYNC_REDIS_PASSWORD",
+                                      "ORGSYNC_CACHE_KEY",
                                       NULL};
+
+const char *const settings_secret_names[] = {"ORGSYNC_ADMIN_TOKEN",
+                                             "ORGSYNC_READ_TOKEN",
+                                             "ORGSYNC_PG_PASSWORD",
+                                             "ORGSYNC_REDIS_PASSWORD",
+                                             "ORGSYNC_ALERT_WEBHOOK",
+                                             "ORGSYNC_CACHE_KEY",
+                                             NULL};
 
 #define MAX_FILE_ENTRIES 64
 
@@ -66,9 +81,17 @@ typedef struct source {
 
 static int is_known(const char *name)
 {
+    size_t n = strlen(name);
     for (int i = 0; settings_names[i]; i++)
         if (strcmp(settings_names[i], name) == 0)
             return 1;
+    /* NAME_FILE of a secret */
+    for (int i = 0; settings_secret_names[i]; i++) {
+        size_t k = strlen(settings_secret_names[i]);
+        if (n == k + 5 && strncmp(name, settings_secret_names[i], k) == 0 &&
+            strcmp(name + k, "_FILE") == 0)
+            return 1;
+    }
     return 0;
 }
 
@@ -81,6 +104,22 @@ static const char *lookup(const source *src, const char *name)
         if (strcmp(src->file->key[i], name) == 0)
             return src->file->val[i];
     return NULL;
+}
+
+static const char *source_get(const char *name, void *arg)
+{
+    return lookup(arg, name);
+}
+
+/* A secret setting from NAME, NAME_FILE or $CREDENTIALS_DIRECTORY/NAME
+ * (common/secret.h): 1 with the value in out, 0 unset, -1 with err filled. from
+ * says where a file-based value came from, for the setting's own checks. */
+static int secret(const source *src, const char *name, char *out, size_t cap, char *from,
+                  size_t fromlen, char *err, size_t errlen)
+{
+    /* CREDENTIALS_DIRECTORY comes from the environment only (systemd sets it). */
+    const char *dir = src->get ? src->get("CREDENTIALS_DIRECTORY", src->arg) : NULL;
+    return secret_lookup(name, source_get, (void *)src, dir, out, cap, from, fromlen, err, errlen);
 }
 
 static char *trim(char *s)
@@ -266,11 +305,183 @@ static int valid_http_url(const char *v)
     return (strncmp(v, "http://", 7) == 0 && v[7]) || (strncmp(v, "https://", 8) == 0 && v[8]);
 }
 
+/* The value of a conninfo keyword, NULL when unset. */
+static const char *conninfo_val(const PQconninfoOption *opts, const char *kw)
+{
+    for (const PQconninfoOption *o = opts; o->keyword; o++)
+        if (strcmp(o->keyword, kw) == 0)
+            return o->val && *o->val ? o->val : NULL;
+    return NULL;
+}
+
+/* 1 when every connection of the DSN goes to a Unix-domain socket: no host and
+ * no hostaddr (libpq's default socket), or one host that is a socket directory
+ * ("/...") or an abstract socket ("@..."). */
+static int unix_socket_only(const PQconninfoOption *opts, const source *src)
+{
+    const char *host = conninfo_val(opts, "host"), *hostaddr = conninfo_val(opts, "hostaddr");
+    if (!host && src->get)
+        host = src->get("PGHOST", src->arg);
+    if (!hostaddr && src->get)
+        hostaddr = src->get("PGHOSTADDR", src->arg);
+    if (hostaddr && *hostaddr)
+        return 0;
+    if (!host || !*host)
+        return 1;
+    return (host[0] == '/' || host[0] == '@') && !strchr(host, ',');
+}
+
+/* Files the DSN names must be readable by this process: under the systemd unit
+ * (ProtectHome=yes, ProtectSystem=strict) a path that works from an operator's
+ * shell may not, and libpq's own message comes only at the first connection.
+ * sslmode=verify-ca|verify-full without sslrootcert= makes libpq read
+ * ~/.postgresql/root.crt, which ProtectHome hides. */
+static int check_pg_dsn_files(const PQconninfoOption *opts, const source *src, char *err,
+                              size_t errlen)
+{
+    const char *mode = conninfo_val(opts, "sslmode"), *root = conninfo_val(opts, "sslrootcert");
+    const char *passfile = conninfo_val(opts, "passfile");
+    char home_root[1100];
+
+    if (passfile && access(passfile, R_OK) != 0) {
+        snprintf(err, errlen, "ORGSYNC_PG_DSN: passfile %.400s: cannot read it: %s", passfile,
+                 strerror(errno));
+        return -1;
+    }
+    if (!mode && src->get)
+        mode = src->get("PGSSLMODE", src->arg);
+    if (!mode || (strcmp(mode, "verify-ca") != 0 && strcmp(mode, "verify-full") != 0))
+        return 0;
+    if (unix_socket_only(opts, src))
+        return 0; /* libpq uses no TLS on a Unix-domain socket */
+    if (!root && src->get)
+        root = src->get("PGSSLROOTCERT", src->arg);
+    if (root && strcmp(root, "system") == 0) {
+        if (PQlibVersion() >= 160000)
+            return 0;
+        snprintf(err, errlen,
+                 "ORGSYNC_PG_DSN: sslrootcert=system needs libpq 16 or later (this is libpq "
+                 "%d.%d); give a file, e.g. sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+                 PQlibVersion() / 10000, PQlibVersion() % 100);
+        return -1;
+    }
+    if (root) {
+        if (access(root, R_OK) == 0)
+            return 0;
+        snprintf(err, errlen, "ORGSYNC_PG_DSN: sslrootcert %.400s: cannot read it: %s", root,
+                 strerror(errno));
+        return -1;
+    }
+    {
+        struct passwd *pw = getpwuid(getuid());
+        snprintf(home_root, sizeof home_root, "%s/.postgresql/root.crt",
+                 pw && pw->pw_dir ? pw->pw_dir : "~");
+    }
+    if (access(home_root, R_OK) == 0)
+        return 0;
+    snprintf(err, errlen,
+             "ORGSYNC_PG_DSN: sslmode=%s needs the server's root certificate: libpq would read "
+             "%.300s, which is missing or hidden (the systemd unit has ProtectHome=yes); add "
+             "sslrootcert=PATH, e.g. sslrootcert=/etc/ssl/certs/ca-certificates.crt or your CA "
+             "under /etc/orgsync",
+             mode, home_root);
+    return -1;
+}
+
+/* Writes the password into a redis:// URL's credentials, %-escaped:
+ * redis://host -> redis://:PW@host, redis://user:@host -> redis://user:PW@host
+ * (and redis://user@host alike, where the URL parser accepts a bare user). */
+static int redis_url_add_password(char *url, size_t cap, const char *pw, const char *from,
+                                  char *err, size_t errlen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char out[sizeof(((settings *)0)->redis_url)];
+    const char *auth = strstr(url, "://"), *at = NULL, *colon, *end;
+    size_t n = 0;
+
+    if (!auth) {
+        snprintf(err, errlen, "ORGSYNC_REDIS_PASSWORD: ORGSYNC_REDIS_URL is not a URL");
+        return -1;
+    }
+    auth += 3;
+    end = auth + strcspn(auth, "/?");
+    for (const char *p = auth; p < end; p++)
+        if (*p == '@')
+            at = p;
+    colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon && colon + 1 != at) {
+        snprintf(err, errlen,
+                 "ORGSYNC_REDIS_PASSWORD%s: ORGSYNC_REDIS_URL already holds a password; give it "
+                 "once",
+                 from);
+        return -1;
+    }
+#define PUT(c)                                                                                     \
+    do {                                                                                           \
+        if (n + 1 >= sizeof out)                                                                   \
+            goto too_long;                                                                         \
+        out[n++] = (c);                                                                            \
+    } while (0)
+    /* everything before the password: the scheme and a user name if any */
+    for (const char *p = url; p < (colon ? colon : at ? at : auth); p++)
+        PUT(*p);
+    PUT(':');
+    for (const unsigned char *p = (const unsigned char *)pw; *p; p++) {
+        if (isalnum(*p) || *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+            PUT((char)*p);
+        } else {
+            PUT('%');
+            PUT(hex[*p >> 4]);
+            PUT(hex[*p & 15]);
+        }
+    }
+    PUT('@');
+    for (const char *p = at ? at + 1 : auth; *p; p++)
+        PUT(*p);
+#undef PUT
+    out[n] = '\0';
+    if (n >= cap)
+        goto too_long;
+    memcpy(url, out, n + 1);
+    explicit_bzero(out, sizeof out);
+    return 0;
+too_long:
+    explicit_bzero(out, sizeof out);
+    snprintf(err, errlen,
+             "ORGSYNC_REDIS_PASSWORD: the URL with the password is longer than %zu "
+             "characters",
+             cap - 1);
+    return -1;
+}
+
+/* A bearer token: 16 to 255 characters, printable, no spaces (it travels in an
+ * HTTP header). The value is never shown. */
+static int set_token(char *dst, size_t cap, const char *name, const char *v, const char *from,
+                     char *err, size_t errlen)
+{
+    size_t n = strlen(v);
+    if (n < 16 || n >= cap) {
+        snprintf(err, errlen, "%s: expected 16 to %zu characters%s (the value is not shown)", name,
+                 cap - 1, from);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!isgraph((unsigned char)v[i])) {
+            snprintf(err, errlen,
+                     "%s: expected printable characters without spaces%s (the value is not shown)",
+                     name, from);
+            return -1;
+        }
+    memcpy(dst, v, n + 1);
+    return 0;
+}
+
 static int apply(settings *s, const source *src, char *err, size_t errlen)
 {
     const char *v;
     long n;
-    char cerr[200];
+    int r;
+    char cerr[200], sv[1024], from[300];
 
     if ((v = lookup(src, "ORGSYNC_ENV")) && !valid_env_name(v))
         return bad(err, errlen, "ORGSYNC_ENV", "1-63 characters of a-z, 0-9, '-' or '_'", v);
@@ -300,13 +511,47 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
         char *perr = NULL;
         PQconninfoOption *opts = PQconninfoParse(v, &perr);
         if (!opts) {
+            /* libpq's message may quote the string, and with it a password. */
+            int quiet = strcasestr(v, "password") || strchr(v, '@');
             snprintf(err, errlen, "ORGSYNC_PG_DSN: not a valid libpq connection string: %s",
-                     perr ? trim(perr) : "out of memory");
+                     quiet  ? "(libpq's message is not shown: it may quote the password)"
+                     : perr ? trim(perr)
+                            : "out of memory");
             PQfreemem(perr);
             return -1;
         }
         PQconninfoFree(opts);
         if (set_str(s->pg_dsn, sizeof(s->pg_dsn), "ORGSYNC_PG_DSN", v, err, errlen))
+            return -1;
+    }
+
+    {
+        PQconninfoOption *opts = PQconninfoParse(s->pg_dsn, NULL);
+        int found =
+            secret(src, "ORGSYNC_PG_PASSWORD", sv, sizeof sv, from, sizeof from, err, errlen);
+        int rc = found < 0 ? -1 : 0;
+        if (!opts) {
+            snprintf(err, errlen, "ORGSYNC_PG_DSN: out of memory");
+            rc = -1;
+        } else if (rc == 0 && found > 0 && conninfo_val(opts, "password")) {
+            snprintf(err, errlen,
+                     "ORGSYNC_PG_PASSWORD%s: ORGSYNC_PG_DSN already holds a password; give it "
+                     "once",
+                     from);
+            rc = -1;
+        } else if (rc == 0 && found > 0 && strlen(sv) >= sizeof(s->pg_password)) {
+            snprintf(err, errlen, "ORGSYNC_PG_PASSWORD%s: longer than %zu characters", from,
+                     sizeof(s->pg_password) - 1);
+            rc = -1;
+        } else if (rc == 0) {
+            rc = check_pg_dsn_files(opts, src, err, errlen);
+        }
+        if (rc == 0 && found > 0)
+            memcpy(s->pg_password, sv, strlen(sv) + 1);
+        if (opts)
+            PQconninfoFree(opts);
+        explicit_bzero(sv, sizeof sv);
+        if (rc)
             return -1;
     }
 
@@ -320,6 +565,16 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
             return -1;
         }
         if (set_str(s->redis_url, sizeof(s->redis_url), "ORGSYNC_REDIS_URL", v, err, errlen))
+            return -1;
+    }
+
+    if ((r = secret(src, "ORGSYNC_REDIS_PASSWORD", sv, sizeof sv, from, sizeof from, err, errlen)) <
+        0)
+        return -1;
+    if (r > 0) {
+        r = redis_url_add_password(s->redis_url, sizeof(s->redis_url), sv, from, err, errlen);
+        explicit_bzero(sv, sizeof sv);
+        if (r)
             return -1;
     }
 
@@ -420,20 +675,53 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
         s->callback_lag_alert_s = (int)n;
     }
 
-    if ((v = lookup(src, "ORGSYNC_ADMIN_TOKEN")) && *v) {
-        if (strlen(v) < 16 || strlen(v) >= sizeof(s->admin_token)) {
-            snprintf(err, errlen,
-                     "ORGSYNC_ADMIN_TOKEN: expected 16 to 255 characters (the value is not shown)");
-            return -1;
-        }
-        snprintf(s->admin_token, sizeof(s->admin_token), "%s", v);
+    if ((r = secret(src, "ORGSYNC_ADMIN_TOKEN", sv, sizeof sv, from, sizeof from, err, errlen)) <
+            0 ||
+        (r > 0 && set_token(s->admin_token, sizeof(s->admin_token), "ORGSYNC_ADMIN_TOKEN", sv, from,
+                            err, errlen)))
+        return -1;
+
+    if ((r = secret(src, "ORGSYNC_READ_TOKEN", sv, sizeof sv, from, sizeof from, err, errlen)) <
+            0 ||
+        (r > 0 && set_token(s->read_token, sizeof(s->read_token), "ORGSYNC_READ_TOKEN", sv, from,
+                            err, errlen)))
+        return -1;
+    if (s->read_token[0] && !strcmp(s->read_token, s->admin_token)) {
+        snprintf(err, errlen,
+                 "ORGSYNC_READ_TOKEN: must differ from ORGSYNC_ADMIN_TOKEN (the admin token is "
+                 "accepted for reads anyway)");
+        return -1;
     }
 
-    if ((v = lookup(src, "ORGSYNC_ALERT_WEBHOOK")) && *v) {
-        if (!valid_http_url(v) || strlen(v) >= sizeof(s->alert_webhook))
-            return bad(err, errlen, "ORGSYNC_ALERT_WEBHOOK", "an http:// or https:// URL", v);
-        snprintf(s->alert_webhook, sizeof(s->alert_webhook), "%s", v);
+    if ((v = lookup(src, "ORGSYNC_PUBLIC_READS")) && parse_bool(v, &s->public_reads))
+        return bad(err, errlen, "ORGSYNC_PUBLIC_READS", "on or off", v);
+    if (s->public_reads && s->read_token[0]) {
+        snprintf(err, errlen,
+                 "ORGSYNC_PUBLIC_READS: on leaves directory reads open, so ORGSYNC_READ_TOKEN "
+                 "would be ignored; set one or the other");
+        return -1;
     }
+
+    if ((r = secret(src, "ORGSYNC_CACHE_KEY", sv, sizeof sv, from, sizeof from, err, errlen)) < 0 ||
+        (r > 0 &&
+         set_token(s->cache_key, sizeof(s->cache_key), "ORGSYNC_CACHE_KEY", sv, from, err, errlen)))
+        return -1;
+
+    if ((r = secret(src, "ORGSYNC_ALERT_WEBHOOK", sv, sizeof sv, from, sizeof from, err, errlen)) <
+        0)
+        return -1;
+    if (r > 0) {
+        /* Not echoed: a webhook URL often carries its key. */
+        if (!valid_http_url(sv) || strlen(sv) >= sizeof(s->alert_webhook)) {
+            snprintf(err, errlen,
+                     "ORGSYNC_ALERT_WEBHOOK: expected an http:// or https:// URL of at most %zu "
+                     "characters%s (the value is not shown)",
+                     sizeof(s->alert_webhook) - 1, from);
+            return -1;
+        }
+        memcpy(s->alert_webhook, sv, strlen(sv) + 1);
+    }
+    explicit_bzero(sv, sizeof sv);
 
     if ((v = lookup(src, "ORGSYNC_LOG_LEVEL"))) {
         int lvl = log_level_parse(v);

@@ -35,6 +35,10 @@ typedef struct settings {
     int lookup_budget;            /* ORGSYNC_LOOKUP_BUDGET per enterprise per hour */
     int callback_lag_alert_s;     /* ORGSYNC_CALLBACK_LAG_ALERT_S: alert callback_lag past it */
     char admin_token[256];        /* ORGSYNC_ADMIN_TOKEN, "" = write endpoints refused */
+    char read_token[256];         /* ORGSYNC_READ_TOKEN, "" = none (directory reads) */
+    int public_reads;             /* ORGSYNC_PUBLIC_READS: directory reads need no token */
+    char pg_password[256];        /* ORGSYNC_PG_PASSWORD, "" = libpq's own (DSN, passfile) */
+    char cache_key[256];          /* ORGSYNC_CACHE_KEY, "" = a per-environment key in Redis */
     char alert_webhook[512];      /* ORGSYNC_ALERT_WEBHOOK, "" = none */
     int log_level;                /* ORGSYNC_LOG_LEVEL (log_level) */
     int log_json;                 /* ORGSYNC_LOG_FORMAT json|text */
@@ -61,5 +65,7 @@ int settings_may_schedule_worker(const settings *s, int worker_id);
 
 /* The names of every setting, NULL-terminated (for docs and `--help`). */
 extern const char *const settings_names[];
+/* The settings that are secrets (each also NAME_FILE or a credential), NULL-terminated. */
+extern const char *const settings_secret_names[];
 
 #endif

@@ -44,6 +44,8 @@ static const char *fz_getenv(const char *name, void *arg)
         return "redis://127.0.0.1:9/0";
     if (!strcmp(name, "ORGSYNC_LOG_LEVEL"))
         return "error";
+    if (!strcmp(name, "ORGSYNC_PUBLIC_READS"))
+        return "on"; /* the read routes' parsing stays reachable without a token */
     return NULL;
 }
 

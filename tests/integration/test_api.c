@@ -35,6 +35,7 @@
 #include "common/metrics.h"
 #include "common/pg.h"
 #include "common/redis.h"
+#include "common/hash.h"
 #include "common/settings.h"
 #include "common/timeutil.h"
 #include "worker/api/api.h"
@@ -42,6 +43,7 @@
 #include "worker/wecom/wecom.h"
 
 #define TOKEN "test-admin-token-1234"
+#define READ_TOKEN "test-read-token-5678"
 #define BUDGET 4
 
 /* ---- environment ---- */
@@ -234,6 +236,14 @@ static resp get(const char *path)
     return http("GET", path, NULL, NULL);
 }
 
+/* Directory reads (members, departments, by mobile) need the read token. */
+static const char *rauth = "Authorization: Bearer " READ_TOKEN "\r\n";
+
+static resp rget(const char *path)
+{
+    return http("GET", path, rauth, NULL);
+}
+
 static void expect_status(const char *method, const char *path, const char *extra, const char *body,
                           int status)
 {
@@ -295,6 +305,8 @@ static const char *w_getenv(const char *name, void *arg)
         return w->redis_url;
     if (!strcmp(name, "ORGSYNC_ADMIN_TOKEN"))
         return TOKEN;
+    if (!strcmp(name, "ORGSYNC_READ_TOKEN"))
+        return READ_TOKEN;
     if (!strcmp(name, "ORGSYNC_LOOKUP_BUDGET"))
         return "4";
     if (!strcmp(name, "ORGSYNC_UPSTREAM_URL"))
@@ -874,7 +886,7 @@ static void test_min_revision_fresh(void **state)
 static void test_users(void **state)
 {
     (void)state;
-    resp r = get("/v1/enterprises/wwsim0001/users?page=2&page_size=10");
+    resp r = rget("/v1/enterprises/wwsim0001/users?page=2&page_size=10");
     assert_int_equal(r.status, 200);
     json_object *o = parse(r.body);
     assert_int_equal(json_object_get_int(jget(o, "total")), 24);
@@ -884,22 +896,22 @@ static void test_users(void **state)
                         "u000011");
     json_object_put(o);
     resp_free(&r);
-    r = get("/v1/enterprises/wwsim0001/users?page=3&page_size=10");
+    r = rget("/v1/enterprises/wwsim0001/users?page=3&page_size=10");
     o = parse(r.body);
     assert_int_equal(json_object_array_length(jget(o, "users")), 4);
     json_object_put(o);
     resp_free(&r);
-    r = get("/v1/enterprises/wwsim0002/users");
+    r = rget("/v1/enterprises/wwsim0002/users");
     o = parse(r.body);
     assert_int_equal(json_object_array_length(jget(o, "users")), 0);
     json_object_put(o);
     resp_free(&r);
-    expect_status("GET", "/v1/enterprises/wwsim0001/users?page=0", NULL, NULL, 400);
-    expect_status("GET", "/v1/enterprises/wwsim0001/users?page_size=1001", NULL, NULL, 400);
-    expect_status("GET", "/v1/enterprises/wwsim0001/users?page_size=10%3BDROP", NULL, NULL, 400);
-    expect_status("GET", "/v1/enterprises/wwnobody/users", NULL, NULL, 404);
+    expect_status("GET", "/v1/enterprises/wwsim0001/users?page=0", rauth, NULL, 400);
+    expect_status("GET", "/v1/enterprises/wwsim0001/users?page_size=1001", rauth, NULL, 400);
+    expect_status("GET", "/v1/enterprises/wwsim0001/users?page_size=10%3BDROP", rauth, NULL, 400);
+    expect_status("GET", "/v1/enterprises/wwnobody/users", rauth, NULL, 404);
 
-    r = get("/v1/enterprises/wwsim0001/departments");
+    r = rget("/v1/enterprises/wwsim0001/departments");
     assert_int_equal(r.status, 200);
     o = parse(r.body);
     assert_int_equal(json_object_array_length(jget(o, "departments")), 2); /* one deleted */
@@ -908,15 +920,15 @@ static void test_users(void **state)
     assert_int_equal(json_object_get_int(jget(d, "parent_id")), 1);
     json_object_put(o);
     resp_free(&r);
-    expect_status("GET", "/v1/enterprises/wwnobody/departments", NULL, NULL, 404);
-    expect_status("GET", "/v1/enterprises/a%22b/departments", NULL, NULL, 400);
+    expect_status("GET", "/v1/enterprises/wwnobody/departments", rauth, NULL, 404);
+    expect_status("GET", "/v1/enterprises/a%22b/departments", rauth, NULL, 400);
 }
 
 static void test_users_by_mobile(void **state)
 {
     (void)state;
     long long n = sql_ll("SELECT count(*) FROM users");
-    resp r = get("/v1/users?mobile=13900000007");
+    resp r = rget("/v1/users?mobile=13900000007");
     assert_int_equal(r.status, 200);
     json_object *o = parse(r.body);
     json_object *us = jget(o, "users");
@@ -926,7 +938,7 @@ static void test_users_by_mobile(void **state)
     assert_string_equal(json_object_get_string(jget(u, "corp_id")), "wwsim0001");
     json_object_put(o);
     resp_free(&r);
-    r = get("/v1/users?mobile=13900000025"); /* deleted */
+    r = rget("/v1/users?mobile=13900000025"); /* deleted */
     assert_non_null(strstr(r.body, "\"users\":[]"));
     resp_free(&r);
     const char *bad[] = {"/v1/users",
@@ -938,7 +950,7 @@ static void test_users_by_mobile(void **state)
                          "/v1/users?mobile=13900000007%27--",
                          "/v1/users?mobile=%2B12"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        expect_status("GET", bad[i], NULL, NULL, 400);
+        expect_status("GET", bad[i], rauth, NULL, 400);
     assert_int_equal(sql_ll("SELECT count(*) FROM users"), n);
 }
 
@@ -987,6 +999,58 @@ static void test_admin_auth(void **state)
     expect_status("POST", "/v1/users/realtime-lookup", NULL, body, 401);
     expect_status("GET", "/v1/users/realtime-lookup", auth, NULL, 405);
     assert_int_equal(sql_ll("SELECT count(*) FROM sync_runs"), 2);
+}
+
+/* Directory reads need the read token (or the admin token); progress, health
+ * and metrics stay open (the page, which serve registers, in it.secrets). */
+static void test_read_auth(void **state)
+{
+    (void)state;
+    const char *reads[] = {"/v1/enterprises/wwsim0001/users",
+                           "/v1/enterprises/wwsim0001/departments", "/v1/users?mobile=13900000007",
+                           /* refused before any validation: nothing to probe */
+                           "/v1/users", "/v1/enterprises/wwnobody/users"};
+    const char *open_routes[] = {"/healthz",
+                                 "/metrics",
+                                 "/v1/runs/latest",
+                                 "/v1/runs?limit=2",
+                                 "/v1/enterprises/wwsim0001/progress",
+                                 "/v1/leader"};
+    for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+        resp r = get(reads[i]);
+        if (r.status != 401)
+            fail_msg("%s without a token: %d", reads[i], r.status);
+        assert_non_null(strcasestr(r.head, "\r\nWWW-Authenticate: Bearer"));
+        assert_non_null(strstr(r.body, "{\"error\":{\"code\":\"unauthorized\""));
+        resp_free(&r);
+        r = http("GET", reads[i], "Authorization: Bearer " READ_TOKEN "x\r\n", NULL);
+        assert_int_equal(r.status, 401);
+        assert_non_null(strcasestr(r.head, "\r\nWWW-Authenticate: Bearer error=\"invalid_token\""));
+        resp_free(&r);
+        expect_status("GET", reads[i], "Authorization: Basic " READ_TOKEN "\r\n", NULL, 401);
+        expect_status("GET", reads[i], "Authorization: Bearer test-read-token\r\n", NULL, 401);
+    }
+    expect_status("GET", reads[0], rauth, NULL, 200);
+    expect_status("GET", reads[1], rauth, NULL, 200);
+    expect_status("GET", reads[2], rauth, NULL, 200);
+    expect_status("GET", reads[3], rauth, NULL, 400);
+    expect_status("GET", reads[4], rauth, NULL, 404);
+    /* the admin token reads too, with the same answer */
+    resp a = rget(reads[0]), b = http("GET", reads[0], "Authorization: Bearer " TOKEN "\r\n", NULL);
+    assert_int_equal(b.status, 200);
+    assert_string_equal(a.body, b.body);
+    resp_free(&a);
+    resp_free(&b);
+    /* the read token is no admin token */
+    expect_status("POST", "/v1/runs", rauth, NULL, 401);
+    expect_status("POST", "/v1/users/realtime-lookup", rauth,
+                  "{\"corp_id\":\"wwsim0001\",\"mobile\":\"13800000000\"}", 401);
+    for (size_t i = 0; i < sizeof(open_routes) / sizeof(open_routes[0]); i++) {
+        resp r = get(open_routes[i]);
+        if (r.status != 200)
+            fail_msg("%s without a token: %d (must stay open)", open_routes[i], r.status);
+        resp_free(&r);
+    }
 }
 
 static void test_post_run(void **state)
@@ -1056,13 +1120,26 @@ static void test_realtime_lookup(void **state)
     assert_non_null(strstr(r.body, "cached"));
     resp_free(&r);
     assert_int_equal(sim_getuserid_calls(), before + 1);
-    /* the cache key holds a hash, never the number */
-    char key[256];
-    assert_int_equal(lookup_neg_key(g_env, "wwsim0001", "17700000001", key, sizeof key), 0);
-    redisReply *rr = redisCommand(g_rc, "EXISTS %s", key);
+    /* the cache key holds a keyed hash (HMAC under the environment's random key,
+     * ORGSYNC_CACHE_KEY being unset here), never the number nor its plain SHA-256 */
+    char key[256], name[128], plain[65], plain_key[256];
+    assert_int_equal(lookup_cache_key_name(g_env, name, sizeof name), 0);
+    redisReply *rr = redisCommand(g_rc, "GET %s", name);
+    assert_int_equal(rr->type, REDIS_REPLY_STRING);
+    assert_int_equal(rr->len, 64);
+    assert_int_equal(lookup_neg_key(g_env, "wwsim0001", "17700000001", rr->str, key, sizeof key),
+                     0);
+    freeReplyObject(rr);
+    rr = redisCommand(g_rc, "EXISTS %s", key);
     assert_int_equal(rr->integer, 1);
     freeReplyObject(rr);
     assert_null(strstr(key, "17700000001"));
+    hash_sha256_hex("17700000001", 11, plain);
+    assert_null(strstr(key, plain));
+    snprintf(plain_key, sizeof plain_key, "orgsync:%s:neg:wwsim0001:%s", g_env, plain);
+    rr = redisCommand(g_rc, "EXISTS %s", plain_key);
+    assert_int_equal(rr->integer, 0);
+    freeReplyObject(rr);
 
     /* a known mobile: found upstream, stored, answered */
     sim_user_mobile(mobile, sizeof mobile);
@@ -1083,7 +1160,7 @@ static void test_realtime_lookup(void **state)
     resp_free(&r);
     /* and the PostgreSQL-only lookup now finds it */
     snprintf(q, sizeof q, "/v1/users?mobile=%s", mobile);
-    r = get(q);
+    r = rget(q);
     assert_non_null(strstr(r.body, "wwsim0002"));
     resp_free(&r);
 
@@ -1215,7 +1292,7 @@ static void test_dependencies_down(void **state)
     expect_status("GET", "/healthz", NULL, NULL, 200);
     expect_status("GET", "/v1/runs/latest", NULL, NULL, 503);
     expect_status("GET", "/v1/leader", NULL, NULL, 503);
-    expect_status("GET", "/v1/users?mobile=13800000000", NULL, NULL, 503);
+    expect_status("GET", "/v1/users?mobile=13800000000", rauth, NULL, 503);
     /* at once, not after the pool's query timeout (fuzz_request found that one) */
     uint64_t t0 = time_mono_us();
     expect_status("POST", "/v1/runs", auth, NULL, 503);
@@ -1243,6 +1320,7 @@ int main(void)
         cmocka_unit_test(test_users),
         cmocka_unit_test(test_users_by_mobile),
         cmocka_unit_test(test_admin_auth),
+        cmocka_unit_test(test_read_auth),
         cmocka_unit_test(test_post_run),
         cmocka_unit_test(test_realtime_lookup),
         cmocka_unit_test(test_leader),

@@ -13,12 +13,14 @@ SDB=$(fresh_db)
 SV_DBS+=("$SDB")
 serve_sim 2 --enterprises 3 --departments 4 --users-per-dept 3
 serve_corps "$SDB" 3
-serve_start a 0 ORGSYNC_LOOKUP_BUDGET=3
-serve_start b 1 ORGSYNC_LOOKUP_BUDGET=3 ORGSYNC_SCHEDULE=off
+READ_TOKEN=test-read-token-0123456789
+serve_start a 0 ORGSYNC_LOOKUP_BUDGET=3 ORGSYNC_READ_TOKEN=$READ_TOKEN
+serve_start b 1 ORGSYNC_LOOKUP_BUDGET=3 ORGSYNC_SCHEDULE=off ORGSYNC_READ_TOKEN=$READ_TOKEN
 serve_wait_ready a b
 A="http://127.0.0.1:${SV_HTTP[a]}"
 B="http://127.0.0.1:${SV_HTTP[b]}"
 AUTH="Authorization: Bearer $SV_ADMIN"
+RAUTH="Authorization: Bearer $READ_TOKEN"
 
 # A run requested through b (which never leads) is run by a's leader.
 run=$(curl -fsS -X POST -H "$AUTH" "$B/v1/runs" | jq -r .run_id)
@@ -38,14 +40,14 @@ eq "percent of a finished run" 100 "$(jq -r .percent <<<"$latest")"
 eq "three enterprises" 3 "$(jq -r '.enterprises | length' <<<"$latest")"
 eq "departments_done of wwsim0002" 4 "$(jq -r '.enterprises[1].departments_done' <<<"$latest")"
 for h in "$A" "$B"; do
-    for _ in $(seq 1 10); do curl -fsS "$h/v1/enterprises/wwsim0003/users?page=1&page_size=5" | md5sum; done
+    for _ in $(seq 1 10); do curl -fsS -H "$RAUTH" "$h/v1/enterprises/wwsim0003/users?page=1&page_size=5" | md5sum; done
 done | sort -u >"$SV_DIR/users.md5"
 eq "member pages are identical everywhere" 1 "$(wc -l <"$SV_DIR/users.md5")"
 eq "users total equals PostgreSQL" \
     "$(psql_q "SELECT count(*) FROM users WHERE corp_id = 'wwsim0003' AND deleted_at IS NULL")" \
-    "$(curl -fsS "$B/v1/enterprises/wwsim0003/users" | jq -r .total)"
+    "$(curl -fsS -H "$RAUTH" "$B/v1/enterprises/wwsim0003/users" | jq -r .total)"
 mobile=$(psql_q "SELECT mobile FROM users WHERE corp_id = 'wwsim0001' ORDER BY userid LIMIT 1")
-eq "GET /v1/users?mobile finds the member" 1 "$(curl -fsS "$B/v1/users?mobile=$mobile" | jq -r .total)"
+eq "GET /v1/users?mobile finds the member" 1 "$(curl -fsS -H "$RAUTH" "$B/v1/users?mobile=$mobile" | jq -r .total)"
 
 # The negative cache is shared: an unknown mobile asked through a, then through b,
 # reaches the upstream once.

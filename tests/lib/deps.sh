@@ -8,7 +8,8 @@
 # line to run and exits 1.
 
 ORGSYNC_DEPS_BUILD="build-essential cmake pkg-config libuv1-dev libhiredis-dev libcurl4-openssl-dev libjson-c-dev libpq-dev libhttp-parser-dev libssl-dev"
-ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procps python3 strace tzdata jq"
+# ca-certificates: the system CA bundle that deploy/env/prod.env's sslrootcert= names (it.secrets loads every env file).
+ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procps python3 strace tzdata jq ca-certificates"
 # clang and its sanitizer/libFuzzer runtimes (Debian 12 ships clang 14; with
 # --no-install-recommends clang does not pull libclang-rt-14-dev) are for the
 # fuzz targets that a full tests/run.sh ends with.

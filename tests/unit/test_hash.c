@@ -1,4 +1,5 @@
-/* SHA-256 known answers (FIPS 180-2 examples) and constant-time compare. */
+/* SHA-256 known answers (FIPS 180-2 examples), HMAC-SHA256 known answers (RFC 4231)
+ * and constant-time compare. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -38,6 +39,30 @@ static void test_sha256_known_answers(void **state)
     free(million);
 }
 
+static void expect_hmac(const void *key, size_t klen, const char *data, const char *want)
+{
+    char out[65];
+
+    memset(out, 'X', sizeof(out));
+    hash_hmac_sha256_hex(key, klen, data, strlen(data), out);
+    assert_string_equal(out, want);
+}
+
+static void test_hmac_sha256_known_answers(void **state)
+{
+    unsigned char k1[20], k6[131];
+
+    (void)state;
+    memset(k1, 0x0b, sizeof k1);
+    memset(k6, 0xaa, sizeof k6);
+    expect_hmac(k1, sizeof k1, "Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+    expect_hmac("Jefe", 4, "what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    expect_hmac(k6, sizeof k6, "Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+}
+
 static void test_ct_equal(void **state)
 {
     (void)state;
@@ -60,6 +85,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sha256_known_answers),
+        cmocka_unit_test(test_hmac_sha256_known_answers),
         cmocka_unit_test(test_ct_equal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

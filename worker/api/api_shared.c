@@ -1,4 +1,4 @@
-/* What every route file shares: the api object's lifetime, admin
+/* What every route file shares: the api object's lifetime, admin and read
  * authentication, PostgreSQL and parsing helpers, column readers. */
 #include "worker/api/api_shared.h"
 
@@ -28,31 +28,80 @@ int api_unref(api *a)
 
 /* ---- auth ---- */
 
+/* The token of an "Authorization: Bearer <token>" header, or NULL. */
+static const char *bearer(http_req *req)
+{
+    const char *h = http_req_header(req, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return NULL;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    return h;
+}
+
+static void unauthorized(http_req *req, const char *challenge, const char *message)
+{
+    http_req_add_header(req, "WWW-Authenticate", challenge);
+    http_reply_error(req, 401, "unauthorized", message);
+}
+
+/* A configured (non-empty) token equals the presented one, in constant time. */
+static int token_matches(const char *presented, const char *configured)
+{
+    return configured[0] && hash_ct_equal(presented, configured);
+}
+
 int api_admin_ok(api *a, http_req *req)
 {
     const settings *s = a->d.settings;
-    const char *h = http_req_header(req, "Authorization");
+    const char *h;
 
     if (!s->admin_token[0]) {
         http_reply_error(req, 403, "admin_disabled",
                          "admin routes are disabled: ORGSYNC_ADMIN_TOKEN is not set");
         return 0;
     }
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
-        http_req_add_header(req, "WWW-Authenticate", "Bearer");
-        http_reply_error(req, 401, "unauthorized", "missing bearer token");
+    if (!(h = bearer(req))) {
+        unauthorized(req, "Bearer", "missing bearer token");
         return 0;
     }
-    h += 7;
-    while (*h == ' ')
-        h++;
-    if (!hash_ct_equal(h, s->admin_token)) {
-        http_req_add_header(req, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        http_reply_error(req, 401, "unauthorized", "wrong bearer token");
+    if (!token_matches(h, s->admin_token)) {
+        unauthorized(req, "Bearer error=\"invalid_token\"", "wrong bearer token");
         return 0;
     }
     if (a->d.read_only) {
         http_reply_error(req, 403, "read_only", "this deployment is read-only");
+        return 0;
+    }
+    return 1;
+}
+
+int api_read_ok(api *a, http_req *req)
+{
+    const settings *s = a->d.settings;
+    const char *h;
+    int ok;
+
+    if (s->public_reads)
+        return 1;
+    if (!s->read_token[0] && !s->admin_token[0]) {
+        unauthorized(req, "Bearer",
+                     "directory reads need a bearer token and none is configured: set "
+                     "ORGSYNC_READ_TOKEN (or ORGSYNC_PUBLIC_READS=on to serve them to anyone)");
+        return 0;
+    }
+    if (!(h = bearer(req))) {
+        unauthorized(req, "Bearer",
+                     "missing bearer token: directory reads need ORGSYNC_READ_TOKEN or "
+                     "ORGSYNC_ADMIN_TOKEN");
+        return 0;
+    }
+    /* Both compared, so the time taken says nothing about which one is set. */
+    ok = token_matches(h, s->read_token);
+    ok |= token_matches(h, s->admin_token);
+    if (!ok) {
+        unauthorized(req, "Bearer error=\"invalid_token\"", "wrong bearer token");
         return 0;
     }
     return 1;

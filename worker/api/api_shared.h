@@ -47,6 +47,14 @@ int api_unref(api *a);
  * 0 when the request may not go on, 1 when it may. */
 int api_admin_ok(api *a, http_req *req);
 
+/* The same for directory reads (members, departments, members by mobile):
+ * open with ORGSYNC_PUBLIC_READS=on; else the bearer token must be
+ * ORGSYNC_READ_TOKEN or ORGSYNC_ADMIN_TOKEN (constant-time compares), and
+ * anything else is 401 with WWW-Authenticate, including when neither token is
+ * configured (reads are then refused to everyone, with a message saying what
+ * to set). Read-only deployments serve reads. */
+int api_read_ok(api *a, http_req *req);
+
 /* Answers req with the JSON a writer put in b (503 out_of_memory if b ran out),
  * and frees b. */
 void api_reply_json(http_req *req, int status, buf *b);

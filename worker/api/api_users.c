@@ -1,6 +1,7 @@
 /* Directory reads and lookups: GET /v1/enterprises/{corp_id}/users,
- * /v1/enterprises/{corp_id}/departments, /v1/users?mobile= (PostgreSQL only) and
- * POST /v1/users/realtime-lookup (worker/api/lookup.c). Members and departments are
+ * /v1/enterprises/{corp_id}/departments, /v1/users?mobile= (PostgreSQL only; these
+ * three need the read token, api_read_ok) and POST /v1/users/realtime-lookup
+ * (admin; worker/api/lookup.c). Members and departments are
  * rendered to JSON by PostgreSQL (API_SQL_*_JSON) so every route shows one shape. */
 #include "worker/api/api_routes.h"
 
@@ -126,6 +127,8 @@ static void on_enterprise_users(http_req *req, void *arg)
     long long page, size;
     char lim[24], off[24];
 
+    if (!api_read_ok(a, req))
+        return;
     if (!corp_id_valid(corp)) {
         http_reply_error(req, 400, "bad_request", "corp_id must be 1-64 of [A-Za-z0-9_-]");
         return;
@@ -191,6 +194,8 @@ static void on_enterprise_depts(http_req *req, void *arg)
 {
     api *a = arg;
     const char *corp = http_req_param(req, "corp_id");
+    if (!api_read_ok(a, req))
+        return;
     if (!corp_id_valid(corp)) {
         http_reply_error(req, 400, "bad_request", "corp_id must be 1-64 of [A-Za-z0-9_-]");
         return;
@@ -237,6 +242,8 @@ static void on_users_by_mobile(http_req *req, void *arg)
 {
     api *a = arg;
     const char *m = http_req_query(req, "mobile");
+    if (!api_read_ok(a, req))
+        return;
     if (!m) {
         http_reply_error(req, 400, "bad_request", "the mobile query parameter is required");
         return;

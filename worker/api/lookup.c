@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <json-c/json.h>
@@ -23,7 +24,15 @@ struct lookup {
     pg_pool *pg;
     redis_client *redis;
     wecom *wc;
+    /* The negative cache's HMAC key: ORGSYNC_CACHE_KEY, or the environment's
+     * shared key from Redis (fetched on first use, again every
+     * LOOKUP_KEY_REFRESH_MS in case Redis lost it and a new one was made). */
+    char key[256];
+    int key_fixed;        /* from the setting: never fetched */
+    uint64_t key_read_ms; /* uv_now when fetched from Redis; 0 never */
 };
+
+#define LOOKUP_KEY_REFRESH_MS (10 * 60 * 1000)
 
 typedef struct lk_req {
     lookup *lk;
@@ -32,7 +41,7 @@ typedef struct lk_req {
     char corp[72];
     char mobile[24];
     char userid[72];
-    char neg_key[192];
+    char neg_key[256];
     int registered; /* the corp's secret was loaded from PostgreSQL once already */
 } lk_req;
 
@@ -43,6 +52,12 @@ static redis_script budget_script = {
            "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n",
     .sha = {0}};
 
+/* The environment's key: made once by whoever asks first (SET NX), read by all. */
+static redis_script key_script = {.src = "redis.call('SET', KEYS[1], ARGV[1], 'NX') "
+                                         "return redis.call('GET', KEYS[1])",
+                                  .sha = {0}};
+
+static void step_key(lk_req *q);
 static void step_neg_check(lk_req *q);
 static void step_budget(lk_req *q);
 static void step_getuserid(lk_req *q);
@@ -58,20 +73,36 @@ lookup *lookup_new(uv_loop_t *loop, const settings *s, pg_pool *pg, redis_client
     lk->pg = pg;
     lk->redis = redis;
     lk->wc = wc;
+    if (s->cache_key[0]) {
+        snprintf(lk->key, sizeof lk->key, "%s", s->cache_key);
+        lk->key_fixed = 1;
+    }
     return lk;
 }
 
 void lookup_free(lookup *lk)
 {
+    if (lk)
+        explicit_bzero(lk->key, sizeof lk->key);
     free(lk);
 }
 
-int lookup_neg_key(const char *env, const char *corp_id, const char *mobile, char *out,
-                   size_t outlen)
+int lookup_neg_key(const char *env, const char *corp_id, const char *mobile, const char *key,
+                   char *out, size_t outlen)
 {
     char h[65];
-    hash_sha256_hex(mobile, strlen(mobile), h);
+    if (!key || !*key)
+        return -1;
+    hash_hmac_sha256_hex(key, strlen(key), mobile, strlen(mobile), h);
+    if (!h[0])
+        return -1;
     int n = snprintf(out, outlen, "orgsync:%s:neg:%s:%s", env, corp_id, h);
+    return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
+int lookup_cache_key_name(const char *env, char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, "orgsync:%s:cache_key", env);
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
@@ -106,7 +137,67 @@ static void on_enterprise(void *arg, PGresult *res, const char *err)
         finish(q, 404, "unknown_enterprise", "no enabled enterprise with that corp_id", NULL, 0);
         return;
     }
+    step_key(q);
+}
+
+/* ---- 3a. the negative cache's key ---- */
+
+static void neg_key_ready(lk_req *q)
+{
+    if (lookup_neg_key(q->lk->s->env, q->corp, q->mobile, q->lk->key, q->neg_key,
+                       sizeof q->neg_key)) {
+        finish(q, 503, "unavailable", "could not make the negative cache key", NULL, 0);
+        return;
+    }
     step_neg_check(q);
+}
+
+static void on_key(void *arg, redisReply *reply, const char *err)
+{
+    lk_req *q = arg;
+    lookup *lk = q->lk;
+    if (err || !reply || reply->type != REDIS_REPLY_STRING || reply->len < 16 ||
+        reply->len >= sizeof lk->key || memchr(reply->str, '\0', reply->len)) {
+        metrics_counter_add(M_REDIS_ERRORS, "source=\"api\"", 1);
+        log_warn("lookup: cannot read the negative cache key",
+                 LF_S("err", err ? err : "missing, or not 16 to 255 bytes"));
+        finish(q, 503, "redis_unavailable", "could not query Redis", NULL, 0);
+        return;
+    }
+    memcpy(lk->key, reply->str, reply->len);
+    lk->key[reply->len] = '\0';
+    lk->key_read_ms = uv_now(lk->loop) ? uv_now(lk->loop) : 1;
+    neg_key_ready(q);
+}
+
+static void step_key(lk_req *q)
+{
+    lookup *lk = q->lk;
+    unsigned char raw[32];
+    char name[128], fresh[65];
+    static const char hex[] = "0123456789abcdef";
+
+    if (lk->key_fixed ||
+        (lk->key_read_ms && uv_now(lk->loop) - lk->key_read_ms < LOOKUP_KEY_REFRESH_MS)) {
+        neg_key_ready(q);
+        return;
+    }
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw ||
+        lookup_cache_key_name(lk->s->env, name, sizeof name)) {
+        finish(q, 503, "unavailable", "could not make the negative cache key", NULL, 0);
+        return;
+    }
+    for (size_t i = 0; i < sizeof raw; i++) {
+        fresh[2 * i] = hex[raw[i] >> 4];
+        fresh[2 * i + 1] = hex[raw[i] & 15];
+    }
+    fresh[64] = '\0';
+    const char *argv[] = {name, fresh};
+    int rc = redis_eval(lk->redis, &key_script, 1, 2, argv, on_key, q);
+    explicit_bzero(raw, sizeof raw);
+    explicit_bzero(fresh, sizeof fresh);
+    if (rc)
+        finish(q, 503, "redis_unavailable", "could not query Redis", NULL, 0);
 }
 
 /* ---- 3. the negative cache ---- */
@@ -380,10 +471,6 @@ int lookup_realtime(lookup *lk, const char *corp_id, const char *mobile, lookup_
     q->arg = arg;
     snprintf(q->corp, sizeof q->corp, "%s", corp_id);
     snprintf(q->mobile, sizeof q->mobile, "%s", mobile);
-    if (lookup_neg_key(lk->s->env, corp_id, mobile, q->neg_key, sizeof q->neg_key)) {
-        free(q);
-        return -EINVAL;
-    }
     const char *p[] = {corp_id};
     /* no database: answer now rather than after the pool's query timeout */
     int rc = pg_pool_ready(lk->pg) ? 0 : -EAGAIN;

@@ -4,7 +4,11 @@
  *
  *   1. format (api_valid_mobile)                         -> 400, no I/O at all
  *   2. the enterprise exists and is enabled (PostgreSQL) -> 404
- *   3. negative cache orgsync:<env>:neg:<corp>:<sha256(mobile)> (Redis) -> 404
+ *   3. negative cache orgsync:<env>:neg:<corp>:<hmac-sha256(key, mobile)> (Redis) -> 404;
+ *      the key is ORGSYNC_CACHE_KEY, or else one random key per environment kept in
+ *      Redis at orgsync:<env>:cache_key (made with SET NX by the first process that
+ *      needs it, so every host shares it; re-read every 10 minutes). A plain hash of
+ *      an 11-digit mobile would be reversed by trying every number.
  *   4. per-enterprise hourly budget shared by every process,
  *      orgsync:<env>:lookup_budget:<corp>:<yyyymmddhh UTC> (Redis INCR) -> 429
  *   5. upstream user/getuserid, then user/get (worker/wecom/wecom.h: paced, counted
@@ -12,7 +16,7 @@
  *      for LOOKUP_NEG_TTL_S -> 404
  *   6. the member is upserted into users and answered -> 200
  *
- * Raw mobiles never reach Redis or the logs (hash or LF_MOBILE only). */
+ * Raw mobiles never reach Redis or the logs (keyed hash or LF_MOBILE only). */
 #ifndef ORGSYNC_LOOKUP_H
 #define ORGSYNC_LOOKUP_H
 
@@ -48,8 +52,13 @@ void lookup_free(lookup *lk);
  * -ENOMEM, or the pool's PG_E*). */
 int lookup_realtime(lookup *lk, const char *corp_id, const char *mobile, lookup_cb cb, void *arg);
 
-/* Redis key of the negative cache entry for (corp, mobile). 0, or -1 if too long. */
-int lookup_neg_key(const char *env, const char *corp_id, const char *mobile, char *out,
-                   size_t outlen);
+/* Redis key of the negative cache entry for (corp, mobile) under the HMAC key
+ * key. 0, or -1 if too long or key is empty. */
+int lookup_neg_key(const char *env, const char *corp_id, const char *mobile, const char *key,
+                   char *out, size_t outlen);
+
+/* The Redis key holding the environment's negative cache key when
+ * ORGSYNC_CACHE_KEY is unset: orgsync:<env>:cache_key. 0, or -1 if too long. */
+int lookup_cache_key_name(const char *env, char *out, size_t outlen);
 
 #endif

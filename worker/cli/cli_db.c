@@ -6,8 +6,11 @@
 
 PGconn *cli_db_connect(const settings *s, const char *cmd)
 {
-    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
-    const char *vals[] = {s->pg_dsn, "10", "orgsync-cli", NULL};
+    /* The DSN is expanded first; the keywords after it override it. An empty
+     * password (ORGSYNC_PG_PASSWORD unset) is ignored by libpq, so the DSN's own
+     * or the passfile's applies. */
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", "password", NULL};
+    const char *vals[] = {s->pg_dsn, "10", "orgsync-cli", s->pg_password, NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         const char *m = c ? PQerrorMessage(c) : "out of memory";

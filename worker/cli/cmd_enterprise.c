@@ -3,6 +3,7 @@
  * named environment variables, never from argv (argv is visible to every user
  * through ps). */
 #include "common/msgcrypt.h"
+#include "common/secret.h"
 #include "worker/cli/cli_db.h"
 #include "worker/cli/commands.h"
 #include "worker/wecom/corp_id.h"
@@ -11,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Longest secret accepted (WeCom secrets are 43 characters). */
+#define ENT_SECRET_MAX 512
 
 typedef struct ent_args {
     const char *corp_id;
@@ -75,17 +79,39 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
     return 0;
 }
 
-/* The secret in the environment variable that option names; NULL (and a usage
- * error printed) when it is unset or empty. */
-static const char *secret_from(const char *option, const char *var)
+static const char *env_get(const char *name, void *arg)
 {
-    const char *v = getenv(var);
-    if (!v || !*v) {
-        cmd_usage_error("enterprise", "%s: environment variable %s is not set or empty", option,
-                        var);
-        return NULL;
+    (void)arg;
+    return getenv(name);
+}
+
+/* The secret the variable VAR that option names holds: VAR itself, the file
+ * VAR_FILE names, or the credential $CREDENTIALS_DIRECTORY/VAR (common/secret.h).
+ * 0 with out filled; else a usage error was printed (the value never is). */
+static int secret_from(const char *option, const char *var, char *out, size_t cap)
+{
+    char err[600];
+    int r;
+    if (!secret_name_valid(var)) {
+        cmd_usage_error("enterprise", "%s: expected a variable name (A-Z, a-z, 0-9, _), got '%s'",
+                        option, var);
+        return -1;
     }
-    return v;
+    r = secret_lookup(var, env_get, NULL, getenv("CREDENTIALS_DIRECTORY"), out, cap, NULL, 0, err,
+                      sizeof err);
+    if (r < 0) {
+        cmd_usage_error("enterprise", "%s: %s", option, err);
+        return -1;
+    }
+    if (r == 0) {
+        cmd_usage_error(
+            "enterprise",
+            "%s: %s is not set or empty (give the secret in %s, or a file holding it in "
+            "%s_FILE, or as the credential %s)",
+            option, var, var, var, var);
+        return -1;
+    }
+    return 0;
 }
 
 /* add creates or replaces; set changes only the options given. NULL parameters
@@ -94,6 +120,8 @@ static const char *secret_from(const char *option, const char *var)
 static int ent_write(const settings *s, const ent_args *a, int add)
 {
     const char *secret = NULL, *contact = NULL, *cb_token = NULL, *cb_aeskey = NULL, *p[9];
+    char secret_buf[ENT_SECRET_MAX], contact_buf[ENT_SECRET_MAX];
+    char token_buf[ENT_SECRET_MAX], aeskey_buf[ENT_SECRET_MAX];
     PGconn *c;
     PGresult *r;
     int rc = 1;
@@ -110,29 +138,45 @@ static int ent_write(const settings *s, const ent_args *a, int add)
                                "set: nothing to change (give --secret-env, --contact-secret-env, "
                                "--no-contact-secret, --api-mode, --name, --callback-token-env "
                                "with --callback-aeskey-env, or --no-callback)");
-    if (a->secret_env && !(secret = secret_from("--secret-env", a->secret_env)))
-        return EXIT_USAGE;
-    if (a->contact_env && !(contact = secret_from("--contact-secret-env", a->contact_env)))
-        return EXIT_USAGE;
+    secret_buf[0] = contact_buf[0] = token_buf[0] = aeskey_buf[0] = '\0';
+    if (a->secret_env) {
+        if (secret_from("--secret-env", a->secret_env, secret_buf, sizeof secret_buf))
+            goto usage;
+        secret = secret_buf;
+    }
+    if (a->contact_env) {
+        if (secret_from("--contact-secret-env", a->contact_env, contact_buf, sizeof contact_buf))
+            goto usage;
+        contact = contact_buf;
+    }
     if (a->cb_token_env) {
-        if (!(cb_token = secret_from("--callback-token-env", a->cb_token_env)) ||
-            !(cb_aeskey = secret_from("--callback-aeskey-env", a->cb_aeskey_env)))
-            return EXIT_USAGE;
+        if (secret_from("--callback-token-env", a->cb_token_env, token_buf, sizeof token_buf) ||
+            secret_from("--callback-aeskey-env", a->cb_aeskey_env, aeskey_buf, sizeof aeskey_buf))
+            goto usage;
+        cb_token = token_buf;
+        cb_aeskey = aeskey_buf;
         /* The values are never printed: only which variable is wrong, and why. */
-        if (strlen(cb_token) > 128 || strspn(cb_token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
-                                                       "qrstuvwxyz0123456789") != strlen(cb_token))
-            return cmd_usage_error("enterprise",
-                                   "--callback-token-env: %s must hold 1 to 128 of A-Z, a-z, 0-9",
-                                   a->cb_token_env);
-        if (!msgcrypt_aeskey_valid(cb_aeskey))
-            return cmd_usage_error("enterprise",
-                                   "--callback-aeskey-env: %s must hold an EncodingAESKey: "
-                                   "exactly 43 of A-Z, a-z, 0-9",
-                                   a->cb_aeskey_env);
+        if (strlen(cb_token) > 128 ||
+            strspn(cb_token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
+                             "qrstuvwxyz0123456789") != strlen(cb_token)) {
+            cmd_usage_error("enterprise",
+                            "--callback-token-env: %s must hold 1 to 128 of A-Z, a-z, 0-9",
+                            a->cb_token_env);
+            goto usage;
+        }
+        if (!msgcrypt_aeskey_valid(cb_aeskey)) {
+            cmd_usage_error("enterprise",
+                            "--callback-aeskey-env: %s must hold an EncodingAESKey: "
+                            "exactly 43 of A-Z, a-z, 0-9",
+                            a->cb_aeskey_env);
+            goto usage;
+        }
     }
     c = cli_db_connect(s, "enterprise");
-    if (!c)
-        return 1;
+    if (!c) {
+        rc = 1;
+        goto done;
+    }
     p[0] = a->corp_id;
     p[1] = a->name;
     p[2] = secret;
@@ -182,6 +226,14 @@ static int ent_write(const settings *s, const ent_args *a, int add)
         PQclear(r);
     }
     PQfinish(c);
+    goto done;
+usage:
+    rc = EXIT_USAGE;
+done:
+    explicit_bzero(secret_buf, sizeof secret_buf);
+    explicit_bzero(contact_buf, sizeof contact_buf);
+    explicit_bzero(token_buf, sizeof token_buf);
+    explicit_bzero(aeskey_buf, sizeof aeskey_buf);
     return rc;
 }
 
@@ -259,7 +311,9 @@ void cmd_enterprise_usage(FILE *f)
         "       orgsync enterprise list\n"
         "       orgsync enterprise disable|enable --corp-id ID\n\n"
         "Manages the enterprises table. Secrets are read from the named environment\n"
-        "variables, never from the command line.\n\n"
+        "variables, never from the command line: VAR holds the secret, or VAR_FILE\n"
+        "names a file holding it, or $CREDENTIALS_DIRECTORY/VAR is one (systemd\n"
+        "credentials); only one of the three may be set.\n\n"
         "  --corp-id ID               the enterprise (1-64 of A-Z a-z 0-9 _ -)\n"
         "  --secret-env VAR           variable holding the app secret\n"
         "  --contact-secret-env VAR   variable holding the contact-sync secret\n"

@@ -726,7 +726,9 @@ int cmd_sync(const settings *s, int argc, char **argv)
         fprintf(stderr, "orgsync sync: cannot create the event loop\n");
         return 1;
     }
-    c.pg = pg_pool_new(&c.loop, &(pg_pool_opts){.dsn = s->pg_dsn, .size = PG_POOL_SIZE});
+    c.pg = pg_pool_new(
+        &c.loop,
+        &(pg_pool_opts){.dsn = s->pg_dsn, .password = s->pg_password, .size = PG_POOL_SIZE});
     c.redis = redis_new(&c.loop, &(redis_opts){.url = s->redis_url});
     c.http = http_client_new(
         &c.loop, &(http_client_opts){.bind_addr = s->upstream_bind[0] ? s->upstream_bind : NULL});

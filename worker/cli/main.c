@@ -48,7 +48,9 @@ static void usage(FILE *f)
     for (const command *c = commands; c->name; c++)
         fprintf(f, "  %-11s %s\n", c->name, c->help);
     fprintf(f, "\nsettings come from ORGSYNC_* environment variables (see docs/CONFIGURATION.md);\n"
-               "--config FILE reads KEY=VALUE lines, and the environment overrides them.\n");
+               "--config FILE reads KEY=VALUE lines, and the environment overrides them.\n"
+               "A secret setting NAME may instead be read from the file NAME_FILE names, or\n"
+               "from $CREDENTIALS_DIRECTORY/NAME (systemd LoadCredential=).\n");
 }
 
 int cmd_usage_error(const char *cmd, const char *fmt, ...)

@@ -406,7 +406,9 @@ static int env_int(const char *name, int def, int lo, int hi)
 
 static int open_clients(worker *w)
 {
-    w->pg = pg_pool_new(&w->loop, &(pg_pool_opts){.dsn = w->st.pg_dsn, .size = PG_POOL_SIZE});
+    w->pg = pg_pool_new(
+        &w->loop,
+        &(pg_pool_opts){.dsn = w->st.pg_dsn, .password = w->st.pg_password, .size = PG_POOL_SIZE});
     w->redis = redis_new(&w->loop, &(redis_opts){.url = w->st.redis_url});
     /* One client for the upstream and the alert webhook, bound to the egress
      * address when ORGSYNC_UPSTREAM_BIND names one. */
@@ -430,6 +432,19 @@ static int open_clients(worker *w)
                                     .egress_per_min = w->st.egress_max_per_min,
                                     .egress_per_hour = w->st.egress_max_per_hour});
     return w->wc ? 0 : -1;
+}
+
+/* How GET /v1/users and the enterprise member and department routes are
+ * guarded (worker/api/api_shared.h api_read_ok), for the start-up log. */
+static const char *directory_reads(const settings *st)
+{
+    if (st->public_reads)
+        return "public (ORGSYNC_PUBLIC_READS=on)";
+    if (st->read_token[0])
+        return "read or admin token";
+    if (st->admin_token[0])
+        return "admin token only (ORGSYNC_READ_TOKEN unset)";
+    return "refused (no token configured)";
 }
 
 static int worker_run(void *arg, int id)
@@ -477,7 +492,11 @@ static int worker_run(void *arg, int id)
     }
     log_info("serve: worker started", LF_I("pid", getpid()), LF_S("env", w->st.env),
              LF_I("schedule", w->st.schedule), LF_I("may_schedule", gate_may_schedule(&w->g)),
-             LF_S("code_version", w->st.code_version));
+             LF_S("code_version", w->st.code_version),
+             LF_S("directory_reads", directory_reads(&w->st)));
+    if (!w->st.public_reads && !w->st.read_token[0] && !w->st.admin_token[0])
+        log_warn("serve: directory reads (members, departments) answer 401 to everyone: set "
+                 "ORGSYNC_READ_TOKEN, or ORGSYNC_PUBLIC_READS=on to leave them open");
     uv_run(&w->loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(&w->loop);
     if (rc)
