@@ -11,8 +11,10 @@ ORGSYNC_DEPS_BUILD="build-essential cmake pkg-config libuv1-dev libhiredis-dev l
 ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procps python3 strace tzdata jq"
 # clang and its sanitizer/libFuzzer runtimes (Debian 12 ships clang 14; with
 # --no-install-recommends clang does not pull libclang-rt-14-dev) are for the
-# fuzz targets that a full tests/run.sh ends with.
-ORGSYNC_DEPS_TEST="libcmocka-dev chromium clang libclang-rt-14-dev"
+# fuzz targets that a full tests/run.sh ends with. systemd (systemd-analyze,
+# systemd-sysusers) is for it.systemd and it.package, dpkg-dev and file for
+# cpack's dpkg-shlibdeps in it.package.
+ORGSYNC_DEPS_TEST="libcmocka-dev chromium clang libclang-rt-14-dev systemd dpkg-dev file"
 ORGSYNC_DEPS_BENCH="wrk nginx-light valgrind"
 
 deps_missing() {
