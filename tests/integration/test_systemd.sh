@@ -46,6 +46,14 @@ systemd-sysusers --root="$D/root" "$ORGSYNC_SRC/deploy/systemd/orgsync.sysusers"
 check "sysusers creates the orgsync user with nologin" grep -q '^orgsync:x:[0-9]*:[0-9]*:.*:/nonexistent:/usr/sbin/nologin$' "$D/root/etc/passwd"
 check "... and its group" grep -q '^orgsync:x:' "$D/root/etc/group"
 
+# Every example settings file is one the unit's --config accepts.
+for f in "$ORGSYNC_SRC"/deploy/env/*.env; do
+    rc=0
+    env -i "$ORGSYNC_BIN" --config "$f" version >"$D/example.out" 2>&1 || rc=$?
+    eq "deploy/env/$(basename "$f") is a valid --config file" 0 "$rc"
+    [ "$rc" = 0 ] || cat "$D/example.out"
+done
+
 # The unit's command line with a bad settings file: exit 2, never restarted.
 printf 'ORGSYNC_HTTP_ADDR=nowhere\n' >"$D/bad.env"
 rc=0
