@@ -54,6 +54,7 @@ typedef struct alert_state {
 static alert_state A;
 
 static void pump(void);
+static void send_inflight(void);
 
 static void item_free(alert_item *it)
 {
@@ -98,6 +99,32 @@ int alert_init(uv_loop_t *loop, http_client *http, const char *webhook_url, cons
     uv_timer_init(loop, &A.flush_timer);
     A.handles_open = 2;
     A.inited = 1;
+    return 0;
+}
+
+int alert_set_webhook(const char *webhook_url)
+{
+    char *url = NULL;
+
+    if (!A.inited || A.closing)
+        return -EINVAL;
+    if (webhook_url && *webhook_url) {
+        if (!A.http)
+            return -EINVAL;
+        if (!(url = strdup(webhook_url)))
+            return -ENOMEM;
+    }
+    /* A request in flight has its own copy of the old URL (curl copies it). */
+    free(A.url);
+    A.url = url;
+    if (!A.url && !A.posting) {
+        /* Drops what is queued and a retry in waiting (send_inflight without a URL). */
+        uv_timer_stop(&A.retry_timer);
+        if (A.inflight)
+            send_inflight();
+        else
+            pump();
+    }
     return 0;
 }
 
@@ -234,6 +261,15 @@ static void on_post(void *arg, const http_response *res)
 static void send_inflight(void)
 {
     int rc;
+
+    if (!A.url) {
+        /* The webhook was removed by a reload: nowhere to send it. */
+        A.st.dropped++;
+        item_free(A.inflight);
+        A.inflight = NULL;
+        pump();
+        return;
+    }
 
     rc = http_client_post(A.http, A.url, "application/json", A.inflight->body, A.inflight->len,
                           A.post_timeout_ms, on_post, A.inflight);

@@ -41,6 +41,12 @@
 int alert_init(uv_loop_t *loop, http_client *http, const char *webhook_url, const char *env,
                const char *instance);
 
+/* Reload (SIGHUP): alerts raised from now on go to webhook_url (NULL or "":
+ * log only; what is still queued is then dropped, counted). The alert being
+ * retried keeps its place. 0, -EINVAL (not initialised, closing, or a webhook
+ * without an http client) or -ENOMEM (the old URL is kept). */
+int alert_set_webhook(const char *webhook_url);
+
 /* Tunables, for tests (call after alert_init). 0 keeps the current value.
  * Defaults: queue ALERT_QUEUE_MAX (at most that), post timeout 5000 ms, backoff
  * base 500 ms (cap 8 s). */

@@ -854,6 +854,9 @@ int settings_load_from(settings *s, const char *config_file, settings_getenv_fn 
     }
     rc = apply(s, &src, err, errlen);
     free(kv);
+    if (rc == 0 && config_file &&
+        set_str(s->config_file, sizeof(s->config_file), "--config", config_file, err, errlen))
+        return -1;
     return rc;
 }
 

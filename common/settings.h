@@ -49,6 +49,8 @@ typedef struct settings {
     int egress_max_per_hour;      /* ORGSYNC_EGRESS_MAX_PER_HOUR, 1..600000 */
     int egress_refused_ttl_s; /* ORGSYNC_EGRESS_REFUSED_TTL: how long a refused egress sits out */
     char upstream_bind[64];   /* ORGSYNC_UPSTREAM_BIND: local IP literal, "" = any */
+    /* The --config FILE these came from, "" = none: a reload (SIGHUP) reads it again. */
+    char config_file[512];
 } settings;
 
 /* Fills s from defaults, the optional config file and the environment.

@@ -624,6 +624,33 @@ int schedule_start(const schedule_opts *o, schedule **out)
     return 0;
 }
 
+int schedule_set_cron(schedule *s, const char *cron, const char *tz, char *err, size_t errlen)
+{
+    cron_expr c;
+    char when[32];
+
+    if (!s || s->closing || !cron || !tz) {
+        snprintf(err, errlen, "the scheduler is closing");
+        return -EINVAL;
+    }
+    if (cron_parse(&c, cron, err, errlen))
+        return -EINVAL;
+    if (strlen(cron) >= sizeof(s->st.cron) || strlen(tz) >= sizeof(s->st.tz) ||
+        !cron_tz_valid(tz)) {
+        snprintf(err, errlen, "unknown time zone '%.64s'", tz);
+        return -EINVAL;
+    }
+    s->cron = c;
+    snprintf(s->st.cron, sizeof(s->st.cron), "%s", cron);
+    snprintf(s->st.tz, sizeof(s->st.tz), "%s", tz);
+    s->next_fire_ms = 0;
+    arm_fire(s);
+    time_rfc3339((time_t)(s->next_fire_ms / 1000), -1, when);
+    log_info("scheduler: schedule changed", LF_S("cron", s->st.cron), LF_S("tz", s->st.tz),
+             LF_S("next_fire", s->next_fire_ms > 0 ? when : ""));
+    return 0;
+}
+
 void schedule_close(schedule *s, void (*done)(void *arg), void *arg)
 {
     if (!s || s->closing)

@@ -84,6 +84,11 @@ void schedule_notify(schedule *s, const char *payload);
  * then done(arg) (may be NULL) from a loop callback, and s is freed. */
 void schedule_close(schedule *s, void (*done)(void *arg), void *arg);
 
+/* Reload: fires from now on follow cron in tz (the next fire is computed again
+ * at once; a fire already owed is still run). 0, or -EINVAL (bad cron or zone:
+ * the old schedule stays, err says why). */
+int schedule_set_cron(schedule *s, const char *cron, const char *tz, char *err, size_t errlen);
+
 typedef struct schedule_stats {
     int leading;             /* 1 while our session holds a trusted lease */
     long long run_id;        /* run our job works on, 0 if none */

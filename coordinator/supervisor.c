@@ -4,6 +4,7 @@
 #include "common/backoff.h"
 #include "common/log.h"
 #include "common/metrics_host.h"
+#include "common/sd_notify.h"
 #include "common/settings.h"
 #include "common/timeutil.h"
 
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,6 +26,8 @@
 typedef struct slot {
     pid_t pid;          /* 0: not running */
     int ready;          /* reported ready since its last start */
+    int leading;        /* reported leading since its last start */
+    int ctl;            /* our end of its control socket, -1 none */
     uint64_t start_us;  /* monotonic */
     uint64_t due_us;    /* restart time when pid == 0; 0: none scheduled */
     unsigned crashes;   /* in a row */
@@ -42,41 +46,162 @@ typedef struct sup {
     int killed; /* SIGKILL was needed */
     int fatal;  /* exit status decided by a worker that cannot start, 0 none */
     uint64_t rng;
+    /* systemd (common/sd_notify.h) */
+    int notified_ready;  /* READY=1 sent */
+    uint64_t wd_half_us; /* watchdog ping period, 0: none */
+    uint64_t wd_next_us;
+    int notify_failed; /* logged once */
+    char status[256];  /* last STATUS= sent */
 } sup;
 
-/* The write end of the ready pipe, kept in every child (and the parent, to
+/* What a worker tells the supervisor on the event pipe. */
+enum { EV_READY = 1, EV_LEADING = 2, EV_FOLLOWING = 3 };
+
+typedef struct worker_event {
+    int32_t id, ev;
+} worker_event;
+
+/* The write end of the event pipe, kept in every child (and the parent, to
  * hand on to children it starts later). -1 outside a supervised worker. */
 static int ready_wr = -1;
+/* In a worker: its end of the control socket. -1 elsewhere. */
+static int control_fd = -1;
 
-void supervisor_worker_ready(int worker_id)
+static void send_event(int worker_id, int ev)
 {
-    int32_t id = worker_id;
+    worker_event e = {worker_id, ev};
     ssize_t n;
 
     if (ready_wr < 0)
         return;
-    /* 4 bytes are far below PIPE_BUF: the write is atomic, never interleaved
+    /* 8 bytes are far below PIPE_BUF: the write is atomic, never interleaved
      * with another worker's. */
     do {
-        n = write(ready_wr, &id, sizeof(id));
+        n = write(ready_wr, &e, sizeof(e));
     } while (n < 0 && errno == EINTR);
+}
+
+void supervisor_worker_ready(int worker_id)
+{
+    send_event(worker_id, EV_READY);
+}
+
+void supervisor_worker_leading(int worker_id, int leading)
+{
+    send_event(worker_id, leading ? EV_LEADING : EV_FOLLOWING);
+}
+
+int supervisor_control_fd(void)
+{
+    return control_fd;
+}
+
+/* ---- systemd ---------------------------------------------------------- */
+
+static void notify(sup *p, const char *msg)
+{
+    int rc = sd_notify_send(msg);
+
+    if (rc < 0 && !p->notify_failed) {
+        p->notify_failed = 1;
+        log_warn("supervisor: cannot notify the service manager (NOTIFY_SOCKET)",
+                 LF_S("error", strerror(-rc)));
+    }
+}
+
+static int count_ready(const sup *p)
+{
+    int id, n = 0;
+
+    for (id = 1; id <= p->o.workers; id++)
+        n += p->s[id].pid > 0 && p->s[id].ready;
+    return n;
+}
+
+static int running(const sup *p);
+
+/* The one-line state `systemctl status` shows. */
+static void status_text(const sup *p, char *out, size_t cap)
+{
+    int id, leader = 0;
+
+    if (p->stopping) {
+        snprintf(out, cap, "stopping: %d of %d workers still running", running(p), p->o.workers);
+        return;
+    }
+    for (id = 1; id <= p->o.workers && !leader; id++)
+        if (p->s[id].pid > 0 && p->s[id].leading)
+            leader = id;
+    if (leader)
+        snprintf(out, cap, "%s: %d/%d workers ready; leading: worker %d (pid %d)",
+                 p->notified_ready ? "serving" : "starting", count_ready(p), p->o.workers, leader,
+                 (int)p->s[leader].pid);
+    else
+        snprintf(out, cap, "%s: %d/%d workers ready; not leading",
+                 p->notified_ready ? "serving" : "starting", count_ready(p), p->o.workers);
+}
+
+/* READY=1 once every worker serves; STATUS= whenever the text changes. */
+static void notify_state(sup *p)
+{
+    char st[256], msg[320];
+
+    if (!p->notified_ready && !p->stopping && count_ready(p) == p->o.workers) {
+        p->notified_ready = 1;
+        status_text(p, st, sizeof(st));
+        snprintf(p->status, sizeof(p->status), "%s", st);
+        snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", st);
+        notify(p, msg);
+        log_info("supervisor: every worker serves; told the service manager READY",
+                 LF_I("workers", p->o.workers));
+        return;
+    }
+    status_text(p, st, sizeof(st));
+    if (strcmp(st, p->status) != 0) {
+        snprintf(p->status, sizeof(p->status), "%s", st);
+        snprintf(msg, sizeof(msg), "STATUS=%s", st);
+        notify(p, msg);
+    }
+}
+
+/* The watchdog is pinged from this loop only: a supervisor that stops
+ * turning (stuck, deadlocked) stops pinging and systemd restarts it. */
+static void watchdog_tick(sup *p)
+{
+    uint64_t now;
+
+    if (!p->wd_half_us)
+        return;
+    now = time_mono_us();
+    if (now < p->wd_next_us)
+        return;
+    notify(p, "WATCHDOG=1");
+    p->wd_next_us = now + p->wd_half_us;
 }
 
 /* ---- children --------------------------------------------------------- */
 
-static void child_main(sup *p, int id, pid_t parent)
+static void child_main(sup *p, int id, pid_t parent, int ctl)
 {
     char idtext[16];
     sigset_t none;
-    int rc;
+    int rc, i;
 
     /* Parent's descriptors and signal state are not the worker's business. */
     close(p->sigfd);
     close(p->ready_rd);
+    for (i = 1; i <= p->o.workers; i++)
+        if (p->s[i].ctl >= 0)
+            close(p->s[i].ctl);
+    control_fd = ctl;
     signal(SIGCHLD, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
+    /* A reload reaches a worker from the supervisor (the control socket), not
+     * by signal: a SIGHUP sent to the whole group must not kill it. */
+    signal(SIGHUP, SIG_IGN);
+    /* Only the main process speaks to systemd (NotifyAccess=main). */
+    sd_notify_forget();
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     /* Die with the supervisor; the check after it closes the race with a
@@ -94,17 +219,36 @@ static int start_worker(sup *p, int id)
 {
     slot *w = &p->s[id];
     pid_t parent = getpid(), pid;
+    int sv[2], err;
 
+    /* The control socket: one message per reload, whole or not at all. */
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        err = errno;
+        log_error("supervisor: socketpair failed", LF_I("worker_id", id),
+                  LF_S("error", strerror(err)));
+        return -err;
+    }
     fflush(NULL); /* nothing buffered may be written twice */
     pid = fork();
     if (pid < 0) {
-        log_error("supervisor: fork failed", LF_I("worker_id", id), LF_S("error", strerror(errno)));
-        return -errno;
+        err = errno;
+        log_error("supervisor: fork failed", LF_I("worker_id", id), LF_S("error", strerror(err)));
+        close(sv[0]);
+        close(sv[1]);
+        return -err;
     }
-    if (pid == 0)
-        child_main(p, id, parent);
+    if (pid == 0) {
+        close(sv[0]);
+        child_main(p, id, parent, sv[1]);
+    }
+    close(sv[1]);
+    if (w->ctl >= 0)
+        close(w->ctl);
+    w->ctl = sv[0];
+    fcntl(w->ctl, F_SETFL, O_NONBLOCK);
     w->pid = pid;
     w->ready = 0;
+    w->leading = 0;
     w->due_us = 0;
     w->start_us = time_mono_us();
     log_info("supervisor: worker started", LF_I("worker_id", id), LF_I("pid", pid));
@@ -129,10 +273,16 @@ static void begin_stop(sup *p, const char *why)
 {
     int id;
 
+    char st[256], msg[320];
+
     if (p->stopping)
         return;
     p->stopping = 1;
     p->stop_deadline_us = time_mono_us() + (uint64_t)p->o.stop_timeout_ms * 1000;
+    status_text(p, st, sizeof(st));
+    snprintf(p->status, sizeof(p->status), "%s", st);
+    snprintf(msg, sizeof(msg), "STOPPING=1\nSTATUS=%s", st);
+    notify(p, msg);
     log_info("supervisor: stopping workers", LF_S("why", why),
              LF_I("stop_timeout_ms", p->o.stop_timeout_ms));
     for (id = 1; id <= p->o.workers; id++) {
@@ -150,8 +300,13 @@ static void on_exit_status(sup *p, int id, int status)
     int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
 
     w->pid = 0;
+    w->leading = 0;
     w->last_status = status;
     metrics_host_exited(id); /* its gauges leave the host's /metrics; counters stay */
+    if (w->ctl >= 0) {
+        close(w->ctl);
+        w->ctl = -1;
+    }
     if (p->stopping) {
         log_info("supervisor: worker ended", LF_I("worker_id", id), LF_I("exit_code", code),
                  LF_I("signal", sig));
@@ -211,6 +366,53 @@ static int running(const sup *p)
     return n;
 }
 
+/* SIGHUP: the caller's reload decides what changes (and logs it); each
+ * running worker then gets its message on the control socket. A worker started
+ * later is forked from the reloaded supervisor and needs none. */
+static void reload(sup *p)
+{
+    const void *msg = NULL;
+    size_t len = 0;
+    char st[256], note[400];
+    int id, sent = 0;
+
+    if (p->stopping)
+        return;
+    if (!p->o.reload) {
+        log_warn("supervisor: SIGHUP ignored (nothing to reload)");
+        return;
+    }
+    if (p->notified_ready) {
+        snprintf(note, sizeof(note), "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+                 (unsigned long long)time_mono_us());
+        notify(p, note);
+    }
+    log_info("supervisor: SIGHUP: reloading");
+    if (p->o.reload(p->o.arg, &msg, &len) == 0 && msg && len) {
+        for (id = 1; id <= p->o.workers; id++) {
+            ssize_t n;
+            if (p->s[id].pid <= 0 || p->s[id].ctl < 0)
+                continue;
+            do {
+                n = send(p->s[id].ctl, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            } while (n < 0 && errno == EINTR);
+            if (n == (ssize_t)len)
+                sent++;
+            else
+                log_warn("supervisor: a worker did not take the reload (it keeps its settings "
+                         "until restarted)",
+                         LF_I("worker_id", id), LF_S("error", n < 0 ? strerror(errno) : "short"));
+        }
+        log_info("supervisor: reload sent to the workers", LF_I("workers", sent));
+    }
+    if (p->notified_ready) {
+        status_text(p, st, sizeof(st));
+        snprintf(p->status, sizeof(p->status), "%s", st);
+        snprintf(note, sizeof(note), "READY=1\nSTATUS=%s", st);
+        notify(p, note);
+    }
+}
+
 static void read_signals(sup *p)
 {
     struct signalfd_siginfo si;
@@ -220,18 +422,26 @@ static void read_signals(sup *p)
             reap(p);
         else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
             begin_stop(p, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        else if (si.ssi_signo == SIGHUP)
+            reload(p);
     }
 }
 
 static void read_ready(sup *p)
 {
-    int32_t ids[64];
+    worker_event evs[64];
     ssize_t n, i;
 
-    while ((n = read(p->ready_rd, ids, sizeof(ids))) > 0) {
-        for (i = 0; i < n / (ssize_t)sizeof(ids[0]); i++) {
-            int id = ids[i];
-            if (id < 1 || id > p->o.workers || p->s[id].pid <= 0 || p->s[id].ready)
+    while ((n = read(p->ready_rd, evs, sizeof(evs))) > 0) {
+        for (i = 0; i < n / (ssize_t)sizeof(evs[0]); i++) {
+            int id = evs[i].id;
+            if (id < 1 || id > p->o.workers || p->s[id].pid <= 0)
+                continue;
+            if (evs[i].ev == EV_LEADING || evs[i].ev == EV_FOLLOWING) {
+                p->s[id].leading = evs[i].ev == EV_LEADING;
+                continue;
+            }
+            if (evs[i].ev != EV_READY || p->s[id].ready)
                 continue;
             p->s[id].ready = 1;
             p->s[id].start_failures = 0;
@@ -253,6 +463,8 @@ static int next_timeout_ms(const sup *p)
         for (id = 1; id <= p->o.workers; id++)
             if (p->s[id].pid == 0 && p->s[id].due_us && (!due || p->s[id].due_us < due))
                 due = p->s[id].due_us;
+    if (p->wd_half_us && (!due || p->wd_next_us < due))
+        due = p->wd_next_us;
     if (!due)
         return -1;
     return due > now ? (int)((due - now) / 1000) + 1 : 0;
@@ -304,6 +516,7 @@ static int setup(sup *p)
     sigaddset(&p->mask, SIGCHLD);
     sigaddset(&p->mask, SIGTERM);
     sigaddset(&p->mask, SIGINT);
+    sigaddset(&p->mask, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &p->mask, NULL) != 0)
         return -errno;
     p->sigfd = signalfd(-1, &p->mask, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -321,6 +534,11 @@ static int setup(sup *p)
 
 static void teardown(sup *p)
 {
+    int id;
+
+    for (id = 1; id <= p->o.workers; id++)
+        if (p->s[id].ctl >= 0)
+            close(p->s[id].ctl);
     close(p->sigfd);
     close(p->ready_rd);
     close(ready_wr);
@@ -351,13 +569,19 @@ int supervisor_run(const supervisor_opts *o)
     if (!p->o.stop_timeout_ms)
         p->o.stop_timeout_ms = 30000;
     p->rng = backoff_seed();
+    for (id = 0; id <= SETTINGS_MAX_WORKERS; id++)
+        p->s[id].ctl = -1;
+    p->wd_half_us = sd_watchdog_usec() / 2;
+    p->wd_next_us = time_mono_us();
     rc = setup(p);
     if (rc) {
         log_error("supervisor: cannot set up signals", LF_S("error", strerror(-rc)));
         free(p);
         return 1;
     }
-    log_info("supervisor: starting workers", LF_I("workers", o->workers), LF_I("pid", getpid()));
+    log_info("supervisor: starting workers", LF_I("workers", o->workers), LF_I("pid", getpid()),
+             LF_I("watchdog_ping_ms", (long long)(p->wd_half_us / 1000)));
+    watchdog_tick(p);
     for (id = 1; id <= o->workers && !p->stopping; id++)
         if (start_worker(p, id) != 0) {
             p->fatal = 1;
@@ -374,6 +598,8 @@ int supervisor_run(const supervisor_opts *o)
         if (rc > 0 && (pfd[0].revents & POLLIN))
             read_signals(p);
         do_due(p);
+        notify_state(p);
+        watchdog_tick(p);
     }
     rc = exit_status(p);
     log_info("supervisor: exiting", LF_I("exit_code", rc));

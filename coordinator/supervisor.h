@@ -20,6 +20,14 @@
  *     stopped and supervisor_run returns 2 or 1 ("workers cannot start");
  *   - SIGTERM or SIGINT: every worker gets SIGTERM; after stop_timeout_ms the
  *     ones still running get SIGKILL. Returns 0 when every worker exited 0;
+ *   - SIGHUP: reload() runs in the supervisor; the bytes it returns go, as one
+ *     message, to every running worker's control socket
+ *     (supervisor_control_fd()). Workers ignore SIGHUP itself;
+ *   - systemd (Type=notify, common/sd_notify.h): READY=1 once every worker is
+ *     ready at the same time, STATUS= (workers ready, which worker leads) when
+ *     it changes, RELOADING=1 then READY=1 around a reload, STOPPING=1 at the
+ *     stop, WATCHDOG=1 every half $WATCHDOG_USEC from this loop (so a stuck
+ *     supervisor is restarted). Without $NOTIFY_SOCKET none of this is sent;
  *   - a worker dies with the supervisor (PR_SET_PDEATHSIG, SIGTERM), so a
  *     killed supervisor leaves no orphans behind;
  *   - a reaped worker is marked gone in the host's metrics segment
@@ -27,6 +35,8 @@
  *     gauges leave the host's /metrics while its counters stay. */
 #ifndef ORGSYNC_SUPERVISOR_H
 #define ORGSYNC_SUPERVISOR_H
+
+#include <stddef.h>
 
 /* Runs in the child; its return value is the child's exit status. */
 typedef int (*supervisor_worker_fn)(void *arg, int worker_id);
@@ -40,6 +50,10 @@ typedef struct supervisor_opts {
     int stable_ms;          /* 0: 10000 */
     int start_failures_max; /* 0: 3 */
     int stop_timeout_ms;    /* 0: 30000 */
+    /* SIGHUP, in the supervisor: 0 with *msg and *len set to what every worker
+     * gets (valid until the next call), or -1 to send nothing (the reload
+     * failed; the callback logged why). NULL: SIGHUP is logged and ignored. */
+    int (*reload)(void *arg, const void **msg, size_t *len);
 } supervisor_opts;
 
 /* Blocks until the end (this is the parent's whole life). Returns the exit
@@ -49,5 +63,13 @@ int supervisor_run(const supervisor_opts *opts);
 /* Called by a worker once it serves: tells the supervisor it started. A no-op
  * outside a supervised worker. */
 void supervisor_worker_ready(int worker_id);
+
+/* Called by a worker when it starts or stops leading (for STATUS=). */
+void supervisor_worker_leading(int worker_id, int leading);
+
+/* In a worker: the SOCK_SEQPACKET socket reload messages arrive on (one
+ * recv() = one message), -1 outside a supervised worker. The worker owns
+ * reading it; it is not closed for it. */
+int supervisor_control_fd(void);
 
 #endif

@@ -329,6 +329,42 @@ static void test_log_only(void **state)
     assert_int_equal(alert_init(&f->loop, NULL, f->url, "dev", "h:1"), -EINVAL);
 }
 
+/* Reload: removing the webhook drops what is queued and the alert waiting for
+ * its retry (nothing is posted any more); setting one again delivers. */
+static void test_set_webhook(void **state)
+{
+    fixture *f = *state;
+    alert_stats st;
+
+    assert_int_equal(alert_set_webhook(f->url), -EINVAL); /* not initialised */
+    assert_int_equal(alert_init(&f->loop, f->http, f->url, "prod", "h:1"), 0);
+    alert_set_limits(0, 2000, 300);
+    f->rx.plan[0] = 500; /* the first try fails: a retry waits 0..300 ms */
+    f->rx.nplan = 1;
+    alert_raise(ALERT_RUN_FAILED, "one", NULL, 1);
+    alert_raise(ALERT_RUN_FAILED, "two", NULL, 2);
+    alert_raise(ALERT_RUN_FAILED, "three", NULL, 3);
+    wait_seen(f, 1, 2000);
+    assert_int_equal(f->rx.seen, 1);
+    th_run_for(&f->loop, 20); /* the 500 is in: "one" waits for its retry */
+    assert_int_equal(alert_set_webhook(NULL), 0);
+    th_run_for(&f->loop, 600);
+    alert_stats_get(&st);
+    assert_int_equal(f->rx.seen, 1); /* nothing posted after the removal */
+    assert_int_equal(st.dropped, 3);
+    assert_int_equal(st.queued, 0);
+    /* raised without a webhook: logged only */
+    alert_raise(ALERT_BAN, "logged only", "ww1", 0);
+    th_run_for(&f->loop, 100);
+    assert_int_equal(f->rx.seen, 1);
+    /* a webhook again: delivered */
+    assert_int_equal(alert_set_webhook(f->url), 0);
+    alert_raise(ALERT_LOCK_LOST, "after reload", NULL, 4);
+    wait_stats(f, 1, 0, 3000);
+    assert_int_equal(f->rx.seen, 2);
+    assert_non_null(strstr(f->rx.bodies[1], "\"after reload\""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -337,6 +373,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_never_stalls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_on_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_set_webhook, setup, teardown),
     };
 
     log_init(LOG_WARN, 0, "test_alert", 0);

@@ -13,8 +13,10 @@ ORGSYNC_DEPS_SERVERS="postgresql-15 postgresql-client-15 redis-server curl procp
 # clang and its sanitizer/libFuzzer runtimes (Debian 12 ships clang 14; with
 # --no-install-recommends clang does not pull libclang-rt-14-dev) are for the
 # fuzz targets that a full tests/run.sh ends with.
-# prometheus is for promtool (it.prometheus: check rules, test rules, check metrics).
-ORGSYNC_DEPS_TEST="libcmocka-dev chromium clang libclang-rt-14-dev prometheus"
+# prometheus is for promtool (it.prometheus: check rules, test rules, check metrics);
+# systemd (systemd-analyze, systemd-sysusers) is for it.systemd and it.package,
+# dpkg-dev and file for cpack's dpkg-shlibdeps in it.package.
+ORGSYNC_DEPS_TEST="libcmocka-dev chromium clang libclang-rt-14-dev prometheus systemd dpkg-dev file"
 ORGSYNC_DEPS_BENCH="wrk nginx-light valgrind"
 
 deps_missing() {

@@ -12,6 +12,13 @@
  * client and alert sender, then the HTTP client, Redis and PostgreSQL, then the
  * loop ends.
  *
+ * SIGHUP reloads (docs/OPERATIONS.md "Reload"): the supervisor reads the
+ * settings again from the same sources as at start (the --config file, then
+ * its environment), logs which changed settings need a restart, and sends the
+ * result to every worker on its control socket; a worker applies the log level
+ * and format, the schedule (cron, zone) and the alert webhook without
+ * restarting (common/settings_reload.h).
+ *
  * Two diagnostic environment variables, outside the ORGSYNC_ settings because no
  * deployment should set them: ORGSYNC_FAIRNESS=off makes the scheduler race with
  * plain SET NX (the fairness test's baseline), ORGSYNC_FAIR_GRACE_MS sets the
@@ -23,6 +30,7 @@
 #include "common/metrics_host.h"
 #include "common/pg.h"
 #include "common/redis.h"
+#include "common/settings_reload.h"
 #include "coordinator/gate.h"
 #include "coordinator/runs.h"
 #include "coordinator/schedule.h"
@@ -34,10 +42,12 @@
 #include "worker/api/page.h"
 #include "worker/wecom/wecom.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define PG_POOL_SIZE 4
@@ -48,6 +58,8 @@
 /* How often a worker publishes its metrics for the host's /metrics (what a
  * crashed worker can lose at most). */
 #define METRICS_PUBLISH_MS 1000
+/* How often a worker looks whether it leads, for the supervisor's STATUS=. */
+#define LEADING_CHECK_MS 1000
 
 typedef struct worker {
     uv_loop_t loop;
@@ -66,6 +78,11 @@ typedef struct worker {
     uv_timer_t api_timer;
     uv_timer_t drain_timer;
     uv_timer_t metrics_timer;
+    uv_timer_t leading_timer;
+    uv_poll_t ctl_poll; /* reloads from the supervisor */
+    int ctl_open;
+    int last_leading;
+    settings reload_buf;
     int api_up;
     int listening; /* the API serves on its port */
     int stopping;  /* also the API's "draining": /readyz answers 503 from now on */
@@ -281,6 +298,10 @@ static void final_close(worker *w)
     uv_close((uv_handle_t *)&w->api_timer, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_close((uv_handle_t *)&w->metrics_timer, NULL);
+    uv_close((uv_handle_t *)&w->leading_timer, NULL);
+    if (w->ctl_open)
+        uv_close((uv_handle_t *)&w->ctl_poll, NULL);
+    w->ctl_open = 0;
 }
 
 static void on_stage2_closed(void *arg)
@@ -353,6 +374,7 @@ static void begin_shutdown(worker *w, const char *why)
     log_info("serve: worker shutting down", LF_S("why", why));
     uv_timer_stop(&w->probe_timer);
     uv_timer_stop(&w->api_timer);
+    uv_timer_stop(&w->leading_timer);
     w->stage1 = 1;
     if (w->listening && w->st.drain_ms > 0) {
         w->stage1++;
@@ -368,6 +390,75 @@ static void begin_shutdown(worker *w, const char *why)
         schedule_close(w->sched, on_sched_closed, w);
     else
         stage1_done(w);
+}
+
+/* ---- reload and status ------------------------------------------------ */
+
+static void apply_reload(worker *w, const settings *fresh)
+{
+    settings_changes ch;
+    char err[200];
+
+    /* needs_restart is the supervisor's to report (once, not per worker): here
+     * it also lists what is per worker by design (the instance name). */
+    settings_reload_apply(&w->st, fresh, &ch);
+    if (!ch.reloaded[0]) {
+        log_debug("serve: reload: nothing this worker can change did");
+        return;
+    }
+    if (strstr(ch.reloaded, "ORGSYNC_LOG_"))
+        log_init((log_level)w->st.log_level, w->st.log_json, w->st.instance, w->st.worker_id);
+    if ((strstr(ch.reloaded, "ORGSYNC_CRON") || strstr(ch.reloaded, "ORGSYNC_TZ")) && w->sched &&
+        schedule_set_cron(w->sched, w->st.cron, w->st.tz, err, sizeof(err)) != 0)
+        log_error("serve: reload: the scheduler kept its schedule", LF_S("error", err));
+    if (strstr(ch.reloaded, "ORGSYNC_ALERT_WEBHOOK") &&
+        alert_set_webhook(w->st.alert_webhook[0] ? w->st.alert_webhook : NULL) != 0)
+        log_error("serve: reload: the alert webhook could not be changed");
+    log_info("serve: reload applied", LF_S("settings", ch.reloaded));
+}
+
+static void on_control(uv_poll_t *h, int status, int events)
+{
+    worker *w = h->data;
+    ssize_t n;
+
+    (void)events;
+    if (status < 0)
+        return;
+    for (;;) {
+        n = recv(h->io_watcher.fd, &w->reload_buf, sizeof(w->reload_buf), MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return; /* EAGAIN: all read */
+        if (n == 0) {
+            /* The supervisor is gone; PR_SET_PDEATHSIG ends us. */
+            uv_poll_stop(h);
+            return;
+        }
+        if (n != (ssize_t)sizeof(w->reload_buf)) {
+            log_warn("serve: reload message of the wrong size ignored", LF_I("bytes", n));
+            continue;
+        }
+        if (!w->stopping)
+            apply_reload(w, &w->reload_buf);
+    }
+}
+
+static void on_leading_timer(uv_timer_t *t)
+{
+    worker *w = t->data;
+    schedule_stats ss;
+    int leading = 0;
+
+    if (w->sched) {
+        schedule_stats_get(w->sched, &ss);
+        leading = ss.leading;
+    }
+    if (leading != w->last_leading) {
+        w->last_leading = leading;
+        supervisor_worker_leading(w->st.worker_id, leading);
+    }
 }
 
 /* ---- the worker process ----------------------------------------------- */
@@ -475,8 +566,16 @@ static int worker_run(void *arg, int id)
     uv_timer_init(&w->loop, &w->metrics_timer);
     w->metrics_timer.data = w;
     uv_timer_start(&w->metrics_timer, on_metrics_timer, METRICS_PUBLISH_MS, METRICS_PUBLISH_MS);
+    uv_timer_init(&w->loop, &w->leading_timer);
     w->sig_term.data = w->sig_int.data = w->probe_timer.data = w->api_timer.data = w;
-    w->drain_timer.data = w;
+    w->drain_timer.data = w->leading_timer.data = w;
+    uv_timer_start(&w->leading_timer, on_leading_timer, LEADING_CHECK_MS, LEADING_CHECK_MS);
+    if (supervisor_control_fd() >= 0 &&
+        uv_poll_init(&w->loop, &w->ctl_poll, supervisor_control_fd()) == 0) {
+        w->ctl_open = 1;
+        w->ctl_poll.data = w;
+        uv_poll_start(&w->ctl_poll, UV_READABLE, on_control);
+    }
     uv_signal_start(&w->sig_term, on_signal, SIGTERM);
     uv_signal_start(&w->sig_int, on_signal, SIGINT);
     if (open_clients(w) != 0) {
@@ -518,8 +617,60 @@ void cmd_serve_usage(FILE *f)
                "SIGTERM or SIGINT stops it gracefully: GET /readyz answers 503 at once, the\n"
                "API keeps serving for ORGSYNC_DRAIN_MS, a leader leaves its run resumable\n"
                "and releases the lock.\n\n"
+               "SIGHUP reloads: the --config file and the environment are read again;\n"
+               "ORGSYNC_LOG_LEVEL, ORGSYNC_LOG_FORMAT, ORGSYNC_CRON, ORGSYNC_TZ and\n"
+               "ORGSYNC_ALERT_WEBHOOK take effect at once, other changed settings are\n"
+               "logged as needing a restart. Under systemd (Type=notify) it reports\n"
+               "READY, STATUS and watchdog pings on $NOTIFY_SOCKET.\n\n"
                "Exit status: 0 stopped cleanly, 1 runtime failure, 2 usage or configuration\n"
                "error.\n");
+}
+
+/* The supervisor's settings: those it started with, plus what reloads changed
+ * (reloadable settings only, so that a worker restarted later agrees with the
+ * others). Workers are forked with a copy. */
+static settings serve_settings;
+
+static int supervisor_reload(void *arg, const void **msg, size_t *len)
+{
+    settings *cur = arg;
+    settings *fresh = malloc(sizeof(*fresh));
+    settings_changes ch;
+    char err[512];
+
+    if (!fresh) {
+        log_error("reload: out of memory");
+        return -1;
+    }
+    /* The same sources as at start: the --config file, then the environment
+     * (which systemd fixed at start; it wins over the file, as always). */
+    if (settings_load(fresh, cur->config_file[0] ? cur->config_file : NULL, err, sizeof(err))) {
+        log_error("reload: the settings are not valid; nothing changed", LF_S("error", err));
+        free(fresh);
+        return -1;
+    }
+    settings_reload_apply(cur, fresh, &ch);
+    free(fresh);
+    if (ch.needs_restart[0])
+        log_warn("reload: changed settings need a restart to take effect; kept as they were",
+                 LF_S("settings", ch.needs_restart));
+    if (ch.reloaded[0]) {
+        log_init((log_level)cur->log_level, cur->log_json, cur->instance, 0);
+        log_info("reload: settings changed", LF_S("settings", ch.reloaded),
+                 LF_S("log_level", cur->log_level == LOG_DEBUG  ? "debug"
+                                   : cur->log_level == LOG_INFO ? "info"
+                                   : cur->log_level == LOG_WARN ? "warn"
+                                                                : "error"),
+                 LF_S("cron", cur->cron), LF_S("tz", cur->tz),
+                 LF_I("alert_webhook", cur->alert_webhook[0] != '\0'));
+    } else {
+        log_info(
+            "reload: no reloadable setting changed",
+            LF_S("config", cur->config_file[0] ? cur->config_file : "(none: environment only)"));
+    }
+    *msg = cur;
+    *len = sizeof(*cur);
+    return 0;
 }
 
 int cmd_serve(const settings *s, int argc, char **argv)
@@ -539,13 +690,16 @@ int cmd_serve(const settings *s, int argc, char **argv)
         return 1;
     }
     rc = supervisor_run(&(supervisor_opts){
-        .workers = s->workers,
-        .run = worker_run,
-        .arg = (void *)s,
-        /* Room for a leader to stop its job (leader.c waits up to 10 s) and
-         * release the lock. */
-        .stop_timeout_ms = 20000,
-    });
-    metrics_host_shutdown();
-    return rc;
+        serve_settings = *s;
+        return supervisor_run(&(supervisor_opts){
+            .workers = s->workers,
+            .run = worker_run,
+            .arg = &serve_settings,
+            .reload = supervisor_reload,
+            /* Room for a leader to stop its job (leader.c waits up to 10 s) and
+             * release the lock. */
+            .stop_timeout_ms = 20000,
+        });
+        metrics_host_shutdown();
+        return rc;
 }
