@@ -506,7 +506,11 @@ static void on_connected(pg_conn *s)
     s->listened = 0;
     if (s->ever_up) {
         p->stats.reconnects++;
-        log_info("pg reconnected", LF_I("conn", s->id));
+        /* Which server of a host list answered (a primary switch shows here). */
+        log_info("pg reconnected", LF_I("conn", s->id),
+                 LF_S("host", PQhost(s->conn) ? PQhost(s->conn) : ""),
+                 LF_S("hostaddr", PQhostaddr(s->conn) ? PQhostaddr(s->conn) : ""),
+                 LF_S("port", PQport(s->conn) ? PQport(s->conn) : ""));
     }
     s->ever_up = 1;
     err = poll_open(s, UV_READABLE);

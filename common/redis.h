@@ -13,7 +13,15 @@
  * replies come in order and a connection with a stuck reply ahead of every later
  * one is useless; a half-open connection would never recover at all. A late reply
  * is never delivered to anyone. Host names are resolved on libuv's thread pool;
- * nothing here blocks the loop. Not supported: pub/sub, MONITOR, TLS. */
+ * nothing here blocks the loop. Not supported: pub/sub, MONITOR, TLS.
+ *
+ * Handshake on every connection: AUTH [user] password (when a password is set),
+ * SELECT db; the connection counts as up when SELECT answers. With a
+ * redis-sentinel:// URL each connection is preceded by a question to one sentinel
+ * (SENTINEL get-master-addr-by-name; on failure the next sentinel is asked on the
+ * next attempt), and the handshake ends with ROLE, which must answer "master".
+ * A lost connection, a READONLY error reply or a ROLE that is not "master" sends
+ * the next connection back to the sentinels. */
 #ifndef ORGSYNC_REDIS_H
 #define ORGSYNC_REDIS_H
 
