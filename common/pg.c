@@ -21,6 +21,7 @@
 
 #include "common/backoff.h"
 #include "common/log.h"
+#include "common/pg_hosts.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -81,10 +82,14 @@ struct pg_conn {
     char errbuf[256];
 };
 
+/* One connect's lookups: the names of the host list, one after the other, each
+ * on the thread pool (the same request reissued for the next name). */
 struct pg_resolve {
     uv_getaddrinfo_t req;
     pg_pool *pool;
-    pg_conn *slot; /* NULL once abandoned (connect timeout, close) */
+    pg_conn *slot;  /* NULL once abandoned (connect timeout, close) */
+    pg_hosts hosts; /* the pool's list, addresses filled in as they come */
+    int idx;        /* the entry being looked up */
 };
 
 typedef struct pg_cancel_work {
@@ -116,9 +121,9 @@ struct pg_pool {
     PQconninfoOption *conninfo;
     const char **kw;
     const char **val;
-    int host_idx, hostaddr_idx; /* indexes of "host" and "hostaddr" in kw */
-    const char *orig_host, *orig_hostaddr;
-    const char *resolve_host; /* a host name to resolve before each connect, or NULL */
+    int host_idx, hostaddr_idx, port_idx; /* indexes of "host", "hostaddr", "port" in kw */
+    const char *orig_host, *orig_hostaddr, *orig_port;
+    pg_hosts *hosts; /* host names to resolve before each connect, or NULL */
     pg_conn *slots;
     pg_conn *listener;
     pg_stmt *stmts;
@@ -502,7 +507,11 @@ static void on_connected(pg_conn *s)
     s->listened = 0;
     if (s->ever_up) {
         p->stats.reconnects++;
-        log_info("pg reconnected", LF_I("conn", s->id));
+        /* Which server of a host list answered (a primary switch shows here). */
+        log_info("pg reconnected", LF_I("conn", s->id),
+                 LF_S("host", PQhost(s->conn) ? PQhost(s->conn) : ""),
+                 LF_S("hostaddr", PQhostaddr(s->conn) ? PQhostaddr(s->conn) : ""),
+                 LF_S("port", PQport(s->conn) ? PQport(s->conn) : ""));
     }
     s->ever_up = 1;
     err = poll_open(s, UV_READABLE);
@@ -544,9 +553,9 @@ static void connect_step(pg_conn *s)
         connect_failed(s, uv_strerror(err));
 }
 
-/* hosts/hostaddrs: comma lists from a resolved name, or NULL to use the DSN as
- * it is. */
-static void connect_with(pg_conn *s, const char *hosts, const char *hostaddrs)
+/* hosts/hostaddrs/ports: comma lists built from the resolved names (ports NULL:
+ * the DSN's), or all NULL to use the DSN as it is. */
+static void connect_with(pg_conn *s, const char *hosts, const char *hostaddrs, const char *ports)
 {
     pg_pool *p = s->pool;
     PGconn *c;
@@ -555,10 +564,13 @@ static void connect_with(pg_conn *s, const char *hosts, const char *hostaddrs)
     if (hostaddrs) {
         p->val[p->host_idx] = hosts;
         p->val[p->hostaddr_idx] = hostaddrs;
+        if (ports)
+            p->val[p->port_idx] = ports;
     }
     c = PQconnectStartParams(p->kw, p->val, 0); /* copies the values */
     p->val[p->host_idx] = p->orig_host;
     p->val[p->hostaddr_idx] = p->orig_hostaddr;
+    p->val[p->port_idx] = p->orig_port;
     if (!c) {
         connect_failed(s, "out of memory");
         return;
@@ -577,59 +589,23 @@ static void connect_with(pg_conn *s, const char *hosts, const char *hostaddrs)
         connect_failed(s, uv_strerror(err));
 }
 
-#define PG_MAX_ADDRS 8
+static int resolve_next(pg_conn *s, pg_resolve *r);
 
-/* libpq tries every address of a name it resolves itself; to keep that, we
- * hand it all of them: host=name,name,... hostaddr=a1,a2,... */
-static void connect_resolved(pg_conn *s, struct addrinfo *res)
+/* Every name of the list has been looked up: hand libpq host=, hostaddr= (and
+ * port= when there is one per host), one entry per address, in list order. */
+static void connect_resolved(pg_conn *s, const pg_hosts *h)
 {
-    const char *name = s->pool->resolve_host;
-    char addrs[PG_MAX_ADDRS][INET6_ADDRSTRLEN];
-    char *hosts = NULL, *hostaddrs = NULL;
-    size_t hlen = 0, alen = 0;
-    struct addrinfo *ai;
-    int n = 0, i, j, dup;
+    char *hosts = NULL, *hostaddrs = NULL, *ports = NULL;
+    char err[128];
 
-    for (ai = res; ai && n < PG_MAX_ADDRS; ai = ai->ai_next) {
-        if (ai->ai_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, addrs[n],
-                      sizeof(addrs[n]));
-        else if (ai->ai_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, addrs[n],
-                      sizeof(addrs[n]));
-        else
-            continue;
-        for (dup = 0, j = 0; j < n && !dup; j++)
-            dup = strcmp(addrs[j], addrs[n]) == 0;
-        if (!dup)
-            n++;
-    }
-    if (n == 0) {
-        connect_failed(s, "host name has no address");
+    if (pg_hosts_build(h, &hosts, &hostaddrs, &ports, err, sizeof(err)) < 0) {
+        connect_failed(s, err);
         return;
     }
-    hosts = malloc((size_t)n * (strlen(name) + 1));
-    hostaddrs = malloc((size_t)n * INET6_ADDRSTRLEN);
-    if (!hosts || !hostaddrs) {
-        connect_failed(s, "out of memory");
-        goto cleanup;
-    }
-    for (i = 0; i < n; i++) {
-        if (i > 0) {
-            hosts[hlen++] = ',';
-            hostaddrs[alen++] = ',';
-        }
-        memcpy(hosts + hlen, name, strlen(name));
-        hlen += strlen(name);
-        memcpy(hostaddrs + alen, addrs[i], strlen(addrs[i]));
-        alen += strlen(addrs[i]);
-    }
-    hosts[hlen] = '\0';
-    hostaddrs[alen] = '\0';
-    connect_with(s, hosts, hostaddrs);
-cleanup:
+    connect_with(s, hosts, hostaddrs, ports);
     free(hosts);
     free(hostaddrs);
+    free(ports);
 }
 
 static void resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -637,57 +613,87 @@ static void resolve_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     pg_resolve *r = (pg_resolve *)req;
     pg_pool *p = r->pool;
     pg_conn *s = r->slot;
+    struct addrinfo *ai;
 
     p->works--;
-    free(r);
     if (!s) {
         uv_freeaddrinfo(res);
+        free(r);
         pool_maybe_free(p);
         return;
     }
-    s->resolving = NULL;
-    if (status < 0)
-        connect_failed(s, uv_strerror(status));
-    else
-        connect_resolved(s, res);
+    if (status < 0) {
+        /* libpq would skip a host it cannot resolve and try the next one. */
+        log_warn("pg host lookup failed", LF_S("host", r->hosts.e[r->idx].name),
+                 LF_S("err", uv_strerror(status)));
+    } else {
+        for (ai = res; ai; ai = ai->ai_next)
+            pg_hosts_add_addr(&r->hosts.e[r->idx], ai->ai_addr);
+    }
     uv_freeaddrinfo(res);
+    r->idx++;
+    if (resolve_next(s, r) > 0)
+        return;
+    s->resolving = NULL;
+    connect_resolved(s, &r->hosts);
+    free(r);
+}
+
+/* Looks up the next name from r->idx on; 1 when a lookup is under way, 0 when
+ * every name is done (or one could not be started: it is skipped). */
+static int resolve_next(pg_conn *s, pg_resolve *r)
+{
+    pg_pool *p = s->pool;
+    struct addrinfo hints;
+    int err;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    for (; r->idx < r->hosts.n; r->idx++) {
+        if (r->hosts.e[r->idx].kind != PGH_NAME)
+            continue;
+        err = uv_getaddrinfo(p->loop, &r->req, resolve_cb, r->hosts.e[r->idx].name, NULL, &hints);
+        if (err) {
+            log_warn("pg host lookup failed", LF_S("host", r->hosts.e[r->idx].name),
+                     LF_S("err", uv_strerror(err)));
+            continue;
+        }
+        p->works++;
+        return 1;
+    }
+    return 0;
 }
 
 static void start_connect(pg_conn *s)
 {
     pg_pool *p = s->pool;
-    struct addrinfo hints;
     pg_resolve *r;
-    int err;
 
     if (p->closing)
         return;
     /* The connect timeout covers resolving and the whole handshake. */
     uv_timer_start(&s->timer, slot_timer_cb, (uint64_t)p->connect_timeout_ms, 0);
-    if (!p->resolve_host) {
-        connect_with(s, NULL, NULL);
+    if (!p->hosts) {
+        connect_with(s, NULL, NULL, NULL);
         return;
     }
-    /* libpq would resolve the name with a blocking getaddrinfo(); resolve it on
-     * the threadpool and hand libpq the address (hostaddr), keeping host for
-     * authentication and SSL. */
+    /* libpq would resolve the names with a blocking getaddrinfo(); resolve them
+     * on the threadpool and hand libpq the addresses (hostaddr), keeping host
+     * for authentication and SSL. */
     r = calloc(1, sizeof(*r));
     if (!r) {
         connect_failed(s, "out of memory");
         return;
     }
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
     r->pool = p;
     r->slot = s;
-    err = uv_getaddrinfo(p->loop, &r->req, resolve_cb, p->resolve_host, NULL, &hints);
-    if (err) {
+    r->hosts = *p->hosts;
+    if (!resolve_next(s, r)) {
+        connect_resolved(s, &r->hosts);
         free(r);
-        connect_failed(s, uv_strerror(err));
         return;
     }
-    p->works++;
     s->resolving = r;
     s->state = SL_RESOLVING;
 }
@@ -1240,6 +1246,7 @@ static void pool_free(pg_pool *p)
     free(p->chans);
     free(p->kw);
     free(p->val);
+    free(p->hosts);
     if (p->conninfo)
         PQconninfoFree(p->conninfo);
     free(p->dsn);
@@ -1265,13 +1272,6 @@ static void pool_maybe_free(pg_pool *p)
         done(arg);
 }
 
-static int is_numeric_addr(const char *h)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-
-    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
-}
-
 /* Parses the DSN once into keyword/value arrays for PQconnectStartParams and
  * decides whether a host name must be resolved before each connect. */
 static int pool_parse_dsn(pg_pool *p)
@@ -1294,7 +1294,7 @@ static int pool_parse_dsn(pg_pool *p)
     p->val = calloc((size_t)n + 1, sizeof(char *));
     if (!p->kw || !p->val)
         return PG_ENOMEM;
-    p->host_idx = p->hostaddr_idx = -1;
+    p->host_idx = p->hostaddr_idx = p->port_idx = -1;
     for (i = 0, o = p->conninfo; o->keyword; o++, i++) {
         p->kw[i] = o->keyword;
         p->val[i] = o->val;
@@ -1304,9 +1304,12 @@ static int pool_parse_dsn(pg_pool *p)
             p->host_idx = i;
         else if (strcmp(o->keyword, "password") == 0 && p->password)
             p->val[i] = p->password;
+        else if (strcmp(o->keyword, "port") == 0)
+            p->port_idx = i;
     }
-    if (p->hostaddr_idx < 0 || p->host_idx < 0)
+    if (p->hostaddr_idx < 0 || p->host_idx < 0 || p->port_idx < 0)
         return PG_EINVAL;
+    p->orig_port = p->val[p->port_idx];
     p->orig_host = host = p->val[p->host_idx];
     /* PQconninfoParse leaves out the environment; libpq would apply it. */
     if (!host || !*host)
@@ -1315,9 +1318,24 @@ static int pool_parse_dsn(pg_pool *p)
     if (!hostaddr || !*hostaddr)
         hostaddr = getenv("PGHOSTADDR");
     p->orig_hostaddr = p->val[p->hostaddr_idx];
-    if (host && *host && (!hostaddr || !*hostaddr) && host[0] != '/' && host[0] != '@' &&
-        !strchr(host, ',') && !is_numeric_addr(host))
-        p->resolve_host = host;
+    if (host && *host && (!hostaddr || !*hostaddr)) {
+        const char *port = p->orig_port && *p->orig_port ? p->orig_port : getenv("PGPORT");
+        char err[128];
+        pg_hosts *h = malloc(sizeof(*h));
+
+        if (!h)
+            return PG_ENOMEM;
+        if (pg_hosts_parse(host, port, h, err, sizeof(err)) < 0) {
+            log_error("pg invalid connection string", LF_S("err", err));
+            free(h);
+            return PG_EINVAL;
+        }
+        if (h->nnames == 0) {
+            free(h); /* addresses and sockets only: libpq looks nothing up */
+            return 0;
+        }
+        p->hosts = h;
+    }
     return 0;
 }
 

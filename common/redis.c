@@ -37,7 +37,10 @@
 #define BACKOFF_CAP_MS 5000
 
 enum { ST_WAIT, ST_CONNECTING, ST_READY, ST_CLOSING };
-enum { RQ_USER, RQ_EVALSHA, RQ_AUTH, RQ_SELECT };
+enum { RQ_USER, RQ_EVALSHA, RQ_AUTH, RQ_SELECT, RQ_ASK, RQ_ROLE };
+/* What the current connection is for: the one server of a redis:// URL; a
+ * sentinel being asked for the master's address; the master it named. */
+enum { PH_DIRECT, PH_SENTINEL, PH_MASTER };
 
 typedef struct redis_conn {
     struct redis_conn *next; /* in the zombie list */
@@ -71,9 +74,14 @@ typedef struct redis_resolve {
 
 struct redis_client {
     uv_loop_t *loop;
-    char host[256];
-    char password[256];
-    int port, db;
+    redis_url_info u; /* the parsed URL (credentials included) */
+    char host[256];   /* the current connection's target */
+    int port;
+    int phase;        /* PH_* of the current (or next) connection */
+    int sentinel_idx; /* the sentinel asked next */
+    int have_master;  /* master_host/port were just named by a sentinel */
+    char master_host[256];
+    int master_port;
     int connect_timeout_ms, command_timeout_ms;
     int state;
     int closing, close_started, handles_left;
@@ -218,6 +226,11 @@ static void schedule_reconnect(redis_client *c)
         return;
     if (c->state == ST_CONNECTING)
         c->stats.connect_failures++;
+    /* A sentinel that failed us: ask the next one. A master that failed (or is
+     * not a master any more): ask again from the sentinels. */
+    if (c->u.sentinel && c->phase == PH_SENTINEL)
+        c->sentinel_idx = (c->sentinel_idx + 1) % c->u.naddrs;
+    c->have_master = 0;
     delay = backoff_delay(c);
     c->attempt++;
     c->state = ST_WAIT;
@@ -288,7 +301,12 @@ static void on_ready(redis_client *c)
     if (c->ever_connected)
         c->stats.reconnects++;
     c->ever_connected = 1;
-    log_info("redis connected", LF_S("host", c->host), LF_I("port", c->port), LF_I("db", c->db));
+    if (c->u.sentinel)
+        log_info("redis connected to the master named by the sentinels", LF_S("host", c->host),
+                 LF_I("port", c->port), LF_S("master", c->u.master), LF_I("db", c->u.db));
+    else
+        log_info("redis connected", LF_S("host", c->host), LF_I("port", c->port),
+                 LF_I("db", c->u.db));
 }
 
 /* The adapter's poll callback ignores a non-zero status. libuv reports a socket
@@ -364,6 +382,35 @@ static int send_handshake(redis_client *c, redis_conn *conn, int kind, const cha
     return 0;
 }
 
+/* AUTH [user] password when a password is set (with a user: Redis 6 ACLs), then
+ * for a sentinel the question, for a server SELECT (always sent, so a server that
+ * accepts but does not answer is caught by the connect timeout) and, for a
+ * master named by the sentinels, ROLE to confirm it still is one. */
+static int send_auth(redis_client *c, redis_conn *conn, const char *user, const char *pw)
+{
+    if (!pw[0])
+        return 0;
+    if (user[0])
+        return send_handshake(c, conn, RQ_AUTH, "AUTH %s %s", user, pw);
+    return send_handshake(c, conn, RQ_AUTH, "AUTH %s", pw);
+}
+
+static int send_handshakes(redis_client *c, redis_conn *conn)
+{
+    if (c->phase == PH_SENTINEL)
+        return send_auth(c, conn, c->u.sentinel_user, c->u.sentinel_password) < 0 ||
+                       send_handshake(c, conn, RQ_ASK, "SENTINEL get-master-addr-by-name %s",
+                                      c->u.master) < 0
+                   ? -1
+                   : 0;
+    if (send_auth(c, conn, c->u.user, c->u.password) < 0 ||
+        send_handshake(c, conn, RQ_SELECT, "SELECT %d", c->u.db) < 0)
+        return -1;
+    if (c->phase == PH_MASTER && send_handshake(c, conn, RQ_ROLE, "ROLE") < 0)
+        return -1;
+    return 0;
+}
+
 static void connect_ip(redis_client *c, const char *ip)
 {
     redisAsyncContext *ac = redisAsyncConnect(ip, c->port);
@@ -396,8 +443,7 @@ static void connect_ip(redis_client *c, const char *ip)
     /* The handshake is queued now and written once the socket connects; the
      * connection counts as up only when SELECT (always sent, so a server that
      * accepts but does not answer is caught by the connect timeout) has answered. */
-    if ((c->password[0] && send_handshake(c, conn, RQ_AUTH, "AUTH %s", c->password) < 0) ||
-        send_handshake(c, conn, RQ_SELECT, "SELECT %d", c->db) < 0)
+    if (send_handshakes(c, conn) < 0)
         conn_abandon(c, REDIS_ERR_DISCONNECTED, 0);
     return;
 
@@ -474,6 +520,17 @@ static void start_resolve(redis_client *c)
 static void start_connect(redis_client *c)
 {
     c->state = ST_CONNECTING;
+    if (!c->u.sentinel) {
+        c->phase = PH_DIRECT;
+    } else if (c->have_master) {
+        c->phase = PH_MASTER;
+        snprintf(c->host, sizeof(c->host), "%s", c->master_host);
+        c->port = c->master_port;
+    } else {
+        c->phase = PH_SENTINEL;
+        snprintf(c->host, sizeof(c->host), "%s", c->u.addrs[c->sentinel_idx].host);
+        c->port = c->u.addrs[c->sentinel_idx].port;
+    }
     uv_timer_start(&c->conn_timer, on_conn_timer, (uint64_t)c->connect_timeout_ms, 0);
     if (host_is_numeric(c->host))
         connect_ip(c, c->host);
@@ -524,6 +581,64 @@ static int auth_not_needed(const char *err)
     return strstr(err, "no password is set") || strstr(err, "without any password configured");
 }
 
+/* SENTINEL get-master-addr-by-name answers [ip, port], or nil for a name it does
+ * not monitor. The sentinel connection is let go (freed on the next loop turn)
+ * and the master connected to at once. */
+static void sentinel_answer(redis_client *c, const redisReply *reply)
+{
+    redis_conn *conn = c->conn;
+    long port = 0;
+    char *endp = NULL;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_STRING ||
+        reply->element[0]->len >= sizeof(c->master_host) || reply->element[0]->len == 0) {
+        log_warn("redis sentinel does not know the master", LF_S("host", c->host),
+                 LF_I("port", c->port), LF_S("master", c->u.master));
+        conn_abandon(c, REDIS_ERR_DISCONNECTED, 0);
+        return;
+    }
+    port = strtol(reply->element[1]->str, &endp, 10);
+    if (!endp || *endp || port <= 0 || port > 65535) {
+        log_warn("redis sentinel answered a bad port", LF_S("host", c->host), LF_I("port", c->port),
+                 LF_S("master", c->u.master));
+        conn_abandon(c, REDIS_ERR_DISCONNECTED, 0);
+        return;
+    }
+    memcpy(c->master_host, reply->element[0]->str, reply->element[0]->len);
+    c->master_host[reply->element[0]->len] = '\0';
+    c->master_port = (int)port;
+    c->have_master = 1;
+    log_debug("redis sentinel named the master", LF_S("sentinel", c->host),
+              LF_I("sentinel_port", c->port), LF_S("master", c->u.master),
+              LF_S("host", c->master_host), LF_I("port", c->master_port));
+    c->conn = NULL;
+    conn->next = c->zombies;
+    c->zombies = conn;
+    kick(c);
+    start_connect(c);
+}
+
+/* ROLE answers ["master", offset, replicas] on a master. Anything else (a
+ * replica, a sentinel) means the sentinel's answer is stale: ask again. */
+static void role_answer(redis_client *c, const redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(reply->element[0]->str, "master") != 0) {
+        log_warn("redis: the server the sentinels named is not a master; asking again",
+                 LF_S("host", c->host), LF_I("port", c->port), LF_S("master", c->u.master),
+                 LF_S("role", reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+                                      reply->element[0]->type == REDIS_REPLY_STRING
+                                  ? reply->element[0]->str
+                                  : "?"));
+        conn_abandon(c, REDIS_ERR_DISCONNECTED, 0);
+        return;
+    }
+    on_ready(c);
+}
+
 static void handshake_reply(redis_req *q, const redisAsyncContext *ac, redisReply *reply)
 {
     redis_client *c = q->c;
@@ -543,12 +658,25 @@ static void handshake_reply(redis_req *q, const redisAsyncContext *ac, redisRepl
     }
     if (reply->type == REDIS_REPLY_ERROR) {
         /* Error texts from AUTH/SELECT never contain the password. */
-        log_error(q->kind == RQ_AUTH ? "redis AUTH failed" : "redis SELECT failed",
-                  LF_S("host", c->host), LF_I("port", c->port), LF_S("err", reply->str));
+        const char *what = q->kind == RQ_AUTH     ? "redis AUTH failed"
+                           : q->kind == RQ_SELECT ? "redis SELECT failed"
+                           : q->kind == RQ_ASK    ? "redis sentinel refused the master's address"
+                                                  : "redis ROLE failed";
+        const char *user = c->phase == PH_SENTINEL ? c->u.sentinel_user : c->u.user;
+        log_error(what, LF_S("host", c->host), LF_I("port", c->port),
+                  LF_S("user", user[0] ? user : "default"), LF_S("err", reply->str));
         conn_abandon(c, REDIS_ERR_DISCONNECTED, 0);
         return;
     }
-    if (q->kind == RQ_SELECT)
+    if (q->kind == RQ_ASK) {
+        sentinel_answer(c, reply);
+        return;
+    }
+    if (q->kind == RQ_ROLE) {
+        role_answer(c, reply);
+        return;
+    }
+    if (q->kind == RQ_SELECT && c->phase == PH_DIRECT)
         on_ready(c);
 }
 
@@ -574,6 +702,18 @@ static void user_reply(redis_req *q, const redisAsyncContext *ac, redisReply *re
             q->done = 1; /* its callback now belongs to the EVAL */
             return;
         }
+        if (c->u.sentinel && strncmp(reply->str, "READONLY", 8) == 0) {
+            /* The master we have became a replica (a failover whose sentinels
+             * did not kill our connection): drop it, ask the sentinels again. */
+            redis_conn *conn = q->conn;
+            deliver(c, q, reply, reply->str);
+            if (c->conn == conn && !c->closing) {
+                log_warn("redis master is read-only now (failed over?): asking the sentinels",
+                         LF_S("host", c->host), LF_I("port", c->port));
+                conn_abandon(c, REDIS_ERR_DISCONNECTED, 0);
+            }
+            return;
+        }
         deliver(c, q, reply, reply->str);
         return;
     }
@@ -585,7 +725,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     redis_req *q = privdata;
 
     if (!q->done) {
-        if (q->kind == RQ_AUTH || q->kind == RQ_SELECT)
+        if (q->kind != RQ_USER && q->kind != RQ_EVALSHA)
             handshake_reply(q, ac, r);
         else
             user_reply(q, ac, r);
@@ -747,7 +887,7 @@ static void on_handle_closed(uv_handle_t *h)
 
     if (--c->handles_left > 0)
         return;
-    explicit_bzero(c->password, sizeof(c->password));
+    explicit_bzero(&c->u, sizeof(c->u));
     free(c);
     if (done)
         done(arg);
@@ -822,14 +962,15 @@ redis_client *redis_new(uv_loop_t *loop, const redis_opts *opts)
     c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    if (redis_url_parse(opts->url, c->host, sizeof(c->host), &c->port, c->password,
-                        sizeof(c->password), &c->db, err, sizeof(err)) < 0) {
+    if (redis_url_parse_full(opts->url, &c->u, err, sizeof(err)) < 0) {
         log_error("redis URL invalid", LF_S("err", err));
-        explicit_bzero(c->password, sizeof(c->password));
+        explicit_bzero(&c->u, sizeof(c->u));
         free(c);
         return NULL;
     }
     c->loop = loop;
+    snprintf(c->host, sizeof(c->host), "%s", c->u.addrs[0].host);
+    c->port = c->u.addrs[0].port;
     c->connect_timeout_ms =
         opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : DEFAULT_TIMEOUT_MS;
     c->command_timeout_ms =
@@ -928,79 +1069,219 @@ static int host_char_ok(char ch)
            ch == '.' || ch == '-' || ch == '_';
 }
 
-int redis_url_parse(const char *url, char *host, size_t hostlen, int *port, char *password,
-                    size_t pwlen, int *db, char *err, size_t errlen)
+/* One host[:port] of [s, e) into a. */
+static int parse_hostport(const char *s, const char *e, int defport, redis_addr *a, char *err,
+                          size_t errlen)
 {
-    const char *p, *at, *hs, *he, *pe, *end;
+    const char *hs, *he, *p;
     long v;
-    int rc;
 
-    if (!host || !hostlen || !port || !password || !pwlen || !db)
+    if (s < e && *s == '[') {
+        hs = s + 1;
+        he = memchr(hs, ']', (size_t)(e - hs));
+        if (!he)
+            return url_fail(err, errlen, "missing ']' after an IPv6 address");
+        for (p = hs; p < he; p++)
+            if (!(host_char_ok(*p) || *p == ':'))
+                return url_fail(err, errlen, "bad character in the host");
+        p = he + 1;
+    } else {
+        hs = s;
+        for (he = hs; he < e && *he != ':'; he++)
+            if (!host_char_ok(*he))
+                return url_fail(err, errlen, "bad character in the host");
+        p = he;
+    }
+    if (he == hs)
+        return url_fail(err, errlen, "missing host");
+    if ((size_t)(he - hs) >= sizeof(a->host))
+        return url_fail(err, errlen, "host too long");
+    memcpy(a->host, hs, (size_t)(he - hs));
+    a->host[he - hs] = '\0';
+    a->port = defport;
+    if (p < e && *p == ':') {
+        p++;
+        if (p == e)
+            return url_fail(err, errlen, "missing port after ':'");
+        if (parse_uint(p, e, 65535, &v) < 0 || v == 0)
+            return url_fail(err, errlen, "bad port (expected 1-65535)");
+        a->port = (int)v;
+    } else if (p < e) {
+        return url_fail(err, errlen, "unexpected text after the host");
+    }
+    return 0;
+}
+
+static int decode_field(const char *s, const char *e, char *out, size_t outlen, const char *what,
+                        char *err, size_t errlen)
+{
+    char msg[96];
+    int rc = pct_decode(s, e, out, outlen);
+
+    if (rc == 0)
+        return 0;
+    snprintf(msg, sizeof(msg), rc == -1 ? "bad %%-escape in the %s" : "%s too long", what);
+    return url_fail(err, errlen, msg);
+}
+
+/* ?db=N&sentinel_user=U&sentinel_password=P (redis-sentinel:// only). */
+static int parse_query(const char *q, const char *end, redis_url_info *u, char *err, size_t errlen)
+{
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(pe - q));
+        long v;
+
+        if (!eq)
+            return url_fail(err, errlen, "query parameters must be key=value");
+        if ((size_t)(eq - q) == 2 && strncmp(q, "db", 2) == 0) {
+            if (parse_uint(eq + 1, pe, INT_MAX, &v) < 0)
+                return url_fail(err, errlen, "bad database number in db= (expected 0, 1, ...)");
+            u->db = (int)v;
+        } else if ((size_t)(eq - q) == 13 && strncmp(q, "sentinel_user", 13) == 0) {
+            if (decode_field(eq + 1, pe, u->sentinel_user, sizeof(u->sentinel_user),
+                             "sentinel user", err, errlen))
+                return -1;
+        } else if ((size_t)(eq - q) == 17 && strncmp(q, "sentinel_password", 17) == 0) {
+            if (decode_field(eq + 1, pe, u->sentinel_password, sizeof(u->sentinel_password),
+                             "sentinel password", err, errlen))
+                return -1;
+        } else {
+            return url_fail(
+                err, errlen,
+                "unknown query parameter (known: db, sentinel_user, sentinel_password)");
+        }
+        q = amp ? amp + 1 : end;
+    }
+    return 0;
+}
+
+int redis_url_parse_full(const char *url, redis_url_info *u, char *err, size_t errlen)
+{
+    const char *p, *at, *end, *hosts_end, *s;
+    long v;
+
+    if (!u)
         return url_fail(err, errlen, "no place to store the result");
+    memset(u, 0, sizeof(*u));
     if (!url || !*url)
         return url_fail(err, errlen, "is empty");
     if (strncasecmp(url, "rediss://", 9) == 0)
         return url_fail(err, errlen, "TLS (rediss://) is not supported");
-    if (strncasecmp(url, "redis://", 8) != 0)
-        return url_fail(err, errlen, "must start with redis:// (redis://[:password@]host:port/db)");
-    p = url + 8;
+    if (strncasecmp(url, "redis://", 8) == 0) {
+        p = url + 8;
+    } else if (strncasecmp(url, "redis-sentinel://", 17) == 0) {
+        u->sentinel = 1;
+        p = url + 17;
+    } else {
+        return url_fail(err, errlen,
+                        "must start with redis:// (redis://[[user]:password@]host:port/db) or "
+                        "redis-sentinel://");
+    }
     end = p + strlen(p);
-    password[0] = '\0';
-    /* The last '@' ends the credentials: host, port and db never contain one. */
-    at = strrchr(p, '@');
+    /* The last '@' ends the credentials: hosts, ports, db and the master's name
+     * never contain one (a sentinel query's password must escape it as %40). */
+    s = u->sentinel ? memchr(p, '?', (size_t)(end - p)) : NULL;
+    at = NULL;
+    for (const char *q = p; q < (s ? s : end); q++)
+        if (*q == '@')
+            at = q;
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         if (!colon)
-            return url_fail(err, errlen, "credentials must be written :password@ (with a colon)");
-        rc = pct_decode(colon + 1, at, password, pwlen);
-        if (rc == -1)
-            return url_fail(err, errlen, "bad %-escape in the password");
-        if (rc == -2)
-            return url_fail(err, errlen, "password too long");
+            return url_fail(err, errlen,
+                            "credentials must be written [user]:password@ (with a colon)");
+        if (decode_field(p, colon, u->user, sizeof(u->user), "user name", err, errlen) ||
+            decode_field(colon + 1, at, u->password, sizeof(u->password), "password", err, errlen))
+            return -1;
+        if (u->user[0] && !u->password[0])
+            return url_fail(err, errlen, "a user name needs a password (user:password@)");
         p = at + 1;
     }
-    /* Host: a name, an IPv4 address, or an IPv6 address in brackets. */
-    if (*p == '[') {
-        hs = p + 1;
-        he = strchr(hs, ']');
-        if (!he)
-            return url_fail(err, errlen, "missing ']' after an IPv6 address");
-        for (const char *s = hs; s < he; s++)
-            if (!(host_char_ok(*s) || *s == ':'))
-                return url_fail(err, errlen, "bad character in the host");
-        pe = he + 1;
-    } else {
-        hs = p;
-        for (he = hs; *he && *he != ':' && *he != '/'; he++)
-            if (!host_char_ok(*he))
-                return url_fail(err, errlen, "bad character in the host");
-        pe = he;
+    /* The host part ends at the first '/' outside IPv6 brackets. */
+    for (hosts_end = p; hosts_end < end && *hosts_end != '/'; hosts_end++)
+        if (*hosts_end == '[')
+            while (hosts_end < end && *hosts_end != ']')
+                hosts_end++;
+    if (hosts_end > end)
+        hosts_end = end;
+    if (!u->sentinel) {
+        if (parse_hostport(p, hosts_end, 6379, &u->addrs[0], err, errlen))
+            return -1;
+        u->naddrs = 1;
+        p = hosts_end;
+        if (*p == '/' && p + 1 < end) {
+            if (parse_uint(p + 1, end, INT_MAX, &v) < 0)
+                return url_fail(err, errlen, "bad database number (expected /0, /1, ...)");
+            u->db = (int)v;
+        }
+        return 0;
     }
-    if (he == hs)
-        return url_fail(err, errlen, "missing host");
-    if ((size_t)(he - hs) >= hostlen)
-        return url_fail(err, errlen, "host too long");
-    memcpy(host, hs, (size_t)(he - hs));
-    host[he - hs] = '\0';
-    p = pe;
-    *port = 6379;
-    if (*p == ':') {
-        const char *ps = ++p;
-        while (*p && *p != '/')
-            p++;
-        if (p == ps)
-            return url_fail(err, errlen, "missing port after ':'");
-        if (parse_uint(ps, p, 65535, &v) < 0 || v == 0)
-            return url_fail(err, errlen, "bad port (expected 1-65535)");
-        *port = (int)v;
-    } else if (*p && *p != '/') {
-        return url_fail(err, errlen, "unexpected text after the host");
+    while (p <= hosts_end) {
+        const char *comma = p;
+        while (comma < hosts_end && *comma != ',') {
+            if (*comma == '[')
+                while (comma < hosts_end && *comma != ']')
+                    comma++;
+            if (comma < hosts_end)
+                comma++;
+        }
+        if (u->naddrs == REDIS_MAX_SENTINELS)
+            return url_fail(err, errlen, "too many sentinels (at most 8)");
+        if (parse_hostport(p, comma, 26379, &u->addrs[u->naddrs], err, errlen))
+            return -1;
+        u->naddrs++;
+        p = comma + 1;
     }
-    *db = 0;
-    if (*p == '/' && p + 1 < end) {
-        if (parse_uint(p + 1, end, INT_MAX, &v) < 0)
-            return url_fail(err, errlen, "bad database number (expected /0, /1, ...)");
-        *db = (int)v;
-    }
+    p = hosts_end;
+    if (*p != '/' || p + 1 >= end || p[1] == '?')
+        return url_fail(err, errlen,
+                        "missing master name (redis-sentinel://host:port,host:port/mastername)");
+    p++;
+    s = memchr(p, '?', (size_t)(end - p));
+    if (decode_field(p, s ? s : end, u->master, sizeof(u->master), "master name", err, errlen))
+        return -1;
+    for (const char *q = u->master; *q; q++)
+        if (!host_char_ok(*q))
+            return url_fail(err, errlen, "bad character in the master name");
+    if (s && parse_query(s + 1, end, u, err, errlen))
+        return -1;
     return 0;
+}
+
+int redis_url_parse(const char *url, char *host, size_t hostlen, int *port, char *password,
+                    size_t pwlen, int *db, char *err, size_t errlen)
+{
+    redis_url_info *u;
+    int rc = -1;
+
+    if (!host || !hostlen || !port || !password || !pwlen || !db)
+        return url_fail(err, errlen, "no place to store the result");
+    u = malloc(sizeof(*u));
+    if (!u)
+        return url_fail(err, errlen, "out of memory");
+    if (redis_url_parse_full(url, u, err, errlen) < 0)
+        goto out;
+    if (u->sentinel) {
+        url_fail(err, errlen, "a redis-sentinel:// URL names no single server");
+        goto out;
+    }
+    if (strlen(u->addrs[0].host) >= hostlen) {
+        url_fail(err, errlen, "host too long");
+        goto out;
+    }
+    if (strlen(u->password) >= pwlen) {
+        url_fail(err, errlen, "password too long");
+        goto out;
+    }
+    strcpy(host, u->addrs[0].host);
+    strcpy(password, u->password);
+    *port = u->addrs[0].port;
+    *db = u->db;
+    rc = 0;
+out:
+    explicit_bzero(u, sizeof(*u));
+    free(u);
+    return rc;
 }

@@ -13,7 +13,15 @@
  * replies come in order and a connection with a stuck reply ahead of every later
  * one is useless; a half-open connection would never recover at all. A late reply
  * is never delivered to anyone. Host names are resolved on libuv's thread pool;
- * nothing here blocks the loop. Not supported: pub/sub, MONITOR, TLS. */
+ * nothing here blocks the loop. Not supported: pub/sub, MONITOR, TLS.
+ *
+ * Handshake on every connection: AUTH [user] password (when a password is set),
+ * SELECT db; the connection counts as up when SELECT answers. With a
+ * redis-sentinel:// URL each connection is preceded by a question to one sentinel
+ * (SENTINEL get-master-addr-by-name; on failure the next sentinel is asked on the
+ * next attempt), and the handshake ends with ROLE, which must answer "master".
+ * A lost connection, a READONLY error reply or a ROLE that is not "master" sends
+ * the next connection back to the sentinels. */
 #ifndef ORGSYNC_REDIS_H
 #define ORGSYNC_REDIS_H
 
@@ -41,10 +49,42 @@ typedef struct redis_opts {
     int command_timeout_ms;
 } redis_opts; /* defaults if 0: 2000, 2000 */
 
-/* Parses redis://[:password@]host:port/db (port default 6379, db default 0). Pure;
- * 0 or -1 with err filled ("ORGSYNC_REDIS_URL: ..."-ready text without the variable
- * name). A user name before the colon ("redis://user:pw@h") is accepted and ignored,
- * since Redis before 6 has no users. */
+/* A parsed ORGSYNC_REDIS_URL. Two shapes:
+ *
+ *   redis://[[user]:password@]host[:port][/db]
+ *       one server (port 6379, db 0 by default).
+ *   redis-sentinel://[[user]:password@]host[:port][,host[:port]...]/master[?query]
+ *       Sentinel discovery: the hosts are sentinels (port 26379 by default); the
+ *       path is the master's name. Query keys (values %-escaped):
+ *         db=N                    database on the master (default 0)
+ *         sentinel_user=NAME      user for the sentinels (default: none)
+ *         sentinel_password=PW    password for the sentinels (default: none; the
+ *                                 user:password before '@' is for the master)
+ *
+ * With a user, AUTH user password is sent (Redis 6 ACLs); with a password only,
+ * AUTH password (the "default" user). TLS (rediss://) is not supported. */
+#define REDIS_MAX_SENTINELS 8
+typedef struct redis_addr {
+    char host[256];
+    int port;
+} redis_addr;
+
+typedef struct redis_url_info {
+    int sentinel; /* 1 for redis-sentinel:// */
+    char user[128], password[256];
+    int db;
+    int naddrs;                            /* 1 for redis:// */
+    redis_addr addrs[REDIS_MAX_SENTINELS]; /* the server, or the sentinels */
+    char master[128];                      /* sentinel: the master's name */
+    char sentinel_user[128], sentinel_password[256];
+} redis_url_info;
+
+/* Pure; 0, or -1 with err filled ("ORGSYNC_REDIS_URL: ..."-ready text without the
+ * variable name, never quoting a password). */
+int redis_url_parse_full(const char *url, redis_url_info *out, char *err, size_t errlen);
+
+/* The older one-server form of the above: redis:// only (a redis-sentinel:// URL
+ * is an error here), and the user name, if any, is not returned. */
 int redis_url_parse(const char *url, char *host, size_t hostlen, int *port, char *password,
                     size_t pwlen, int *db, char *err, size_t errlen);
 

@@ -556,12 +556,17 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
     }
 
     if ((v = lookup(src, "ORGSYNC_REDIS_URL"))) {
-        char host[256], pw[256];
-        int port, db;
-        if (redis_url_parse(v, host, sizeof(host), &port, pw, sizeof(pw), &db, cerr,
-                            sizeof(cerr))) {
+        redis_url_info *u = malloc(sizeof(*u));
+        int nomem = !u, bad = nomem || redis_url_parse_full(v, u, cerr, sizeof(cerr)) < 0;
+
+        if (u)
+            explicit_bzero(u, sizeof(*u));
+        free(u);
+        if (bad) {
             snprintf(err, errlen,
-                     "ORGSYNC_REDIS_URL: %s (expected redis://[:password@]host:port/db)", cerr);
+                     "ORGSYNC_REDIS_URL: %s (expected redis://[[user]:password@]host:port/db or "
+                     "redis-sentinel://[[user]:password@]host:port,host:port/master?db=N)",
+                     nomem ? "out of memory" : cerr);
             return -1;
         }
         if (set_str(s->redis_url, sizeof(s->redis_url), "ORGSYNC_REDIS_URL", v, err, errlen))
