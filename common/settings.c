@@ -46,6 +46,8 @@ const char *const settings_names[] = {"ORGSYNC_ENV",
                                       "ORGSYNC_UPSTREAM_BIND",
                                       "ORGSYNC_EGRESS_REFUSED_TTL",
                                       "ORGSYNC_DRAIN_MS",
+                                      "ORGSYNC_EXPORT_RANGE_KB",
+                                      "ORGSYNC_EXPORT_AUTO_DEPTS",
                                       NULL};
 
 #define MAX_FILE_ENTRIES 64
@@ -370,6 +372,24 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
         s->drain_ms = (int)n;
     }
 
+    if ((v = lookup(src, "ORGSYNC_EXPORT_RANGE_KB"))) {
+        if (parse_long(v, 4, 65536, &n))
+            return bad(err, errlen, "ORGSYNC_EXPORT_RANGE_KB",
+                       "KiB from 4 to 65536 (an export file is downloaded in ranges of this "
+                       "size; it bounds the memory one enterprise's download holds)",
+                       v);
+        s->export_range_kb = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_EXPORT_AUTO_DEPTS"))) {
+        if (parse_long(v, 0, 10000000, &n))
+            return bad(err, errlen, "ORGSYNC_EXPORT_AUTO_DEPTS",
+                       "a department count from 0 to 10000000 (member source auto uses the "
+                       "export job above it)",
+                       v);
+        s->export_auto_depts = (int)n;
+    }
+
     if ((v = lookup(src, "ORGSYNC_DEPT_RATE"))) {
         char *end;
         double d;
@@ -534,6 +554,8 @@ static void defaults(settings *s)
     s->egress_max_per_min = EGRESS_UPSTREAM_PER_MIN;
     s->egress_max_per_hour = EGRESS_UPSTREAM_PER_HOUR;
     s->egress_refused_ttl_s = 3600;
+    s->export_range_kb = 1024;
+    s->export_auto_depts = 100;
 }
 
 int settings_load_from(settings *s, const char *config_file, settings_getenv_fn get, void *arg,

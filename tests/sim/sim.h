@@ -563,7 +563,9 @@ typedef struct sim_exports {
     uint32_t part_max;  /* members per file at most whatever block_size says (0: none) */
     int refuse;         /* errcode export/user answers (0: none; e.g. 48009, 60011) */
     int fail;           /* jobs created from now end in status 3 */
-    uint32_t file_fail_next; /* the next N file requests answer HTTP 500 */
+    uint32_t file_fail_next;  /* N file requests answer HTTP 500 ... */
+    uint32_t file_fail_after; /* ... after this many more have been served */
+    int bad_md5;              /* data_list states a wrong md5 for every file */
     sim_export_job *jobs;
     int njobs, cap;
     uint64_t rng;
@@ -577,7 +579,7 @@ void sim_exports_free(sim_exports *e);
 /* Settings' keys and the evidence into an open object. */
 void sim_exports_json(const sim_exports *e, const sim_dir *d, jw *w);
 /* POST /sim/export: {"queue_ms","run_ms","url_ttl_s","part_max","refuse","fail",
- * "file_fail_next","reset_stats"}, any subset, all or nothing. 0 or -EINVAL, err. */
+ * "file_fail_next","file_fail_after","bad_md5","reset_stats"}, any subset, all or nothing. 0 or -EINVAL, err. */
 int sim_exports_apply_json(sim_exports *e, const char *json, size_t len, char *err, size_t errlen);
 /* 1 if key is a valid encoding_aeskey: 43 characters of [A-Za-z0-9]. */
 int sim_export_key_ok(const char *key);

@@ -244,6 +244,8 @@ void sim_exports_json(const sim_exports *e, const sim_dir *d, jw *w)
     jw_kint(w, "refuse", e->refuse);
     jw_kbool(w, "fail", e->fail);
     jw_kint(w, "file_fail_next", e->file_fail_next);
+    jw_kint(w, "file_fail_after", e->file_fail_after);
+    jw_kbool(w, "bad_md5", e->bad_md5);
     jw_kint(w, "jobs_created", (long long)e->created);
     jw_kint(w, "refused", (long long)e->refused);
     jw_kint(w, "polls", (long long)e->polls);
@@ -287,6 +289,10 @@ int sim_exports_apply_json(sim_exports *e, const char *json, size_t len, char *e
             next.fail = json_object_get_boolean(v);
             continue;
         }
+        if (!strcmp(key, "bad_md5") && is_bool) {
+            next.bad_md5 = json_object_get_boolean(v);
+            continue;
+        }
         if (!strcmp(key, "reset_stats") && is_bool) {
             reset_stats = json_object_get_boolean(v);
             continue;
@@ -308,6 +314,8 @@ int sim_exports_apply_json(sim_exports *e, const char *json, size_t len, char *e
             next.refuse = (int)x;
         else if (!strcmp(key, "file_fail_next"))
             next.file_fail_next = (uint32_t)x;
+        else if (!strcmp(key, "file_fail_after"))
+            next.file_fail_after = (uint32_t)x;
         else {
             snprintf(err, errlen,
                      "unknown or out-of-range export setting \"%.40s\" (refuse: 0, 48002, 48009 "

@@ -586,7 +586,8 @@ static void do_export_result(sim *s, http_req *r, sim_corp *c, sim_cred cred, si
                        "%s{\"url\":\"http://%s/sim/export-file/%s\",\"size\":%zu,"
                        "\"md5\":\"%s\"}",
                        i ? "," : "", host && *host ? host : "127.0.0.1", j->parts[i].token,
-                       j->parts[i].len, j->parts[i].md5);
+                       j->parts[i].len,
+                       s->exp.bad_md5 ? "0123456789abcdef0123456789abcdef" : j->parts[i].md5);
         buf_puts(&s->scratch, "]");
     }
     buf_puts(&s->scratch, "}");
@@ -916,7 +917,9 @@ static void on_export_file(http_req *r, void *arg)
         http_reply_error(r, 403, "forbidden", "the URL has expired");
         return;
     }
-    if (s->exp.file_fail_next) {
+    if (s->exp.file_fail_next && s->exp.file_fail_after)
+        s->exp.file_fail_after--;
+    else if (s->exp.file_fail_next) {
         s->exp.file_fail_next--;
         s->exp.file_faults++;
         http_reply(r, 500, HTML_CT, BODY_500, sizeof(BODY_500) - 1);

@@ -16,6 +16,7 @@ typedef struct ent_args {
     const char *secret_env;
     const char *contact_env;
     const char *api_mode;
+    const char *member_source;
     const char *name;
     int no_contact;
 } ent_args;
@@ -32,6 +33,8 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
             dst = &a->contact_env;
         else if (!strcmp(argv[i], "--api-mode"))
             dst = &a->api_mode;
+        else if (!strcmp(argv[i], "--member-source"))
+            dst = &a->member_source;
         else if (!strcmp(argv[i], "--name"))
             dst = &a->name;
         else if (!strcmp(argv[i], "--no-contact-secret")) {
@@ -50,6 +53,11 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
         strcmp(a->api_mode, "modern"))
         return cmd_usage_error(
             "enterprise", "--api-mode: expected auto, legacy or modern, got '%s'", a->api_mode);
+    if (a->member_source && strcmp(a->member_source, "user_list") &&
+        strcmp(a->member_source, "export") && strcmp(a->member_source, "auto"))
+        return cmd_usage_error("enterprise",
+                               "--member-source: expected user_list, export or auto, got '%s'",
+                               a->member_source);
     if (a->no_contact && a->contact_env)
         return cmd_usage_error("enterprise",
                                "--no-contact-secret and --contact-secret-env exclude each other");
@@ -76,7 +84,7 @@ static const char *secret_from(const char *option, const char *var)
  * --no-contact-secret. */
 static int ent_write(const settings *s, const ent_args *a, int add)
 {
-    const char *secret = NULL, *contact = NULL, *p[6];
+    const char *secret = NULL, *contact = NULL, *p[7];
     PGconn *c;
     PGresult *r;
     int rc = 1;
@@ -84,13 +92,15 @@ static int ent_write(const settings *s, const ent_args *a, int add)
     if (add && (!a->corp_id || !a->secret_env || !a->name))
         return cmd_usage_error("enterprise",
                                "add needs --corp-id ID --secret-env VAR --name NAME "
-                               "[--contact-secret-env VAR] [--api-mode auto|legacy|modern]");
+                               "[--contact-secret-env VAR] [--api-mode auto|legacy|modern] "
+                               "[--member-source user_list|export|auto]");
     if (!add && !a->corp_id)
         return cmd_usage_error("enterprise", "set needs --corp-id ID");
-    if (!add && !a->secret_env && !a->contact_env && !a->api_mode && !a->name && !a->no_contact)
+    if (!add && !a->secret_env && !a->contact_env && !a->api_mode && !a->member_source &&
+        !a->name && !a->no_contact)
         return cmd_usage_error("enterprise",
                                "set: nothing to change (give --secret-env, --contact-secret-env, "
-                               "--no-contact-secret, --api-mode or --name)");
+                               "--no-contact-secret, --api-mode, --member-source or --name)");
     if (a->secret_env && !(secret = secret_from("--secret-env", a->secret_env)))
         return EXIT_USAGE;
     if (a->contact_env && !(contact = secret_from("--contact-secret-env", a->contact_env)))
@@ -104,24 +114,30 @@ static int ent_write(const settings *s, const ent_args *a, int add)
     p[3] = contact;
     p[4] = a->api_mode;
     p[5] = a->no_contact ? "t" : "f";
+    p[6] = a->member_source;
     if (add)
         r = cli_db_exec(c, "enterprise",
                         "INSERT INTO enterprises (corp_id, name, corp_secret, contact_secret, "
-                        " api_mode) VALUES ($1, $2, $3, $4, coalesce($5, 'auto'))"
+                        " api_mode, member_source) VALUES ($1, $2, $3, $4, coalesce($5, 'auto'),"
+                        " coalesce($7, 'user_list'))"
                         " ON CONFLICT (corp_id) DO UPDATE SET name = EXCLUDED.name,"
                         " corp_secret = EXCLUDED.corp_secret,"
                         " contact_secret = CASE WHEN $6::boolean THEN NULL"
                         "   ELSE coalesce($4, enterprises.contact_secret) END,"
-                        " api_mode = coalesce($5, enterprises.api_mode) RETURNING (xmax = 0)",
-                        6, p);
+                        " api_mode = coalesce($5, enterprises.api_mode),"
+                        " member_source = coalesce($7, enterprises.member_source)"
+                        " RETURNING (xmax = 0)",
+                        7, p);
     else
         r = cli_db_exec(c, "enterprise",
                         "UPDATE enterprises SET name = coalesce($2, name),"
                         " corp_secret = coalesce($3, corp_secret),"
                         " contact_secret = CASE WHEN $6::boolean THEN NULL"
                         "   ELSE coalesce($4, contact_secret) END,"
-                        " api_mode = coalesce($5, api_mode) WHERE corp_id = $1 RETURNING false",
-                        6, p);
+                        " api_mode = coalesce($5, api_mode),"
+                        " member_source = coalesce($7, member_source)"
+                        " WHERE corp_id = $1 RETURNING false",
+                        7, p);
     if (r) {
         if (PQntuples(r) == 0) {
             fprintf(stderr, "orgsync enterprise: no enterprise %s\n", a->corp_id);
@@ -175,18 +191,24 @@ static int ent_list(const settings *s)
                     "SELECT corp_id, name, enabled, to_char(created_at AT TIME ZONE 'UTC',"
                     " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), contact_secret IS NOT NULL, api_mode,"
                     " coalesce(api_mode_used, '-'), coalesce(array_to_string(fields_missing, ','),"
-                    " '-'), coalesce(api_mode_reason, '') FROM enterprises ORDER BY corp_id",
+                    " '-'), coalesce(api_mode_reason, ''), member_source,"
+                    " coalesce(member_source_used, '-'), coalesce(member_source_reason, '')"
+                    " FROM enterprises ORDER BY corp_id",
                     0, NULL);
     if (r) {
-        printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %s\n", "CORP_ID", "ENABLED", "CREATED",
-               "CONTACT", "MODE", "USED", "FIELDS_MISSING", "NAME");
+        printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %-10s %-10s %s\n", "CORP_ID", "ENABLED",
+               "CREATED", "CONTACT", "MODE", "USED", "FIELDS_MISSING", "MEMBERS", "MEM_USED",
+               "NAME");
         for (int i = 0; i < PQntuples(r); i++) {
-            printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %s\n", PQgetvalue(r, i, 0),
+            printf("%-24s %-8s %-21s %-8s %-8s %-7s %-16s %-10s %-10s %s\n", PQgetvalue(r, i, 0),
                    PQgetvalue(r, i, 2)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 3),
                    PQgetvalue(r, i, 4)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 5),
-                   PQgetvalue(r, i, 6), PQgetvalue(r, i, 7), PQgetvalue(r, i, 1));
+                   PQgetvalue(r, i, 6), PQgetvalue(r, i, 7), PQgetvalue(r, i, 9),
+                   PQgetvalue(r, i, 10), PQgetvalue(r, i, 1));
             if (PQgetvalue(r, i, 8)[0])
                 printf("  %s: %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 8));
+            if (PQgetvalue(r, i, 11)[0])
+                printf("  %s: members: %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 11));
         }
         PQclear(r);
     }
@@ -200,9 +222,11 @@ void cmd_enterprise_usage(FILE *f)
         f,
         "usage: orgsync [--config FILE] enterprise add --corp-id ID --secret-env VAR --name NAME\n"
         "                    [--contact-secret-env VAR] [--api-mode auto|legacy|modern]\n"
+        "                    [--member-source user_list|export|auto]\n"
         "       orgsync enterprise set --corp-id ID [--secret-env VAR] [--name NAME]\n"
         "                    [--contact-secret-env VAR | --no-contact-secret]\n"
         "                    [--api-mode auto|legacy|modern]\n"
+        "                    [--member-source user_list|export|auto]\n"
         "       orgsync enterprise list\n"
         "       orgsync enterprise disable|enable --corp-id ID\n\n"
         "Manages the enterprises table. Secrets are read from the named environment\n"
@@ -212,6 +236,10 @@ void cmd_enterprise_usage(FILE *f)
         "  --contact-secret-env VAR   variable holding the contact-sync secret\n"
         "  --no-contact-secret        forget the contact-sync secret\n"
         "  --api-mode MODE            auto (default), legacy or modern\n"
+        "  --member-source SRC        where members come from: user_list (default: a\n"
+        "                             user/list per department), export (one export/user\n"
+        "                             job, its encrypted files downloaded), or auto (export\n"
+        "                             above 100 departments)\n"
         "  --name NAME                display name (1-200 characters)\n\n"
         "Exit status: 0 done, 1 unknown enterprise or PostgreSQL failed, 2 usage error.\n");
 }
@@ -231,7 +259,8 @@ int cmd_enterprise(const settings *s, int argc, char **argv)
     if (!strcmp(sub, "add") || !strcmp(sub, "set"))
         return ent_write(s, &a, !strcmp(sub, "add"));
     if (!strcmp(sub, "list"))
-        return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode || a.no_contact
+        return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode ||
+                       a.member_source || a.no_contact
                    ? cmd_usage_error("enterprise", "list takes no options")
                    : ent_list(s);
     return ent_set_enabled(s, &a, !strcmp(sub, "enable"));
