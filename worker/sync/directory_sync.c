@@ -360,7 +360,9 @@ static const char sql_departments[] =
  * statement fails on the primary key, changes nothing, and is written again
  * with every member in $6.
  *
- * users_upserted counts each member once, in the department that is its main
+ * departments_done counts real departments only (an export's ranges are
+ * checkpointed under negative ids, see DS_EXPORT_BLOCK). users_upserted counts
+ * each member once, in the department that is its main
  * one ("p", counted in C), and only for departments newly checkpointed here. */
 #define USERS_COLUMNS                                                                              \
     "(corp_id, userid, name, mobile, email, position, status, department, main_department, raw, "  \
@@ -393,7 +395,8 @@ static const char sql_users[] =
     "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users, userids) "
     "  SELECT $4::bigint, c, d, n, ARRAY(SELECT jsonb_array_elements_text(u)) FROM depts "
     "  ON CONFLICT DO NOTHING RETURNING corp_id, dept_id), "
-    "k AS (SELECT cp.corp_id, count(*) AS done, sum(depts.p) AS users FROM cp "
+    "k AS (SELECT cp.corp_id, count(*) FILTER (WHERE cp.dept_id > 0) AS done, sum(depts.p) "
+    "  AS users FROM cp "
     "  JOIN depts ON depts.c = cp.corp_id AND depts.d = cp.dept_id GROUP BY cp.corp_id), "
     "pr AS (UPDATE sync_progress s SET departments_done = s.departments_done + "
     "  coalesce(k.done, 0), users_upserted = s.users_upserted + coalesce(k.users, 0), "
@@ -497,7 +500,11 @@ static const char sql_export_read[] =
  * one if the job is the same), $14 parts done, $15 members, $16 error; the
  * enterprise's member source of this run ($17, $18 why; $18 NULL: unchanged);
  * $19..$21 requests, retries, errors for the progress row. When the export is
- * done every department counts as done. */
+ * done every department counts as done. src reads ent too: ent must lock the
+ * enterprise's row before src updates it, for a lock taken after the update
+ * (in the same statement) finds no row, and the job's row would not be
+ * written (measured: without it the export/user refusal left no sync_exports
+ * row). */
 static const char sql_export_save[] =
     "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
     "ex AS (INSERT INTO sync_exports AS x (run_id, corp_id, jobid, credential, encoding_aeskey, "
@@ -519,7 +526,7 @@ static const char sql_export_save[] =
     "  updated_at = now() RETURNING 1), "
     "src AS (UPDATE enterprises SET member_source_used = $17, member_source_reason = $18, "
     "  member_source_at = now() WHERE corp_id = $5 AND $18::text IS NOT NULL "
-    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "  AND EXISTS (SELECT 1 FROM fence) AND EXISTS (SELECT 1 FROM ent) RETURNING 1), "
     "pr AS (UPDATE sync_progress SET departments_done = CASE WHEN $10::text = 'done' "
     "  THEN departments_total ELSE departments_done END, requests = requests + $19::bigint, "
     "  retries = retries + $20::bigint, errors = errors + $21::bigint, updated_at = now() "
@@ -1503,6 +1510,7 @@ static void skip_checkpointed(ds_corp *c, const char *arr)
 
 static int source_choose(ds_corp *c);
 static void export_begin(ds_corp *c);
+static void export_record_source(ds_corp *c);
 
 static void on_departments_written(void *arg, PGresult *res, const char *err)
 {
@@ -1520,6 +1528,8 @@ static void on_departments_written(void *arg, PGresult *res, const char *err)
         export_begin(c);
         return;
     }
+    if (c->source_reason[0])
+        export_record_source(c); /* why user/list; the members go on meanwhile */
     c->state = CS_DEPTS;
     corp_pump(c);
 }
@@ -1636,6 +1646,11 @@ static void export_save(ds_corp *c, const char *state, const char *error, int ac
 }
 
 static void on_ex_timer(uv_timer_t *t);
+
+static void export_record_source(ds_corp *c)
+{
+    export_save(c, NULL, NULL, EXA_NONE);
+}
 
 static void ex_wait(ds_corp *c, int what, uint64_t ms)
 {
