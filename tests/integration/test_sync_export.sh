@@ -119,6 +119,14 @@ eq "members equal /sim/org (the 2 removed now deleted)" "$(org_users | md5sum)" 
 check "status shows the refusal" grep -q "failed (export/user with the app secret refused: errcode 48009" <<<"$("$ORGSYNC_BIN" status)"
 xset '{"refuse": 0}'
 
+# ---- 4b. the job fails upstream (status 3): user/list too, with the reason
+xset '{"fail": true}'
+sync
+eq "export job failed (status 3): exits 0" 0 "$RC"
+eq "the run used user_list" user_list "$(used)"
+check "the reason says status 3" grep -q "failed upstream (status 3): user_list" <<<"$(sql "SELECT member_source_reason FROM enterprises")"
+xset '{"fail": false}'
+
 # ---- 5. auto: export above the threshold only
 "$ORGSYNC_BIN" enterprise set --corp-id "$C" --member-source auto >/dev/null
 sync ORGSYNC_EXPORT_AUTO_DEPTS=1000
