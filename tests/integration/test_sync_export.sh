@@ -14,6 +14,7 @@ SIM_PIDS=()
 cleanup() {
     for p in "${SIM_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -n "${SYNC_PID:-}" ] && kill -9 "$SYNC_PID" 2>/dev/null || true
+    [ -n "${SERVE_PID:-}" ] && kill -TERM "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null || true
     drop_db "$DSN"
 }
 trap cleanup EXIT
@@ -150,6 +151,19 @@ done
 eq "the job is stored as waiting" waiting "$st"
 jobid=$(sql "SELECT x.jobid FROM sync_exports x JOIN sync_runs r USING (run_id) WHERE r.state = 'running'")
 check "any instance reports it: export: waiting for job $jobid" grep -q "export: waiting for job $jobid" <<<"$("$ORGSYNC_BIN" status)"
+# ... and the HTTP API of a process that does not lead (ORGSYNC_SCHEDULE=off)
+HPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ORGSYNC_SCHEDULE=off ORGSYNC_WORKERS=1 ORGSYNC_HTTP_ADDR="127.0.0.1:$HPORT" ORGSYNC_INSTANCE=api \
+    "$ORGSYNC_BIN" serve >"$OUT.serve" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HPORT/healthz" >/dev/null && break; sleep 0.05; done
+eq "GET /v1/runs/latest: export: waiting for job $jobid" "export: waiting for job $jobid" \
+    "$(curl -fs "http://127.0.0.1:$HPORT/v1/runs/latest" | jq -r '.enterprises[0].export.phase')"
+eq "GET /v1/enterprises/$C/progress: the same" "export: waiting for job $jobid" \
+    "$(curl -fs "http://127.0.0.1:$HPORT/v1/enterprises/$C/progress" | jq -r '.enterprise.export.phase')"
+kill -TERM "$SERVE_PID" 2>/dev/null || true
+wait "$SERVE_PID" 2>/dev/null || true
+SERVE_PID=
 kill -9 "$SYNC_PID" 2>/dev/null || true
 wait "$SYNC_PID" 2>/dev/null || true
 SYNC_PID=
