@@ -373,9 +373,9 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
     }
 
     if ((v = lookup(src, "ORGSYNC_EXPORT_RANGE_KB"))) {
-        if (parse_long(v, 4, 65536, &n))
+        if (parse_long(v, 4, 8192, &n))
             return bad(err, errlen, "ORGSYNC_EXPORT_RANGE_KB",
-                       "KiB from 4 to 65536 (an export file is downloaded in ranges of this "
+                       "KiB from 4 to 8192 (an export file is downloaded in ranges of this "
                        "size; it bounds the memory one enterprise's download holds)",
                        v);
         s->export_range_kb = (int)n;
