@@ -95,6 +95,18 @@ check "the retry resumed at a byte offset past 0" grep -q '"from_byte":[1-9]' "$
 eq "members equal /sim/org after mutations (3 removed)" "$(org_users | md5sum)" "$(pg_users | md5sum)"
 eq "the removed ones are marked deleted" 3 "$(sql "SELECT count(*) FROM users WHERE deleted_at IS NOT NULL")"
 
+# ---- 2b. the URLs expire while a fault holds the download: a new job, once
+mutate '{"rename": 2, "remove": 1}'
+xset '{"reset_stats": true, "url_ttl_s": 2, "file_fail_after": 0, "file_fail_next": 4}'
+sync
+eq "URLs expired mid-download: exits 0" 0 "$RC"
+check "the expired URL was refused" test "$(xstats | jq .file_expired)" -ge 1
+eq "a second job was made" 2 "$(xstats | jq .jobs_created)"
+check "and said why" grep -q "URL is refused (expired?), making a new job" "$OUT.err"
+eq "members equal /sim/org" "$(org_users | md5sum)" "$(pg_users | md5sum)"
+eq "the removed one is marked deleted" 4 "$(sql "SELECT count(*) FROM users WHERE deleted_at IS NOT NULL")"
+xset '{"url_ttl_s": 7200}'
+
 # ---- 3. md5 mismatch: an error, and nobody deleted
 mutate '{"remove": 2}'
 before=$(live)

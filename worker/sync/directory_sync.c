@@ -82,7 +82,7 @@ typedef enum {
 /* The member source "export" (docs/ARCHITECTURE.md "Export jobs"):
  * export/user members per file (the upstream allows 10^4..10^6); files are
  * read in ranges of DS_EXPORT_RANGE bytes, each range's members one write (a
- * pseudo-department checkpoint, id -(file * 10^6 + range + 1)), so memory is
+ * pseudo-department checkpoint, id -(export_idbase * 10^9 + file * 10^6 + range + 1)), so memory is
  * bounded by a range (ORGSYNC_EXPORT_RANGE_KB, default 1 MiB) and the members it
  * completes, whatever the file size. */
 #define DS_EXPORT_BLOCK 100000
@@ -179,6 +179,8 @@ struct ds_corp {
     export_file ex_file;
     int ex_file_open;
     int ex_complete, ex_failed;
+    long long ex_idbase; /* see export_idbase */
+    int ex_renewed;      /* a 403 on a file made a new job once */
     uint64_t ex_members;
     char *ex_data_list; /* data_list's JSON, stored with the job */
 };
@@ -1934,6 +1936,8 @@ static int parse_data_list(ds_corp *c, json_object *root, char *why, size_t n)
     return 0;
 }
 
+static long long export_idbase(const ds_corp *c);
+
 static void on_export_result(void *arg, const wecom_result *res)
 {
     ds_corp *c = arg;
@@ -1995,9 +1999,25 @@ static void on_export_result(void *arg, const wecom_result *res)
         export_fail(c, "%s", why);
         return;
     }
+    c->ex_idbase = export_idbase(c);
     log_info("directory sync: export job done", LF_S("corp_id", c->corp_id),
              LF_S("jobid", c->ex_jobid), LF_I("files", c->ex_nparts), LF_I("polls", c->ex_polls));
     export_save(c, "downloading", NULL, EXA_DOWNLOAD);
+}
+
+/* The id space of this job's pseudo-department checkpoints, 1..10^6: from the
+ * jobid and the range size, so a successor reading the same files in the same
+ * ranges finds its own checkpoints (same members under the same id), while
+ * another job (or another range size: other members per range) never meets a
+ * checkpoint that lists other members under its id (the checkpoint insert keeps
+ * the first). Two jobs of one run share a space with odds of 1 in 10^6. */
+static long long export_idbase(const ds_corp *c)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *p = c->ex_jobid; p && *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h = (h ^ (uint64_t)c->job->run->settings->export_range_kb) * 1099511628211ULL;
+    return (long long)(h % 1000000ULL) + 1;
 }
 
 /* A range's members, as one pseudo-department batch. 0 or -1 (the export failed). */
@@ -2013,7 +2033,8 @@ static int export_batch(ds_corp *c, const char *text, size_t len, uint32_t membe
         export_fail(c, "export: out of memory");
         return -1;
     }
-    b->dept_id = -((long long)c->ex_part * 1000000LL + c->ex_range + 1);
+    b->dept_id =
+        -(c->ex_idbase * 1000000000LL + (long long)c->ex_part * 1000000LL + c->ex_range + 1);
     if (sync_batch_parse(b, text, len, why, sizeof(why)) < 0) {
         free(b);
         export_fail(c, "export file %d: %s", c->ex_part + 1, why);
@@ -2030,6 +2051,30 @@ static int export_batch(ds_corp *c, const char *text, size_t len, uint32_t membe
 }
 
 static void on_range(void *arg, const http_response *res);
+
+/* A file's URL answered 403 (expired, e.g. a successor past the 2 hours): the
+ * files go, and a new job is made, once per run attempt. What the old files
+ * gave stays written; the new job's ranges have their own checkpoint ids. */
+static void export_renew(ds_corp *c)
+{
+    log_warn("directory sync: an export file's URL is refused (expired?), making a new job",
+             LF_S("corp_id", c->corp_id), LF_S("jobid", c->ex_jobid));
+    if (c->ex_file_open) {
+        export_file_free(&c->ex_file);
+        c->ex_file_open = 0;
+    }
+    for (int k = 0; k < c->ex_nparts; k++)
+        free(c->ex_parts[k].url);
+    free(c->ex_parts);
+    c->ex_parts = NULL;
+    free(c->ex_data_list);
+    c->ex_data_list = NULL;
+    c->ex_nparts = c->ex_part = c->ex_pass = c->ex_range = c->ex_tries = 0;
+    c->ex_off = 0;
+    c->ex_renewed = 1;
+    c->state = CS_EXPORT;
+    export_create(c);
+}
 
 /* Starts the next range of the current file if the write queue has room. */
 static void export_pump(ds_corp *c)
@@ -2112,6 +2157,10 @@ static void on_range(void *arg, const http_response *res)
                      LF_I("from_byte", (long long)c->ex_off), LF_S("error", what));
             c->d_retries++;
             ex_wait(c, EXW_RANGE, ms);
+            return;
+        }
+        if (res->status == 403 && !c->ex_renewed) {
+            export_renew(c);
             return;
         }
         export_fail(c, "export file %d: download at byte %llu failed: %s%s", c->ex_part + 1,
