@@ -557,12 +557,12 @@ typedef struct sim_export_job {
 
 /* Settings (POST /sim/export) and evidence (GET /sim/export, /sim/stats). */
 typedef struct sim_exports {
-    uint32_t queue_ms;  /* status 0 (not started) this long after creation (default 200) */
-    uint32_t run_ms;    /* then status 1 (running) this long (default 300) */
-    uint32_t url_ttl_s; /* the files' URLs stay valid this long (default 7200) */
-    uint32_t part_max;  /* members per file at most whatever block_size says (0: none) */
-    int refuse;         /* errcode export/user answers (0: none; e.g. 48009, 60011) */
-    int fail;           /* jobs created from now end in status 3 */
+    uint32_t queue_ms;        /* status 0 (not started) this long after creation (default 200) */
+    uint32_t run_ms;          /* then status 1 (running) this long (default 300) */
+    uint32_t url_ttl_s;       /* the files' URLs stay valid this long (default 7200) */
+    uint32_t part_max;        /* members per file at most whatever block_size says (0: none) */
+    int refuse;               /* errcode export/user answers (0: none; e.g. 48009, 60011) */
+    int fail;                 /* jobs created from now end in status 3 */
     uint32_t file_fail_next;  /* N file requests answer HTTP 500 ... */
     uint32_t file_fail_after; /* ... after this many more have been served */
     int bad_md5;              /* data_list states a wrong md5 for every file */
@@ -579,7 +579,8 @@ void sim_exports_free(sim_exports *e);
 /* Settings' keys and the evidence into an open object. */
 void sim_exports_json(const sim_exports *e, const sim_dir *d, jw *w);
 /* POST /sim/export: {"queue_ms","run_ms","url_ttl_s","part_max","refuse","fail",
- * "file_fail_next","file_fail_after","bad_md5","reset_stats"}, any subset, all or nothing. 0 or -EINVAL, err. */
+ * "file_fail_next","file_fail_after","bad_md5","reset_stats"}, any subset, all or nothing. 0 or
+ * -EINVAL, err. */
 int sim_exports_apply_json(sim_exports *e, const char *json, size_t len, char *err, size_t errlen);
 /* 1 if key is a valid encoding_aeskey: 43 characters of [A-Za-z0-9]. */
 int sim_export_key_ok(const char *key);
