@@ -321,7 +321,7 @@ static void check_done(http_client *c)
 }
 
 static int start(http_client *c, const char *url, const char *ctype, const char *body, size_t len,
-                 int is_post, int timeout_ms, http_client_cb cb, void *arg)
+                 int is_post, const char *range, int timeout_ms, http_client_cb cb, void *arg)
 {
     if (!c || !url || !cb || timeout_ms < 0)
         return -EINVAL;
@@ -351,6 +351,8 @@ static int start(http_client *c, const char *url, const char *ctype, const char 
         curl_easy_setopt(e, CURLOPT_IPRESOLVE, c->ipresolve);
     }
     if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK)
+        goto fail;
+    if (range && curl_easy_setopt(e, CURLOPT_RANGE, range) != CURLE_OK)
         goto fail;
     if (is_post) {
         if (len + 1 > r->post_cap) {
@@ -390,7 +392,17 @@ fail:
 
 int http_client_get(http_client *c, const char *url, int timeout_ms, http_client_cb cb, void *arg)
 {
-    return start(c, url, NULL, NULL, 0, 0, timeout_ms, cb, arg);
+    return start(c, url, NULL, NULL, 0, 0, NULL, timeout_ms, cb, arg);
+}
+
+int http_client_get_range(http_client *c, const char *url, unsigned long long from,
+                          unsigned long long to, int timeout_ms, http_client_cb cb, void *arg)
+{
+    char range[48];
+    if (from > to)
+        return -EINVAL;
+    snprintf(range, sizeof(range), "%llu-%llu", from, to);
+    return start(c, url, NULL, NULL, 0, 0, range, timeout_ms, cb, arg);
 }
 
 int http_client_post(http_client *c, const char *url, const char *content_type, const char *body,
@@ -398,7 +410,7 @@ int http_client_post(http_client *c, const char *url, const char *content_type, 
 {
     if (len && !body)
         return -EINVAL;
-    return start(c, url, content_type, body, len, 1, timeout_ms, cb, arg);
+    return start(c, url, content_type, body, len, 1, NULL, timeout_ms, cb, arg);
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------- */

@@ -44,6 +44,11 @@ http_client *http_client_new(uv_loop_t *loop, const http_client_opts *opts);
 
 /* 0 (cb will be called) or a negative errno (cb will not be called). */
 int http_client_get(http_client *c, const char *url, int timeout_ms, http_client_cb cb, void *arg);
+/* GET of bytes from..to (inclusive) with a Range header: a server that honours
+ * it answers 206 with those bytes (the caller checks the status and length; a
+ * 200 is the whole resource). The answer is bounded by max_response like any. */
+int http_client_get_range(http_client *c, const char *url, unsigned long long from,
+                          unsigned long long to, int timeout_ms, http_client_cb cb, void *arg);
 /* body is copied. */
 int http_client_post(http_client *c, const char *url, const char *content_type, const char *body,
                      size_t len, int timeout_ms, http_client_cb cb, void *arg);

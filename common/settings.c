@@ -54,6 +54,8 @@ const char *const settings_names[] = {"ORGSYNC_ENV",
                                       "ORGSYNC_PG_PASSWORD",
                                       "ORGSYNC_REDIS_PASSWORD",
                                       "ORGSYNC_CACHE_KEY",
+                                      "ORGSYNC_EXPORT_RANGE_KB",
+                                      "ORGSYNC_EXPORT_AUTO_DEPTS",
                                       NULL};
 
 const char *const settings_secret_names[] = {"ORGSYNC_ADMIN_TOKEN",
@@ -631,6 +633,24 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
         s->drain_ms = (int)n;
     }
 
+    if ((v = lookup(src, "ORGSYNC_EXPORT_RANGE_KB"))) {
+        if (parse_long(v, 4, 8192, &n))
+            return bad(err, errlen, "ORGSYNC_EXPORT_RANGE_KB",
+                       "KiB from 4 to 8192 (an export file is downloaded in ranges of this "
+                       "size; it bounds the memory one enterprise's download holds)",
+                       v);
+        s->export_range_kb = (int)n;
+    }
+
+    if ((v = lookup(src, "ORGSYNC_EXPORT_AUTO_DEPTS"))) {
+        if (parse_long(v, 0, 10000000, &n))
+            return bad(err, errlen, "ORGSYNC_EXPORT_AUTO_DEPTS",
+                       "a department count from 0 to 10000000 (member source auto uses the "
+                       "export job above it)",
+                       v);
+        s->export_auto_depts = (int)n;
+    }
+
     if ((v = lookup(src, "ORGSYNC_DEPT_RATE"))) {
         char *end;
         double d;
@@ -836,6 +856,8 @@ static void defaults(settings *s)
     s->egress_max_per_min = EGRESS_UPSTREAM_PER_MIN;
     s->egress_max_per_hour = EGRESS_UPSTREAM_PER_HOUR;
     s->egress_refused_ttl_s = 3600;
+    s->export_range_kb = 1024;
+    s->export_auto_depts = 100;
 }
 
 int settings_load_from(settings *s, const char *config_file, settings_getenv_fn get, void *arg,

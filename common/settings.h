@@ -48,7 +48,9 @@ typedef struct settings {
     int egress_max_per_min;       /* ORGSYNC_EGRESS_MAX_PER_MIN, 1..20000 */
     int egress_max_per_hour;      /* ORGSYNC_EGRESS_MAX_PER_HOUR, 1..600000 */
     int egress_refused_ttl_s; /* ORGSYNC_EGRESS_REFUSED_TTL: how long a refused egress sits out */
-    char upstream_bind[64];   /* ORGSYNC_UPSTREAM_BIND: local IP literal, "" = any */
+    int export_range_kb;    /* ORGSYNC_EXPORT_RANGE_KB: an export file is read in ranges of this */
+    int export_auto_depts;  /* ORGSYNC_EXPORT_AUTO_DEPTS: member source auto exports above this */
+    char upstream_bind[64]; /* ORGSYNC_UPSTREAM_BIND: local IP literal, "" = any */
     /* The --config FILE these came from, "" = none: a reload (SIGHUP) reads it again. */
     char config_file[512];
 } settings;

@@ -49,6 +49,12 @@ BEGIN
     IF to_regclass('callback_inbox') IS NOT NULL THEN
         GRANT SELECT ON callback_inbox TO orgsync_reader;
     END IF;
+    -- schema 8 and later: export jobs, without their encoding_aeskey
+    IF to_regclass('sync_exports') IS NOT NULL THEN
+        GRANT SELECT (run_id, corp_id, jobid, credential, block_size, state, job_status, polls,
+            data_list, urls_expire_at, parts_done, members, error, created_at, updated_at)
+            ON sync_exports TO orgsync_reader;
+    END IF;
 END
 $$;
 -- Column privileges: the reader may see which enterprises exist and how they
@@ -60,6 +66,11 @@ BEGIN
     IF EXISTS (SELECT 1 FROM information_schema.columns
                WHERE table_name = 'enterprises' AND column_name = 'api_mode') THEN
         GRANT SELECT (api_mode, api_mode_used, api_mode_reason, api_mode_at, fields_missing)
+            ON enterprises TO orgsync_reader;
+    END IF;
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_name = 'enterprises' AND column_name = 'member_source') THEN
+        GRANT SELECT (member_source, member_source_used, member_source_reason, member_source_at)
             ON enterprises TO orgsync_reader;
     END IF;
 END

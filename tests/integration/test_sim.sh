@@ -373,7 +373,7 @@ NBUSY=$(curl -sS --max-time 10 "${URLS[@]}" | jq -s '[.[] | select(.errcode == -
 [ "$(status f POST /sim/faults 'nope')" = 400 ] || fail "non-JSON faults accepted"
 expect "$(get f /sim/faults)" '.busy == 0.5 and .paths == ["user/list"]' "GET /sim/faults"
 post f /sim/faults '{"reset":true}' >/dev/null
-expect "$(get f /sim/faults)" '.busy == 0 and (.paths | length) == 8' "faults reset"
+expect "$(get f /sim/faults)" '.busy == 0 and (.paths | length) == 11' "faults reset"
 S=$(get f /sim/stats)
 expect "$S" ".total.faults.http500 == 1 and .total.faults.malformed == 1 and .total.faults.hang == 1 and
     .total.faults.busy == (1 + $NBUSY) and .total.faults.fail_dept == 5" "fault counters"

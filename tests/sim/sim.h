@@ -37,11 +37,15 @@ typedef enum sim_path {
     SIM_P_USER_LIST_ID,
     SIM_P_DEPT_SIMPLELIST,
     SIM_P_DEPT_GET,
+    SIM_P_EXPORT_USER,
+    SIM_P_EXPORT_SIMPLE_USER,
+    SIM_P_EXPORT_GET_RESULT,
     SIM_P_COUNT
 } sim_path;
 
 /* "gettoken", "department/list", "user/list", "user/get", "user/getuserid",
- * "user/list_id", "department/simplelist", "department/get" */
+ * "user/list_id", "department/simplelist", "department/get", "export/user",
+ * "export/simple_user", "export/get_result" */
 extern const char *const sim_path_names[SIM_P_COUNT];
 /* Index of a name above (a leading "/cgi-bin/" is accepted), or -1. */
 int sim_path_parse(const char *name, size_t len);
@@ -168,6 +172,11 @@ int sim_corp_user_list(sim_corp *c, int dept_id, const char **body, size_t *len)
 int sim_corp_dept_list(sim_corp *c, int id, buf *scratch, const char **body, size_t *len);
 /* user/get answer into out. 0, -ENOENT, -ENOMEM. */
 int sim_corp_user_get(sim_corp *c, const char *userid, buf *out);
+
+/* One member's user/list object (braces included) into b: the same bytes as in
+ * a user/list answer (the export files carry these). simple: only userid, name,
+ * department, open_userid (export/simple_user). */
+void sim_corp_user_object(buf *b, const sim_corp *c, const sim_user *u, int simple);
 
 /* The answers a self-built app created after 2022-06-20 gets (policy app_new): the
  * member objects without the keys mobile, email, biz_mail, avatar, thumb_avatar,
@@ -519,6 +528,77 @@ int sim_stats_json(const sim_stats *st, const sim_dir *d, const char *corp_filte
  * successfully more than once (ok > 1). */
 void sim_counters_refetches(const sim_counters *c, uint64_t *calls_gt1, uint64_t *ok_gt1);
 
+/* ---- sim_export.c: asynchronous export jobs (export/user, get_result, files) ---- */
+
+/* One encrypted file of a finished job. */
+typedef struct sim_export_part {
+    char token[33]; /* the file's URL is <base>/sim/export-file/<token> */
+    unsigned char *data;
+    size_t len;
+    char md5[33];
+    uint32_t members;
+} sim_export_part;
+
+typedef struct sim_export_job {
+    char jobid[40];
+    int corp; /* 0-based */
+    sim_cred cred;
+    int simple; /* export/simple_user */
+    uint32_t block;
+    char aeskey[44];
+    uint64_t created_us;
+    int failed; /* ends in status 3 */
+    int built;  /* parts made (at the first poll that finds it done) */
+    uint64_t done_us;
+    uint64_t expires_us; /* the URLs' */
+    sim_export_part *parts;
+    int nparts;
+} sim_export_job;
+
+/* Settings (POST /sim/export) and evidence (GET /sim/export, /sim/stats). */
+typedef struct sim_exports {
+    uint32_t queue_ms;        /* status 0 (not started) this long after creation (default 200) */
+    uint32_t run_ms;          /* then status 1 (running) this long (default 300) */
+    uint32_t url_ttl_s;       /* the files' URLs stay valid this long (default 7200) */
+    uint32_t part_max;        /* members per file at most whatever block_size says (0: none) */
+    int refuse;               /* errcode export/user answers (0: none; e.g. 48009, 60011) */
+    int fail;                 /* jobs created from now end in status 3 */
+    uint32_t file_fail_next;  /* N file requests answer HTTP 500 ... */
+    uint32_t file_fail_after; /* ... after this many more have been served */
+    int bad_md5;              /* data_list states a wrong md5 for every file */
+    sim_export_job *jobs;
+    int njobs, cap;
+    uint64_t rng;
+    /* evidence */
+    uint64_t created, refused, polls, polls_wrong_cred, file_requests, file_ranges, file_faults,
+        file_expired, file_bytes;
+} sim_exports;
+
+void sim_exports_init(sim_exports *e, uint64_t seed);
+void sim_exports_free(sim_exports *e);
+/* Settings' keys and the evidence into an open object. */
+void sim_exports_json(const sim_exports *e, const sim_dir *d, jw *w);
+/* POST /sim/export: {"queue_ms","run_ms","url_ttl_s","part_max","refuse","fail",
+ * "file_fail_next","file_fail_after","bad_md5","reset_stats"}, any subset, all or nothing. 0 or
+ * -EINVAL, err. */
+int sim_exports_apply_json(sim_exports *e, const char *json, size_t len, char *err, size_t errlen);
+/* 1 if key is a valid encoding_aeskey: 43 characters of [A-Za-z0-9]. */
+int sim_export_key_ok(const char *key);
+/* AES-256-CBC of plain with key = base64(aeskey + "="), IV its first 16 bytes,
+ * PKCS#7 padding to 32 bytes. *out malloc'ed. 0 or -EINVAL/-ENOMEM. */
+int sim_export_encrypt(const char *aeskey, const unsigned char *plain, size_t len,
+                       unsigned char **out, size_t *outlen);
+/* A new job; *job valid until the next call that adds one. 0 or -ENOMEM. */
+int sim_exports_create(sim_exports *e, int corp, sim_cred cred, int simple, uint32_t block,
+                       const char *aeskey, uint64_t now_us, sim_export_job **job);
+sim_export_job *sim_exports_find(sim_exports *e, const char *jobid);
+/* 0 not started, 1 running, 2 done, 3 failed, at now_us. */
+int sim_export_status(const sim_exports *e, const sim_export_job *j, uint64_t now_us);
+/* Makes the files of a done job from the directory as it is now (once). 0 or -ENOMEM. */
+int sim_export_build(sim_exports *e, sim_dir *d, sim_export_job *j, uint64_t now_us);
+/* The part with that URL token, and its job, or NULL. */
+sim_export_part *sim_exports_file(sim_exports *e, const char *token, sim_export_job **job);
+
 /* ---- sim_routes.c: the server state and its handlers ---- */
 
 typedef struct sim_delayed sim_delayed;
@@ -531,6 +611,7 @@ typedef struct sim {
     sim_limits lim;
     sim_faults faults;
     sim_policy *policy; /* [dir.ncorps] */
+    sim_exports exp;
     sim_stats stats;
     uint64_t fault_rng;
     uint64_t hint_seq;    /* the request number in errmsg hints */

@@ -552,6 +552,32 @@ static void render_user_fields(buf *b, const sim_corp *c, const sim_user *u, int
     buf_append(b, piece, (size_t)(p - piece));
 }
 
+void sim_corp_user_object(buf *b, const sim_corp *c, const sim_user *u, int simple)
+{
+    char piece[MEMBER_PIECE], *p = piece;
+    size_t ulen = strlen(u->userid);
+    if (!simple) {
+        buf_puts(b, "{");
+        render_user_fields(b, c, u, 0);
+        buf_puts(b, "}");
+        return;
+    }
+    p = W(p, "{\"userid\":\"");
+    p = w_mem(p, u->userid, ulen);
+    p = W(p, "\",\"name\":");
+    buf_append(b, piece, (size_t)(p - piece));
+    buf_json_str(b, u->name, strlen(u->name));
+    p = piece;
+    p = W(p, ",\"department\":");
+    p = w_int_array(p, u->dept, u->ndept);
+    p = W(p, ",\"open_userid\":\"wo");
+    for (int div = 1000; div; div /= 10)
+        *p++ = (char)('0' + c->index / div % 10);
+    p = w_mem(p, u->userid, ulen);
+    p = W(p, "\"}");
+    buf_append(b, piece, (size_t)(p - piece));
+}
+
 #define OK_HEAD "{\"errcode\":0,\"errmsg\":\"ok\""
 
 /* Writes the user/list answer of a department. */

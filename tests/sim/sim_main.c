@@ -33,8 +33,9 @@ static void usage(FILE *out)
         "usage: orgsync-sim [options]\n"
         "\n"
         "A WeCom contacts API simulator: gettoken, department/list, user/list, user/get,\n"
-        "user/getuserid, user/list_id, department/simplelist, department/get under\n"
-        "/cgi-bin/, with the real answer shapes and error codes.\n"
+        "user/getuserid, user/list_id, department/simplelist, department/get, export/user,\n"
+        "export/simple_user and export/get_result under /cgi-bin/, with the real answer\n"
+        "shapes and error codes (export jobs: POST/GET /sim/export, see README.md).\n"
         "\n"
         "Directory (deterministic for the same flags):\n"
         "  --enterprises N       enterprises (default 1). Enterprise i (1-based) has corp id\n"
@@ -303,6 +304,7 @@ static int start(sim_proc *p, const sim_opts *o)
         return -ENOMEM;
     for (int i = 0; i < o->ncorps; i++)
         s->policy[i] = o->policy;
+    sim_exports_init(&s->exp, o->seed);
     s->faults = o->faults;
     s->fault_rng = sim_mix(o->seed, 0x6661756c74);
     s->srv = http_server_new(s->loop, &hso);
@@ -411,6 +413,7 @@ int main(int argc, char **argv)
     sim_limits_free(&p.s.lim);
     free(p.s.policy);
     sim_callbacks_free(&p.s);
+    sim_exports_free(&p.s.exp);
     sim_dir_free(&p.s.dir);
     buf_free(&p.s.scratch);
     return rc ? 1 : 0;

@@ -49,6 +49,8 @@ struct sim_delayed {
     char body[];
 };
 
+static void reply_buf(http_req *r, buf *b);
+
 /* ---- answering ---- */
 
 static const char *errmsg_for(int code)
@@ -82,6 +84,8 @@ static const char *errmsg_for(int code)
         return "api concurrent out of limit";
     case 46004:
         return "user no exist";
+    case 48002:
+        return "api forbidden (no permission for this api)";
     case 48009:
         return "api forbidden";
     case 60003:
@@ -498,6 +502,100 @@ static void do_dept_get(sim *s, http_req *r, sim_corp *c, sim_hit *h, answer *a)
     a->len = s->scratch.len;
 }
 
+/* ---- export jobs (sim_export.c) ---- */
+
+/* export/user and export/simple_user: POST {"encoding_aeskey", "block_size"}. */
+static void do_export(sim *s, http_req *r, sim_corp *c, sim_cred cred, sim_hit *h, answer *a,
+                      uint64_t now)
+{
+    size_t len = 0;
+    const char *body = http_req_body(r, &len), *key = NULL, *bad = NULL;
+    json_object *root = body && len ? json_tokener_parse(body) : NULL, *v;
+    long long block = 1000000;
+    sim_export_job *job = NULL;
+
+    if (s->exp.refuse) {
+        json_object_put(root);
+        s->exp.refused++;
+        answer_code_ip(s, h, a, s->exp.refuse, NULL);
+        return;
+    }
+    if (!root || !json_object_is_type(root, json_type_object))
+        bad = "invalid parameter (the body must be a JSON object)";
+    if (!bad && json_object_object_get_ex(root, "encoding_aeskey", &v) &&
+        json_object_is_type(v, json_type_string))
+        key = json_object_get_string(v);
+    if (!bad && !sim_export_key_ok(key))
+        bad = "invalid parameter (encoding_aeskey must be 43 characters of [A-Za-z0-9])";
+    if (!bad && json_object_object_get_ex(root, "block_size", &v)) {
+        block = json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : -1;
+        if (block < 10000 || block > 1000000)
+            bad = "invalid parameter (block_size must be an integer 10000..1000000)";
+    }
+    if (!bad && sim_exports_create(&s->exp, c->index - 1, cred, h->path == SIM_P_EXPORT_SIMPLE_USER,
+                                   (uint32_t)block, key, now, &job) != 0) {
+        json_object_put(root);
+        answer_oom(s, h, a);
+        return;
+    }
+    json_object_put(root);
+    if (bad) {
+        answer_code_ip(s, h, a, 40058, bad);
+        return;
+    }
+    log_info("export job created", LF_S("corp_id", c->corp_id), LF_S("jobid", job->jobid),
+             LF_S("credential", sim_cred_names[cred]), LF_I("block_size", (long long)block));
+    h->errcode = 0;
+    buf_reset(&s->scratch);
+    buf_printf(&s->scratch, "{\"errcode\":0,\"errmsg\":\"ok\",\"jobid\":\"%s\"}", job->jobid);
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
+/* export/get_result?jobid=: only the credential that created the job may poll it. */
+static void do_export_result(sim *s, http_req *r, sim_corp *c, sim_cred cred, sim_hit *h, answer *a,
+                             uint64_t now)
+{
+    sim_export_job *j = sim_exports_find(&s->exp, http_req_query(r, "jobid"));
+    const char *host = http_req_header(r, "Host");
+    int st;
+
+    s->exp.polls++;
+    if (!j || j->corp != c->index - 1) {
+        answer_code_ip(s, h, a, 40058, "invalid parameter (unknown jobid)");
+        return;
+    }
+    if (j->cred != cred) {
+        s->exp.polls_wrong_cred++;
+        answer_code_ip(s, h, a, 40058,
+                       "invalid parameter (the job must be polled with the credential that "
+                       "created it)");
+        return;
+    }
+    st = sim_export_status(&s->exp, j, now);
+    if (st == 2 && sim_export_build(&s->exp, &s->dir, j, now) != 0) {
+        answer_oom(s, h, a);
+        return;
+    }
+    h->errcode = 0;
+    buf_reset(&s->scratch);
+    buf_printf(&s->scratch, "{\"errcode\":0,\"errmsg\":\"ok\",\"status\":%d", st);
+    if (st == 2) {
+        buf_puts(&s->scratch, ",\"data_list\":[");
+        for (int i = 0; i < j->nparts; i++)
+            buf_printf(&s->scratch,
+                       "%s{\"url\":\"http://%s/sim/export-file/%s\",\"size\":%zu,"
+                       "\"md5\":\"%s\"}",
+                       i ? "," : "", host && *host ? host : "127.0.0.1", j->parts[i].token,
+                       j->parts[i].len,
+                       s->exp.bad_md5 ? "0123456789abcdef0123456789abcdef" : j->parts[i].md5);
+        buf_puts(&s->scratch, "]");
+    }
+    buf_puts(&s->scratch, "}");
+    a->body = s->scratch.data;
+    a->len = s->scratch.len;
+}
+
 /* ---- policy: trusted IPs (60020), legacy APIs (48009), visible range (60011) ---- */
 
 static int legacy_path(sim_path p)
@@ -602,6 +700,13 @@ static void dispatch(sim *s, http_req *r, sim_corp *c, sim_cred cred, sim_hit *h
         break;
     case SIM_P_DEPT_SIMPLELIST:
         do_simplelist(s, r, c, h, a, vis);
+        break;
+    case SIM_P_EXPORT_USER:
+    case SIM_P_EXPORT_SIMPLE_USER:
+        do_export(s, r, c, cred, h, a, now);
+        break;
+    case SIM_P_EXPORT_GET_RESULT:
+        do_export_result(s, r, c, cred, h, a, now);
         break;
     default:
         do_dept_get(s, r, c, h, a);
@@ -749,6 +854,128 @@ static void on_dept_get(http_req *r, void *arg)
     api(arg, r, SIM_P_DEPT_GET);
 }
 
+static void on_export_user(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_EXPORT_USER);
+}
+
+static void on_export_simple_user(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_EXPORT_SIMPLE_USER);
+}
+
+static void on_export_result(http_req *r, void *arg)
+{
+    api(arg, r, SIM_P_EXPORT_GET_RESULT);
+}
+
+/* "bytes=a-b" or "bytes=a-" within total: 0 and [*from, *to], else -1. */
+static int parse_range(const char *h, size_t total, size_t *from, size_t *to)
+{
+    char *end;
+    unsigned long long a, b;
+    if (strncmp(h, "bytes=", 6) != 0 || h[6] < '0' || h[6] > '9')
+        return -1;
+    a = strtoull(h + 6, &end, 10);
+    if (*end++ != '-')
+        return -1;
+    if (*end == '\0')
+        b = total ? total - 1 : 0;
+    else {
+        if (*end < '0' || *end > '9')
+            return -1;
+        b = strtoull(end, &end, 10);
+        if (*end)
+            return -1;
+        if (b >= total)
+            b = total - 1;
+    }
+    if (a >= total || a > b)
+        return -1;
+    *from = (size_t)a;
+    *to = (size_t)b;
+    return 0;
+}
+
+/* A file of a finished export: whole, or the Range asked for (206). Expired
+ * URLs answer 403, like a storage service's signed URL past its time. */
+static void on_export_file(http_req *r, void *arg)
+{
+    sim *s = arg;
+    sim_export_job *j = NULL;
+    sim_export_part *p = sim_exports_file(&s->exp, http_req_param(r, "token"), &j);
+    const char *range = http_req_header(r, "Range");
+    size_t from = 0, to = 0;
+    char cr[96];
+
+    s->exp.file_requests++;
+    if (!p) {
+        http_reply_error(r, 404, "not_found", "no such file");
+        return;
+    }
+    if (time_mono_us() >= j->expires_us) {
+        s->exp.file_expired++;
+        http_reply_error(r, 403, "forbidden", "the URL has expired");
+        return;
+    }
+    if (s->exp.file_fail_next && s->exp.file_fail_after)
+        s->exp.file_fail_after--;
+    else if (s->exp.file_fail_next) {
+        s->exp.file_fail_next--;
+        s->exp.file_faults++;
+        http_reply(r, 500, HTML_CT, BODY_500, sizeof(BODY_500) - 1);
+        return;
+    }
+    if (!range) {
+        s->exp.file_bytes += p->len;
+        http_reply(r, 200, "application/octet-stream", (const char *)p->data, p->len);
+        return;
+    }
+    s->exp.file_ranges++;
+    if (parse_range(range, p->len, &from, &to) != 0) {
+        snprintf(cr, sizeof(cr), "bytes */%zu", p->len);
+        http_req_add_header(r, "Content-Range", cr);
+        http_reply_error(r, 416, "range_not_satisfiable", "bad or unsatisfiable Range");
+        return;
+    }
+    snprintf(cr, sizeof(cr), "bytes %zu-%zu/%zu", from, to, p->len);
+    http_req_add_header(r, "Content-Range", cr);
+    s->exp.file_bytes += to - from + 1;
+    http_reply(r, 206, "application/octet-stream", (const char *)p->data + from, to - from + 1);
+}
+
+static void reply_export(sim *s, http_req *r)
+{
+    jw w;
+    buf_reset(&s->scratch);
+    jw_init(&w, &s->scratch);
+    jw_obj_begin(&w);
+    sim_exports_json(&s->exp, &s->dir, &w);
+    jw_obj_end(&w);
+    reply_buf(r, &s->scratch);
+}
+
+static void on_export_get(http_req *r, void *arg)
+{
+    reply_export(arg, r);
+}
+
+static void on_export_post(http_req *r, void *arg)
+{
+    sim *s = arg;
+    char err[256];
+    size_t len = 0;
+    const char *body = http_req_body(r, &len);
+    if (sim_exports_apply_json(&s->exp, body ? body : "", len, err, sizeof(err)) != 0) {
+        http_reply_error(r, 400, "bad_request", err);
+        return;
+    }
+    log_info("export settings set", LF_I("queue_ms", s->exp.queue_ms),
+             LF_I("run_ms", s->exp.run_ms), LF_I("url_ttl_s", s->exp.url_ttl_s),
+             LF_I("part_max", s->exp.part_max), LF_I("refuse", s->exp.refuse));
+    reply_export(s, r);
+}
+
 /* ---- control routes ---- */
 
 static void reply_buf(http_req *r, buf *b)
@@ -806,6 +1033,10 @@ static void on_stats(http_req *r, void *arg)
     write_limits(&w, &s->lim);
     jw_key(&w, "faults");
     sim_faults_json(&s->faults, &w);
+    jw_key(&w, "export");
+    jw_obj_begin(&w);
+    sim_exports_json(&s->exp, &s->dir, &w);
+    jw_obj_end(&w);
     if (sim_stats_json(&s->stats, &s->dir, only, &w) == -ENOENT) {
         http_reply_error(r, 404, "not_found", "unknown corp_id");
         buf_free(&b);
@@ -1043,6 +1274,12 @@ int sim_routes_install(sim *s)
         {"POST", "/cgi-bin/user/list_id", on_list_id},
         {"GET", "/cgi-bin/department/simplelist", on_simplelist},
         {"GET", "/cgi-bin/department/get", on_dept_get},
+        {"POST", "/cgi-bin/export/user", on_export_user},
+        {"POST", "/cgi-bin/export/simple_user", on_export_simple_user},
+        {"GET", "/cgi-bin/export/get_result", on_export_result},
+        {"GET", "/sim/export-file/{token}", on_export_file},
+        {"GET", "/sim/export", on_export_get},
+        {"POST", "/sim/export", on_export_post},
         {"GET", "/healthz", on_healthz},
         {"GET", "/sim/stats", on_stats},
         {"GET", "/sim/org", on_org},

@@ -6,8 +6,17 @@
 #include <string.h>
 
 const char *const sim_path_names[SIM_P_COUNT] = {
-    "gettoken",     "department/list",       "user/list",      "user/get", "user/getuserid",
-    "user/list_id", "department/simplelist", "department/get",
+    "gettoken",
+    "department/list",
+    "user/list",
+    "user/get",
+    "user/getuserid",
+    "user/list_id",
+    "department/simplelist",
+    "department/get",
+    "export/user",
+    "export/simple_user",
+    "export/get_result",
 };
 
 int sim_path_parse(const char *name, size_t len)

@@ -92,6 +92,8 @@ static void test_egress_settings(void **state)
                          "ORGSYNC_UPSTREAM_BIND=2001:db8::5",
                          "ORGSYNC_EGRESS_REFUSED_TTL=90",
                          "ORGSYNC_DRAIN_MS=15000",
+                         "ORGSYNC_EXPORT_RANGE_KB=8192",
+                         "ORGSYNC_EXPORT_AUTO_DEPTS=0",
                          NULL};
     const char *env2[] = {"ORGSYNC_EGRESS_ID=2001:db8::5", "ORGSYNC_EGRESS_MAX_PER_MIN=1",
                           "ORGSYNC_EGRESS_MAX_PER_HOUR=600000", "ORGSYNC_UPSTREAM_BIND=", NULL};
@@ -104,6 +106,8 @@ static void test_egress_settings(void **state)
     assert_string_equal(s.egress_id, "203.0.113.7");
     assert_int_equal(s.egress_max_per_min, 20000);
     assert_int_equal(s.egress_max_per_hour, 1);
+    assert_int_equal(s.export_range_kb, 8192);
+    assert_int_equal(s.export_auto_depts, 0);
     assert_string_equal(s.upstream_bind, "2001:db8::5");
     assert_int_equal(s.egress_refused_ttl_s, 90);
     assert_int_equal(s.drain_ms, 15000);
@@ -225,6 +229,11 @@ static void test_bad_values(void **state)
         {"ORGSYNC_DRAIN_MS=-1", "ORGSYNC_DRAIN_MS"},
         {"ORGSYNC_DRAIN_MS=15001", "ORGSYNC_DRAIN_MS"},
         {"ORGSYNC_DRAIN_MS=2s", "ORGSYNC_DRAIN_MS"},
+        {"ORGSYNC_EXPORT_RANGE_KB=3", "ORGSYNC_EXPORT_RANGE_KB"},
+        {"ORGSYNC_EXPORT_RANGE_KB=8193", "ORGSYNC_EXPORT_RANGE_KB"},
+        {"ORGSYNC_EXPORT_RANGE_KB=1M", "ORGSYNC_EXPORT_RANGE_KB"},
+        {"ORGSYNC_EXPORT_AUTO_DEPTS=-1", "ORGSYNC_EXPORT_AUTO_DEPTS"},
+        {"ORGSYNC_EXPORT_AUTO_DEPTS=lots", "ORGSYNC_EXPORT_AUTO_DEPTS"},
         {"ORGSYNC_UPSTREAM_BIND=localhost", "ORGSYNC_UPSTREAM_BIND"},
         {"ORGSYNC_UPSTREAM_BIND=eth0", "ORGSYNC_UPSTREAM_BIND"},
         {"ORGSYNC_UPSTREAM_BIND=127.0.0.1:80", "ORGSYNC_UPSTREAM_BIND"},

@@ -112,6 +112,15 @@ void run_view_put_enterprise(jw *w, const PGresult *r, int row, int c0, double n
         jw_raw(w, api_col(r, row, c0 + PC_FIELDS_MISSING));
     else
         jw_null(w);
+    jw_kstr(w, "member_source", api_col(r, row, c0 + PC_MEMBER_SOURCE));
+    jw_kstr(w, "member_source_reason", api_col(r, row, c0 + PC_SOURCE_REASON));
+    /* {"jobid", "state", "job_status", "polls", "files", "files_done", "members",
+     * "error", "phase": "export: waiting for job N", ...} or null. */
+    jw_key(w, "export");
+    if (api_col(r, row, c0 + PC_EXPORT))
+        jw_raw(w, api_col(r, row, c0 + PC_EXPORT));
+    else
+        jw_null(w);
     jw_obj_end(w);
 }
 

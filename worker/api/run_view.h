@@ -62,7 +62,22 @@ enum {
     "p.api_mode, p.roster_members, p.roster_done, (SELECT array_to_json(e.fields_missing)::text "  \
     "FROM enterprises e WHERE e.corp_id = p.corp_id), (SELECT e.api_mode_reason FROM "             \
     "enterprises e WHERE e.corp_id = p.corp_id), (SELECT e.name FROM enterprises e WHERE "         \
-    "e.corp_id = p.corp_id), " ENT_TENTHS_SQL
+    "e.corp_id = p.corp_id), " EXPORT_COLS ", " ENT_TENTHS_SQL
+
+/* The member source of the run (the export job's row says export unless it
+ * failed; else the enterprise's record), why, and the export job as JSON. */
+#define EXPORT_COLS                                                                                \
+    "coalesce((SELECT CASE WHEN x.state <> 'failed' THEN 'export' END FROM sync_exports x "        \
+    "WHERE x.run_id = p.run_id AND x.corp_id = p.corp_id), (SELECT e.member_source_used FROM "     \
+    "enterprises e WHERE e.corp_id = p.corp_id)), (SELECT e.member_source_reason FROM "            \
+    "enterprises e WHERE e.corp_id = p.corp_id), (SELECT json_build_object('jobid', x.jobid, "     \
+    "'state', x.state, 'job_status', x.job_status, 'polls', x.polls, 'files', "                    \
+    "coalesce(jsonb_array_length(x.data_list), 0), 'files_done', x.parts_done, 'members', "        \
+    "x.members, 'error', x.error, 'phase', CASE x.state WHEN 'creating' THEN 'export: creating "   \
+    "the job' WHEN 'waiting' THEN 'export: waiting for job ' || x.jobid WHEN 'downloading' THEN "  \
+    "'export: reading the files of job ' || x.jobid WHEN 'done' THEN 'export: job ' || x.jobid "   \
+    "|| ' read' ELSE 'export: job ' || coalesce(x.jobid, '-') || ' failed' END)::text FROM "       \
+    "sync_exports x WHERE x.run_id = p.run_id AND x.corp_id = p.corp_id)"
 enum {
     PC_CORP = 0,
     PC_STATE,
@@ -83,6 +98,9 @@ enum {
     PC_FIELDS_MISSING, /* JSON array: member fields the last successful sync never got */
     PC_MODE_REASON,    /* why the enterprise uses its mode */
     PC_NAME,           /* enterprises.name (NULL if the enterprise was deleted since) */
+    PC_MEMBER_SOURCE,  /* user_list or export: what this run reads members with */
+    PC_SOURCE_REASON,  /* why (enterprises.member_source_reason) */
+    PC_EXPORT,         /* the run's export job as JSON, NULL without one */
     PC_TENTHS,         /* ENT_TENTHS_SQL: the enterprise's percent in tenths */
     PC_N
 };

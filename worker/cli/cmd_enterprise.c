@@ -21,6 +21,7 @@ typedef struct ent_args {
     const char *secret_env;
     const char *contact_env;
     const char *api_mode;
+    const char *member_source;
     const char *name;
     const char *cb_token_env;
     const char *cb_aeskey_env;
@@ -40,6 +41,8 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
             dst = &a->contact_env;
         else if (!strcmp(argv[i], "--api-mode"))
             dst = &a->api_mode;
+        else if (!strcmp(argv[i], "--member-source"))
+            dst = &a->member_source;
         else if (!strcmp(argv[i], "--name"))
             dst = &a->name;
         else if (!strcmp(argv[i], "--callback-token-env"))
@@ -65,6 +68,11 @@ static int parse_args(const char *sub, int argc, char **argv, ent_args *a)
         strcmp(a->api_mode, "modern"))
         return cmd_usage_error(
             "enterprise", "--api-mode: expected auto, legacy or modern, got '%s'", a->api_mode);
+    if (a->member_source && strcmp(a->member_source, "user_list") &&
+        strcmp(a->member_source, "export") && strcmp(a->member_source, "auto"))
+        return cmd_usage_error("enterprise",
+                               "--member-source: expected user_list, export or auto, got '%s'",
+                               a->member_source);
     if (a->no_contact && a->contact_env)
         return cmd_usage_error("enterprise",
                                "--no-contact-secret and --contact-secret-env exclude each other");
@@ -119,7 +127,7 @@ static int secret_from(const char *option, const char *var, char *out, size_t ca
  * --no-contact-secret. */
 static int ent_write(const settings *s, const ent_args *a, int add)
 {
-    const char *secret = NULL, *contact = NULL, *cb_token = NULL, *cb_aeskey = NULL, *p[9];
+    const char *secret = NULL, *contact = NULL, *cb_token = NULL, *cb_aeskey = NULL, *p[10];
     char secret_buf[ENT_SECRET_MAX], contact_buf[ENT_SECRET_MAX];
     char token_buf[ENT_SECRET_MAX], aeskey_buf[ENT_SECRET_MAX];
     PGconn *c;
@@ -129,14 +137,16 @@ static int ent_write(const settings *s, const ent_args *a, int add)
     if (add && (!a->corp_id || !a->secret_env || !a->name))
         return cmd_usage_error("enterprise",
                                "add needs --corp-id ID --secret-env VAR --name NAME "
-                               "[--contact-secret-env VAR] [--api-mode auto|legacy|modern]");
+                               "[--contact-secret-env VAR] [--api-mode auto|legacy|modern] "
+                               "[--member-source user_list|export|auto]");
     if (!add && !a->corp_id)
         return cmd_usage_error("enterprise", "set needs --corp-id ID");
-    if (!add && !a->secret_env && !a->contact_env && !a->api_mode && !a->name && !a->no_contact &&
-        !a->cb_token_env && !a->no_callback)
+    if (!add && !a->secret_env && !a->contact_env && !a->api_mode && !a->member_source &&
+        !a->name && !a->no_contact && !a->cb_token_env && !a->no_callback)
         return cmd_usage_error("enterprise",
                                "set: nothing to change (give --secret-env, --contact-secret-env, "
-                               "--no-contact-secret, --api-mode, --name, --callback-token-env "
+                               "--no-contact-secret, --api-mode, --member-source, --name, "
+                               "--callback-token-env "
                                "with --callback-aeskey-env, or --no-callback)");
     secret_buf[0] = contact_buf[0] = token_buf[0] = aeskey_buf[0] = '\0';
     if (a->secret_env) {
@@ -186,11 +196,12 @@ static int ent_write(const settings *s, const ent_args *a, int add)
     p[6] = cb_token;
     p[7] = cb_aeskey;
     p[8] = a->no_callback ? "t" : "f";
+    p[9] = a->member_source;
     if (add)
         r = cli_db_exec(c, "enterprise",
                         "INSERT INTO enterprises (corp_id, name, corp_secret, contact_secret, "
-                        " api_mode, callback_token, callback_aeskey) VALUES ($1, $2, $3, $4,"
-                        " coalesce($5, 'auto'), $7, $8)"
+                        " api_mode, callback_token, callback_aeskey, member_source) VALUES ($1,"
+                        " $2, $3, $4, coalesce($5, 'auto'), $7, $8, coalesce($10, 'user_list'))"
                         " ON CONFLICT (corp_id) DO UPDATE SET name = EXCLUDED.name,"
                         " corp_secret = EXCLUDED.corp_secret,"
                         " contact_secret = CASE WHEN $6::boolean THEN NULL"
@@ -199,9 +210,10 @@ static int ent_write(const settings *s, const ent_args *a, int add)
                         " callback_token = CASE WHEN $9::boolean THEN NULL"
                         "   ELSE coalesce($7, enterprises.callback_token) END,"
                         " callback_aeskey = CASE WHEN $9::boolean THEN NULL"
-                        "   ELSE coalesce($8, enterprises.callback_aeskey) END"
+                        "   ELSE coalesce($8, enterprises.callback_aeskey) END,"
+                        " member_source = coalesce($10, enterprises.member_source)"
                         " RETURNING (xmax = 0)",
-                        9, p);
+                        10, p);
     else
         r = cli_db_exec(c, "enterprise",
                         "UPDATE enterprises SET name = coalesce($2, name),"
@@ -212,9 +224,10 @@ static int ent_write(const settings *s, const ent_args *a, int add)
                         " callback_token = CASE WHEN $9::boolean THEN NULL"
                         "   ELSE coalesce($7, callback_token) END,"
                         " callback_aeskey = CASE WHEN $9::boolean THEN NULL"
-                        "   ELSE coalesce($8, callback_aeskey) END"
+                        "   ELSE coalesce($8, callback_aeskey) END,"
+                        " member_source = coalesce($10, member_source)"
                         " WHERE corp_id = $1 RETURNING false",
-                        9, p);
+                        10, p);
     if (r) {
         if (PQntuples(r) == 0) {
             fprintf(stderr, "orgsync enterprise: no enterprise %s\n", a->corp_id);
@@ -276,20 +289,25 @@ static int ent_list(const settings *s)
                     "SELECT corp_id, name, enabled, to_char(created_at AT TIME ZONE 'UTC',"
                     " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), contact_secret IS NOT NULL, api_mode,"
                     " coalesce(api_mode_used, '-'), coalesce(array_to_string(fields_missing, ','),"
-                    " '-'), coalesce(api_mode_reason, ''), callback_token IS NOT NULL"
-                    " FROM enterprises ORDER BY corp_id",
+                    " '-'), coalesce(api_mode_reason, ''), callback_token IS NOT NULL,"
+                    " member_source, coalesce(member_source_used, '-'),"
+                    " coalesce(member_source_reason, '') FROM enterprises ORDER BY corp_id",
                     0, NULL);
     if (r) {
-        printf("%-24s %-8s %-21s %-8s %-9s %-8s %-7s %-16s %s\n", "CORP_ID", "ENABLED", "CREATED",
-               "CONTACT", "CALLBACK", "MODE", "USED", "FIELDS_MISSING", "NAME");
+        printf("%-24s %-8s %-21s %-8s %-9s %-8s %-7s %-16s %-10s %-10s %s\n", "CORP_ID", "ENABLED",
+               "CREATED", "CONTACT", "CALLBACK", "MODE", "USED", "FIELDS_MISSING", "MEMBERS",
+               "MEM_USED", "NAME");
         for (int i = 0; i < PQntuples(r); i++) {
-            printf("%-24s %-8s %-21s %-8s %-9s %-8s %-7s %-16s %s\n", PQgetvalue(r, i, 0),
-                   PQgetvalue(r, i, 2)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 3),
-                   PQgetvalue(r, i, 4)[0] == 't' ? "yes" : "no",
+            printf("%-24s %-8s %-21s %-8s %-9s %-8s %-7s %-16s %-10s %-10s %s\n",
+                   PQgetvalue(r, i, 0), PQgetvalue(r, i, 2)[0] == 't' ? "yes" : "no",
+                   PQgetvalue(r, i, 3), PQgetvalue(r, i, 4)[0] == 't' ? "yes" : "no",
                    PQgetvalue(r, i, 9)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 5),
-                   PQgetvalue(r, i, 6), PQgetvalue(r, i, 7), PQgetvalue(r, i, 1));
+                   PQgetvalue(r, i, 6), PQgetvalue(r, i, 7), PQgetvalue(r, i, 10),
+                   PQgetvalue(r, i, 11), PQgetvalue(r, i, 1));
             if (PQgetvalue(r, i, 8)[0])
                 printf("  %s: %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 8));
+            if (PQgetvalue(r, i, 12)[0])
+                printf("  %s: members: %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 12));
         }
         PQclear(r);
     }
@@ -303,9 +321,11 @@ void cmd_enterprise_usage(FILE *f)
         f,
         "usage: orgsync [--config FILE] enterprise add --corp-id ID --secret-env VAR --name NAME\n"
         "                    [--contact-secret-env VAR] [--api-mode auto|legacy|modern]\n"
+        "                    [--member-source user_list|export|auto]\n"
         "       orgsync enterprise set --corp-id ID [--secret-env VAR] [--name NAME]\n"
         "                    [--contact-secret-env VAR | --no-contact-secret]\n"
         "                    [--api-mode auto|legacy|modern]\n"
+        "                    [--member-source user_list|export|auto]\n"
         "                    [--callback-token-env VAR --callback-aeskey-env VAR |\n"
         "                     --no-callback]\n"
         "       orgsync enterprise list\n"
@@ -319,11 +339,15 @@ void cmd_enterprise_usage(FILE *f)
         "  --contact-secret-env VAR   variable holding the contact-sync secret\n"
         "  --no-contact-secret        forget the contact-sync secret\n"
         "  --api-mode MODE            auto (default), legacy or modern\n"
-        "  --name NAME                display name (1-200 characters)\n"
         "  --callback-token-env VAR   variable holding the change callback's Token\n"
         "                             (1-128 of A-Z a-z 0-9)\n"
         "  --callback-aeskey-env VAR  variable holding its EncodingAESKey (43 of A-Z a-z 0-9)\n"
-        "  --no-callback              forget both (callbacks are then refused)\n\n"
+        "  --no-callback              forget both (callbacks are then refused)\n"
+        "  --member-source SRC        where members come from: user_list (default: a\n"
+        "                             user/list per department), export (one export/user\n"
+        "                             job, its encrypted files downloaded), or auto (export\n"
+        "                             above 100 departments)\n"
+        "  --name NAME                display name (1-200 characters)\n\n"
         "Exit status: 0 done, 1 unknown enterprise or PostgreSQL failed, 2 usage error.\n");
 }
 
@@ -342,8 +366,8 @@ int cmd_enterprise(const settings *s, int argc, char **argv)
     if (!strcmp(sub, "add") || !strcmp(sub, "set"))
         return ent_write(s, &a, !strcmp(sub, "add"));
     if (!strcmp(sub, "list"))
-        return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode || a.no_contact ||
-                       a.cb_token_env || a.no_callback
+        return a.corp_id || a.name || a.secret_env || a.contact_env || a.api_mode ||
+                       a.member_source || a.no_contact || a.cb_token_env || a.no_callback
                    ? cmd_usage_error("enterprise", "list takes no options")
                    : ent_list(s);
     return ent_set_enabled(s, &a, !strcmp(sub, "enable"));

@@ -79,6 +79,20 @@ static void print_run(json_object *run)
             printf(" (%s)", jstr(e, "api_mode_reason"));
         printf("\n");
     }
+    /* Members from an export job: where the job is. */
+    for (size_t i = 0; i < json_object_array_length(ents); i++) {
+        json_object *e = json_object_array_get_idx(ents, i), *x;
+        if (!json_object_object_get_ex(e, "export", &x) ||
+            !json_object_is_type(x, json_type_object))
+            continue;
+        printf("  %s: %s", jstr_or(e, "corp_id", "?"), jstr_or(x, "phase", "export"));
+        if (json_object_get_int(json_object_object_get(x, "files")) > 0)
+            printf(", files %s/%s, %s members", jstr_or(x, "files_done", "0"),
+                   jstr_or(x, "files", "0"), jstr_or(x, "members", "0"));
+        if (jstr(x, "error"))
+            printf(" (%s)", jstr(x, "error"));
+        printf("\n");
+    }
 }
 
 static int print_recent(PGconn *c, const settings *s)

@@ -26,6 +26,7 @@
 #include "worker/sync/sync_batch.h"
 #include "worker/sync/sync_modern.h"
 #include "worker/sync/uid_set.h"
+#include "worker/wecom/export_file.h"
 #include "worker/wecom/wecom.h"
 
 #include "common/buf.h"
@@ -68,7 +69,40 @@
 typedef struct ds_job ds_job;
 typedef struct ds_corp ds_corp;
 
-typedef enum { CS_PENDING = 0, CS_LISTING, CS_ROSTER, CS_DEPTS, CS_FINAL, CS_ENDED } corp_state;
+typedef enum {
+    CS_PENDING = 0,
+    CS_LISTING,
+    CS_ROSTER,
+    CS_EXPORT, /* creating or polling the export job */
+    CS_DEPTS,  /* fetching members: user/list per department, or the export's files */
+    CS_FINAL,
+    CS_ENDED
+} corp_state;
+
+/* The member source "export" (docs/ARCHITECTURE.md "Export jobs"):
+ * export/user members per file (the upstream allows 10^4..10^6); files are
+ * read in ranges of DS_EXPORT_RANGE bytes, each range's members one write (a
+ * pseudo-department checkpoint, id -(export_idbase * 10^9 + file * 10^6 + range + 1)), so memory is
+ * bounded by a range (ORGSYNC_EXPORT_RANGE_KB, default 1 MiB) and the members it
+ * completes, whatever the file size. */
+#define DS_EXPORT_BLOCK 100000
+#define DS_EXPORT_RANGE ((uint64_t)c->job->run->settings->export_range_kb << 10)
+#define DS_EXPORT_RANGE_TRIES 5
+#define DS_EXPORT_READY_MAX 2
+/* get_result polls: 250 ms, doubling, at most 8 s apart. */
+#define DS_EXPORT_POLL_MS 250
+#define DS_EXPORT_POLL_CAP_MS 8000
+/* auto: export above ORGSYNC_EXPORT_AUTO_DEPTS departments (default 100,
+ * tests/bench/README.md "Ninth pass"). */
+#define DS_EXPORT_AUTO_DEPTS (c->job->run->settings->export_auto_depts)
+
+typedef struct ds_part {
+    char *url;
+    uint64_t size;
+    char md5[33];
+} ds_part;
+
+enum { EXW_NONE = 0, EXW_POLL, EXW_RANGE };
 
 /* user/list_id rows per page: the most the upstream allows. */
 #define DS_ROSTER_LIMIT 10000
@@ -126,6 +160,29 @@ struct ds_corp {
     uid_set written;
     int queued; /* in the job's write queue */
     int alone;  /* its next write carries no other enterprise (see on_written) */
+    /* The member source: as configured (user_list, export, auto), and this
+     * run's, with why (enterprises.member_source_used / _reason). */
+    char member_source[12];
+    int use_export;
+    char source_reason[DS_ERR_MAX];
+    /* The export job (sync_exports): its id, key, credential, files. */
+    char *ex_jobid;
+    char ex_key[EXPORT_KEY_LEN + 1];
+    wecom_cred ex_cred;
+    int ex_resumed; /* polling a job an earlier attempt created */
+    int ex_polls, ex_polls_unsaved, ex_status;
+    int ex_wait;            /* EXW_*: what the job's timer does for it */
+    uint64_t ex_wait_until; /* monotonic us */
+    ds_part *ex_parts;
+    int ex_nparts, ex_part, ex_pass, ex_range, ex_tries;
+    uint64_t ex_off;
+    export_file ex_file;
+    int ex_file_open;
+    int ex_complete, ex_failed;
+    long long ex_idbase; /* see export_idbase */
+    int ex_renewed;      /* a 403 on a file made a new job once */
+    uint64_t ex_members;
+    char *ex_data_list; /* data_list's JSON, stored with the job */
 };
 
 struct ds_job {
@@ -149,6 +206,9 @@ struct ds_job {
     ds_corp **wq;
     int wq_head, wq_n;
     int writes;
+    uv_timer_t ex_timer; /* export polls and range retries, every 50 ms while any waits */
+    int ex_timer_on;
+    int http_inflight; /* export file ranges */
 };
 
 /* One statement writing the departments of one or more enterprises. */
@@ -178,6 +238,8 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
 #define Q_CORP_OK "ds_corp_succeeded"
 #define Q_CORP_FAIL "ds_corp_failed"
 #define Q_ROSTER "ds_roster_page"
+#define Q_EXPORT_READ "ds_export_read"
+#define Q_EXPORT_SAVE "ds_export_save"
 
 /* The enterprise's row, locked for the statement ($5 corp): since users and
  * departments keep no foreign key (sql/002), a delete of the enterprise waits
@@ -301,7 +363,9 @@ static const char sql_departments[] =
  * statement fails on the primary key, changes nothing, and is written again
  * with every member in $6.
  *
- * users_upserted counts each member once, in the department that is its main
+ * departments_done counts real departments only (an export's ranges are
+ * checkpointed under negative ids, see DS_EXPORT_BLOCK). users_upserted counts
+ * each member once, in the department that is its main
  * one ("p", counted in C), and only for departments newly checkpointed here. */
 #define USERS_COLUMNS                                                                              \
     "(corp_id, userid, name, mobile, email, position, status, department, main_department, raw, "  \
@@ -334,7 +398,8 @@ static const char sql_users[] =
     "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users, userids) "
     "  SELECT $4::bigint, c, d, n, ARRAY(SELECT jsonb_array_elements_text(u)) FROM depts "
     "  ON CONFLICT DO NOTHING RETURNING corp_id, dept_id), "
-    "k AS (SELECT cp.corp_id, count(*) AS done, sum(depts.p) AS users FROM cp "
+    "k AS (SELECT cp.corp_id, count(*) FILTER (WHERE cp.dept_id > 0) AS done, sum(depts.p) "
+    "  AS users FROM cp "
     "  JOIN depts ON depts.c = cp.corp_id AND depts.d = cp.dept_id GROUP BY cp.corp_id), "
     "pr AS (UPDATE sync_progress s SET departments_done = s.departments_done + "
     "  coalesce(k.done, 0), users_upserted = s.users_upserted + coalesce(k.users, 0), "
@@ -428,8 +493,57 @@ static const char sql_roster_page[] =
     "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
 
+/* $1 run, $2 corp: the export job an earlier attempt of the run stored, and
+ * whether it may still be used (its URLs valid for 5 more minutes, or not
+ * known yet and the job under 2 hours old). */
+static const char sql_export_read[] =
+    "SELECT jobid, credential, encoding_aeskey, state, "
+    "  CASE WHEN urls_expire_at IS NOT NULL THEN urls_expire_at > now() + interval '5 minutes' "
+    "  ELSE created_at > now() - interval '2 hours' END AND state <> 'failed' AND jobid IS NOT "
+    "  NULL AS usable FROM sync_exports WHERE run_id = $1::bigint AND corp_id = $2";
+
+/* $4 run, $5 corp; the export job's row ($10 state NULL: no row is written):
+ * $6 jobid, $7 credential, $8 encoding_aeskey, $9 block_size, $10 state, $11
+ * get_result's status, $12 polls to add, $13 data_list (NULL: keep the stored
+ * one if the job is the same), $14 parts done, $15 members, $16 error; the
+ * enterprise's member source of this run ($17, $18 why; $18 NULL: unchanged);
+ * $19..$21 requests, retries, errors for the progress row. When the export is
+ * done every department counts as done. src reads ent too: ent must lock the
+ * enterprise's row before src updates it, for a lock taken after the update
+ * (in the same statement) finds no row, and the job's row would not be
+ * written (measured: without it the export/user refusal left no sync_exports
+ * row). */
+static const char sql_export_save[] =
+    "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
+    "ex AS (INSERT INTO sync_exports AS x (run_id, corp_id, jobid, credential, encoding_aeskey, "
+    "  block_size, state, job_status, polls, data_list, urls_expire_at, parts_done, members, "
+    "  error) SELECT $4::bigint, $5, $6, $7, $8, $9::int, $10, $11::int, $12::int, $13::jsonb, "
+    "  CASE WHEN $13::jsonb IS NOT NULL THEN now() + interval '2 hours' END, $14::int, "
+    "  $15::bigint, $16 WHERE $10::text IS NOT NULL AND EXISTS (SELECT 1 FROM fence) "
+    "  AND EXISTS (SELECT 1 FROM ent) "
+    "  ON CONFLICT (run_id, corp_id) DO UPDATE SET jobid = EXCLUDED.jobid, "
+    "  credential = EXCLUDED.credential, encoding_aeskey = EXCLUDED.encoding_aeskey, "
+    "  block_size = EXCLUDED.block_size, state = EXCLUDED.state, "
+    "  job_status = coalesce(EXCLUDED.job_status, x.job_status), polls = x.polls + EXCLUDED.polls, "
+    "  data_list = CASE WHEN EXCLUDED.data_list IS NOT NULL THEN EXCLUDED.data_list "
+    "    WHEN EXCLUDED.jobid IS NOT DISTINCT FROM x.jobid THEN x.data_list END, "
+    "  urls_expire_at = CASE WHEN EXCLUDED.data_list IS NOT NULL THEN EXCLUDED.urls_expire_at "
+    "    WHEN EXCLUDED.jobid IS NOT DISTINCT FROM x.jobid THEN x.urls_expire_at END, "
+    "  parts_done = EXCLUDED.parts_done, members = EXCLUDED.members, error = EXCLUDED.error, "
+    "  created_at = CASE WHEN EXCLUDED.state = 'creating' THEN now() ELSE x.created_at END, "
+    "  updated_at = now() RETURNING 1), "
+    "src AS (UPDATE enterprises SET member_source_used = $17, member_source_reason = $18, "
+    "  member_source_at = now() WHERE corp_id = $5 AND $18::text IS NOT NULL "
+    "  AND EXISTS (SELECT 1 FROM fence) AND EXISTS (SELECT 1 FROM ent) RETURNING 1), "
+    "pr AS (UPDATE sync_progress SET departments_done = CASE WHEN $10::text = 'done' "
+    "  THEN departments_total ELSE departments_done END, requests = requests + $19::bigint, "
+    "  retries = retries + $20::bigint, errors = errors + $21::bigint, updated_at = now() "
+    "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM fence) AS fenced";
+
 static const char sql_enterprises[] =
-    "SELECT corp_id, corp_secret, contact_secret, api_mode FROM enterprises WHERE enabled "
+    "SELECT corp_id, corp_secret, contact_secret, api_mode, member_source FROM enterprises "
+    "WHERE enabled "
     "AND ($1::text[] IS NULL OR corp_id = ANY ($1::text[])) ORDER BY corp_id";
 
 static int prepare_all(pg_pool *pg)
@@ -444,6 +558,8 @@ static int prepare_all(pg_pool *pg)
         {Q_CORP_OK, sql_corp_ok},
         {Q_CORP_FAIL, sql_corp_fail},
         {Q_ROSTER, sql_roster_page},
+        {Q_EXPORT_READ, sql_export_read},
+        {Q_EXPORT_SAVE, sql_export_save},
     };
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
         /* Registered once per pool: a second job on the same pool finds them there. */
@@ -1028,12 +1144,19 @@ oom:
 
 /* Moves the enterprise forward: start the next fetch and the next write if their
  * slots are free; end the enterprise when nothing is left. */
+static void export_pump(ds_corp *c);
+
 static void corp_pump(ds_corp *c)
 {
     ds_job *j = c->job;
 
     if (j->stopping || c->state != CS_DEPTS)
         return;
+    if (c->use_export) {
+        export_pump(c);
+        if (j->stopping || c->state != CS_DEPTS)
+            return;
+    }
     if (!c->nwriting && c->nready && !c->queued) {
         wq_push(j, c, 0);
         job_write_pump(j);
@@ -1051,8 +1174,9 @@ static void corp_pump(ds_corp *c)
             return;
         fetch_next(c);
     }
-    if (!c->fetching && !c->nready && !c->nwriting &&
-        (c->quota_hit || c->permanent || c->next >= c->ndepts))
+    if (!c->fetching && !c->nready && !c->nwriting && !c->ex_wait &&
+        (c->quota_hit || c->permanent || c->next >= c->ndepts) &&
+        (!c->use_export || c->ex_complete || c->ex_failed))
         corp_finish(c);
 }
 
@@ -1392,6 +1516,10 @@ static void skip_checkpointed(ds_corp *c, const char *arr)
     c->ndepts = w;
 }
 
+static int source_choose(ds_corp *c);
+static void export_begin(ds_corp *c);
+static void export_record_source(ds_corp *c);
+
 static void on_departments_written(void *arg, PGresult *res, const char *err)
 {
     ds_corp *c = arg;
@@ -1404,8 +1532,712 @@ static void on_departments_written(void *arg, PGresult *res, const char *err)
         roster_next(c);
         return;
     }
+    if (source_choose(c)) {
+        export_begin(c);
+        return;
+    }
+    if (c->source_reason[0])
+        export_record_source(c); /* why user/list; the members go on meanwhile */
     c->state = CS_DEPTS;
     corp_pump(c);
+}
+
+/* ---- members from an export job ------------------------------------------------------ */
+
+/* What follows a save of the export's row. */
+enum { EXA_NONE = 0, EXA_CREATE, EXA_POLL, EXA_DOWNLOAD, EXA_FALLBACK };
+
+typedef struct ex_save {
+    ds_corp *c;
+    int action;
+} ex_save;
+
+static void export_create(ds_corp *c);
+static void export_poll(ds_corp *c);
+static void on_export_created(void *arg, const wecom_result *res);
+static void on_export_read(void *arg, PGresult *res, const char *err);
+static void export_fail(ds_corp *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static const char *cred_key(wecom_cred cred)
+{
+    return cred == WECOM_CRED_CONTACT ? "contact" : "app";
+}
+
+/* Whether this run reads members from an export job (1) or user/list (0), and
+ * why, into c->source_reason. */
+static int source_choose(ds_corp *c)
+{
+    const char *src = c->member_source;
+
+    c->use_export = 0;
+    c->source_reason[0] = '\0';
+    if (!src[0] || !strcmp(src, "user_list"))
+        return 0;
+    if (c->modern) {
+        snprintf(c->source_reason, sizeof(c->source_reason),
+                 "%s: the run uses the modern API (user/list per department within the app's "
+                 "visible range): user_list",
+                 src);
+    } else if (!strcmp(src, "export")) {
+        snprintf(c->source_reason, sizeof(c->source_reason),
+                 "export: set by the operator (--member-source export)");
+        c->use_export = 1;
+    } else if (c->total > DS_EXPORT_AUTO_DEPTS) {
+        snprintf(c->source_reason, sizeof(c->source_reason),
+                 "auto: %d departments, more than %d: export", c->total, DS_EXPORT_AUTO_DEPTS);
+        c->use_export = 1;
+    } else {
+        snprintf(c->source_reason, sizeof(c->source_reason),
+                 "auto: %d departments, at most %d: user_list", c->total, DS_EXPORT_AUTO_DEPTS);
+    }
+    return c->use_export;
+}
+
+static void on_export_saved(void *arg, PGresult *res, const char *err);
+
+/* One fenced statement: the export's row in state (NULL: no row), the member
+ * source when source_reason is set (then cleared: written once), and the
+ * progress counters; then `action`. */
+static void export_save(ds_corp *c, const char *state, const char *error, int action)
+{
+    ds_job *j = c->job;
+    char block[24], status[24], polls[24], parts[24], members[24], req[24], ret[24], errs[24];
+    const char *p[21];
+    ex_save *sv;
+    int rc;
+
+    if (!lease_ok(j))
+        return;
+    sv = malloc(sizeof(*sv));
+    if (!sv) {
+        corp_error(c, "export: out of memory");
+        corp_fail(c, c->last_error);
+        return;
+    }
+    sv->c = c;
+    sv->action = action;
+    fmt_ll(block, sizeof(block), DS_EXPORT_BLOCK);
+    fmt_ll(status, sizeof(status), c->ex_status);
+    fmt_ll(polls, sizeof(polls), c->ex_polls_unsaved);
+    fmt_ll(parts, sizeof(parts), c->ex_part);
+    fmt_ll(members, sizeof(members), (long long)c->ex_members);
+    take_counters(c, req, ret, errs);
+    fence_params(j, p);
+    p[4] = c->corp_id;
+    p[5] = c->ex_jobid;
+    p[6] = cred_key(c->ex_cred);
+    p[7] = c->ex_key;
+    p[8] = block;
+    p[9] = c->ex_key[0] ? state : NULL;
+    p[10] = c->ex_status >= 0 ? status : NULL;
+    p[11] = polls;
+    p[12] = action == EXA_DOWNLOAD ? c->ex_data_list : NULL;
+    p[13] = parts;
+    p[14] = members;
+    p[15] = error;
+    p[16] = c->use_export ? "export" : "user_list";
+    p[17] = c->source_reason[0] ? c->source_reason : NULL;
+    p[18] = req;
+    p[19] = ret;
+    p[20] = errs;
+    rc = pg_query_prepared(j->run->pg, Q_EXPORT_SAVE, 21, p, on_export_saved, sv);
+    if (rc) {
+        free(sv);
+        restore_counters(c);
+        corp_error(c, "export: cannot queue the job's write (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    c->ex_polls_unsaved = 0;
+    c->source_reason[0] = '\0';
+    j->db_inflight++;
+}
+
+static void on_ex_timer(uv_timer_t *t);
+
+static void export_record_source(ds_corp *c)
+{
+    export_save(c, NULL, NULL, EXA_NONE);
+}
+
+static void ex_wait(ds_corp *c, int what, uint64_t ms)
+{
+    ds_job *j = c->job;
+
+    c->ex_wait = what;
+    c->ex_wait_until = time_mono_us() + ms * 1000;
+    if (!j->ex_timer_on) {
+        j->ex_timer_on = 1;
+        uv_timer_start(&j->ex_timer, on_ex_timer, 50, 50);
+    }
+}
+
+static void on_export_saved(void *arg, PGresult *res, const char *err)
+{
+    ex_save *sv = arg;
+    ds_corp *c = sv->c;
+    ds_job *j = c->job;
+    int action = sv->action;
+
+    free(sv);
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        restore_counters(c);
+        log_error("directory sync: export job write failed", LF_S("corp_id", c->corp_id),
+                  LF_S("error", err));
+        if (action == EXA_NONE || action == EXA_FALLBACK) {
+            /* Only the record of the job or the source is lost; the members go on. */
+            if (action == EXA_FALLBACK) {
+                c->state = CS_DEPTS;
+                corp_pump(c);
+            }
+            return;
+        }
+        export_fail(c, "export: database: %.300s", err);
+        return;
+    }
+    if (!check_fenced(j, res)) {
+        ds_end_check(j);
+        return;
+    }
+    switch (action) {
+    case EXA_CREATE: {
+        int rc = wecom_export_user(j->wc, c->corp_id, c->ex_cred, c->ex_key, DS_EXPORT_BLOCK,
+                                   on_export_created, c);
+        if (rc) {
+            corp_error(c, "cannot queue export/user (%d)", rc);
+            corp_fail(c, c->last_error);
+            return;
+        }
+        c->fetching = 1;
+        break;
+    }
+    case EXA_POLL:
+        ex_wait(c, EXW_POLL, DS_EXPORT_POLL_MS);
+        break;
+    case EXA_DOWNLOAD:
+        c->state = CS_DEPTS;
+        c->next = c->ndepts; /* no user/list: the files hold every member */
+        corp_pump(c);
+        break;
+    case EXA_FALLBACK:
+        c->state = CS_DEPTS;
+        corp_pump(c);
+        break;
+    default:
+        break;
+    }
+}
+
+/* The export is refused or failed upstream: this run reads user/list, and the
+ * enterprise's record says why. */
+static void export_fallback(ds_corp *c, const char *why)
+{
+    log_warn("directory sync: export refused, falling back to user/list",
+             LF_S("corp_id", c->corp_id), LF_S("reason", why));
+    c->use_export = 0;
+    snprintf(c->source_reason, sizeof(c->source_reason), "%.400s: user_list", why);
+    export_save(c, "failed", why, EXA_FALLBACK);
+}
+
+static void export_fail(ds_corp *c, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof(c->last_error), fmt, ap);
+    va_end(ap);
+    c->d_errors++;
+    c->ex_failed = 1;
+    c->failed_depts++;
+    log_error("directory sync: export failed, nobody deleted", LF_S("corp_id", c->corp_id),
+              LF_S("error", c->last_error));
+    if (c->ex_file_open) {
+        export_file_free(&c->ex_file);
+        c->ex_file_open = 0;
+    }
+    export_save(c, "failed", c->last_error, EXA_NONE);
+    if (c->state == CS_EXPORT) {
+        c->state = CS_DEPTS;
+        c->next = c->ndepts;
+    }
+    corp_pump(c);
+}
+
+static void export_begin(ds_corp *c)
+{
+    ds_job *j = c->job;
+    const char *p[2] = {j->run_id, c->corp_id};
+    int rc;
+
+    c->state = CS_EXPORT;
+    c->ex_status = -1;
+    rc = pg_query_prepared(j->run->pg, Q_EXPORT_READ, 2, p, on_export_read, c);
+    if (rc) {
+        corp_error(c, "cannot queue the export job read (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    j->db_inflight++;
+}
+
+static void on_export_read(void *arg, PGresult *res, const char *err)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+
+    j->db_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (err) {
+        corp_error(c, "export: reading the stored job: %.300s", err);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    if (PQntuples(res) == 1 && PQgetvalue(res, 0, 4)[0] == 't' &&
+        export_key_ok(PQgetvalue(res, 0, 2))) {
+        /* An earlier attempt of this run created it: poll the same job. */
+        c->ex_jobid = strdup(PQgetvalue(res, 0, 0));
+        if (!c->ex_jobid) {
+            corp_error(c, "out of memory");
+            corp_fail(c, c->last_error);
+            return;
+        }
+        snprintf(c->ex_key, sizeof(c->ex_key), "%s", PQgetvalue(res, 0, 2));
+        c->ex_cred =
+            !strcmp(PQgetvalue(res, 0, 1), "contact") ? WECOM_CRED_CONTACT : WECOM_CRED_APP;
+        c->ex_resumed = 1;
+        log_info("directory sync: resuming the stored export job", LF_S("corp_id", c->corp_id),
+                 LF_S("jobid", c->ex_jobid), LF_S("state", PQgetvalue(res, 0, 3)));
+        if (c->source_reason[0])
+            export_save(c, "waiting", NULL, EXA_POLL);
+        else
+            ex_wait(c, EXW_POLL, 0);
+        return;
+    }
+    export_create(c);
+}
+
+static void export_create(ds_corp *c)
+{
+    free(c->ex_jobid);
+    c->ex_jobid = NULL;
+    c->ex_resumed = 0;
+    c->ex_polls = 0;
+    c->ex_status = -1;
+    c->ex_cred = c->dir_cred;
+    if (export_key_new(c->ex_key)) {
+        corp_error(c, "export: no random bytes for the encoding_aeskey");
+        corp_fail(c, c->last_error);
+        return;
+    }
+    /* The key is stored before the job exists: a successor can read its files. */
+    export_save(c, "creating", NULL, EXA_CREATE);
+}
+
+static void on_export_created(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    json_object *v;
+    char why[DS_ERR_MAX];
+
+    c->fetching = 0;
+    add_result(c, res);
+    if (j->stopping || res->status == WECOM_E_STOPPED) {
+        ds_end_check(j);
+        if (!j->stopping)
+            job_stop(j, "upstream client stopped");
+        return;
+    }
+    if (res->status != WECOM_OK || !json_object_object_get_ex(res->json, "jobid", &v) ||
+        !json_object_is_type(v, json_type_string) || !json_object_get_string_len(v)) {
+        if (res->status == WECOM_OK)
+            snprintf(why, sizeof(why), "export/user answered no jobid");
+        else if (res->status == WECOM_E_ERRCODE)
+            snprintf(why, sizeof(why), "export/user with the %s refused: errcode %d (%.200s)",
+                     wecom_cred_name(c->ex_cred), res->errcode, res->errmsg ? res->errmsg : "");
+        else
+            snprintf(why, sizeof(why), "export/user failed: %.300s",
+                     res->error ? res->error : "failed");
+        export_fallback(c, why);
+        return;
+    }
+    c->ex_jobid = strdup(json_object_get_string(v));
+    if (!c->ex_jobid) {
+        corp_error(c, "out of memory");
+        corp_fail(c, c->last_error);
+        return;
+    }
+    log_info("directory sync: export job created", LF_S("corp_id", c->corp_id),
+             LF_S("jobid", c->ex_jobid), LF_S("credential", wecom_cred_name(c->ex_cred)));
+    c->ex_status = 0;
+    export_save(c, "waiting", NULL, EXA_POLL);
+}
+
+static void on_export_result(void *arg, const wecom_result *res);
+
+static void export_poll(ds_corp *c)
+{
+    ds_job *j = c->job;
+    int rc;
+
+    if (!lease_ok(j))
+        return;
+    rc = wecom_export_get_result(j->wc, c->corp_id, c->ex_cred, c->ex_jobid, on_export_result, c);
+    if (rc) {
+        corp_error(c, "cannot queue export/get_result (%d)", rc);
+        corp_fail(c, c->last_error);
+        return;
+    }
+    c->fetching = 1;
+}
+
+/* data_list: [{"url", "size", "md5"}] into c->ex_parts. 0 or -1 with why. */
+static int parse_data_list(ds_corp *c, json_object *root, char *why, size_t n)
+{
+    json_object *arr, *e, *u, *sz, *md;
+    size_t len;
+
+    if (!json_object_object_get_ex(root, "data_list", &arr) ||
+        !json_object_is_type(arr, json_type_array) || !(len = json_object_array_length(arr))) {
+        snprintf(why, n, "export/get_result: status 2 without a data_list");
+        return -1;
+    }
+    c->ex_parts = calloc(len, sizeof(*c->ex_parts));
+    if (!c->ex_parts) {
+        snprintf(why, n, "out of memory");
+        return -1;
+    }
+    c->ex_nparts = (int)len;
+    for (size_t i = 0; i < len; i++) {
+        e = json_object_array_get_idx(arr, i);
+        if (!json_object_object_get_ex(e, "url", &u) || !json_object_is_type(u, json_type_string) ||
+            !json_object_object_get_ex(e, "size", &sz) || !is_int(sz) ||
+            json_object_get_int64(sz) <= 0 || !json_object_object_get_ex(e, "md5", &md) ||
+            !json_object_is_type(md, json_type_string) || json_object_get_string_len(md) != 32) {
+            snprintf(why, n, "export/get_result: data_list entry %zu is malformed", i);
+            return -1;
+        }
+        c->ex_parts[i].url = strdup(json_object_get_string(u));
+        if (!c->ex_parts[i].url) {
+            snprintf(why, n, "out of memory");
+            return -1;
+        }
+        c->ex_parts[i].size = (uint64_t)json_object_get_int64(sz);
+        snprintf(c->ex_parts[i].md5, sizeof(c->ex_parts[i].md5), "%s", json_object_get_string(md));
+    }
+    c->ex_data_list = strdup(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
+    if (!c->ex_data_list) {
+        snprintf(why, n, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static long long export_idbase(const ds_corp *c);
+
+static void on_export_result(void *arg, const wecom_result *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    json_object *st;
+    char why[DS_ERR_MAX];
+    int status;
+
+    c->fetching = 0;
+    add_result(c, res);
+    if (j->stopping || res->status == WECOM_E_STOPPED) {
+        ds_end_check(j);
+        if (!j->stopping)
+            job_stop(j, "upstream client stopped");
+        return;
+    }
+    c->ex_polls++;
+    c->ex_polls_unsaved++;
+    if (res->status != WECOM_OK || !json_object_object_get_ex(res->json, "status", &st) ||
+        !is_int(st)) {
+        if (res->status == WECOM_E_ERRCODE)
+            snprintf(why, sizeof(why), "export/get_result of job %s: errcode %d (%.200s)",
+                     c->ex_jobid, res->errcode, res->errmsg ? res->errmsg : "");
+        else
+            snprintf(why, sizeof(why), "export/get_result of job %s: %.300s", c->ex_jobid,
+                     res->status == WECOM_OK ? "no status"
+                     : res->error            ? res->error
+                                             : "failed");
+        if (c->ex_resumed && res->status == WECOM_E_ERRCODE) {
+            /* The stored job is not ours to poll any more: a new one. */
+            log_warn("directory sync: the stored export job cannot be polled, creating another",
+                     LF_S("corp_id", c->corp_id), LF_S("reason", why));
+            export_create(c);
+            return;
+        }
+        export_fallback(c, why);
+        return;
+    }
+    status = (int)json_object_get_int64(st);
+    c->ex_status = status;
+    if (status == 3) {
+        snprintf(why, sizeof(why), "export job %s failed upstream (status 3)", c->ex_jobid);
+        export_fallback(c, why);
+        return;
+    }
+    if (status != 2) {
+        /* Not started or running: again, later (doubling, capped). */
+        uint64_t ms = DS_EXPORT_POLL_MS;
+        for (int i = 1; i < c->ex_polls && ms < DS_EXPORT_POLL_CAP_MS; i++)
+            ms *= 2;
+        if (ms > DS_EXPORT_POLL_CAP_MS)
+            ms = DS_EXPORT_POLL_CAP_MS;
+        if (c->ex_polls_unsaved >= 1 && c->ex_polls <= 3)
+            export_save(c, "waiting", NULL, EXA_NONE);
+        ex_wait(c, EXW_POLL, ms);
+        return;
+    }
+    if (parse_data_list(c, res->json, why, sizeof(why))) {
+        export_fail(c, "%s", why);
+        return;
+    }
+    c->ex_idbase = export_idbase(c);
+    log_info("directory sync: export job done", LF_S("corp_id", c->corp_id),
+             LF_S("jobid", c->ex_jobid), LF_I("files", c->ex_nparts), LF_I("polls", c->ex_polls));
+    export_save(c, "downloading", NULL, EXA_DOWNLOAD);
+}
+
+/* The id space of this job's pseudo-department checkpoints, 1..10^6: from the
+ * jobid and the range size, so a successor reading the same files in the same
+ * ranges finds its own checkpoints (same members under the same id), while
+ * another job (or another range size: other members per range) never meets a
+ * checkpoint that lists other members under its id (the checkpoint insert keeps
+ * the first). Two jobs of one run share a space with odds of 1 in 10^6. */
+static long long export_idbase(const ds_corp *c)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *p = c->ex_jobid; p && *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h = (h ^ (uint64_t)c->job->run->settings->export_range_kb) * 1099511628211ULL;
+    return (long long)(h % 1000000ULL) + 1;
+}
+
+/* A range's members, as one pseudo-department batch. 0 or -1 (the export failed). */
+static int export_batch(ds_corp *c, const char *text, size_t len, uint32_t members)
+{
+    ds_batch *b;
+    char why[200];
+
+    if (!members)
+        return 0;
+    b = calloc(1, sizeof(*b));
+    if (!b) {
+        export_fail(c, "export: out of memory");
+        return -1;
+    }
+    b->dept_id =
+        -(c->ex_idbase * 1000000000LL + (long long)c->ex_part * 1000000LL + c->ex_range + 1);
+    if (sync_batch_parse(b, text, len, why, sizeof(why)) < 0) {
+        free(b);
+        export_fail(c, "export file %d: %s", c->ex_part + 1, why);
+        return -1;
+    }
+    /* Every member is in one file once: each counts here. */
+    b->primary = b->members;
+    c->fields_present |= sync_fields_present(text, len);
+    c->member_answers++;
+    c->ex_members += (uint64_t)b->members;
+    c->job->buffered += sync_batch_bytes(b);
+    c->ready[c->nready++] = b;
+    return 0;
+}
+
+static void on_range(void *arg, const http_response *res);
+
+/* A file's URL answered 403 (expired, e.g. a successor past the 2 hours): the
+ * files go, and a new job is made, once per run attempt. What the old files
+ * gave stays written; the new job's ranges have their own checkpoint ids. */
+static void export_renew(ds_corp *c)
+{
+    log_warn("directory sync: an export file's URL is refused (expired?), making a new job",
+             LF_S("corp_id", c->corp_id), LF_S("jobid", c->ex_jobid));
+    if (c->ex_file_open) {
+        export_file_free(&c->ex_file);
+        c->ex_file_open = 0;
+    }
+    for (int k = 0; k < c->ex_nparts; k++)
+        free(c->ex_parts[k].url);
+    free(c->ex_parts);
+    c->ex_parts = NULL;
+    free(c->ex_data_list);
+    c->ex_data_list = NULL;
+    c->ex_nparts = c->ex_part = c->ex_pass = c->ex_range = c->ex_tries = 0;
+    c->ex_off = 0;
+    c->ex_renewed = 1;
+    c->state = CS_EXPORT;
+    export_create(c);
+}
+
+/* Starts the next range of the current file if the write queue has room. */
+static void export_pump(ds_corp *c)
+{
+    ds_job *j = c->job;
+    ds_part *pt;
+    char err[200];
+    uint64_t to;
+    int rc;
+
+    if (c->ex_complete || c->ex_failed || c->fetching || c->ex_wait || !c->ex_nparts)
+        return;
+    /* A range's members are a large batch (about 1,700 members a MiB): two
+     * waiting are enough to keep a write busy, and bound memory lower than
+     * DS_BATCH_MAX of them would (peak RSS, 5,000 x 20 members: 64 MB with 8). */
+    if (c->nready >= DS_EXPORT_READY_MAX || j->buffered >= DS_BUFFER_MAX) {
+        c->starved = 1;
+        return;
+    }
+    if (!lease_ok(j))
+        return;
+    pt = &c->ex_parts[c->ex_part];
+    if (!c->ex_file_open) {
+        if (export_file_init(&c->ex_file, c->ex_key, pt->size, pt->md5,
+                             c->ex_pass ? EXPORT_FILE_DECODE : EXPORT_FILE_VERIFY, err,
+                             sizeof(err))) {
+            export_fail(c, "export file %d: %s", c->ex_part + 1, err);
+            return;
+        }
+        c->ex_file_open = 1;
+        c->ex_off = 0;
+        c->ex_range = 0;
+    }
+    to = c->ex_off + DS_EXPORT_RANGE - 1;
+    if (to >= pt->size)
+        to = pt->size - 1;
+    rc = http_client_get_range(j->run->http, pt->url, c->ex_off, to,
+                               tuning.timeout_ms > 0 ? tuning.timeout_ms * 3 : 60000, on_range, c);
+    if (rc) {
+        export_fail(c, "export file %d: cannot queue the download (%d)", c->ex_part + 1, rc);
+        return;
+    }
+    c->fetching = 1;
+    j->http_inflight++;
+}
+
+static void on_range(void *arg, const http_response *res)
+{
+    ds_corp *c = arg;
+    ds_job *j = c->job;
+    ds_part *pt = &c->ex_parts[c->ex_part];
+    uint64_t want = pt->size - c->ex_off < DS_EXPORT_RANGE ? pt->size - c->ex_off : DS_EXPORT_RANGE;
+    char err[300];
+    const char *text;
+    size_t len;
+    uint32_t members;
+
+    c->fetching = 0;
+    j->http_inflight--;
+    if (j->stopping) {
+        ds_end_check(j);
+        return;
+    }
+    if (res->error ||
+        (res->status != 206 && !(res->status == 200 && c->ex_off == 0 && want == pt->size)) ||
+        res->body_len != want) {
+        char what[160];
+        if (res->error)
+            snprintf(what, sizeof(what), "%.120s", res->error);
+        else if (res->status != 206 && res->status != 200)
+            snprintf(what, sizeof(what), "HTTP %ld", res->status);
+        else
+            snprintf(what, sizeof(what), "%zu bytes of %llu", res->body_len,
+                     (unsigned long long)want);
+        if (++c->ex_tries < DS_EXPORT_RANGE_TRIES && res->status != 403) {
+            uint64_t ms = (uint64_t)(tuning.backoff_base_ms ? tuning.backoff_base_ms : 200)
+                          << (c->ex_tries - 1);
+            log_warn("directory sync: export download failed, resuming with Range",
+                     LF_S("corp_id", c->corp_id), LF_I("file", c->ex_part + 1),
+                     LF_I("from_byte", (long long)c->ex_off), LF_S("error", what));
+            c->d_retries++;
+            ex_wait(c, EXW_RANGE, ms);
+            return;
+        }
+        if (res->status == 403 && !c->ex_renewed) {
+            export_renew(c);
+            return;
+        }
+        export_fail(c, "export file %d: download at byte %llu failed: %s%s", c->ex_part + 1,
+                    (unsigned long long)c->ex_off, what,
+                    res->status == 403 ? " (the URL expired?)" : "");
+        return;
+    }
+    c->ex_tries = 0;
+    if (export_file_feed(&c->ex_file, res->body, res->body_len, err, sizeof(err))) {
+        export_fail(c, "export file %d: %s", c->ex_part + 1, err);
+        return;
+    }
+    c->ex_off += res->body_len;
+    if (c->ex_off == pt->size && export_file_finish(&c->ex_file, err, sizeof(err))) {
+        export_fail(c, "export file %d: %s", c->ex_part + 1, err);
+        return;
+    }
+    if (c->ex_pass == 1) {
+        export_file_take(&c->ex_file, &text, &len, &members);
+        if (export_batch(c, text, len, members))
+            return;
+    }
+    c->ex_range++;
+    if (c->ex_off == pt->size) {
+        export_file_free(&c->ex_file);
+        c->ex_file_open = 0;
+        if (c->ex_pass == 0) {
+            c->ex_pass = 1; /* verified: now read its members */
+        } else {
+            c->ex_pass = 0;
+            c->ex_part++;
+            log_info("directory sync: export file read", LF_S("corp_id", c->corp_id),
+                     LF_I("file", c->ex_part), LF_I("files", c->ex_nparts),
+                     LF_I("members", (long long)c->ex_members));
+            if (c->ex_part == c->ex_nparts) {
+                c->ex_complete = 1;
+                export_save(c, "done", NULL, EXA_NONE);
+            }
+        }
+    }
+    corp_pump(c);
+}
+
+static void on_ex_timer(uv_timer_t *t)
+{
+    ds_job *j = t->data;
+    uint64_t now = time_mono_us();
+    int waiting = 0;
+
+    for (int i = 0; i < j->ncorps && !j->stopping; i++) {
+        ds_corp *c = &j->corps[i];
+        int what = c->ex_wait;
+        if (!what)
+            continue;
+        if (now < c->ex_wait_until) {
+            waiting = 1;
+            continue;
+        }
+        c->ex_wait = 0;
+        if (what == EXW_POLL)
+            export_poll(c);
+        else
+            corp_pump(c);
+    }
+    if (!waiting || j->stopping) {
+        for (int i = 0; i < j->ncorps && !waiting; i++)
+            waiting = j->corps[i].ex_wait != 0;
+        if (!waiting || j->stopping) {
+            uv_timer_stop(&j->ex_timer);
+            j->ex_timer_on = 0;
+        }
+    }
 }
 
 /* ---- ending an enterprise ----------------------------------------------------------- */
@@ -1479,6 +2311,15 @@ static void corp_finish(ds_corp *c)
     }
     if (c->quota_hit) {
         corp_fail(c, "daily quota");
+        return;
+    }
+    if (c->use_export && !c->ex_complete) {
+        char why[DS_ERR_MAX];
+        snprintf(why, sizeof(why),
+                 "export: not every file was read and verified, nobody "
+                 "deleted; last: %.400s",
+                 c->last_error);
+        corp_fail(c, why);
         return;
     }
     if (c->failed_depts > 0) {
@@ -1697,6 +2538,7 @@ static void on_enterprises(void *arg, PGresult *res, const char *err)
         if (!PQgetisnull(res, i, 2) && PQgetvalue(res, i, 2)[0])
             c->contact_secret = strdup(PQgetvalue(res, i, 2));
         snprintf(c->api_mode, sizeof(c->api_mode), "%s", PQgetvalue(res, i, 3));
+        snprintf(c->member_source, sizeof(c->member_source), "%s", PQgetvalue(res, i, 4));
         j->ncorps = i + 1;
         if (!c->secret ||
             (!PQgetisnull(res, i, 2) && PQgetvalue(res, i, 2)[0] && !c->contact_secret)) {
@@ -1758,10 +2600,25 @@ static void job_free(ds_job *j)
             sync_batch_free(c->ready[k]);
         for (int k = 0; k < c->nwriting; k++)
             sync_batch_free(c->writing[k]);
+        free(c->ex_jobid);
+        free(c->ex_data_list);
+        for (int k = 0; k < c->ex_nparts; k++)
+            free(c->ex_parts[k].url);
+        free(c->ex_parts);
+        if (c->ex_file_open)
+            export_file_free(&c->ex_file);
     }
     free(j->corps);
     free(j->wq);
     free(j);
+}
+
+static void on_closer_closed(uv_handle_t *h);
+
+static void on_ex_timer_closed(uv_handle_t *h)
+{
+    ds_job *j = h->data;
+    uv_close((uv_handle_t *)&j->closer, on_closer_closed);
 }
 
 static void on_closer_closed(uv_handle_t *h)
@@ -1829,10 +2686,13 @@ static void ds_end_check(ds_job *j)
         if (j->end_called)
             return;
     }
-    if (j->db_inflight > 0)
+    if (j->db_inflight > 0 || j->http_inflight > 0)
         return;
     j->end_called = 1;
-    uv_close((uv_handle_t *)&j->closer, on_closer_closed);
+    /* The export timer closes first; its close callback closes the closer,
+     * whose callback frees the job. */
+    uv_timer_stop(&j->ex_timer);
+    uv_close((uv_handle_t *)&j->ex_timer, on_ex_timer_closed);
 }
 
 static void job_stop(ds_job *j, const char *reason)
@@ -1945,6 +2805,8 @@ static int ds_start(job_run *run)
     }
     uv_timer_init(run->loop, &j->closer);
     j->closer.data = j;
+    uv_timer_init(run->loop, &j->ex_timer);
+    j->ex_timer.data = j;
     j->db_inflight = 1;
     run->job_state = j;
     return 0;

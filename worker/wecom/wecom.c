@@ -33,6 +33,7 @@
 const char *const wecom_api_names[WECOM_API_COUNT] = {
     "gettoken",       "department/list",       "user/list",    "user/get",
     "user/getuserid", "department/simplelist", "user/list_id", "department/get",
+    "export/user",    "export/get_result",
 };
 
 const char *wecom_cred_name(wecom_cred cred)
@@ -1373,6 +1374,37 @@ int wecom_user_list_id(wecom *w, const char *corp_id, wecom_cred cred, const cha
     if (!(post = post_body(&b)))
         return -ENOMEM;
     return enqueue(w, corp_id, WECOM_API_USER_LIST_ID, cred, xstrdup(""), post, 0, cb, arg);
+}
+
+int wecom_export_user(wecom *w, const char *corp_id, wecom_cred cred, const char *aeskey,
+                      long block_size, wecom_cb cb, void *arg)
+{
+    buf b;
+    jw j;
+    char *post;
+
+    if (!aeskey || strlen(aeskey) != 43 || block_size < 10000 || block_size > 1000000)
+        return -EINVAL;
+    buf_init(&b);
+    jw_init(&j, &b);
+    jw_obj_begin(&j);
+    jw_kstr(&j, "encoding_aeskey", aeskey);
+    jw_kint(&j, "block_size", block_size);
+    jw_obj_end(&j);
+    if (!(post = post_body(&b)))
+        return -ENOMEM;
+    return enqueue(w, corp_id, WECOM_API_EXPORT_USER, cred, xstrdup(""), post, 0, cb, arg);
+}
+
+int wecom_export_get_result(wecom *w, const char *corp_id, wecom_cred cred, const char *jobid,
+                            wecom_cb cb, void *arg)
+{
+    char esc[400];
+
+    if (!jobid || !*jobid || url_escape(jobid, esc, sizeof(esc)))
+        return -EINVAL;
+    return enqueue(w, corp_id, WECOM_API_EXPORT_GET_RESULT, cred, query_printf("jobid=%s", esc),
+                   NULL, 0, cb, arg);
 }
 
 int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb cb, void *arg)

@@ -59,12 +59,14 @@ typedef enum wecom_api {
     WECOM_API_DEPT_SIMPLELIST, /* the roster-era department tree (ids, parents, order) */
     WECOM_API_USER_LIST_ID,    /* the roster: every membership, paged by cursor */
     WECOM_API_DEPT_GET,
+    WECOM_API_EXPORT_USER,       /* an asynchronous export of every member's details */
+    WECOM_API_EXPORT_GET_RESULT, /* its state and, when done, its files */
     WECOM_API_COUNT
 } wecom_api;
 
 /* "gettoken", "department/list", "user/list", "user/get", "user/getuserid",
- * "department/simplelist", "user/list_id", "department/get": the <api> part of
- * the quota keys. */
+ * "department/simplelist", "user/list_id", "department/get", "export/user",
+ * "export/get_result": the <api> part of the quota keys. */
 extern const char *const wecom_api_names[WECOM_API_COUNT];
 
 /* Which of an enterprise's secrets a call uses, each with its own token
@@ -171,6 +173,15 @@ int wecom_user_list(wecom *w, const char *corp_id, long long dept_id, wecom_cb c
  * for a caller that reads it in place (no json-c tree built). */
 int wecom_user_list_text(wecom *w, const char *corp_id, long long dept_id, wecom_cb cb, void *arg);
 int wecom_user_list_text_as(wecom *w, const char *corp_id, wecom_cred cred, long long dept_id,
+                            wecom_cb cb, void *arg);
+/* export/user: POST {"encoding_aeskey", "block_size"} (43 characters of
+ * [A-Za-z0-9]; 10,000..1,000,000 members per file), answering {"jobid"}. */
+int wecom_export_user(wecom *w, const char *corp_id, wecom_cred cred, const char *aeskey,
+                      long block_size, wecom_cb cb, void *arg);
+/* export/get_result?jobid=: {"status": 0 not started, 1 running, 2 done, 3
+ * failed, "data_list": [{"url", "size", "md5"}] when done}. Only the credential
+ * that created the job may ask. */
+int wecom_export_get_result(wecom *w, const char *corp_id, wecom_cred cred, const char *jobid,
                             wecom_cb cb, void *arg);
 int wecom_user_get(wecom *w, const char *corp_id, const char *userid, wecom_cb cb, void *arg);
 /* mobile is sent in the POST body only; it is never logged. */

@@ -7,6 +7,9 @@
 #   MODE=modern tests/bench/sync/run.sh           # the API as it is today: a new egress (48009
 #                                                 # to the contact-sync secret on the legacy calls),
 #                                                 # department/simplelist + user/list_id + user/list
+#   SOURCE=export CORPS=1 DEPTS=5000 USERS=20 tests/bench/sync/run.sh   # members from one
+#                                                 # export job (--member-source export; user_list,
+#                                                 # the default, or auto)
 #   MODE=modern IP_PER_MIN=250 CORPS=40 DEPTS=10 USERS=20 tests/bench/sync/run.sh  # wide: the per-IP limit (simulator and
 #                                                 # ORGSYNC_EGRESS_MAX_PER_MIN) is the floor
 #
@@ -34,6 +37,8 @@ RATE=${RATE:-10}
 MODE=${MODE:-legacy}     # legacy: the 2019 API; modern: a new egress, --api-mode auto finds modern
 IP_PER_MIN=${IP_PER_MIN:-} # the per-egress minute limit (simulator and orgsync), unset: 20000
 case $MODE in legacy | modern) ;; *) echo "bench: MODE is legacy or modern" >&2; exit 2 ;; esac
+SOURCE=${SOURCE:-user_list} # the enterprises' member source (sql/008)
+case $SOURCE in user_list | export | auto) ;; *) echo "bench: SOURCE is user_list, export or auto" >&2; exit 2 ;; esac
 
 for tool in jq psql curl; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 2; }
@@ -103,10 +108,11 @@ export ORGSYNC_UPSTREAM_URL=$SIM_URL
 USERS_TOTAL=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/org" | jq '[.corps[].users_total] | add')
 
 psql -q -X -v ON_ERROR_STOP=1 "$ORGSYNC_PG_DSN" -c "
-    INSERT INTO enterprises (corp_id, name, corp_secret, contact_secret)
+    INSERT INTO enterprises (corp_id, name, corp_secret, contact_secret, member_source)
     SELECT format('wwsim%s', lpad(i::text, 4, '0')), format('Sim %s', i),
            format('secret-wwsim%s', lpad(i::text, 4, '0')),
-           CASE WHEN '$MODE' = 'modern' THEN format('contact-wwsim%s', lpad(i::text, 4, '0')) END
+           CASE WHEN '$MODE' = 'modern' THEN format('contact-wwsim%s', lpad(i::text, 4, '0')) END,
+           '$SOURCE'
     FROM generate_series(1, $CORPS) AS i"
 
 # CPU seconds a process and its reaped children used (utime+stime+cutime+cstime):
@@ -151,9 +157,10 @@ sync_once() {
     STATS=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/stats")
     PG_USERS=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT count(*) FROM users WHERE deleted_at IS NULL")
     MODES=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT string_agg(DISTINCT coalesce(api_mode, '?'), ',') FROM sync_progress WHERE run_id = (SELECT max(run_id) FROM sync_runs)")
+    SOURCES=$(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT string_agg(DISTINCT coalesce(member_source_used, 'user_list'), ',') FROM enterprises")
     jq -r --arg t0 "$start" --arg t1 "$end" --arg rate "$RATE" --arg hwm "$HWM" \
         --arg pgusers "$PG_USERS" --arg want "$USERS_TOTAL" --arg rc "$SYNC_RC" \
-        --arg ipmin "${IP_PER_MIN:-20000}" --arg modes "$MODES" '
+        --arg ipmin "${IP_PER_MIN:-20000}" --arg modes "$MODES" --arg sources "$SOURCES" '
       def r2: (. * 100 | round) / 100;
       (($t1 | tonumber) - ($t0 | tonumber)) as $wall | ($rate | tonumber) as $rate |
       [.corps[] | {n: .requests,
@@ -169,12 +176,14 @@ sync_once() {
       "== results",
       "wall time                     \($wall | r2) s",
       "API mode used                 \($modes)",
+      "member source used            \($sources)",
       "floor                         \($floor | r2) s  (\($maxreq) requests for one enterprise at \($rate)/s: \($maxreq / $rate | r2) s; \(.total.requests) through one egress at \($ipmin)/min: \($ipfloor | r2) s)",
       "wall / floor                  \($wall / $floor | r2)  (goal <= 1.25)",
       "requests/s per enterprise     min \($rps[0] | r2)  median \($rps[($rps | length) / 2 | floor] | r2)  max \($rps[-1] | r2)  (goal >= 9.5)",
       "max requests in any 1 s       \($c | map(.max1s) | max)  (limit \($rate)); violations \($c | map(.viol) | add)",
       "per-IP: most in any 60 s      \([.ips[]?.max_60s] | max // 0)  (limit \($ipmin)); violations \([.ips[]?.ip_violations] | add // 0)",
-      "upstream requests             \(.total.requests) total, max in flight \(.total.max_inflight)",
+      "upstream requests             \(.total.requests) total (\(.total.by_path | to_entries | map(select(.value > 0) | "\(.key) \(.value)") | join(", "))), max in flight \(.total.max_inflight)",
+      "export files                  \(.export.jobs | map(.parts) | add // 0) files of \(.export.jobs | length) jobs, \(.export.file_range_requests) range requests, \(.export.file_bytes) bytes",
       "peak RSS of orgsync sync      \(($hwm | tonumber) / 1024 | r2) MB  (goal <= 64)",
       "members written per second    \(($pgusers | tonumber) / $wall | round)  (\($pgusers) of \($want) members in PostgreSQL)",
       "orgsync sync exit status      \($rc)"
