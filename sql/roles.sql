@@ -49,7 +49,7 @@ BEGIN
     IF to_regclass('callback_inbox') IS NOT NULL THEN
         GRANT SELECT ON callback_inbox TO orgsync_reader;
     END IF;
-    -- schema 8 and later: export jobs, without their encoding_aeskey
+    -- schema 7 and later: export jobs, without their encoding_aeskey
     IF to_regclass('sync_exports') IS NOT NULL THEN
         GRANT SELECT (run_id, corp_id, jobid, credential, block_size, state, job_status, polls,
             data_list, urls_expire_at, parts_done, members, error, created_at, updated_at)

@@ -44,7 +44,7 @@ check "reader cannot write the revision" grep -q "permission denied" <<<"$(q "$R
 psql -qAtX "$ADMIN" -c "REVOKE ALL ON sync_revisions FROM orgsync_writer" >/dev/null
 check "writer without privileges on sync_revisions still writes runs" q "$W" "UPDATE sync_runs SET heartbeat_at = now() WHERE env = 't'"
 eq "and bumps the revision" 2 "$(q "$R" "SELECT revision FROM sync_revisions WHERE env = 't'")"
-# Export jobs (sql/008): the reader sees their state (the API reports it), not the key
+# Export jobs (sql/007): the reader sees their state (the API reports it), not the key
 # that decrypts their files; the writer stores both.
 check "writer stores an export job" q "$W" "INSERT INTO sync_exports (run_id, corp_id, jobid, credential, encoding_aeskey, block_size) SELECT min(run_id), 'ww1', 'j1', 'app', 'key', 10000 FROM sync_runs"
 eq "reader reads the job's state" "j1|creating" "$(q "$R" "SELECT jobid, state FROM sync_exports")"

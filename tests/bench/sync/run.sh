@@ -37,7 +37,7 @@ RATE=${RATE:-10}
 MODE=${MODE:-legacy}     # legacy: the 2019 API; modern: a new egress, --api-mode auto finds modern
 IP_PER_MIN=${IP_PER_MIN:-} # the per-egress minute limit (simulator and orgsync), unset: 20000
 case $MODE in legacy | modern) ;; *) echo "bench: MODE is legacy or modern" >&2; exit 2 ;; esac
-SOURCE=${SOURCE:-user_list} # the enterprises' member source (sql/008)
+SOURCE=${SOURCE:-user_list} # the enterprises' member source (sql/007)
 case $SOURCE in user_list | export | auto) ;; *) echo "bench: SOURCE is user_list, export or auto" >&2; exit 2 ;; esac
 
 for tool in jq psql curl; do

@@ -1,4 +1,4 @@
--- orgsync schema, version 8: members from WeCom's asynchronous export job.
+-- orgsync schema, version 7: members from WeCom's asynchronous export job.
 --
 -- Why: user/list is one request per department at the enterprise's rate (10/s),
 -- so 5,000 departments take over 8 minutes of requests. export/user does every
