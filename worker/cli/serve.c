@@ -689,17 +689,16 @@ int cmd_serve(const settings *s, int argc, char **argv)
         fprintf(stderr, "orgsync serve: cannot map the metrics segment: %s\n", strerror(-rc));
         return 1;
     }
+    serve_settings = *s;
     rc = supervisor_run(&(supervisor_opts){
-        serve_settings = *s;
-        return supervisor_run(&(supervisor_opts){
-            .workers = s->workers,
-            .run = worker_run,
-            .arg = &serve_settings,
-            .reload = supervisor_reload,
-            /* Room for a leader to stop its job (leader.c waits up to 10 s) and
-             * release the lock. */
-            .stop_timeout_ms = 20000,
-        });
-        metrics_host_shutdown();
-        return rc;
+        .workers = s->workers,
+        .run = worker_run,
+        .arg = &serve_settings,
+        .reload = supervisor_reload,
+        /* Room for a leader to stop its job (leader.c waits up to 10 s) and
+         * release the lock. */
+        .stop_timeout_ms = 20000,
+    });
+    metrics_host_shutdown();
+    return rc;
 }
