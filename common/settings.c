@@ -557,9 +557,26 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
             return -1;
     }
 
-    if ((v = lookup(src, "ORGSYNC_REDIS_URL"))) {
+    if ((v = lookup(src, "ORGSYNC_REDIS_URL")) &&
+        set_str(s->redis_url, sizeof(s->redis_url), "ORGSYNC_REDIS_URL", v, err, errlen))
+        return -1;
+
+    if ((r = secret(src, "ORGSYNC_REDIS_PASSWORD", sv, sizeof sv, from, sizeof from, err, errlen)) <
+        0)
+        return -1;
+    if (r > 0) {
+        r = redis_url_add_password(s->redis_url, sizeof(s->redis_url), sv, from, err, errlen);
+        explicit_bzero(sv, sizeof sv);
+        if (r)
+            return -1;
+    }
+
+    /* Checked with ORGSYNC_REDIS_PASSWORD in it: "redis://user:@host" is whole
+     * only once the password is added. The parser's messages name no value. */
+    {
         redis_url_info *u = malloc(sizeof(*u));
-        int nomem = !u, bad = nomem || redis_url_parse_full(v, u, cerr, sizeof(cerr)) < 0;
+        int nomem = !u,
+            bad = nomem || redis_url_parse_full(s->redis_url, u, cerr, sizeof(cerr)) < 0;
 
         if (u)
             explicit_bzero(u, sizeof(*u));
@@ -571,18 +588,6 @@ static int apply(settings *s, const source *src, char *err, size_t errlen)
                      nomem ? "out of memory" : cerr);
             return -1;
         }
-        if (set_str(s->redis_url, sizeof(s->redis_url), "ORGSYNC_REDIS_URL", v, err, errlen))
-            return -1;
-    }
-
-    if ((r = secret(src, "ORGSYNC_REDIS_PASSWORD", sv, sizeof sv, from, sizeof from, err, errlen)) <
-        0)
-        return -1;
-    if (r > 0) {
-        r = redis_url_add_password(s->redis_url, sizeof(s->redis_url), sv, from, err, errlen);
-        explicit_bzero(sv, sizeof sv);
-        if (r)
-            return -1;
     }
 
     if ((v = lookup(src, "ORGSYNC_READ_ONLY"))) {
