@@ -124,6 +124,8 @@ void metrics_init(void)
         {M_RUNS, METRIC_GAUGE, "Runs of this environment by state (from PostgreSQL)"},
         {M_RUN_DURATION, METRIC_HISTOGRAM, "Duration of runs led by a worker of this host"},
         {M_DEPARTMENTS_SYNCED, METRIC_COUNTER, "Departments synced by the workers of this host"},
+        {M_DEPARTMENTS_UNCHANGED, METRIC_COUNTER,
+         "Departments whose answer equalled their last one: no member written (sql/008)"},
         {M_MEMBERS_SYNCED, METRIC_COUNTER,
          "Members written by the workers of this host (new, changed or restored)"},
         {M_UPSTREAM_REQUESTS, METRIC_COUNTER, "Upstream requests by API and errcode"},

@@ -33,6 +33,7 @@ typedef enum { METRIC_COUNTER = 0, METRIC_GAUGE, METRIC_HISTOGRAM } metric_type;
 #define M_RUN_DURATION "orgsync_run_duration_seconds"           /* histogram, labels state */
 #define M_DEPARTMENTS_SYNCED "orgsync_departments_synced_total" /* counter */
 #define M_MEMBERS_SYNCED "orgsync_members_synced_total"         /* counter */
+#define M_DEPARTMENTS_UNCHANGED "orgsync_departments_unchanged_total" /* counter */
 #define M_UPSTREAM_REQUESTS "orgsync_upstream_requests_total"   /* counter, api, errcode */
 #define M_UPSTREAM_DURATION "orgsync_upstream_request_duration_seconds" /* histogram, api */
 #define M_PACING_WAITS "orgsync_pacing_waits_total"               /* counter, labels corp? none */

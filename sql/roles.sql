@@ -55,6 +55,10 @@ BEGIN
             data_list, urls_expire_at, parts_done, members, error, created_at, updated_at)
             ON sync_exports TO orgsync_reader;
     END IF;
+    -- schema 8 and later: what each department's last answer listed
+    IF to_regclass('department_digests') IS NOT NULL THEN
+        GRANT SELECT ON department_digests TO orgsync_reader;
+    END IF;
 END
 $$;
 -- Column privileges: the reader may see which enterprises exist and how they

@@ -10,7 +10,7 @@ trap 'drop_db "$DSN"' EXIT
 psql -qAtX "$DSN" -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null 2>&1
 
 out=$("$ORGSYNC_BIN" version)
-check "version names the schema version" grep -q "schema version 7" <<<"$out"
+check "version names the schema version" grep -q "schema version 8" <<<"$out"
 
 # Usage and configuration errors: exit 2, one line naming the setting, no network.
 set +e
@@ -105,7 +105,7 @@ set -e
 # migrate: applies, then changes nothing the second time.
 export ORGSYNC_PG_DSN="$DSN"
 out=$("$ORGSYNC_BIN" migrate 2>/dev/null)
-check "first migrate applies 001 to 007" grep -q "migrated to schema version 7 (7 files applied)" <<<"$out"
+check "first migrate applies 001 to 008" grep -q "migrated to schema version 8 (8 files applied)" <<<"$out"
 # pg_dump writes a random \restrict key into every dump: compare without it.
 schema() { pg_dump -s --no-owner "$DSN" | grep -v '^\\\(un\)\?restrict' | md5sum; }
 dump1=$(schema)
@@ -115,7 +115,7 @@ check "second migrate is a no-op" grep -q "nothing to do" <<<"$out"
 eq "schema unchanged by the second migrate" "$dump1" "$(schema)"
 eq "schema_migrations unchanged" "$rows1" "$(psql -qAtX "$DSN" -c "SELECT count(*), max(applied_at) FROM schema_migrations")"
 tables=$(psql -qAtX "$DSN" -c "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname='public'")
-eq "every SPEC table exists" "callback_inbox,departments,enterprises,leader_fence,schema_migrations,sync_checkpoints,sync_exports,sync_progress,sync_revisions,sync_roster,sync_runs,users" "$tables"
+eq "every SPEC table exists" "callback_inbox,department_digests,departments,enterprises,leader_fence,schema_migrations,sync_checkpoints,sync_exports,sync_progress,sync_revisions,sync_roster,sync_runs,users" "$tables"
 check "users is indexed on mobile" psql -qAtX "$DSN" -c "SELECT 1 FROM pg_indexes WHERE tablename='users' AND indexdef LIKE '%(mobile)%'" -o /dev/null
 set +e
 psql -qAtX "$DSN" -c "INSERT INTO sync_runs (env, job, trigger, scheduled_for) VALUES ('x','j','schedule','2026-01-01T00:00:00Z')" >/dev/null
@@ -131,7 +131,7 @@ out=$("$ORGSYNC_BIN" migrate 2>&1)
 rc=$?
 set -e
 eq "newer schema: exit 1" 1 "$rc"
-check "newer schema: says why" grep -q "schema version 99, newer than this binary knows (7)" <<<"$out"
+check "newer schema: says why" grep -q "schema version 99, newer than this binary knows (8)" <<<"$out"
 psql -qAtX "$DSN" -c "DELETE FROM schema_migrations WHERE version = 99" >/dev/null
 
 # enterprise add reads the secret from the named variable, never argv.

@@ -26,16 +26,19 @@ q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww1', 'One', 's
 eq "version 1 has the foreign keys" 2 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
 
 out=$(ORGSYNC_PG_DSN="$DSN" "$ORGSYNC_BIN" migrate 2>/dev/null)
-check "migrate applies 002 to 007" grep -q "migrated to schema version 7 (6 files applied)" <<<"$out"
+check "migrate applies 002 to 008" grep -q "migrated to schema version 8 (7 files applied)" <<<"$out"
 eq "003: checkpoints keep userids" "userids|ARRAY" "$(q "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'sync_checkpoints' AND column_name = 'userids'")"
 eq "no foreign key to enterprises left" 0 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
 eq "the data is kept" "3|2|2" "$(q "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM departments), (SELECT count(*) FROM sync_runs)")"
 eq "005: an existing environment starts at revision 1" "old|directory-sync|1" "$(q "SELECT env, job, revision FROM sync_revisions")"
 
-# Deleting an enterprise deletes its users and departments, and only those.
+# Deleting an enterprise deletes its users, departments and department digests
+# (008), and only those.
+q "INSERT INTO department_digests (corp_id, dept_id, digest, userids) VALUES
+   ('ww1', 1, decode(repeat('ab', 16), 'hex'), '{a,b}'), ('ww2', 1, NULL, '{a}')" >/dev/null
 q "DELETE FROM enterprises WHERE corp_id = 'ww1'" >/dev/null
-eq "delete: its users and departments are gone, the other's stay" "ww2|ww2" \
-    "$(q "SELECT (SELECT string_agg(DISTINCT corp_id, ',') FROM users), (SELECT string_agg(DISTINCT corp_id, ',') FROM departments)")"
+eq "delete: its users, departments and digests are gone, the other's stay" "ww2|ww2|ww2" \
+    "$(q "SELECT (SELECT string_agg(DISTINCT corp_id, ',') FROM users), (SELECT string_agg(DISTINCT corp_id, ',') FROM departments), (SELECT string_agg(DISTINCT corp_id, ',') FROM department_digests)")"
 
 # A corp_id that rows refer to cannot change; one without rows can.
 out=$(q "UPDATE enterprises SET corp_id = 'ww9' WHERE corp_id = 'ww2'" || true)

@@ -80,8 +80,10 @@ static void test_parse_keeps_members(void **state)
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "a b c");
     assert_null(sp.fresh);
-    assert_string_equal(sp.depts,
-                        "[{\"d\":7,\"n\":3,\"p\":1,\"s\":false,\"u\":[\"a\",\"b\",\"c\"]}]");
+    /* b does not name department 7: no digest is kept for this answer. */
+    assert_int_equal(b->record, 0);
+    assert_string_equal(sp.depts, "[{\"d\":7,\"h\":null,\"n\":3,\"p\":1,\"s\":false,"
+                                  "\"u\":[\"a\",\"b\",\"c\"],\"x\":false}]");
     sync_params_free(&sp);
     sync_batch_free(b);
 }
@@ -244,17 +246,19 @@ static void test_params_each_member_once(void **state)
     assert_null(strstr(sp.members, "again"));
     assert_null(strstr(sp.members, "third"));
     assert_string_equal(sp.depts,
-                        "[{\"d\":1,\"n\":3,\"p\":3,\"s\":false,\"u\":[\"x\",\"y\",\"x\"]},"
-                        "{\"d\":2,\"n\":0,\"p\":0,\"s\":true,\"u\":[]},"
-                        "{\"d\":3,\"n\":3,\"p\":3,\"s\":false,"
-                        "\"u\":[\"z\",\"\\u0078\",\"y\"]}]");
+                        "[{\"d\":1,\"h\":null,\"n\":3,\"p\":3,\"s\":false,"
+                        "\"u\":[\"x\",\"y\",\"x\"],\"x\":false},"
+                        "{\"d\":2,\"h\":null,\"n\":0,\"p\":0,\"s\":true,\"u\":[],\"x\":false},"
+                        "{\"d\":3,\"h\":null,\"n\":3,\"p\":3,\"s\":false,"
+                        "\"u\":[\"z\",\"\\u0078\",\"y\"],\"x\":false}]");
     sync_params_free(&sp);
 
     /* Only the unknown department: nothing to write but its row. */
     assert_int_equal(sync_batch_params(&b[1], 1, NULL, &sp), 0);
     assert_null(sp.members);
     assert_null(sp.fresh);
-    assert_string_equal(sp.depts, "[{\"d\":2,\"n\":0,\"p\":0,\"s\":true,\"u\":[]}]");
+    assert_string_equal(sp.depts,
+                        "[{\"d\":2,\"h\":null,\"n\":0,\"p\":0,\"s\":true,\"u\":[],\"x\":false}]");
     sync_params_free(&sp);
     for (int i = 0; i < 3; i++)
         sync_batch_free(b[i]);
@@ -289,9 +293,79 @@ static void test_empty_department(void **state)
     assert_int_equal(sync_batch_params(&b, 1, NULL, &sp), 0);
     assert_null(sp.members);
     assert_null(sp.fresh);
-    assert_string_equal(sp.depts, "[{\"d\":4,\"n\":0,\"p\":0,\"s\":false,\"u\":[]}]");
+    /* No member fails to name the department: the digest (SHA-256 of no text)
+     * is kept. */
+    assert_string_equal(sp.depts, "[{\"d\":4,\"h\":\"e3b0c44298fc1c149afbf4c8996fb924\",\"n\":0,"
+                                  "\"p\":0,\"s\":false,\"u\":[],\"x\":false}]");
     sync_params_free(&sp);
     sync_batch_free(b);
+}
+
+/* The digest of an answer: equal for the same members (whitespace and key order
+ * aside), different when a field changes; kept only when every member names
+ * the department. An unchanged batch sends no member and no userid; two
+ * departments of one statement that disagree on a member: the one whose copy is
+ * not written keeps no digest. */
+static void test_digests(void **state)
+{
+    ds_batch *b[4];
+    sync_params sp;
+    char ids[256];
+    (void)state;
+
+    b[0] = parse(5,
+                 "{\"userlist\":[{\"userid\":\"m\",\"name\":\"M\",\"department\":[3,5]},"
+                 "{\"userid\":\"n\",\"department\":[5]}]}",
+                 2);
+    b[1] = parse(5,
+                 "{\"userlist\": [ {\"department\":[3,5], \"name\":\"M\", \"userid\":\"m\"},"
+                 "{\"department\":[5],\"userid\":\"n\"}]}",
+                 2);
+    b[2] = parse(5,
+                 "{\"userlist\":[{\"userid\":\"m\",\"name\":\"M2\",\"department\":[3,5]},"
+                 "{\"userid\":\"n\",\"department\":[5]}]}",
+                 2);
+    b[3] = parse(3, "{\"userlist\":[{\"userid\":\"m\",\"name\":\"M\",\"department\":[3,5]}]}",
+                 1);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(b[i]->record, 1);
+    assert_memory_equal(b[0]->digest, b[1]->digest, SYNC_DIGEST_LEN);
+    assert_memory_not_equal(b[0]->digest, b[2]->digest, SYNC_DIGEST_LEN);
+
+    char hex[2 * SYNC_DIGEST_LEN + 1];
+    sync_digest_hex(b[0]->digest, hex);
+    assert_int_equal(strlen(hex), 2 * SYNC_DIGEST_LEN);
+    assert_int_equal(strspn(hex, "0123456789abcdef"), 2 * SYNC_DIGEST_LEN);
+
+    /* Department 5 unchanged, department 3 not: only 3's member goes out. */
+    b[0]->unchanged = 1;
+    assert_int_equal(sync_batch_params((ds_batch *[]){b[0], b[3]}, 2, NULL, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
+    assert_string_equal(ids, "m");
+    assert_non_null(strstr(sp.depts, "{\"d\":5,\"h\":null,\"n\":2,\"p\":1,\"s\":false,\"u\":[],"
+                                     "\"x\":true}"));
+    char want[128];
+    sync_digest_hex(b[3]->digest, hex);
+    snprintf(want, sizeof(want), "{\"d\":3,\"h\":\"%s\",\"n\":1,\"p\":1,\"s\":false,"
+                                 "\"u\":[\"m\"],\"x\":false}", hex);
+    assert_non_null(strstr(sp.depts, want));
+    sync_params_free(&sp);
+    b[0]->unchanged = 0;
+
+    /* 5 (M2) and 3 (M) disagree on m: 5's copy is written (first), so 3 keeps
+     * no digest; 5 keeps its own. */
+    assert_int_equal(sync_batch_params((ds_batch *[]){b[2], b[3]}, 2, NULL, &sp), 0);
+    assert_non_null(strstr(sp.members, "\"M2\""));
+    assert_non_null(strstr(sp.depts, "{\"d\":3,\"h\":null,"));
+    assert_null(strstr(sp.depts, "{\"d\":5,\"h\":null,"));
+    sync_params_free(&sp);
+
+    /* 5 and 3 agree on m: both keep their digests. */
+    assert_int_equal(sync_batch_params((ds_batch *[]){b[0], b[3]}, 2, NULL, &sp), 0);
+    assert_null(strstr(sp.depts, "\"h\":null"));
+    sync_params_free(&sp);
+    for (int i = 0; i < 4; i++)
+        sync_batch_free(b[i]);
 }
 
 /* During a first sync (a set given), a member goes to fresh the first time any
@@ -344,6 +418,7 @@ int main(void)
         cmocka_unit_test(test_params_each_member_once), cmocka_unit_test(test_params_userid_order),
         cmocka_unit_test(test_empty_department),        cmocka_unit_test(test_parse_key_order),
         cmocka_unit_test(test_parse_many_fields),       cmocka_unit_test(test_params_fresh_split),
+        cmocka_unit_test(test_digests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 
 #include "common/alert.h"
 #include "common/buf.h"
+#include "common/digests_sql.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "coordinator/fence.h"
@@ -155,7 +156,12 @@ static const char write_sql[] =
     "  email = CASE WHEN EXCLUDED.raw ? 'email' THEN EXCLUDED.email ELSE t.email END, "
     "  position = EXCLUDED.position, status = EXCLUDED.status, department = EXCLUDED.department, "
     "  main_department = EXCLUDED.main_department, raw = EXCLUDED.raw, synced_at = now(), "
-    "  deleted_at = NULL RETURNING 1), "
+    "  deleted_at = NULL RETURNING department), "
+    /* the digests of the departments the members were and are in (sql/008) */
+    DIGESTS_INVALIDATE("SELECT $5, unnest(department) FROM up UNION SELECT $5, "
+                       "unnest(o.department) FROM users o WHERE o.corp_id = $5 AND (o.userid = $7 "
+                       "OR o.userid IN (SELECT j->>'userid' FROM src))",
+                       "AND EXISTS (SELECT 1 FROM fence)") ", "
     "dep AS (INSERT INTO departments AS d (corp_id, dept_id, name, parent_id, \"order\", "
     "  synced_at, deleted_at) SELECT $5, ($6::jsonb->>'id')::bigint, $6::jsonb->>'name', "
     "  ($6::jsonb->>'parentid')::bigint, ($6::jsonb->>'order')::bigint, now(), NULL "

@@ -30,6 +30,7 @@
 #include "worker/wecom/wecom.h"
 
 #include "common/buf.h"
+#include "common/digests_sql.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -96,6 +97,12 @@ typedef enum {
  * tests/bench/README.md "Ninth pass"). */
 #define DS_EXPORT_AUTO_DEPTS (c->job->run->settings->export_auto_depts)
 
+/* A department's digest as stored (sql/008). */
+typedef struct ds_digest {
+    long long dept;
+    unsigned char d[SYNC_DIGEST_LEN];
+} ds_digest;
+
 typedef struct ds_part {
     char *url;
     uint64_t size;
@@ -158,6 +165,11 @@ struct ds_corp {
      * good once a plain INSERT meets a row after all. */
     int fresh;
     uid_set written;
+    /* The digests of its departments' last answers, by dept id: an answer with
+     * the same digest is written as its checkpoint only (sql/008). */
+    ds_digest *digests;
+    int ndigests;
+    long long unchanged; /* departments found unchanged by this attempt */
     int queued; /* in the job's write queue */
     int alone;  /* its next write carries no other enterprise (see on_written) */
     /* The member source: as configured (user_list, export, auto), and this
@@ -296,8 +308,10 @@ static const char sql_progress_read[] =
  * built), $7 total, $8 ids bigint[], $9..$11 requests, retries, errors, $12 the API
  * mode of the run, $13 why (NULL: a resumed attempt, the enterprise's record
  * stands). A department without a name (modern: outside the app's range) keeps
- * the stored one. Returns fenced, this run's checkpoints, and whether the
- * enterprise has no users row (its first sync: see ds_corp.written). */
+ * the stored one. Returns fenced, this run's checkpoints, whether the
+ * enterprise has no users row (its first sync: see ds_corp.written), and the
+ * digests of its departments' last answers ("id:hex,...", NULL: none; see
+ * ds_corp.digests). */
 static const char sql_departments[] =
     "WITH " FENCE_CTE ", " ENTERPRISE_CTE ", "
     "src AS (SELECT DISTINCT ON (d.id) d.id, d.name, d.parentid, d.\"order\" "
@@ -325,7 +339,9 @@ static const char sql_departments[] =
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM up), "
     "  (SELECT coalesce(array_agg(dept_id ORDER BY dept_id), '{}')::text FROM sync_checkpoints "
     "   WHERE run_id = $4::bigint AND corp_id = $5), "
-    "  NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5) AS first_sync";
+    "  NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5) AS first_sync, "
+    "  (SELECT string_agg(dept_id || ':' || encode(digest, 'hex'), ',' ORDER BY dept_id) "
+    "   FROM department_digests WHERE corp_id = $5 AND digest IS NOT NULL) AS digests";
 
 /* The members of departments of one or more enterprises, their checkpoints and
  * the enterprises' progress counters, in one statement. $4 run;
@@ -381,22 +397,37 @@ static const char sql_users[] =
     "  WHERE EXISTS (SELECT 1 FROM fence)), "
     "ent AS (SELECT corp_id FROM enterprises WHERE corp_id IN (SELECT c FROM g) "
     "  ORDER BY corp_id FOR KEY SHARE), "
-    "depts AS (SELECT g.c, y.d, y.p, y.s, y.n, y.u FROM g, jsonb_to_recordset(g.d) AS y(d bigint, "
-    "  p bigint, s boolean, n int, u jsonb) WHERE g.c IN (SELECT corp_id FROM ent)), "
+    "depts AS (SELECT g.c, y.d, y.h, y.p, y.s, y.n, y.u, y.x FROM g, jsonb_to_recordset(g.d) AS "
+    "  y(d bigint, h text, n int, p bigint, s boolean, u jsonb, x boolean) "
+    "  WHERE g.c IN (SELECT corp_id FROM ent)), "
     "up AS (INSERT INTO users AS u " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($6::jsonb) AS g, jsonb_array_elements(g->1) AS e "
     "  WHERE g->>0 IN (SELECT corp_id FROM ent) "
     "  ON CONFLICT (corp_id, userid) DO UPDATE SET " KEEP_UNSENT
     "  department = EXCLUDED.department, main_department = EXCLUDED.main_department, "
     "  raw = " MERGED_RAW ", sync_run_id = EXCLUDED.sync_run_id, synced_at = EXCLUDED.synced_at, "
-    "  deleted_at = NULL " SKIP_UNCHANGED " RETURNING 1), "
+    "  deleted_at = NULL " SKIP_UNCHANGED " RETURNING u.corp_id, u.userid, u.department), "
     "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($7::jsonb) AS g, jsonb_array_elements(g->1) AS e "
-    "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING 1), "
+    "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING corp_id, department), "
+    "dg AS (INSERT INTO department_digests AS t (corp_id, dept_id, digest, userids, run_id) "
+    "  SELECT c, d, decode(h, 'hex'), ARRAY(SELECT jsonb_array_elements_text(u)), $4::bigint "
+    "  FROM depts WHERE h IS NOT NULL ON CONFLICT (corp_id, dept_id) DO UPDATE SET "
+    "  digest = EXCLUDED.digest, userids = EXCLUDED.userids, run_id = EXCLUDED.run_id, "
+    "  updated_at = now() RETURNING 1), "
+    "dn AS (UPDATE department_digests t SET digest = NULL FROM depts WHERE depts.h IS NULL "
+    "  AND NOT depts.x AND t.corp_id = depts.c AND t.dept_id = depts.d AND t.digest IS NOT NULL "
+    "  RETURNING 1), " DIGESTS_INVALIDATE(
+        "SELECT corp_id, unnest(department) FROM up UNION SELECT corp_id, unnest(department) "
+        "FROM ins UNION SELECT o.corp_id, unnest(o.department) FROM users o JOIN up "
+        "ON o.corp_id = up.corp_id AND o.userid = up.userid",
+        "AND NOT EXISTS (SELECT 1 FROM depts WHERE depts.h IS NOT NULL AND depts.c = t.corp_id "
+        "AND depts.d = t.dept_id)") ", "
     "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
     "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d RETURNING 1), "
-    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users, userids) "
-    "  SELECT $4::bigint, c, d, n, ARRAY(SELECT jsonb_array_elements_text(u)) FROM depts "
+    "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users, userids, unchanged) "
+    "  SELECT $4::bigint, c, d, n, CASE WHEN h IS NULL AND NOT x THEN "
+    "  ARRAY(SELECT jsonb_array_elements_text(u)) END, x FROM depts "
     "  ON CONFLICT DO NOTHING RETURNING corp_id, dept_id), "
     "k AS (SELECT cp.corp_id, count(*) FILTER (WHERE cp.dept_id > 0) AS done, sum(depts.p) "
     "  AS users FROM cp "
@@ -426,7 +457,10 @@ static const char sql_users[] =
 static const char sql_corp_ok[] =
     "WITH " FENCE_CTE ", "
     "seen AS (SELECT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
-    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5), "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 "
+    "  UNION ALL SELECT x.userid FROM sync_checkpoints k JOIN department_digests g "
+    "  ON g.corp_id = k.corp_id AND g.dept_id = k.dept_id, unnest(g.userids) AS x(userid) "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.userids IS NULL), "
     "ro AS (SELECT x.userid, array_agg(DISTINCT x.dept ORDER BY x.dept) AS depts "
     "  FROM sync_roster r, unnest(r.userids, r.depts) AS x(userid, dept) "
     "  WHERE r.run_id = $4::bigint AND r.corp_id = $5 GROUP BY x.userid), "
@@ -438,26 +472,38 @@ static const char sql_corp_ok[] =
     "  raw = coalesce(u.raw, '{}'::jsonb) || EXCLUDED.raw, sync_run_id = EXCLUDED.sync_run_id, "
     "  synced_at = EXCLUDED.synced_at, deleted_at = NULL "
     "  WHERE u.department IS DISTINCT FROM EXCLUDED.department OR u.deleted_at IS NOT NULL "
-    "  RETURNING 1), "
+    "  RETURNING u.userid, u.department), "
     "kr AS (DELETE FROM sync_roster WHERE run_id = $4::bigint AND corp_id = $5 "
     "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "fm AS (UPDATE enterprises SET fields_missing = $10::text[] WHERE corp_id = $5 "
     "  AND $10::text[] IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
-    "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
+    /* The members no longer there: a set difference, which PostgreSQL does by
+     * hashing or sorting whatever it estimates the sizes to be (NOT EXISTS
+     * against seen was planned as a nested loop once the checkpoints' statistics
+     * said few rows: a third sync of the benchmark cost PostgreSQL 141 CPU s,
+     * tests/bench/README.md "Ninth pass"). */
+    "gone AS (SELECT userid FROM users WHERE corp_id = $5 AND deleted_at IS NULL "
     "  AND sync_run_id IS DISTINCT FROM $4::bigint "
     /* written after this run began by someone else (a change callback, a
      * realtime lookup): fresher than what the run saw, so not deleted */
     "  AND NOT coalesce(users.synced_at > (SELECT created_at FROM sync_runs WHERE run_id = "
     "  $4::bigint), false) "
-    "  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.userid = users.userid) "
-    "  AND NOT EXISTS (SELECT 1 FROM ro WHERE ro.userid = users.userid) "
-    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "  EXCEPT SELECT userid FROM seen EXCEPT SELECT userid FROM ro), "
+    "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
+    "  AND userid IN (SELECT userid FROM gone) AND EXISTS (SELECT 1 FROM fence) "
+    "  RETURNING department), "
     "ku AS (UPDATE sync_checkpoints SET userids = NULL WHERE run_id = $4::bigint AND corp_id = $5 "
     "  AND userids IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "dd AS (UPDATE departments SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
     "  AND sync_run_id IS DISTINCT FROM $4::bigint AND NOT coalesce(departments.synced_at > "
     "  (SELECT created_at FROM sync_runs WHERE run_id = $4::bigint), false) "
-    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING dept_id), "
+    "dg AS (DELETE FROM department_digests WHERE corp_id = $5 "
+    "  AND dept_id IN (SELECT dept_id FROM dd) RETURNING 1), " DIGESTS_INVALIDATE(
+        "SELECT $5, unnest(department) FROM du UNION SELECT $5, unnest(department) FROM ri "
+        "UNION SELECT $5, unnest(o.department) FROM users o JOIN ri ON o.corp_id = $5 "
+        "AND o.userid = ri.userid",
+        "AND EXISTS (SELECT 1 FROM fence)") ", "
     "pr AS (UPDATE sync_progress SET state = 'succeeded', users_deleted = users_deleted + "
     "  (SELECT count(*) FROM du), users_upserted = users_upserted + (SELECT count(*) FROM ri), "
     "  requests = requests + $6::bigint, "
@@ -1038,6 +1084,80 @@ static void corp_forbidden(ds_corp *c, const char *api, wecom_cred cred, const w
     c->d_errors++;
 }
 
+/* ---- department digests (sql/008) --------------------------------------------------- */
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    return -1;
+}
+
+static int cmp_digest(const void *a, const void *b)
+{
+    const ds_digest *x = a, *y = b;
+    return (x->dept > y->dept) - (x->dept < y->dept);
+}
+
+/* Parses sql_departments' "id:hex,..." (in id order) into c->digests. Without
+ * memory, or on text it cannot read, there are none: every answer is written,
+ * which is only slower. */
+static void digests_load(ds_corp *c, const char *text)
+{
+    size_t cap = 1;
+    const char *p = text;
+    int n = 0;
+
+    free(c->digests);
+    c->digests = NULL;
+    c->ndigests = 0;
+    if (!*text)
+        return;
+    for (const char *q = text; *q; q++)
+        cap += *q == ',';
+    c->digests = malloc(cap * sizeof(*c->digests));
+    if (!c->digests)
+        return;
+    while (*p) {
+        char *end;
+        ds_digest *d = &c->digests[n];
+        d->dept = strtoll(p, &end, 10);
+        if (end == p || *end != ':')
+            goto bad;
+        p = end + 1;
+        for (int i = 0; i < SYNC_DIGEST_LEN; i++, p += 2) {
+            int hi = hexval(p[0]), lo = hi < 0 ? -1 : hexval(p[1]);
+            if (lo < 0)
+                goto bad;
+            d->d[i] = (unsigned char)(hi << 4 | lo);
+        }
+        if (*p && *p++ != ',')
+            goto bad;
+        n++;
+    }
+    c->ndigests = n;
+    return;
+bad:
+    log_warn("directory sync: unreadable department digests, writing every answer",
+             LF_S("corp_id", c->corp_id));
+    free(c->digests);
+    c->digests = NULL;
+}
+
+/* Whether b's department last answered these very members (and nothing has
+ * written them since: sql/008). */
+static int digest_unchanged(const ds_corp *c, const ds_batch *b)
+{
+    ds_digest key = {.dept = b->dept_id}, *d;
+
+    if (!b->record || !c->ndigests)
+        return 0;
+    d = bsearch(&key, c->digests, (size_t)c->ndigests, sizeof(*d), cmp_digest);
+    return d && !memcmp(d->d, b->digest, SYNC_DIGEST_LEN);
+}
+
 /* ---- fetching ----------------------------------------------------------------------- */
 
 static void on_user_list(void *arg, const wecom_result *res);
@@ -1131,6 +1251,11 @@ static void on_user_list(void *arg, const wecom_result *res)
     if (n > 0) {
         c->fields_present |= sync_fields_present(res->body, res->body_len);
         c->member_answers++;
+    }
+    if (digest_unchanged(c, b)) {
+        b->unchanged = 1;
+        c->unchanged++;
+        metrics_counter_add(M_DEPARTMENTS_UNCHANGED, NULL, 1);
     }
     j->buffered += sync_batch_bytes(b);
     c->ready[c->nready++] = b;
@@ -1528,6 +1653,7 @@ static void on_departments_written(void *arg, PGresult *res, const char *err)
         return;
     skip_checkpointed(c, PQgetvalue(res, 0, 2));
     c->fresh = PQgetvalue(res, 0, 3)[0] == 't';
+    digests_load(c, PQgetisnull(res, 0, 4) ? "" : PQgetvalue(res, 0, 4));
     if (c->modern && !c->roster_done) {
         roster_next(c);
         return;
@@ -2045,8 +2171,10 @@ static int export_batch(ds_corp *c, const char *text, size_t len, uint32_t membe
         export_fail(c, "export file %d: %s", c->ex_part + 1, why);
         return -1;
     }
-    /* Every member is in one file once: each counts here. */
+    /* Every member is in one file once: each counts here. A range of a file is
+     * no department: no digest is kept for it (sql/008). */
     b->primary = b->members;
+    b->record = 0;
     c->fields_present |= sync_fields_present(text, len);
     c->member_answers++;
     c->ex_members += (uint64_t)b->members;
@@ -2257,6 +2385,12 @@ static void corp_final_write(ds_corp *c, int ok, const char *why)
     c->ok = ok;
     c->fresh = 0; /* no member is written after this */
     uid_set_free(&c->written);
+    free(c->digests);
+    c->digests = NULL;
+    c->ndigests = 0;
+    if (c->unchanged)
+        log_info("directory sync: unchanged departments written as checkpoints only",
+                 LF_S("corp_id", c->corp_id), LF_I("departments", c->unchanged));
     take_counters(c, req, ret, errs);
     fence_params(j, p);
     p[4] = c->corp_id;
@@ -2595,6 +2729,7 @@ static void job_free(ds_job *j)
         free(c->roster_pending);
         json_object_put(c->simplelist);
         free(c->depts);
+        free(c->digests);
         uid_set_free(&c->written);
         for (int k = 0; k < c->nready; k++)
             sync_batch_free(c->ready[k]);

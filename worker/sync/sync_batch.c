@@ -6,6 +6,7 @@
 #include "worker/wecom/json_scan.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,9 +92,9 @@ static uint64_t key_prefix(const char *k, size_t n)
  * fallback) and *mf. 0, or -1 for no usable userid, -2 for a field of the wrong
  * type. */
 static int check_member(const js_val *m, const char *end, const char **after, js_val *uid,
-                        long long *primary, long long fallback, mfields *mf)
+                        long long *primary, long long fallback, int *names, mfields *mf)
 {
-    js_val k, v, first;
+    js_val k, v, first, e;
     js_iter it;
     long long x, main_dept = 0, first_dept = 0;
     int has_uid = 0, has_main = 0, has_first = 0, bad = 0;
@@ -124,6 +125,8 @@ static int check_member(const js_val *m, const char *end, const char **after, js
             *uid = v;
             continue;
         }
+        if (f == F_DEPARTMENT)
+            *names = 0; /* the last "department" key counts, as in jsonb */
         if (v.type == JS_NULL) {
             if (f == F_MAIN)
                 has_main = 0;
@@ -148,6 +151,9 @@ static int check_member(const js_val *m, const char *end, const char **after, js
             has_first = js_iter_begin(&di, &v) && js_next(&di, NULL, &first) && js_int(&first, &x);
             if (has_first)
                 first_dept = x;
+            *names = has_first && x == fallback;
+            while (!*names && has_first && js_next(&di, NULL, &e))
+                *names = js_int(&e, &x) && x == fallback;
             break;
         }
         }
@@ -247,11 +253,35 @@ as_is:
     return mlen;
 }
 
+/* SHA-256 of the members' text, its first SYNC_DIGEST_LEN bytes: 0, or -1. */
+static int digest_of(const char *text, size_t len, unsigned char *out)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+
+    if (!EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < SYNC_DIGEST_LEN)
+        return -1;
+    memcpy(out, md, SYNC_DIGEST_LEN);
+    return 0;
+}
+
+void sync_digest_hex(const unsigned char *digest, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (int i = 0; i < SYNC_DIGEST_LEN; i++) {
+        out[2 * i] = hex[digest[i] >> 4];
+        out[2 * i + 1] = hex[digest[i] & 15];
+    }
+    out[2 * SYNC_DIGEST_LEN] = '\0';
+}
+
 int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_t n)
 {
     js_val root, ul = {0}, k, v, m, uid = {0};
     js_iter rit, it;
     long long primary;
+    int names, all_name = 1;
     size_t count = 0, cap = 0, used = 0, uid_at = 0;
     mfields mf;
     key_shape shape;
@@ -290,7 +320,8 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
             snprintf(why, n, "member %zu is not an object", count);
             goto bad;
         }
-        int rc = check_member(&m, end, &after, &uid, &primary, b->dept_id, &mf);
+        names = 0;
+        int rc = check_member(&m, end, &after, &uid, &primary, b->dept_id, &names, &mf);
         js_iter_resume(&it, after);
         switch (rc) {
         case -1:
@@ -319,6 +350,7 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
         used += mlen;
         count++;
         b->primary += primary == b->dept_id;
+        all_name &= names;
     }
     js_iter_resume(&rit, js_iter_after(&it));
     while (js_next_shallow(&rit, &k, &v))
@@ -327,6 +359,15 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
             goto bad;
         }
     text[used] = '\0';
+    if (digest_of(text, used, b->digest)) {
+        snprintf(why, n, "cannot compute the members' digest");
+        goto bad;
+    }
+    /* A digest is kept only when each member names the department: a write that
+     * changes a member then finds the department in its department array
+     * (DIGESTS_INVALIDATE, sql/008). */
+    b->record = all_name;
+    b->unchanged = 0;
     b->body = text;
     b->len = used;
     b->m = ms;
@@ -359,7 +400,8 @@ typedef struct uid_ref {
     size_t n;
     const char *text; /* the member's object */
     uint32_t len;
-    int seq; /* its place among the statement's members */
+    int seq;   /* its place among the statement's members */
+    int batch; /* its department's place among the batches */
 } uid_ref;
 
 static int cmp_uid(const void *a, const void *b)
@@ -388,16 +430,16 @@ static char *close_array(buf *b, int empty)
 
 int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, sync_params *p)
 {
-    int total = 0, k = 0, rc = -ENOMEM, nm = 0, nf = 0;
+    int total = 0, k = 0, rc = -ENOMEM, nm = 0, nf = 0, first = 0;
     size_t arena_len = 1, ao = 0;
     uid_ref *refs = NULL;
-    char *keep = NULL, *arena = NULL;
+    char *keep = NULL, *arena = NULL, *differs = NULL;
     buf mb, fb, db;
 
     p->members = p->fresh = p->depts = NULL;
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
-        if (!x->body)
+        if (!x->body || x->unchanged)
             continue;
         total += x->members;
         for (int m = 0; m < x->members; m++)
@@ -406,16 +448,18 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
     refs = malloc((size_t)(total ? total : 1) * sizeof(*refs));
     keep = calloc((size_t)total + 1, 1);
     arena = malloc(arena_len);
+    differs = calloc((size_t)nbatches + 1, 1);
     buf_init(&mb);
     buf_init(&fb);
     buf_init(&db);
-    if (!refs || !keep || !arena)
+    if (!refs || !keep || !arena || !differs)
         goto out;
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
-        for (int m = 0; x->body && m < x->members; m++, k++) {
+        for (int m = 0; x->body && !x->unchanged && m < x->members; m++, k++) {
             js_val v = {JS_STRING, x->body + x->m[m].uid_off, x->m[m].uid_len};
             refs[k].seq = k;
+            refs[k].batch = i;
             refs[k].text = x->body + x->m[m].off;
             refs[k].len = x->m[m].len;
             if (memchr(v.p, '\\', v.n)) {
@@ -431,9 +475,17 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
     }
     if (total > 1)
         qsort(refs, (size_t)total, sizeof(*refs), cmp_uid);
-    for (int i = 0; i < total; i++) /* sorted by userid, then place: keep each first */
+    for (int i = 0; i < total; i++) { /* sorted by userid, then place: keep each first */
         keep[refs[i].seq] = i == 0 || refs[i].n != refs[i - 1].n ||
                             memcmp(refs[i].uid, refs[i - 1].uid, refs[i].n) != 0;
+        if (keep[refs[i].seq])
+            first = i;
+        else if (refs[i].len != refs[first].len ||
+                 memcmp(refs[i].text, refs[first].text, refs[i].len) != 0)
+            /* Two departments fetched a moment apart disagree on a member: the
+             * one not written keeps no digest, which would not be what users holds. */
+            differs[refs[i].batch] = 1;
+    }
     buf_puts(&mb, "[");
     buf_puts(&fb, "[");
     for (int i = 0; i < total; i++) {
@@ -452,16 +504,25 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
     buf_puts(&db, "[");
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
+        char hex[2 * SYNC_DIGEST_LEN + 3] = "null";
+        int listed = x->body && !x->unchanged;
+
+        if (listed && x->record && !differs[i]) {
+            hex[0] = '"';
+            sync_digest_hex(x->digest, hex + 1);
+            memcpy(hex + 1 + 2 * SYNC_DIGEST_LEN, "\"", 2);
+        }
         /* Keys in jsonb's order (see write_member). */
-        buf_printf(&db, "%s{\"d\":%lld,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[", i ? "," : "",
-                   x->dept_id, x->members, x->primary, x->body ? "false" : "true");
-        for (int m = 0; x->body && m < x->members; m++) {
+        buf_printf(&db, "%s{\"d\":%lld,\"h\":%s,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[",
+                   i ? "," : "", x->dept_id, hex, x->members, x->primary,
+                   x->body ? "false" : "true");
+        for (int m = 0; listed && m < x->members; m++) {
             /* The userid's JSON string, quotes included: checked text. */
             if (m)
                 buf_puts(&db, ",");
             buf_append(&db, x->body + x->m[m].uid_off - 1, x->m[m].uid_len + 2);
         }
-        buf_puts(&db, "]}");
+        buf_printf(&db, "],\"x\":%s}", x->unchanged ? "true" : "false");
     }
     if (mb.oom || fb.oom || db.oom)
         goto out;
@@ -482,6 +543,7 @@ out:
     free(refs);
     free(keep);
     free(arena);
+    free(differs);
     return rc;
 }
 

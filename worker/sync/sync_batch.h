@@ -18,6 +18,8 @@
 
 #include "worker/sync/uid_set.h"
 
+#define SYNC_DIGEST_LEN 16
+
 /* One member of a fetched department: where its object and its userid are in
  * the batch's text. */
 typedef struct ds_member {
@@ -38,6 +40,13 @@ typedef struct ds_batch {
     ds_member *m;
     int members;
     int primary; /* members whose main department this is: counted once, here */
+    /* SHA-256 (its first SYNC_DIGEST_LEN bytes) of body: the members as kept, in
+     * the answer's order. Equal digests, equal members: what the department's
+     * last answer wrote is what this one would write (sql/008). */
+    unsigned char digest[SYNC_DIGEST_LEN];
+    int record;    /* a department's answer: its digest and userids are kept */
+    int unchanged; /* set by the sync: the stored digest is this one, so only the
+                      checkpoint is written (no member is sent) */
 } ds_batch;
 
 /* Checks a user/list answer (text the client already found to be JSON: the
@@ -45,7 +54,8 @@ typedef struct ds_batch {
  * with a userid string of 1 to 64 bytes, and each field PostgreSQL reads into a
  * column is absent, null or of that column's type. Returns the member count,
  * or -1 with why (then b holds no members). b->primary counts the members whose main
- * department (else first department) is b->dept_id. */
+ * department (else first department) is b->dept_id; b->digest is set and
+ * b->record is 1. */
 int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_t n);
 
 /* The memory a batch holds (for the job's buffer bound). */
@@ -66,11 +76,18 @@ typedef struct sync_params {
     /* The same for the members `written` did not hold (each is added to it):
      * surely not in users, they are inserted without ON CONFLICT. NULL if none. */
     char *fresh;
-    /* [{"d":dept,"n":members,"p":primary,"s":unknown upstream,"u":[userid,...]},...]:
-     * "u" the userids the department listed, as the upstream wrote them (its
-     * checkpoint keeps them: what the run saw, for its deletions). */
+    /* [{"d":dept,"h":digest,"n":members,"p":primary,"s":unknown upstream,
+     *   "u":[userid,...],"x":unchanged},...]:
+     * "u" the userids the department listed, as the upstream wrote them (what
+     * the run saw, for its deletions: kept with the digest, or in the checkpoint
+     * when the batch is not recorded); "h" the digest in hex when the batch is
+     * recorded, else null. An unchanged batch ("x" true) has no "h" and an empty
+     * "u", and none of its members is in the member arrays. */
     char *depts;
 } sync_params;
+
+/* The digest as 2 * SYNC_DIGEST_LEN lowercase hex digits and a NUL. */
+void sync_digest_hex(const unsigned char *digest, char *out);
 
 /* Fills p for these batches. written: NULL, or the userids the enterprise's
  * sync has sent since it had no users row (worker/sync/uid_set.h). 0, or -ENOMEM

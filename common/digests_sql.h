@@ -1,0 +1,21 @@
+/* SQL shared by every writer of the users table: the digests of the
+ * departments a write touches (sql/008_department_digests.sql). Used by the
+ * directory sync (worker/sync/directory_sync.c), the change callbacks' applier
+ * (worker/sync/callback_apply.c) and the realtime lookup (worker/api/lookup.c). */
+#ifndef ORGSYNC_DIGESTS_SQL_H
+#define ORGSYNC_DIGESTS_SQL_H
+
+/* Department digests (sql/008) hold only while what the sync last wrote for a
+ * department's members is what users holds. Any write that changes a member
+ * (the sync's own, for another department or a later answer; a callback; a
+ * realtime lookup; the roster's rows) or deletes one sets to NULL the digests of
+ * the departments it was in and is in now, read from its row before and after
+ * the statement: a department lists a member only if the member's department
+ * array names it (sync_batch_parse records no digest otherwise). `depts` is a
+ * query of (corp_id, dept_id) pairs; `and` further conditions on t (the
+ * digest row). */
+#define DIGESTS_INVALIDATE(depts, and)                                                             \
+    "inv AS (UPDATE department_digests t SET digest = NULL FROM (" depts ") AS v(c, d) "           \
+    "  WHERE t.corp_id = v.c AND t.dept_id = v.d AND t.digest IS NOT NULL " and " RETURNING 1)"
+
+#endif
