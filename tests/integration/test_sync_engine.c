@@ -1062,6 +1062,172 @@ static void test_corp_filter(void **state)
     fx_down(&f);
 }
 
+/* The users rows' (userid, xmax) of an enterprise, one string: a row that a
+ * statement wrote or locked (ON CONFLICT locks the rows it probes) has a new
+ * xmax. */
+static char *row_versions(fixture *f, const char *corp)
+{
+    const char *p[1] = {corp};
+    PGresult *r = sh_exec(f->pg,
+                          "SELECT string_agg(userid || ':' || xmin::text || ':' || xmax::text, ',' "
+                          "ORDER BY userid) FROM users WHERE corp_id = $1",
+                          1, p);
+    char *out = strdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    assert_non_null(out);
+    return out;
+}
+
+static long long run_count(fixture *f, const char *sql, long long run)
+{
+    char id[24];
+    const char *p[1] = {id};
+    snprintf(id, sizeof(id), "%lld", run);
+    return sh_scalar(f->pg, sql, 1, p);
+}
+
+/* Issue 20: an unchanged department costs no member write. A later sync of an
+ * unchanged directory writes no users row (not even a row lock: every row's
+ * xmax stays) and checkpoints every department as unchanged; deletions stay
+ * exact (a removed member is deleted, a renamed one rewritten). A member that
+ * a write changes through one department invalidates the digests of the others
+ * it is in, so a department whose answer comes back to what it was is written
+ * in full: here a member of two departments is renamed while one of them fails
+ * (a partial run writes it through the other), then renamed back. */
+static void test_unchanged_departments_write_nothing(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "2", "--departments", "8", "--users-per-dept", "5", NULL};
+    fixture f;
+    long long run;
+    char url[256], ops[512], uid[80] = "", name[128] = "";
+    long long d1 = 0, d2 = 0;
+    (void)state;
+
+    fx_up(&f, "digest", args, 2, NULL);
+    directory_sync_set_tuning(&(directory_sync_tuning){.backoff_base_ms = 5});
+    run = fx_sync(&f, "succeeded");
+    long long depts = sh_scalar(f.pg, "SELECT count(*) FROM departments", 0, NULL);
+    /* A digest and the userids of each department, and no userids left in the
+     * checkpoints. */
+    assert_int_equal(
+        sh_scalar(f.pg, "SELECT count(*) FROM department_digests WHERE digest IS NOT NULL", 0,
+                  NULL),
+        depts);
+    assert_int_equal(sh_scalar(f.pg,
+                               "SELECT count(DISTINCT (corp_id, x)) FROM department_digests, unnest(userids) x",
+                               0, NULL),
+                     sh_scalar(f.pg, "SELECT count(*) FROM users", 0, NULL));
+
+    /* Nothing changed: nothing written, every department unchanged. */
+    char *before1 = row_versions(&f, "wwsim0001"), *before2 = row_versions(&f, "wwsim0002");
+    run = fx_sync(&f, "succeeded");
+    char *after1 = row_versions(&f, "wwsim0001"), *after2 = row_versions(&f, "wwsim0002");
+    assert_string_equal(before1, after1);
+    assert_string_equal(before2, after2);
+    free(before1);
+    free(before2);
+    free(after1);
+    free(after2);
+    assert_int_equal(run_count(&f,
+                               "SELECT count(*) FROM sync_checkpoints WHERE run_id = $1::bigint "
+                               "AND unchanged",
+                               run),
+                     depts);
+    assert_int_equal(run_count(&f,
+                               "SELECT sum(users_upserted) FROM sync_progress WHERE run_id = "
+                               "$1::bigint",
+                               run),
+                     sh_scalar(f.pg, "SELECT count(*) FROM users", 0, NULL));
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+
+    /* A member removed, one renamed: only their departments are written, the
+     * removed member is deleted. */
+    sh_sim_post(&f.sim, "/sim/mutate",
+                "{\"corp_id\":\"wwsim0001\",\"random\":{\"remove\":1,\"rename\":1}}");
+    run = fx_sync(&f, "succeeded");
+    PGresult *p = progress_row(&f, run, "wwsim0001");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 1);
+    PQclear(p);
+    long long unchanged = run_count(&f,
+                                    "SELECT count(*) FROM sync_checkpoints WHERE run_id = "
+                                    "$1::bigint AND unchanged",
+                                    run);
+    assert_true(unchanged >= depts - 4 && unchanged <= depts - 1);
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+
+    /* A member of two departments (d1, d2) of wwsim0002. */
+    snprintf(url, sizeof(url), "%s/sim/org?corp_id=wwsim0002", f.sim.url);
+    json_object *org = sh_http("GET", url, NULL);
+    json_object *users = sh_get(json_object_array_get_idx(sh_get(org, "corps"), 0), "users");
+    for (size_t i = 0; i < json_object_array_length(users) && !uid[0]; i++) {
+        json_object *u = json_object_array_get_idx(users, i), *dep = sh_get(u, "department");
+        if (json_object_array_length(dep) != 2)
+            continue;
+        snprintf(uid, sizeof(uid), "%s", sh_jstr(u, "userid"));
+        snprintf(name, sizeof(name), "%s", sh_jstr(u, "name"));
+        d1 = json_object_get_int64(json_object_array_get_idx(dep, 0));
+        d2 = json_object_get_int64(json_object_array_get_idx(dep, 1));
+    }
+    json_object_put(org);
+    if (!uid[0])
+        fail_msg("the simulator made no member of two departments");
+
+    snprintf(ops, sizeof(ops),
+             "{\"corp_id\":\"wwsim0002\",\"ops\":[{\"op\":\"rename\",\"userid\":\"%s\","
+             "\"name\":\"renamed for a moment\"}]}",
+             uid);
+    sh_sim_post(&f.sim, "/sim/mutate", ops);
+    snprintf(ops, sizeof(ops), "{\"fail_dept\":%lld,\"fail_dept_corp\":\"wwsim0002\"}", d1);
+    sh_sim_post(&f.sim, "/sim/faults", ops);
+    char q[256], dig1[64];
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0002' AND dept_id = %lld "
+             "AND digest IS NOT NULL",
+             d1);
+    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+    snprintf(q, sizeof(q),
+             "SELECT encode(digest, 'hex') FROM department_digests WHERE corp_id = 'wwsim0002' "
+             "AND dept_id = %lld",
+             d1);
+    PGresult *r = sh_exec(f.pg, q, 0, NULL);
+    snprintf(dig1, sizeof(dig1), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    fx_sync(&f, "partial");
+    /* d2 wrote the renamed member: d1's digest no longer holds. */
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0002' AND dept_id = %lld "
+             "AND digest IS NULL",
+             d1);
+    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+
+    /* Renamed back: d1 answers what it answered at first, and is written. */
+    snprintf(ops, sizeof(ops),
+             "{\"corp_id\":\"wwsim0002\",\"ops\":[{\"op\":\"rename\",\"userid\":\"%s\","
+             "\"name\":\"%s\"}]}",
+             uid, name);
+    sh_sim_post(&f.sim, "/sim/mutate", ops);
+    sh_sim_post(&f.sim, "/sim/faults", "{\"reset\":true}");
+    run = fx_sync(&f, "succeeded");
+    snprintf(q, sizeof(q),
+             "SELECT encode(digest, 'hex') FROM department_digests WHERE corp_id = 'wwsim0002' "
+             "AND dept_id = %lld",
+             d1);
+    r = sh_exec(f.pg, q, 0, NULL);
+    assert_string_equal(PQgetvalue(r, 0, 0), dig1); /* the same answer as at first */
+    PQclear(r);
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM sync_checkpoints WHERE run_id = $1::bigint AND corp_id = "
+             "'wwsim0002' AND dept_id = %lld AND NOT unchanged",
+             d1);
+    assert_int_equal(run_count(&f, q, run), 1);
+    (void)d2;
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
+    fx_down(&f);
+}
+
 /* After a failure too: the simulator must not outlive its test. */
 static int teardown(void **state)
 {
@@ -1089,6 +1255,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fenced_out, teardown),
         cmocka_unit_test_teardown(test_lease_lost_stops, teardown),
         cmocka_unit_test_teardown(test_corp_filter, teardown),
+        cmocka_unit_test_teardown(test_unchanged_departments_write_nothing, teardown),
         cmocka_unit_test_teardown(test_writes_catch_up_after_a_stall, teardown),
         cmocka_unit_test_teardown(test_http_errors_and_timeouts_retried, teardown),
         cmocka_unit_test_teardown(test_one_client_books_the_window, teardown),
