@@ -115,6 +115,7 @@ struct pg_pool {
     uv_loop_t *loop;
     char *dsn;
     char *password; /* pg_pool_opts.password, or NULL */
+    char *options;  /* the connection's options: PG_SESSION_OPTIONS, then the DSN's */
     int size, query_timeout_ms, connect_timeout_ms, queue_max;
     /* The DSN parsed once into keyword/value arrays, so each connect can add a
      * hostaddr resolved off the loop. */
@@ -1254,6 +1255,7 @@ static void pool_free(pg_pool *p)
         explicit_bzero(p->password, strlen(p->password));
         free(p->password);
     }
+    free(p->options);
     free(p);
 }
 
@@ -1271,6 +1273,14 @@ static void pool_maybe_free(pg_pool *p)
     if (done)
         done(arg);
 }
+
+/* Every session runs without JIT compilation. Its statements are short and
+ * their plans' estimates are not: a member write's CTEs (estimated at 10,000
+ * rows each) passed jit_above_cost, and compiling each statement cost
+ * PostgreSQL about 100 ms of CPU, more than executing it (tests/bench/README.md,
+ * "Ninth pass"). The DSN's own options (or PGOPTIONS) come after, so an
+ * operator's "-c jit=on" still wins. */
+#define PG_SESSION_OPTIONS "-c jit=off"
 
 /* Parses the DSN once into keyword/value arrays for PQconnectStartParams and
  * decides whether a host name must be resolved before each connect. */
@@ -1306,6 +1316,15 @@ static int pool_parse_dsn(pg_pool *p)
             p->val[i] = p->password;
         else if (strcmp(o->keyword, "port") == 0)
             p->port_idx = i;
+        else if (strcmp(o->keyword, "options") == 0) {
+            const char *own = o->val && *o->val ? o->val : getenv("PGOPTIONS");
+            size_t len = sizeof(PG_SESSION_OPTIONS) + 1 + (own ? strlen(own) : 0);
+            if (!(p->options = malloc(len)))
+                return PG_ENOMEM;
+            snprintf(p->options, len, "%s%s%s", PG_SESSION_OPTIONS, own && *own ? " " : "",
+                     own ? own : "");
+            p->val[i] = p->options;
+        }
     }
     if (p->hostaddr_idx < 0 || p->host_idx < 0 || p->port_idx < 0)
         return PG_EINVAL;

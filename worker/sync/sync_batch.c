@@ -515,7 +515,7 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
         /* Keys in jsonb's order (see write_member). */
         buf_printf(&db, "%s{\"d\":%lld,\"h\":%s,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[",
                    i ? "," : "", x->dept_id, hex, x->members, x->primary,
-                   x->body ? "false" : "true");
+                   x->body || x->unchanged ? "false" : "true");
         for (int m = 0; listed && m < x->members; m++) {
             /* The userid's JSON string, quotes included: checked text. */
             if (m)

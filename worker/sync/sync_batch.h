@@ -46,7 +46,8 @@ typedef struct ds_batch {
     unsigned char digest[SYNC_DIGEST_LEN];
     int record;    /* a department's answer: its digest and userids are kept */
     int unchanged; /* set by the sync: the stored digest is this one, so only the
-                      checkpoint is written (no member is sent) */
+                      checkpoint is written (no member is sent); the sync may then
+                      free body and m (members and primary stay) */
 } ds_batch;
 
 /* Checks a user/list answer (text the client already found to be JSON: the

@@ -4,6 +4,9 @@
 #   tests/bench/sync/run.sh                       # 200 x 50 x 40, latency 5 ms
 #   CORPS=20 DEPTS=20 USERS=10 tests/bench/sync/run.sh
 #   SYNCS=3 tests/bench/sync/run.sh               # then two more syncs, members already stored
+#   SYNCS=3 CHANGE_PCT=1 tests/bench/sync/run.sh  # ... with 1% of each enterprise's members
+#                                                 # changed before each later sync (renamed,
+#                                                 # moved, added, removed: 6:2:1:1)
 #   MODE=modern tests/bench/sync/run.sh           # the API as it is today: a new egress (48009
 #                                                 # to the contact-sync secret on the legacy calls),
 #                                                 # department/simplelist + user/list_id + user/list
@@ -21,7 +24,10 @@
 #   per-enterprise request count / ORGSYNC_DEPT_RATE), achieved requests per
 #   second per enterprise, the most requests for one enterprise in any 1 s window
 #   (the simulator's count), peak RSS of the syncing process, members written per
-#   second, and whether PostgreSQL holds every member.
+#   second, whether PostgreSQL holds every member, and (VERIFY=1, the default, in
+#   legacy mode) whether every live member's stored object equals the
+#   simulator's and no other member is live; for later syncs, PostgreSQL's CPU as
+#   a ratio of the first sync's.
 # Figures are printed, not judged: this is not a pass/fail timing test.
 set -euo pipefail
 
@@ -38,6 +44,8 @@ MODE=${MODE:-legacy}     # legacy: the 2019 API; modern: a new egress, --api-mod
 IP_PER_MIN=${IP_PER_MIN:-} # the per-egress minute limit (simulator and orgsync), unset: 20000
 case $MODE in legacy | modern) ;; *) echo "bench: MODE is legacy or modern" >&2; exit 2 ;; esac
 SOURCE=${SOURCE:-user_list} # the enterprises' member source (sql/007)
+CHANGE_PCT=${CHANGE_PCT:-0} # later syncs: percent of each enterprise's members changed before each
+VERIFY=${VERIFY:-1}
 case $SOURCE in user_list | export | auto) ;; *) echo "bench: SOURCE is user_list, export or auto" >&2; exit 2 ;; esac
 
 for tool in jq psql curl; do
@@ -66,6 +74,7 @@ TMP=$(mktemp -d /tmp/orgsync-bench.XXXXXX)
 chmod 755 "$TMP"
 SIM_PID=
 cleanup() {
+    [ -n "${PG_EXPLAIN_MS:-}" ] && cp "$TMP/pg/pg.log" "${PG_EXPLAIN_LOG:-/tmp/orgsync-bench-explain.log}" 2>/dev/null
     [ -n "$SIM_PID" ] && kill "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null || true
     "$SRC/tests/servers.sh" stop-redis "$TMP/redis" || true
     "$SRC/tests/servers.sh" stop-pg "$TMP/pg" || true
@@ -94,6 +103,31 @@ export ORGSYNC_ENV=bench
 export ORGSYNC_DEPT_RATE=$RATE
 export ORGSYNC_LOG_LEVEL=${ORGSYNC_LOG_LEVEL:-warn}
 "$BIN" migrate >/dev/null
+# PG_STATEMENTS=1: after each sync, the statements that cost PostgreSQL the most
+# (pg_stat_statements: calls, total and mean execution time, the first words).
+if [ "${PG_STATEMENTS:-0}" = 1 ]; then
+    psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+    "$SRC/tests/servers.sh" restart-pg "$TMP/pg"
+    psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -d orgsync -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null ||
+        psql -q -X -v ON_ERROR_STOP=1 "host=127.0.0.1 port=$PG_PORT user=postgres dbname=orgsync" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
+fi
+statements() {
+    [ "${PG_STATEMENTS:-0}" = 1 ] || return 0
+    local su="host=127.0.0.1 port=$PG_PORT user=postgres dbname=orgsync"
+    psql -qX "$su" -c "SELECT calls, round(total_exec_time) AS total_ms, round(total_plan_time) AS plan_ms,
+        round(mean_exec_time::numeric, 2) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 90) AS query
+        FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'orgsync')
+        ORDER BY total_exec_time DESC LIMIT 8"
+}
+
+# PG_EXPLAIN_MS=N: the plans (EXPLAIN ANALYZE) of statements over N ms, in
+# PG_EXPLAIN_LOG (default /tmp/orgsync-bench-explain.log) when the bench ends.
+if [ -n "${PG_EXPLAIN_MS:-}" ]; then
+    psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -c "ALTER DATABASE orgsync SET session_preload_libraries = 'auto_explain'" \
+        -c "ALTER DATABASE orgsync SET auto_explain.log_min_duration = '${PG_EXPLAIN_MS}ms'" \
+        -c "ALTER DATABASE orgsync SET auto_explain.log_analyze = on" \
+        -c "ALTER DATABASE orgsync SET auto_explain.log_nested_statements = on"
+fi
 
 echo "== simulator: $CORPS enterprises x $DEPTS departments x $USERS members, latency $LATENCY_MS ms"
 SIM_FLAGS=()
@@ -129,6 +163,7 @@ pg_cpu() { # postmaster + every live child
 }
 # One `orgsync sync`, its figures printed under the label $1.
 sync_once() {
+    [ "${PG_STATEMENTS:-0}" = 1 ] && psql -qAtX "host=127.0.0.1 port=$PG_PORT user=postgres dbname=orgsync" -c "SELECT pg_stat_statements_reset()" >/dev/null
     PG_CPU0=$(pg_cpu)
     SIM_CPU0=$(cpu_of "$SIM_PID")
     REDIS_CPU0=$(cpu_of "$REDIS_PID")
@@ -193,13 +228,64 @@ sync_once() {
         'BEGIN {printf "CPU busy during the sync       %.0f%% of %d CPUs x wall time\n", 100 * (p + o + s + r) / ((t1 - t0) * n), n}'
 }
 
+# Every live member's stored object (raw) against the simulator's, and no other
+# member live: the objects with sorted keys, one line per member, compared whole.
+verify_data() {
+    [ "$VERIFY" = 1 ] || return 0
+    if [ "$MODE" != legacy ]; then
+        echo "data identical to the simulator  not compared (MODE=$MODE: the app's answers lack fields)"
+        return 0
+    fi
+    # the fields GET /sim/org shows (its user/list answers carry more)
+    local keep='{c, u: (.u | {userid, name, mobile, email, position, status, gender, department, order, is_leader_in_dept, main_department})}'
+    curl -sf "$ORGSYNC_UPSTREAM_URL/sim/org" |
+        jq -cS ".corps[] | .corp_id as \$c | .users[] | {c: \$c, u: .} | $keep" | sort >"$TMP/want.jsonl"
+    psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT jsonb_build_object('c', corp_id, 'u', raw) FROM users WHERE deleted_at IS NULL" |
+        jq -cS "$keep" | sort >"$TMP/got.jsonl"
+    local n differ
+    n=$(wc -l <"$TMP/want.jsonl")
+    differ=$(comm -3 "$TMP/want.jsonl" "$TMP/got.jsonl" | wc -l)
+    if [ "$differ" = 0 ]; then
+        echo "data identical to the simulator  yes ($n members, each with the 11 fields /sim/org shows)"
+    else
+        echo "data identical to the simulator  NO: $differ lines differ of $n members"
+        comm -3 "$TMP/want.jsonl" "$TMP/got.jsonl" | head -4 | cut -c1-400
+    fi
+}
+
+# CHANGE_PCT of each enterprise's members changed in the simulator.
+mutate_directory() {
+    local per n rename move add remove i
+    per=$(awk -v t="$USERS_TOTAL" -v c="$CORPS" 'BEGIN {print t / c}')
+    n=$(awk -v p="$per" -v pct="$CHANGE_PCT" 'BEGIN {printf "%d", p * pct / 100 + 0.5}')
+    [ "$n" -gt 0 ] || return 0
+    move=$((n / 5)); add=$((n / 10)); remove=$((n / 10)); rename=$((n - move - add - remove))
+    for i in $(seq 1 "$CORPS"); do
+        curl -sf -X POST "$ORGSYNC_UPSTREAM_URL/sim/mutate" -d "{\"corp_id\":\"$(printf 'wwsim%04d' "$i")\",
+            \"random\":{\"add\":$add,\"remove\":$remove,\"rename\":$rename,\"move\":$move}}" >/dev/null
+    done
+    echo "== changed: $n members per enterprise (rename $rename, move $move, add $add, remove $remove)"
+}
+
 sync_once ""
 FIRST_PG_CPU=$PG_CPU
+statements
+verify_data
 # SYNCS=N: N-1 more syncs of the same directory, every member already stored (the
-# schedule's usual run); the simulator's counts start again for each.
+# schedule's usual run), CHANGE_PCT percent of them changed before each; the
+# simulator's counts start again for each.
 for i in $(seq 2 "${SYNCS:-1}"); do
     curl -sf -X POST "$ORGSYNC_UPSTREAM_URL/sim/reset-stats" >/dev/null
-    sync_once " $i (every member already stored)"
+    mutate_directory
+    USERS_TOTAL=$(curl -sf "$ORGSYNC_UPSTREAM_URL/sim/org" | jq '[.corps[].users_total] | add')
+    if [ "$CHANGE_PCT" = 0 ]; then
+        sync_once " $i (every member already stored, no change)"
+    else
+        sync_once " $i (every member already stored, $CHANGE_PCT% changed)"
+    fi
+    awk -v a="$PG_CPU" -v b="$FIRST_PG_CPU" 'BEGIN {printf "PostgreSQL CPU / first sync    %.3f\n", a / b}'
+    statements
+    verify_data
 done
 
 # PostgreSQL's own floor for these rows, measured now on the same server: COPY (its
