@@ -28,6 +28,14 @@ CREATE TABLE department_digests (
     PRIMARY KEY (corp_id, dept_id)
 );
 
+-- A run of an enterprise that finds every department unchanged needs no
+-- deletion check when nothing but the sync has written its members since its
+-- last complete one (sql_corp_ok): members_settled_run is the run whose
+-- deletions last completed, and the writers that are not the sync (change
+-- callbacks, realtime lookups) leave sync_run_id NULL, found by this index.
+ALTER TABLE enterprises ADD COLUMN members_settled_run bigint;
+CREATE INDEX users_unsynced ON users (corp_id) WHERE sync_run_id IS NULL AND deleted_at IS NULL;
+
 -- A checkpoint of a department whose answer was unchanged: its userids are in
 -- department_digests, and none of its members was sent.
 ALTER TABLE sync_checkpoints ADD COLUMN unchanged boolean NOT NULL DEFAULT false;

@@ -54,6 +54,11 @@ B="http://127.0.0.1:${SV_HTTP[b]}"
 rid=$(serve_request_run a)
 T=20 wait_for run_is "$rid" succeeded || not_ok "the first sync did not finish"
 check "PostgreSQL equals the simulator after the sync" serve_data_equals_sim "$SDB"
+# The digests of the departments a callback's member is in (sql/008) stop holding
+# once the callback writes it: the next sync writes those departments in full.
+trusted_digests() { psql_q "SELECT count(*) FROM department_digests d JOIN users u ON u.corp_id = d.corp_id
+    AND d.dept_id = ANY (u.department) WHERE u.corp_id = '$C' AND u.userid = '$1' AND d.digest IS NOT NULL"; }
+check "the first sync kept digests of u000001's departments" test "$(trusted_digests u000001)" -gt 0
 
 # ---- crafting requests by hand (python3 + the openssl CLI, not our code) ----
 # craft CORP TS NONCE XML -> "sig encrypted"
@@ -137,11 +142,6 @@ measure() {
 }
 measure "a new member" "users WHERE corp_id = '$C' AND userid = 'cbnew1' AND deleted_at IS NULL AND department = '{2}'" \
     "{\"corp_id\":\"$C\",\"ops\":[{\"op\":\"add\",\"userid\":\"cbnew1\",\"name\":\"New One\",\"department\":[2]}]}"
-# The digests of the departments a callback's member is in (sql/008) stop holding
-# once the callback writes it: the next sync writes those departments in full.
-trusted_digests() { psql_q "SELECT count(*) FROM department_digests d JOIN users u ON u.corp_id = d.corp_id
-    AND d.dept_id = ANY (u.department) WHERE u.corp_id = '$C' AND u.userid = '$1' AND d.digest IS NOT NULL"; }
-check "the first sync kept digests of u000001's departments" test "$(trusted_digests u000001)" -gt 0
 measure "a renamed member" "users WHERE corp_id = '$C' AND userid = 'u000001' AND name = 'Renamed'" \
     "{\"corp_id\":\"$C\",\"ops\":[{\"op\":\"rename\",\"userid\":\"u000001\",\"name\":\"Renamed\"}]}"
 eq "the callback's write dropped them" 0 "$(trusted_digests u000001)"

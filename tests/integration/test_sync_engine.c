@@ -1141,6 +1141,26 @@ static void test_unchanged_departments_write_nothing(void **state)
                      sh_scalar(f.pg, "SELECT count(*) FROM users", 0, NULL));
     sh_assert_org(f.pg, &f.sim, "wwsim0001");
     sh_assert_org(f.pg, &f.sim, "wwsim0002");
+    assert_int_equal(sh_scalar(f.pg,
+                               "SELECT count(*) FROM enterprises WHERE members_settled_run IS NULL",
+                               0, NULL),
+                     0);
+
+    /* A member that another writer stored (no sync_run_id) and no department
+     * lists: a sync that finds every department unchanged still deletes it. */
+    sh_exec0(f.pg, "INSERT INTO users (corp_id, userid, department, raw, synced_at) VALUES "
+                   "('wwsim0002', 'ghost', '{1}', '{\"userid\": \"ghost\"}', now() - interval "
+                   "'1 hour')");
+    run = fx_sync(&f, "succeeded");
+    assert_int_equal(run_count(&f,
+                               "SELECT count(*) FROM sync_checkpoints WHERE run_id = $1::bigint "
+                               "AND NOT unchanged",
+                               run),
+                     0);
+    PGresult *g = progress_row(&f, run, "wwsim0002");
+    assert_int_equal(atoi(PQgetvalue(g, 0, 4)), 1);
+    PQclear(g);
+    sh_assert_org(f.pg, &f.sim, "wwsim0002");
 
     /* A member removed, one renamed: only their departments are written, the
      * removed member is deleted. */

@@ -156,7 +156,8 @@ static const char write_sql[] =
     "  email = CASE WHEN EXCLUDED.raw ? 'email' THEN EXCLUDED.email ELSE t.email END, "
     "  position = EXCLUDED.position, status = EXCLUDED.status, department = EXCLUDED.department, "
     "  main_department = EXCLUDED.main_department, raw = EXCLUDED.raw, synced_at = now(), "
-    "  deleted_at = NULL RETURNING department), "
+    /* not the sync's write (sql/008: users_unsynced) */
+    "  sync_run_id = NULL, deleted_at = NULL RETURNING department), "
     /* the digests of the departments the members were and are in (sql/008) */
     DIGESTS_INVALIDATE("SELECT $5, unnest(department) FROM up UNION SELECT $5, "
                        "unnest(o.department) FROM users o WHERE o.corp_id = $5 AND (o.userid = $7 "

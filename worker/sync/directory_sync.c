@@ -269,7 +269,7 @@ void directory_sync_set_tuning(const directory_sync_tuning *t)
  * The columns are read from raw, so raw alone tells whether anything changed. */
 #define SKIP_UNCHANGED                                                                             \
     "WHERE (u.raw IS DISTINCT FROM EXCLUDED.raw AND u.raw IS DISTINCT FROM " MERGED_RAW ") "       \
-    "OR u.deleted_at IS NOT NULL"
+    "OR u.deleted_at IS NOT NULL OR u.sync_run_id IS NULL"
 
 /* A field the upstream did not send is not a field it cleared: a new app
  * (created after 2022-06-20) gets no mobile or email, and must not wipe what a
@@ -464,11 +464,22 @@ static const char sql_users[] =
  * keeps the counts, not the lists. */
 static const char sql_corp_ok[] =
     "WITH " FENCE_CTE ", "
+    "settled AS (SELECT NOT EXISTS (SELECT 1 FROM sync_checkpoints k WHERE k.run_id = $4::bigint "
+    "  AND k.corp_id = $5 AND NOT k.unchanged) "
+    "  AND NOT EXISTS (SELECT 1 FROM department_digests g WHERE g.corp_id = $5 "
+    "    AND (g.run_id IS NULL OR g.run_id > (SELECT coalesce(max(members_settled_run), -1) "
+    "    FROM enterprises WHERE corp_id = $5) OR NOT EXISTS (SELECT 1 FROM sync_checkpoints k "
+    "    WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.dept_id = g.dept_id))) "
+    "  AND NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5 AND sync_run_id IS NULL "
+    "    AND deleted_at IS NULL) "
+    "  AND NOT EXISTS (SELECT 1 FROM sync_roster WHERE run_id = $4::bigint AND corp_id = $5) "
+    "  AS yes), "
     "seen AS (SELECT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
-    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND NOT (SELECT yes FROM settled) "
     "  UNION ALL SELECT x.userid FROM sync_checkpoints k JOIN department_digests g "
     "  ON g.corp_id = k.corp_id AND g.dept_id = k.dept_id, unnest(g.userids) AS x(userid) "
-    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.userids IS NULL), "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.userids IS NULL "
+    "  AND NOT (SELECT yes FROM settled)), "
     "ro AS (SELECT x.userid, array_agg(DISTINCT x.dept ORDER BY x.dept) AS depts "
     "  FROM sync_roster r, unnest(r.userids, r.depts) AS x(userid, dept) "
     "  WHERE r.run_id = $4::bigint AND r.corp_id = $5 GROUP BY x.userid), "
@@ -483,15 +494,16 @@ static const char sql_corp_ok[] =
     "  RETURNING u.corp_id, u.userid, u.department), "
     "kr AS (DELETE FROM sync_roster WHERE run_id = $4::bigint AND corp_id = $5 "
     "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
-    "fm AS (UPDATE enterprises SET fields_missing = $10::text[] WHERE corp_id = $5 "
-    "  AND $10::text[] IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "fm AS (UPDATE enterprises SET fields_missing = coalesce($10::text[], fields_missing), "
+    "  members_settled_run = $4::bigint WHERE corp_id = $5 "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     /* The members no longer there: a set difference, which PostgreSQL does by
      * hashing or sorting whatever it estimates the sizes to be (NOT EXISTS
      * against seen was planned as a nested loop once the checkpoints' statistics
      * said few rows: a third sync of the benchmark cost PostgreSQL 141 CPU s,
      * tests/bench/README.md "Ninth pass"). */
     "gone AS (SELECT userid FROM users WHERE corp_id = $5 AND deleted_at IS NULL "
-    "  AND sync_run_id IS DISTINCT FROM $4::bigint "
+    "  AND sync_run_id IS DISTINCT FROM $4::bigint AND NOT (SELECT yes FROM settled) "
     /* written after this run began by someone else (a change callback, a
      * realtime lookup): fresher than what the run saw, so not deleted */
     "  AND NOT coalesce(users.synced_at > (SELECT created_at FROM sync_runs WHERE run_id = "
