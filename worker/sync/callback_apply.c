@@ -162,7 +162,7 @@ static const char write_sql[] =
     DIGESTS_INVALIDATE("SELECT $5, unnest(department) FROM up UNION SELECT $5, "
                        "unnest(o.department) FROM users o WHERE o.corp_id = $5 AND (o.userid = $7 "
                        "OR o.userid IN (SELECT j->>'userid' FROM src))",
-                       "AND EXISTS (SELECT 1 FROM fence)") ", "
+                       "EXISTS (SELECT 1 FROM fence)") ", "
     "dep AS (INSERT INTO departments AS d (corp_id, dept_id, name, parent_id, \"order\", "
     "  synced_at, deleted_at) SELECT $5, ($6::jsonb->>'id')::bigint, $6::jsonb->>'name', "
     "  ($6::jsonb->>'parentid')::bigint, ($6::jsonb->>'order')::bigint, now(), NULL "

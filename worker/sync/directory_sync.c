@@ -424,15 +424,17 @@ static const char sql_users[] =
     "  FROM depts WHERE h IS NOT NULL ON CONFLICT (corp_id, dept_id) DO UPDATE SET "
     "  digest = EXCLUDED.digest, userids = EXCLUDED.userids, run_id = EXCLUDED.run_id, "
     "  updated_at = now() RETURNING 1), "
+    /* (the EXISTS gates: no table is read when no department needs it) */
     "dn AS (UPDATE department_digests t SET digest = NULL FROM depts WHERE depts.h IS NULL "
     "  AND NOT depts.x AND t.corp_id = depts.c AND t.dept_id = depts.d AND t.digest IS NOT NULL "
-    "  RETURNING 1), " DIGESTS_INVALIDATE(
+    "  AND EXISTS (SELECT 1 FROM depts WHERE h IS NULL AND NOT x) RETURNING 1), " DIGESTS_INVALIDATE(
         "SELECT corp_id, unnest(department) FROM up UNION SELECT corp_id, unnest(department) "
-        "FROM ins UNION SELECT up.corp_id, unnest(o.department) FROM up, " WAS_ROW("up"),
-        "AND NOT EXISTS (SELECT 1 FROM depts WHERE depts.h IS NOT NULL AND depts.c = t.corp_id "
-        "AND depts.d = t.dept_id)") ", "
+        "FROM ins UNION SELECT up.corp_id, unnest(o.department) FROM up, " WAS_ROW("up")
+        " EXCEPT SELECT c, d FROM depts WHERE h IS NOT NULL",
+        "EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM ins)") ", "
     "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
-    "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d RETURNING 1), "
+    "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d "
+    "  AND EXISTS (SELECT 1 FROM depts WHERE s) RETURNING 1), "
     "cp AS (INSERT INTO sync_checkpoints (run_id, corp_id, dept_id, users, userids, unchanged) "
     "  SELECT $4::bigint, c, d, n, CASE WHEN h IS NULL AND NOT x THEN "
     "  ARRAY(SELECT jsonb_array_elements_text(u)) END, x FROM depts "
@@ -522,7 +524,7 @@ static const char sql_corp_ok[] =
     "  AND dept_id IN (SELECT dept_id FROM dd) RETURNING 1), " DIGESTS_INVALIDATE(
         "SELECT $5, unnest(department) FROM du UNION SELECT $5, unnest(department) FROM ri "
         "UNION SELECT $5, unnest(o.department) FROM ri, " WAS_ROW("ri"),
-        "AND EXISTS (SELECT 1 FROM fence)") ", "
+        "EXISTS (SELECT 1 FROM du) OR EXISTS (SELECT 1 FROM ri)") ", "
     "pr AS (UPDATE sync_progress SET state = 'succeeded', users_deleted = users_deleted + "
     "  (SELECT count(*) FROM du), users_upserted = users_upserted + (SELECT count(*) FROM ri), "
     "  requests = requests + $6::bigint, "

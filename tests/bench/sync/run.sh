@@ -223,6 +223,7 @@ sync_once() {
       "members written per second    \(($pgusers | tonumber) / $wall | round)  (\($pgusers) of \($want) members in PostgreSQL)",
       "orgsync sync exit status      \($rc)"
     ' <<<"$STATS"
+    echo "departments unchanged         $(psql -qAtX "$ORGSYNC_PG_DSN" -c "SELECT count(*) FILTER (WHERE unchanged) || ' of ' || count(*) || ' written as a checkpoint only (sql/008); digests not trusted now: ' || (SELECT count(*) FROM department_digests WHERE digest IS NULL) FROM sync_checkpoints WHERE run_id = (SELECT max(run_id) FROM sync_runs)")"
     echo "CPU seconds used              postgres $PG_CPU, orgsync sync $SYNC_CPU, simulator $SIM_CPU, redis $REDIS_CPU ($(nproc) CPUs; load before: $LOAD0)"
     awk -v p="$PG_CPU" -v o="$SYNC_CPU" -v s="$SIM_CPU" -v r="$REDIS_CPU" -v t0="$start" -v t1="$end" -v n="$(nproc)" \
         'BEGIN {printf "CPU busy during the sync       %.0f%% of %d CPUs x wall time\n", 100 * (p + o + s + r) / ((t1 - t0) * n), n}'
