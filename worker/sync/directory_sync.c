@@ -418,7 +418,7 @@ static const char sql_users[] =
     "  deleted_at = NULL " SKIP_UNCHANGED " RETURNING u.corp_id, u.userid, u.department), "
     "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($7::jsonb) AS g, jsonb_array_elements(g->1) AS e "
-    "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING corp_id, department), "
+    "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING 1), "
     "dg AS (INSERT INTO department_digests AS t (corp_id, dept_id, digest, userids, run_id) "
     "  SELECT c, d, decode(h, 'hex'), ARRAY(SELECT jsonb_array_elements_text(u)), $4::bigint "
     "  FROM depts WHERE h IS NOT NULL ON CONFLICT (corp_id, dept_id) DO UPDATE SET "
@@ -428,10 +428,12 @@ static const char sql_users[] =
     "dn AS (UPDATE department_digests t SET digest = NULL FROM depts WHERE depts.h IS NULL "
     "  AND NOT depts.x AND t.corp_id = depts.c AND t.dept_id = depts.d AND t.digest IS NOT NULL "
     "  AND EXISTS (SELECT 1 FROM depts WHERE h IS NULL AND NOT x) RETURNING 1), " DIGESTS_INVALIDATE(
-        "SELECT corp_id, unnest(department) FROM up UNION SELECT corp_id, unnest(department) "
-        "FROM ins UNION SELECT up.corp_id, unnest(o.department) FROM up, " WAS_ROW("up")
-        " EXCEPT SELECT c, d FROM depts WHERE h IS NOT NULL",
-        "EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM ins)") ", "
+        /* (not ins: a member inserted there was listed by no department written
+         * before, for that department would have inserted it: no digest names it) */
+        "SELECT corp_id, unnest(department) FROM up UNION SELECT up.corp_id, "
+        "unnest(o.department) FROM up, " WAS_ROW("up") " EXCEPT SELECT c, d FROM depts "
+        "WHERE h IS NOT NULL",
+        "EXISTS (SELECT 1 FROM up)") ", "
     "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
     "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d "
     "  AND EXISTS (SELECT 1 FROM depts WHERE s) RETURNING 1), "
