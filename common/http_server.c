@@ -7,6 +7,10 @@
  * buffer without bound. The request object and the output buffer belong to the
  * connection and are reused, so a keep-alive request costs no allocation once the
  * buffers have grown to its size, and each answer is one uv_write of one buffer.
+ * A prebuilt answer (http_reply_answer) is not copied: its block is sent with
+ * sendfile(2) from its memfd right away when the socket takes it (the answer is then
+ * done within the call), else written by reference with uv_write, the connection
+ * holding the answer until the write is done.
  *
  * A request whose connection dies while its handler works is detached: it stays
  * valid until the handler answers (the answer is dropped) or the server closes. */
@@ -25,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -110,11 +115,13 @@ struct hs_conn {
     unsigned lingering : 1;
     unsigned reading : 1;
     unsigned close_after : 1; /* close once the current write completes */
+    unsigned feeding : 1;     /* inside conn_feed: an answer sent at once does not pump */
     int err_status;           /* set by parser callbacks: 413, 431, 500 */
     char *pend;
     size_t pend_off, pend_len, pend_cap;
     char *out;
     size_t out_cap;
+    http_answer *ans;            /* the cached answer being written, held until on_written */
     char peer[INET6_ADDRSTRLEN]; /* the client's address, "" if unknown */
 };
 
@@ -527,12 +534,6 @@ static void notify(http_server *s, const char *method, const char *pattern, int 
     s->obs(s->obs_arg, method, pattern, status, secs);
 }
 
-static const char *reason(int status)
-{
-    const char *r = http_status_str((enum http_status)status);
-    return (r && strcmp(r, "<unknown>") != 0) ? r : "Unknown";
-}
-
 static void on_shutdown(uv_shutdown_t *sd, int status)
 {
     hs_conn *c = sd->data;
@@ -565,6 +566,8 @@ static void on_written(uv_write_t *wr, int status)
 {
     hs_conn *c = wr->data;
     c->writing = 0;
+    http_answer_unref(c->ans);
+    c->ans = NULL;
     if (c->closing)
         return;
     if (status < 0) {
@@ -585,6 +588,30 @@ static void on_written(uv_write_t *wr, int status)
     conn_pump(c);
 }
 
+static void conn_idle_clock(hs_conn *c)
+{
+    uv_timer_start(&c->timer, on_conn_timer, (uint64_t)c->srv->o.idle_timeout_ms,
+                   (uint64_t)c->srv->o.idle_timeout_ms);
+}
+
+/* Writes bufs with one uv_write; the connection holds ans (NULL: the bytes are its
+ * own output buffer) until the write is done. */
+static int conn_send(hs_conn *c, const uv_buf_t *bufs, unsigned n, http_answer *ans, int keep_alive)
+{
+    c->close_after = !keep_alive;
+    c->writing = 1;
+    c->wr.data = c;
+    int err = uv_write(&c->wr, (uv_stream_t *)&c->tcp, bufs, n, on_written);
+    if (err) {
+        c->writing = 0;
+        return err;
+    }
+    c->ans = ans ? http_answer_ref(ans) : NULL;
+    /* The idle clock also bounds a client that never reads our answer. */
+    conn_idle_clock(c);
+    return 0;
+}
+
 /* Formats status line, headers and body into the connection's output buffer and
  * writes it with one uv_write. */
 static int conn_write(hs_conn *c, int status, const char *ctype, const char *xh, size_t xh_len,
@@ -592,41 +619,51 @@ static int conn_write(hs_conn *c, int status, const char *ctype, const char *xh,
 {
     if (!ctype)
         ctype = "application/octet-stream";
-    size_t need = 160 + strlen(ctype) + xh_len + len;
-    if (grow(&c->out, &c->out_cap, need))
+    if (grow(&c->out, &c->out_cap, HTTP_HEAD_MAX(strlen(ctype), xh_len) + len))
         return -ENOMEM;
-    const char *conn_hdr = !keep_alive ? "Connection: close\r\n"
-                           : http10    ? "Connection: keep-alive\r\n"
-                                       : "";
-    int n = snprintf(c->out, c->out_cap,
-                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s", status,
-                     reason(status), ctype, len, conn_hdr);
-    if (n < 0 || (size_t)n + xh_len + 2 + len > c->out_cap)
+    size_t off = http_head(c->out, c->out_cap, status, ctype, len, xh, xh_len, keep_alive, http10);
+    if (!off)
         return -ENOMEM;
-    size_t off = (size_t)n;
-    if (xh_len) {
-        memcpy(c->out + off, xh, xh_len);
-        off += xh_len;
-    }
-    c->out[off++] = '\r';
-    c->out[off++] = '\n';
     if (len && !head) {
         memcpy(c->out + off, body, len);
         off += len;
     }
-    c->close_after = !keep_alive;
-    c->writing = 1;
-    c->wr.data = c;
     uv_buf_t b = uv_buf_init(c->out, (unsigned)off);
-    int err = uv_write(&c->wr, (uv_stream_t *)&c->tcp, &b, 1, on_written);
-    if (err) {
-        c->writing = 0;
-        return err;
+    return conn_send(c, &b, 1, NULL, keep_alive);
+}
+
+/* Sends the first len bytes of ans's memfd now, with sendfile(2), when nothing is
+ * queued on the socket before them. Returns how many went out (0 too when the
+ * answer has no file), or -1 on a socket error. */
+static ssize_t conn_sendfile(hs_conn *c, const http_answer *ans, size_t len)
+{
+    uv_os_fd_t fd;
+    int in = http_answer_fd(ans);
+    if (in < 0 || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0 ||
+        uv_fileno((const uv_handle_t *)&c->tcp, &fd))
+        return 0;
+    off_t off = 0;
+    while ((size_t)off < len) {
+        ssize_t n = sendfile(fd, in, &off, len - (size_t)off);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno != EAGAIN)
+            return -1;
+        break; /* the socket buffer is full: the rest is queued */
     }
-    /* The idle clock also bounds a client that never reads our answer. */
-    uv_timer_start(&c->timer, on_conn_timer, (uint64_t)c->srv->o.idle_timeout_ms,
-                   (uint64_t)c->srv->o.idle_timeout_ms);
-    return 0;
+    return (ssize_t)off;
+}
+
+/* A keep-alive answer went out whole within the call: what on_written does then.
+ * A pipelined request waiting is parsed now, unless we are inside the parse loop
+ * (conn_feed), which goes on by itself once the handler returns. */
+static void conn_sent(hs_conn *c)
+{
+    conn_idle_clock(c);
+    if (!c->feeding)
+        conn_pump(c);
 }
 
 static size_t error_json(char *out, size_t cap, const char *code, const char *message)
@@ -673,14 +710,17 @@ static void detached_remove(http_req *r)
         r->next_detached->prev_detached = r->prev_detached;
 }
 
-void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len)
+/* The connection to answer r on, once r is answered with status (metrics); NULL
+ * when there is none: a second answer (refused), or the client went away (r is
+ * freed). */
+static hs_conn *reply_take(http_req *r, int status)
 {
     if (!r)
-        return;
+        return NULL;
     if (r->state == REQ_IDLE) {
         /* A second answer to one request: a handler bug, refused loudly. */
         log_error("http_reply on a request already answered", LF_I("status", status));
-        return;
+        return NULL;
     }
     hs_conn *c = r->conn;
     notify(r->srv, r->method, r->m.pattern, status, r->t0);
@@ -688,17 +728,69 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
         /* The client went away while the handler worked: nobody to answer. */
         detached_remove(r);
         req_free(r);
-        return;
+        return NULL;
     }
     r->conn = NULL;
     r->state = REQ_IDLE;
     c->busy = 0;
     /* After a client's half-close we still answer what it sent; the pump closes
      * once nothing is left. */
-    int keep = r->keep_alive;
-    int http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
+    return c;
+}
+
+static int is_http10(const hs_conn *c)
+{
+    return c->parser.http_major == 1 && c->parser.http_minor == 0;
+}
+
+void http_reply(http_req *r, int status, const char *content_type, const char *body, size_t len)
+{
+    hs_conn *c = reply_take(r, status);
+    if (!c)
+        return;
     if (conn_write(c, status, content_type, r->xh, r->xh_len, body ? body : "", body ? len : 0,
-                   r->head, keep, http10))
+                   r->head, r->keep_alive, is_http10(c)))
+        conn_close(c);
+}
+
+void http_reply_answer(http_req *r, http_answer *ans)
+{
+    hs_conn *c = reply_take(r, http_answer_status(ans));
+    if (!c)
+        return;
+    int keep = r->keep_alive, http10 = is_http10(c);
+    size_t total, hl = http_answer_head_len(ans), blen = http_answer_body_len(ans);
+    const char *bytes = http_answer_bytes(ans, &total);
+    uv_buf_t b[2];
+    unsigned nb = 0;
+    if (keep && !http10 && !r->head && r->xh_len == 0) {
+        /* The answer's own block fits this request: sent by reference. */
+        ssize_t sent = conn_sendfile(c, ans, total);
+        if (sent < 0) {
+            conn_close(c);
+            return;
+        }
+        if ((size_t)sent == total) {
+            conn_sent(c);
+            return;
+        }
+        b[nb++] = uv_buf_init((char *)bytes + sent, (unsigned)(total - (size_t)sent));
+    } else {
+        /* Another head (extra headers, HEAD, HTTP/1.0, closing), the same body. */
+        const char *ct = http_answer_content_type(ans);
+        size_t n = 0;
+        if (grow(&c->out, &c->out_cap, HTTP_HEAD_MAX(strlen(ct), r->xh_len)) == 0)
+            n = http_head(c->out, c->out_cap, http_answer_status(ans), ct, blen, r->xh, r->xh_len,
+                          keep, http10);
+        if (!n) {
+            conn_close(c);
+            return;
+        }
+        b[nb++] = uv_buf_init(c->out, (unsigned)n);
+        if (!r->head && blen)
+            b[nb++] = uv_buf_init((char *)bytes + hl, (unsigned)blen);
+    }
+    if (conn_send(c, b, nb, ans, keep))
         conn_close(c);
 }
 
@@ -765,7 +857,9 @@ static size_t conn_feed(hs_conn *c, const char *data, size_t len)
         http_parser_pause(&c->parser, 0);
         if (c->parser.upgrade)
             c->req->keep_alive = 0; /* we speak nothing else; answer, then close */
+        c->feeding = 1;
         dispatch(c);
+        c->feeding = 0;
         return n;
     }
     if (HTTP_PARSER_ERRNO(&c->parser) != HPE_OK) {
@@ -857,8 +951,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     size_t n = conn_feed(c, buf->base, len);
     if (n < len && !c->closing && !c->dead) {
-        if (pend_append(c, buf->base + n, len - n))
+        if (pend_append(c, buf->base + n, len - n)) {
             conn_close(c);
+            return;
+        }
+        conn_pump(c); /* parses on if the request was answered at once (conn_sent) */
     }
 }
 
@@ -907,6 +1004,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
     if (c->counted)
         s->nconns--;
     req_free(c->req);
+    http_answer_unref(c->ans);
     free(c->pend);
     free(c->out);
     free(c);

@@ -19,12 +19,16 @@
  * a closing answer (error, "Connection: close") the server shuts down its side and
  * discards what the client still sends for at most a second, so a client in the middle
  * of an upload reads the answer instead of a reset. The request object, its buffers and
- * the output buffer are reused per connection: no allocation per keep-alive request. */
+ * the output buffer are reused per connection: no allocation per keep-alive request.
+ * An answer built once for many requests (common/http_answer.h) is sent by reference:
+ * no copy of its body, and from a memfd with one sendfile(2) when it is large. */
 #ifndef ORGSYNC_HTTP_SERVER_H
 #define ORGSYNC_HTTP_SERVER_H
 
 #include <stddef.h>
 #include <uv.h>
+
+#include "common/http_answer.h"
 
 typedef struct http_server http_server;
 typedef struct http_req http_req;
@@ -92,5 +96,9 @@ void http_reply(http_req *r, int status, const char *content_type, const char *b
 void http_reply_json(http_req *r, int status, const char *json);
 /* {"error":{"code":..,"message":..}} */
 void http_reply_error(http_req *r, int status, const char *code, const char *message);
+/* Answers with a prebuilt answer (its status, type and body; the request's extra
+ * headers, HEAD and keep-alive apply as with http_reply), without copying it: the
+ * server takes a reference for as long as the write lasts. */
+void http_reply_answer(http_req *r, http_answer *ans);
 
 #endif

@@ -149,6 +149,34 @@ static void h_big(http_req *r, void *arg)
     free(b);
 }
 
+/* Byte i of a prebuilt answer's body. */
+static char answer_byte(size_t i)
+{
+    return (char)('a' + i % 26);
+}
+
+/* A prebuilt answer of n bytes (?n=), made for this request and dropped by the
+ * handler at once: the server must hold it for as long as it writes it. ?x=1
+ * adds a header, which the answer's own head does not have. */
+static void h_answer(http_req *r, void *arg)
+{
+    (void)arg;
+    const char *n = http_req_query(r, "n");
+    size_t len = n ? (size_t)atol(n) : 0;
+    char *b = malloc(len + 1);
+    assert_non_null(b);
+    for (size_t i = 0; i < len; i++)
+        b[i] = answer_byte(i);
+    http_answer *a = http_answer_new(200, "text/plain", b, len);
+    free(b);
+    assert_non_null(a);
+    assert_int_equal(http_answer_fd(a) >= 0, len >= HTTP_ANSWER_FILE_MIN);
+    if (http_req_query(r, "x"))
+        http_req_add_header(r, "X-Extra", "yes");
+    http_reply_answer(r, a);
+    http_answer_unref(a);
+}
+
 static void h_twice(http_req *r, void *arg)
 {
     (void)arg;
@@ -226,6 +254,7 @@ static senv *senv_start(const char *id, const http_server_opts *o, const char *a
     assert_int_equal(http_server_route(e->s, "GET", "/async", h_async, e), 0);
     assert_int_equal(http_server_route(e->s, "GET", "/never", h_never, e), 0);
     assert_int_equal(http_server_route(e->s, "GET", "/big", h_big, e), 0);
+    assert_int_equal(http_server_route(e->s, "GET", "/answer", h_answer, e), 0);
     assert_int_equal(http_server_route(e->s, "GET", "/stats", h_stats, e), 0);
     assert_int_equal(http_server_route(e->s, "GET", "/error", h_error, e), 0);
     assert_int_equal(http_server_route(e->s, "GET", "/twice", h_twice, e), 0);
@@ -271,12 +300,15 @@ typedef struct resp {
     size_t body_len;
 } resp;
 
-static raw *raw_connect(int port)
+/* rcvbuf > 0: that receive buffer, set before connecting so the window is small. */
+static raw *raw_connect_rcvbuf(int port, int rcvbuf)
 {
     raw *r = calloc(1, sizeof(*r));
     assert_non_null(r);
     r->fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(r->fd >= 0);
+    if (rcvbuf > 0)
+        setsockopt(r->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     struct timeval tv = {3, 0};
     setsockopt(r->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(r->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
@@ -286,6 +318,11 @@ static raw *raw_connect(int port)
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(r->fd, (struct sockaddr *)&sa, sizeof sa), 0);
     return r;
+}
+
+static raw *raw_connect(int port)
+{
+    return raw_connect_rcvbuf(port, 0);
 }
 
 static void raw_free(raw *r)
@@ -1291,6 +1328,110 @@ static void test_close_with_pending(void **state)
     raw_free(w2);
 }
 
+/* Reads one answer of /answer: its head into head, then Content-Length body bytes
+ * (none for HEAD), each checked against answer_byte. Returns the status, or -1 if
+ * the connection ended or timed out first or a byte was wrong. */
+static int raw_answer(raw *r, int head_only, char *head, size_t hcap, size_t *blen)
+{
+    char *end;
+    while (!(end = r->len ? strstr(r->buf, "\r\n\r\n") : NULL))
+        if (raw_fill(r) <= 0)
+            return -1;
+    size_t hl = (size_t)(end - r->buf) + 4;
+    assert_true(hl < hcap);
+    memcpy(head, r->buf, hl);
+    head[hl] = '\0';
+    memmove(r->buf, r->buf + hl, r->len - hl + 1);
+    r->len -= hl;
+    int status;
+    if (sscanf(head, "HTTP/1.1 %d", &status) != 1)
+        return -1;
+    const char *cl = strcasestr(head, "\r\nContent-Length:");
+    *blen = cl ? (size_t)atol(cl + 17) : 0;
+    for (size_t got = 0; !head_only && got < *blen;) {
+        if (r->len == 0 && raw_fill(r) <= 0)
+            return -1;
+        size_t k = *blen - got < r->len ? *blen - got : r->len;
+        for (size_t i = 0; i < k; i++)
+            if (r->buf[i] != answer_byte(got + i))
+                return -1;
+        memmove(r->buf, r->buf + k, r->len - k + 1);
+        r->len -= k;
+        got += k;
+    }
+    return status;
+}
+
+static void test_prebuilt_answer(void **state)
+{
+    fix *f = *state;
+    char head[1024];
+    size_t blen;
+    const size_t big = 300 * 1000; /* a memfd, and more than one socket buffer */
+
+    /* Keep-alive: the answer's own block, sent from its memfd, three times over. */
+    raw *w = raw_connect(f->port);
+    for (int i = 0; i < 3; i++) {
+        raw_sends(w, "GET /answer?n=300000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+        assert_int_equal(blen, big);
+        assert_non_null(strstr(head, "Content-Type: text/plain\r\n"));
+        assert_null(strcasestr(head, "Connection:"));
+    }
+    /* A small one (heap), HEAD, and an extra header: other heads, same body. */
+    raw_sends(w, "GET /answer?n=100 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "HEAD /answer?n=300000 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /answer?n=300000&x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, 100);
+    assert_int_equal(raw_answer(w, 1, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, big);
+    assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, big);
+    assert_non_null(strstr(head, "\r\nX-Extra: yes\r\n"));
+    raw_free(w);
+
+    /* 50 pipelined in one write: each answered at once inside the parse loop. */
+    w = raw_connect(f->port);
+    char many[50 * 48];
+    size_t n = 0;
+    for (int i = 0; i < 50; i++)
+        n += (size_t)sprintf(many + n, "GET /answer?n=20000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(raw_send(w, many, n), 0);
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+        assert_int_equal(blen, 20000);
+    }
+    raw_free(w);
+
+    /* A client that reads late through a small window: an answer larger than the
+     * socket's send buffer can grow to (4 MiB here), so the sendfile stops short,
+     * the rest is queued by reference (the handler dropped the answer long ago),
+     * and the requests behind wait for it. */
+    const size_t huge = 12 * 1000 * 1000;
+    w = raw_connect_rcvbuf(f->port, 4096);
+    raw_sends(w, "GET /answer?n=12000000 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /answer?n=300000 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /answer?n=12000000 HTTP/1.0\r\n\r\n");
+    usleep(300 * 1000);
+    assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, huge);
+    assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, big);
+    /* HTTP/1.0 without keep-alive: closed after the answer. */
+    assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, huge);
+    assert_non_null(strstr(head, "\r\nConnection: close\r\n"));
+    assert_true(raw_closed_within(w, 2000));
+    raw_free(w);
+
+    /* A client gone before its answer is taken: nothing leaks (ASan). */
+    w = raw_connect_rcvbuf(f->port, 4096);
+    raw_sends(w, "GET /answer?n=12000000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    usleep(100 * 1000);
+    raw_free(w);
+}
+
 static void test_observer(void **state)
 {
     (void)state;
@@ -1320,6 +1461,7 @@ int main(void)
         cmocka_unit_test(test_async_reply),
         cmocka_unit_test(test_keep_alive_reuse),
         cmocka_unit_test(test_pipelining),
+        cmocka_unit_test(test_prebuilt_answer),
         cmocka_unit_test(test_expect_continue_and_busy_arrivals),
         cmocka_unit_test(test_body_too_large),
         cmocka_unit_test(test_headers_too_large),

@@ -10,7 +10,7 @@
 
 static void centry_free(api_centry *e)
 {
-    free(e->body);
+    http_answer_unref(e->ans);
     free(e->waiters);
     free(e);
 }
@@ -51,8 +51,8 @@ static int cache_slot(api *a, const char *key)
 
 static void reply_entry(api_centry *e, http_req *req)
 {
-    if (e->body)
-        http_reply(req, e->status, "application/json", e->body, e->len);
+    if (e->ans)
+        http_reply_answer(req, e->ans);
     else
         http_reply_error(req, 503, "unavailable", "answer not available");
 }
@@ -91,7 +91,7 @@ void api_cached(api *a, http_req *req, const char *key, long long min_rev, api_c
 
     if (slot >= 0 && a->cache[slot] && strcmp(a->cache[slot]->key, key) == 0) {
         e = a->cache[slot];
-        if (e->body && e->expires_us > now && e->revision >= min_rev) {
+        if (e->ans && e->expires_us > now && e->revision >= min_rev) {
             reply_entry(e, req);
             /* A hot answer is refreshed in the background during the last
              * fifth of its life, so polls keep being answered from memory and
@@ -160,15 +160,18 @@ void api_cache_done(api_centry *e, int status, char *body, size_t len, long long
     }
     int live = api_unref(a); /* may free a: not used below unless live */
     e->loading = 0;
-    if (status == 200 && e->status == 200 && e->body && revision < e->revision) {
+    http_answer *ans = body ? http_answer_new(status, "application/json", body, len) : NULL;
+    free(body);
+    if (!ans)
+        status = 503; /* out of memory: answered so, and not kept */
+    if (status == 200 && e->status == 200 && e->ans && revision < e->revision) {
         /* Older than what this entry answered before (a lagging replica
          * behind the pool): this worker never goes back, so the answer it
          * had stays, with its own expiry. */
-        free(body);
+        http_answer_unref(ans);
     } else {
-        free(e->body);
-        e->body = body;
-        e->len = body ? len : 0;
+        http_answer_unref(e->ans);
+        e->ans = ans;
         e->status = status;
         e->revision = status >= 500 ? 0 : revision;
         /* a dependency failure is not remembered: the next poll tries again */

@@ -30,9 +30,8 @@ struct api_centry {
     api *a;
     char key[API_CACHE_KEY];
     int status;
-    char *body;
-    size_t len;
-    long long revision;  /* of body (docs/API.md "Caching"); 0: none (an error) */
+    http_answer *ans;    /* the answer (head and body), sent by reference; NULL: none */
+    long long revision;  /* of ans (docs/API.md "Caching"); 0: none (an error) */
     uint64_t expires_us; /* started_us + cache_ms: never older than that */
     uint64_t started_us; /* when the query that made (or will make) the body was sent */
     uint64_t fills;      /* fills started; while loading, the running one's number */
@@ -63,9 +62,10 @@ typedef void (*api_centry_init)(api_centry *e, const void *arg);
 void api_cached(api *a, http_req *req, const char *key, long long min_rev, api_centry_init init,
                 const void *arg, api_fill_fn fill);
 /* Completes a fill: stores (status, body, revision) for cache_ms unless status
- * is 5xx, and answers every waiter it satisfies; starts the next fill for the
- * others. Takes ownership of body (malloc'ed, may be NULL for an error reply
- * built from code/message). */
+ * is 5xx, as one prebuilt answer every request is sent by reference
+ * (common/http_answer.h), and answers every waiter it satisfies; starts the next
+ * fill for the others. Takes ownership of body (malloc'ed, may be NULL for an
+ * error reply built from code/message). */
 void api_cache_done(api_centry *e, int status, char *body, size_t len, long long revision);
 /* Same with an error body {"error":{"code","message"}} (revision 0). */
 void api_cache_error(api_centry *e, int status, const char *code, const char *message);
