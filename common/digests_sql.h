@@ -16,7 +16,7 @@
  * is false (nothing was written) the digests are not even read. The pairs are
  * grouped per enterprise so that each is found through the primary key (a
  * join of them was planned, once the table had statistics, as a sort of every
- * digest per statement: tests/bench/README.md "Ninth pass"). */
+ * digest per statement: tests/bench/README.md "Tenth pass"). */
 #define DIGESTS_INVALIDATE(pairs, gate)                                                            \
     "inv AS (UPDATE department_digests t SET digest = NULL FROM (SELECT c, array_agg(d) AS ds "    \
     "  FROM (" pairs ") AS p(c, d) GROUP BY c) AS v WHERE (" gate ") AND t.corp_id = v.c "         \

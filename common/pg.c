@@ -1278,7 +1278,7 @@ static void pool_maybe_free(pg_pool *p)
  * their plans' estimates are not: a member write's CTEs (estimated at 10,000
  * rows each) passed jit_above_cost, and compiling each statement cost
  * PostgreSQL about 100 ms of CPU, more than executing it (tests/bench/README.md,
- * "Ninth pass"). The DSN's own options (or PGOPTIONS) come after, so an
+ * "Tenth pass"). The DSN's own options (or PGOPTIONS) come after, so an
  * operator's "-c jit=on" still wins. */
 #define PG_SESSION_OPTIONS "-c jit=off"
 

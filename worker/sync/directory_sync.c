@@ -505,7 +505,7 @@ static const char sql_corp_ok[] =
      * hashing or sorting whatever it estimates the sizes to be (NOT EXISTS
      * against seen was planned as a nested loop once the checkpoints' statistics
      * said few rows: a third sync of the benchmark cost PostgreSQL 141 CPU s,
-     * tests/bench/README.md "Ninth pass"). */
+     * tests/bench/README.md "Tenth pass"). */
     "gone AS (SELECT userid FROM users WHERE corp_id = $5 AND deleted_at IS NULL "
     "  AND sync_run_id IS DISTINCT FROM $4::bigint AND NOT (SELECT yes FROM settled) "
     /* written after this run began by someone else (a change callback, a
@@ -1304,7 +1304,7 @@ static void export_pump(ds_corp *c);
  * checkpoints wait until DS_BATCH_MAX of them are ready (0.8 s of answers at
  * 10/s), a changed one joins them, or the enterprise fetches nothing more.
  * Halved the statements of a later sync of an unchanged directory
- * (tests/bench/README.md, "Ninth pass"); a leader that dies loses no more than
+ * (tests/bench/README.md, "Tenth pass"); a leader that dies loses no more than
  * the DS_BATCH_MAX ready departments it could already lose. */
 static int hold_unchanged(const ds_corp *c)
 {
