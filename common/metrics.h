@@ -27,14 +27,14 @@
 typedef enum { METRIC_COUNTER = 0, METRIC_GAUGE, METRIC_HISTOGRAM } metric_type;
 
 /* Well-known names (use these, so every module writes the same series). */
-#define M_LOCK_HELD "orgsync_lock_held"                         /* gauge 0/1, labels job */
-#define M_LEADER_CHANGES "orgsync_leader_changes_total"         /* counter, labels job */
-#define M_RUNS "orgsync_runs"                                   /* gauge, labels state */
-#define M_RUN_DURATION "orgsync_run_duration_seconds"           /* histogram, labels state */
-#define M_DEPARTMENTS_SYNCED "orgsync_departments_synced_total" /* counter */
-#define M_MEMBERS_SYNCED "orgsync_members_synced_total"         /* counter */
+#define M_LOCK_HELD "orgsync_lock_held"                               /* gauge 0/1, labels job */
+#define M_LEADER_CHANGES "orgsync_leader_changes_total"               /* counter, labels job */
+#define M_RUNS "orgsync_runs"                                         /* gauge, labels state */
+#define M_RUN_DURATION "orgsync_run_duration_seconds"                 /* histogram, labels state */
+#define M_DEPARTMENTS_SYNCED "orgsync_departments_synced_total"       /* counter */
+#define M_MEMBERS_SYNCED "orgsync_members_synced_total"               /* counter */
 #define M_DEPARTMENTS_UNCHANGED "orgsync_departments_unchanged_total" /* counter */
-#define M_UPSTREAM_REQUESTS "orgsync_upstream_requests_total"   /* counter, api, errcode */
+#define M_UPSTREAM_REQUESTS "orgsync_upstream_requests_total"         /* counter, api, errcode */
 #define M_UPSTREAM_DURATION "orgsync_upstream_request_duration_seconds" /* histogram, api */
 #define M_PACING_WAITS "orgsync_pacing_waits_total"               /* counter, labels corp? none */
 #define M_PACING_WAIT_SECONDS "orgsync_pacing_wait_seconds_total" /* counter */

@@ -325,8 +325,7 @@ static void test_digests(void **state)
                  "{\"userlist\":[{\"userid\":\"m\",\"name\":\"M2\",\"department\":[3,5]},"
                  "{\"userid\":\"n\",\"department\":[5]}]}",
                  2);
-    b[3] = parse(3, "{\"userlist\":[{\"userid\":\"m\",\"name\":\"M\",\"department\":[3,5]}]}",
-                 1);
+    b[3] = parse(3, "{\"userlist\":[{\"userid\":\"m\",\"name\":\"M\",\"department\":[3,5]}]}", 1);
     for (int i = 0; i < 4; i++)
         assert_int_equal(b[i]->record, 1);
     assert_memory_equal(b[0]->digest, b[1]->digest, SYNC_DIGEST_LEN);
@@ -346,8 +345,10 @@ static void test_digests(void **state)
                                      "\"x\":true}"));
     char want[128];
     sync_digest_hex(b[3]->digest, hex);
-    snprintf(want, sizeof(want), "{\"d\":3,\"h\":\"%s\",\"n\":1,\"p\":1,\"s\":false,"
-                                 "\"u\":[\"m\"],\"x\":false}", hex);
+    snprintf(want, sizeof(want),
+             "{\"d\":3,\"h\":\"%s\",\"n\":1,\"p\":1,\"s\":false,"
+             "\"u\":[\"m\"],\"x\":false}",
+             hex);
     assert_non_null(strstr(sp.depts, want));
     sync_params_free(&sp);
     b[0]->unchanged = 0;
@@ -414,10 +415,14 @@ static void test_params_fresh_split(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_keeps_members),     cmocka_unit_test(test_parse_refuses),
-        cmocka_unit_test(test_params_each_member_once), cmocka_unit_test(test_params_userid_order),
-        cmocka_unit_test(test_empty_department),        cmocka_unit_test(test_parse_key_order),
-        cmocka_unit_test(test_parse_many_fields),       cmocka_unit_test(test_params_fresh_split),
+        cmocka_unit_test(test_parse_keeps_members),
+        cmocka_unit_test(test_parse_refuses),
+        cmocka_unit_test(test_params_each_member_once),
+        cmocka_unit_test(test_params_userid_order),
+        cmocka_unit_test(test_empty_department),
+        cmocka_unit_test(test_parse_key_order),
+        cmocka_unit_test(test_parse_many_fields),
+        cmocka_unit_test(test_params_fresh_split),
         cmocka_unit_test(test_digests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -63,9 +63,9 @@ static void describe_api_metrics(void)
     metrics_describe("orgsync_upstream_inflight", METRIC_GAUGE, "Upstream calls in flight now");
     /* Unlabelled counters exist from the start (at 0), so that a rate() or an
      * alert on them has a series before the first event. */
-    static const char *const zero[] = {M_PACING_WAITS, M_PACING_WAIT_SECONDS, M_EGRESS_WAITS,
-                                       M_DEPARTMENTS_SYNCED, M_DEPARTMENTS_UNCHANGED,
-                                       M_MEMBERS_SYNCED};
+    static const char *const zero[] = {M_PACING_WAITS,          M_PACING_WAIT_SECONDS,
+                                       M_EGRESS_WAITS,          M_DEPARTMENTS_SYNCED,
+                                       M_DEPARTMENTS_UNCHANGED, M_MEMBERS_SYNCED};
     for (size_t i = 0; i < sizeof(zero) / sizeof(zero[0]); i++)
         metrics_counter_add(zero[i], NULL, 0);
 }

@@ -299,7 +299,7 @@ static int jint(json_object *o, const char *key, char *out, size_t outlen)
     "UPDATE SET name = EXCLUDED.name, mobile = EXCLUDED.mobile, email = EXCLUDED.email, position " \
     "= EXCLUDED.position, status = EXCLUDED.status, department = EXCLUDED.department, "            \
     "main_department = EXCLUDED.main_department, raw = EXCLUDED.raw, synced_at = now(), "          \
-    "sync_run_id = NULL, deleted_at = NULL RETURNING *), " DIGESTS_INVALIDATE(                                          \
+    "sync_run_id = NULL, deleted_at = NULL RETURNING *), " DIGESTS_INVALIDATE(                     \
         "SELECT $1, unnest(department) FROM u UNION SELECT $1, unnest(o.department) FROM users o " \
         "WHERE o.corp_id = $1 AND o.userid = $2",                                                  \
         "true") " SELECT " API_SQL_USER_JSON " FROM u"

@@ -141,6 +141,8 @@ static void task_free(ap_task *t)
  * marked applied with outcome $9 (or, with $11 true, only their attempts
  * counted, applied once they reach APPLY_MAX_ATTEMPTS). Returns whether the
  * fence held, and the applied events' store-to-row latencies. */
+/* (clang-format would indent the SQL after DIGESTS_INVALIDATE) */
+/* clang-format off */
 static const char write_sql[] =
     "WITH " FENCE_CTE ", "
     "src AS (SELECT j FROM jsonb_array_elements(coalesce($4::jsonb, '[]')) j "
@@ -181,6 +183,7 @@ static const char write_sql[] =
     "SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM up), "
     "  (SELECT string_agg(extract(epoch FROM applied_at - received_at)::text, ',') FROM ev "
     "   WHERE applied_at IS NOT NULL)";
+/* clang-format on */
 
 static char write_sql_text[sizeof(write_sql) + 16];
 

@@ -170,8 +170,8 @@ struct ds_corp {
     ds_digest *digests;
     int ndigests;
     long long unchanged; /* departments found unchanged by this attempt */
-    int queued; /* in the job's write queue */
-    int alone;  /* its next write carries no other enterprise (see on_written) */
+    int queued;          /* in the job's write queue */
+    int alone;           /* its next write carries no other enterprise (see on_written) */
     /* The member source: as configured (user_list, export, auto), and this
      * run's, with why (enterprises.member_source_used / _reason). */
     char member_source[12];
@@ -399,6 +399,8 @@ static const char sql_departments[] =
     "SELECT g->>0, e->>'userid', e->>'name', e->>'mobile', e->>'email', e->>'position', "          \
     "  (e->>'status')::int, coalesce(translate(e->>'department', '[]', '{}')::int[], '{}'), "      \
     "  (e->>'main_department')::int, e, $4::bigint, now(), NULL "
+/* (clang-format would indent the SQL after DIGESTS_INVALIDATE) */
+/* clang-format off */
 static const char sql_users[] =
     "WITH " FENCE_CTE ", "
     "g AS (SELECT x->>'c' AS c, x->'d' AS d, (x->>'q')::bigint AS q, (x->>'r')::bigint AS r, "
@@ -453,6 +455,7 @@ static const char sql_users[] =
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, "
     "  (SELECT count(*) FROM up) + (SELECT count(*) FROM ins), "
     "  (SELECT count(*) FROM gone), (SELECT count(*) FROM pr)";
+/* clang-format on */
 
 /* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL, $10 the member
  * fields no answer carried (text[], NULL: no answer had members). Only after every
@@ -466,6 +469,8 @@ static const char sql_users[] =
  * what the roster says (userid, departments), and keeps any fields stored. The
  * checkpoints' userids and the roster are dropped once used: the run's record
  * keeps the counts, not the lists. */
+/* (clang-format would indent the SQL after DIGESTS_INVALIDATE) */
+/* clang-format off */
 static const char sql_corp_ok[] =
     "WITH " FENCE_CTE ", "
     "settled AS (SELECT NOT EXISTS (SELECT 1 FROM sync_checkpoints k WHERE k.run_id = $4::bigint "
@@ -535,6 +540,7 @@ static const char sql_corp_ok[] =
     "  WHERE run_id = $4::bigint AND corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) "
     "SELECT EXISTS (SELECT 1 FROM fence) AS fenced, (SELECT count(*) FROM du), "
     "  (SELECT count(*) FROM dd)";
+/* clang-format on */
 
 /* $4 run, $5 corp, $6 last_error, $7..$9 counters. */
 static const char sql_corp_fail[] =

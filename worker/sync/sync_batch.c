@@ -513,8 +513,8 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
             memcpy(hex + 1 + 2 * SYNC_DIGEST_LEN, "\"", 2);
         }
         /* Keys in jsonb's order (see write_member). */
-        buf_printf(&db, "%s{\"d\":%lld,\"h\":%s,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[",
-                   i ? "," : "", x->dept_id, hex, x->members, x->primary,
+        buf_printf(&db, "%s{\"d\":%lld,\"h\":%s,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[", i ? "," : "",
+                   x->dept_id, hex, x->members, x->primary,
                    x->body || x->unchanged ? "false" : "true");
         for (int m = 0; listed && m < x->members; m++) {
             /* The userid's JSON string, quotes included: checked text. */
