@@ -14,10 +14,11 @@
 -- and userids replace these.
 --
 -- A digest is only trusted while the sync's own write is what users holds for
--- those members: any other writer of a member (a change callback, a realtime
--- lookup, the roster's rows, an export run) sets digest to NULL for the
--- departments the member was or is in (or the whole enterprise), so the next
--- answer is written in full. userids stay: a run in progress may still read them.
+-- those members: any write that changes or deletes a member (the sync's own
+-- through another department or an export, a change callback, a realtime
+-- lookup, the roster's rows) sets digest to NULL for the departments the
+-- member was or is in (common/digests_sql.h), so their next answer is written
+-- in full. userids stay: a run in progress may still read them.
 CREATE TABLE department_digests (
     corp_id    text NOT NULL,
     dept_id    bigint NOT NULL,
