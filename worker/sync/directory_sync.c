@@ -100,7 +100,7 @@ typedef enum {
 /* A department's digest as stored (sql/008). */
 typedef struct ds_digest {
     long long dept;
-    unsigned char d[SYNC_DIGEST_LEN];
+    char d[SYNC_DIGEST_HEX]; /* hex, as sync_batch_parse keeps it */
 } ds_digest;
 
 typedef struct ds_part {
@@ -1115,15 +1115,6 @@ static void corp_forbidden(ds_corp *c, const char *api, wecom_cred cred, const w
 
 /* ---- department digests (sql/008) --------------------------------------------------- */
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    return -1;
-}
-
 static int cmp_digest(const void *a, const void *b)
 {
     const ds_digest *x = a, *y = b;
@@ -1156,12 +1147,10 @@ static void digests_load(ds_corp *c, const char *text)
         if (end == p || *end != ':')
             goto bad;
         p = end + 1;
-        for (int i = 0; i < SYNC_DIGEST_LEN; i++, p += 2) {
-            int hi = hexval(p[0]), lo = hi < 0 ? -1 : hexval(p[1]);
-            if (lo < 0)
-                goto bad;
-            d->d[i] = (unsigned char)(hi << 4 | lo);
-        }
+        if (strspn(p, "0123456789abcdef") != SYNC_DIGEST_HEX)
+            goto bad;
+        memcpy(d->d, p, SYNC_DIGEST_HEX);
+        p += SYNC_DIGEST_HEX;
         if (*p && *p++ != ',')
             goto bad;
         n++;
@@ -1184,7 +1173,7 @@ static int digest_unchanged(const ds_corp *c, const ds_batch *b)
     if (!b->record || !c->ndigests)
         return 0;
     d = bsearch(&key, c->digests, (size_t)c->ndigests, sizeof(*d), cmp_digest);
-    return d && !memcmp(d->d, b->digest, SYNC_DIGEST_LEN);
+    return d && !memcmp(d->d, b->digest, SYNC_DIGEST_HEX);
 }
 
 /* ---- fetching ----------------------------------------------------------------------- */

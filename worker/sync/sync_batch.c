@@ -3,10 +3,10 @@
 #include "worker/sync/sync_batch.h"
 
 #include "common/buf.h"
+#include "common/hash.h"
 #include "worker/wecom/json_scan.h"
 
 #include <errno.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,29 +253,6 @@ as_is:
     return mlen;
 }
 
-/* SHA-256 of the members' text, its first SYNC_DIGEST_LEN bytes: 0, or -1. */
-static int digest_of(const char *text, size_t len, unsigned char *out)
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-
-    if (!EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < SYNC_DIGEST_LEN)
-        return -1;
-    memcpy(out, md, SYNC_DIGEST_LEN);
-    return 0;
-}
-
-void sync_digest_hex(const unsigned char *digest, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-
-    for (int i = 0; i < SYNC_DIGEST_LEN; i++) {
-        out[2 * i] = hex[digest[i] >> 4];
-        out[2 * i + 1] = hex[digest[i] & 15];
-    }
-    out[2 * SYNC_DIGEST_LEN] = '\0';
-}
-
 int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_t n)
 {
     js_val root, ul = {0}, k, v, m, uid = {0};
@@ -359,10 +336,14 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
             goto bad;
         }
     text[used] = '\0';
-    if (digest_of(text, used, b->digest)) {
+    char md[65];
+    hash_sha256_hex(text, used, md);
+    if (strlen(md) != 64) {
         snprintf(why, n, "cannot compute the members' digest");
         goto bad;
     }
+    memcpy(b->digest, md, SYNC_DIGEST_HEX);
+    b->digest[SYNC_DIGEST_HEX] = '\0';
     /* A digest is kept only when each member names the department: a write that
      * changes a member then finds the department in its department array
      * (DIGESTS_INVALIDATE, sql/008). */
@@ -504,14 +485,11 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
     buf_puts(&db, "[");
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
-        char hex[2 * SYNC_DIGEST_LEN + 3] = "null";
+        char hex[SYNC_DIGEST_HEX + 3] = "null";
         int listed = x->body && !x->unchanged;
 
-        if (listed && x->record && !differs[i]) {
-            hex[0] = '"';
-            sync_digest_hex(x->digest, hex + 1);
-            memcpy(hex + 1 + 2 * SYNC_DIGEST_LEN, "\"", 2);
-        }
+        if (listed && x->record && !differs[i])
+            snprintf(hex, sizeof(hex), "\"%s\"", x->digest);
         /* Keys in jsonb's order (see write_member). */
         buf_printf(&db, "%s{\"d\":%lld,\"h\":%s,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[", i ? "," : "",
                    x->dept_id, hex, x->members, x->primary,

@@ -18,7 +18,8 @@
 
 #include "worker/sync/uid_set.h"
 
-#define SYNC_DIGEST_LEN 16
+/* A digest in hex: the first 32 digits of SHA-256 (common/hash.h), 16 bytes. */
+#define SYNC_DIGEST_HEX 32
 
 /* One member of a fetched department: where its object and its userid are in
  * the batch's text. */
@@ -40,10 +41,10 @@ typedef struct ds_batch {
     ds_member *m;
     int members;
     int primary; /* members whose main department this is: counted once, here */
-    /* SHA-256 (its first SYNC_DIGEST_LEN bytes) of body: the members as kept, in
-     * the answer's order. Equal digests, equal members: what the department's
-     * last answer wrote is what this one would write (sql/008). */
-    unsigned char digest[SYNC_DIGEST_LEN];
+    /* SHA-256 (its first SYNC_DIGEST_HEX hex digits) of body: the members as
+     * kept, in the answer's order. Equal digests, equal members: what the
+     * department's last answer wrote is what this one would write (sql/008). */
+    char digest[SYNC_DIGEST_HEX + 1];
     int record;    /* a department's answer: its digest and userids are kept */
     int unchanged; /* set by the sync: the stored digest is this one, so only the
                       checkpoint is written (no member is sent); the sync may then
@@ -86,9 +87,6 @@ typedef struct sync_params {
      * "u", and none of its members is in the member arrays. */
     char *depts;
 } sync_params;
-
-/* The digest as 2 * SYNC_DIGEST_LEN lowercase hex digits and a NUL. */
-void sync_digest_hex(const unsigned char *digest, char *out);
 
 /* Fills p for these batches. written: NULL, or the userids the enterprise's
  * sync has sent since it had no users row (worker/sync/uid_set.h). 0, or -ENOMEM
