@@ -30,6 +30,19 @@ void hash_sha256_hex(const void *data, size_t len, char out[65])
     to_hex(md, mdlen, out);
 }
 
+uint64_t hash_sha256_u64(const void *data, size_t len)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    uint64_t v = 0;
+
+    if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 8)
+        return 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | md[i];
+    return v;
+}
+
 void hash_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len, char out[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];

@@ -3,9 +3,14 @@
 #define ORGSYNC_HASH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Lowercase hex digest, NUL-terminated. */
 void hash_sha256_hex(const void *data, size_t len, char out[65]);
+/* The first 8 bytes of SHA-256, big-endian: a fingerprint of data for
+ * comparing it with a stored one (a member's text, worker/sync/sync_batch.c);
+ * 0 only if the digest could not be computed (out of memory). */
+uint64_t hash_sha256_u64(const void *data, size_t len);
 /* HMAC-SHA256 of data under key (RFC 2104), lowercase hex, NUL-terminated. */
 void hash_hmac_sha256_hex(const void *key, size_t klen, const void *data, size_t len, char out[65]);
 /* 1 if equal. Time depends only on the lengths, not on where the strings

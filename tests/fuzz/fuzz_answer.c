@@ -114,7 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uid_set_init(&written);
     if (n > 0)
         uid_set_add(&written, b.body + b.m[0].uid_off, b.m[0].uid_len);
-    if (sync_batch_params(&bp, 1, &written, &sp) == 0) {
+    if (sync_batch_params(&bp, 1, &written, NULL, &sp) == 0) {
         json_object *mo = NULL, *fo = NULL, *dob;
         if ((sp.members && !parse_json(sp.members, strlen(sp.members), &mo)) ||
             (sp.fresh && !parse_json(sp.fresh, strlen(sp.fresh), &fo)) ||

@@ -10,7 +10,7 @@ trap 'drop_db "$DSN"' EXIT
 psql -qAtX "$DSN" -c "DROP SCHEMA public CASCADE; CREATE SCHEMA public" >/dev/null 2>&1
 
 out=$("$ORGSYNC_BIN" version)
-check "version names the schema version" grep -q "schema version 8" <<<"$out"
+check "version names the schema version" grep -q "schema version 9" <<<"$out"
 
 # Usage and configuration errors: exit 2, one line naming the setting, no network.
 set +e
@@ -105,7 +105,7 @@ set -e
 # migrate: applies, then changes nothing the second time.
 export ORGSYNC_PG_DSN="$DSN"
 out=$("$ORGSYNC_BIN" migrate 2>/dev/null)
-check "first migrate applies 001 to 008" grep -q "migrated to schema version 8 (8 files applied)" <<<"$out"
+check "first migrate applies 001 to 009" grep -q "migrated to schema version 9 (9 files applied)" <<<"$out"
 # pg_dump writes a random \restrict key into every dump: compare without it.
 schema() { pg_dump -s --no-owner "$DSN" | grep -v '^\\\(un\)\?restrict' | md5sum; }
 dump1=$(schema)
@@ -131,7 +131,7 @@ out=$("$ORGSYNC_BIN" migrate 2>&1)
 rc=$?
 set -e
 eq "newer schema: exit 1" 1 "$rc"
-check "newer schema: says why" grep -q "schema version 99, newer than this binary knows (8)" <<<"$out"
+check "newer schema: says why" grep -q "schema version 99, newer than this binary knows (9)" <<<"$out"
 psql -qAtX "$DSN" -c "DELETE FROM schema_migrations WHERE version = 99" >/dev/null
 
 # enterprise add reads the secret from the named variable, never argv.

@@ -26,7 +26,7 @@ q "INSERT INTO enterprises (corp_id, name, corp_secret) VALUES ('ww1', 'One', 's
 eq "version 1 has the foreign keys" 2 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
 
 out=$(ORGSYNC_PG_DSN="$DSN" "$ORGSYNC_BIN" migrate 2>/dev/null)
-check "migrate applies 002 to 008" grep -q "migrated to schema version 8 (7 files applied)" <<<"$out"
+check "migrate applies 002 to 009" grep -q "migrated to schema version 9 (8 files applied)" <<<"$out"
 eq "003: checkpoints keep userids" "userids|ARRAY" "$(q "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'sync_checkpoints' AND column_name = 'userids'")"
 eq "no foreign key to enterprises left" 0 "$(q "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'enterprises'::regclass")"
 eq "the data is kept" "3|2|2" "$(q "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM departments), (SELECT count(*) FROM sync_runs)")"
@@ -39,6 +39,15 @@ q "INSERT INTO department_digests (corp_id, dept_id, digest, userids) VALUES
 q "DELETE FROM enterprises WHERE corp_id = 'ww1'" >/dev/null
 eq "delete: its users, departments and digests are gone, the other's stay" "ww2|ww2|ww2" \
     "$(q "SELECT (SELECT string_agg(DISTINCT corp_id, ',') FROM users), (SELECT string_agg(DISTINCT corp_id, ',') FROM departments), (SELECT string_agg(DISTINCT corp_id, ',') FROM department_digests)")"
+
+# A users row deleted by hand drops the digests of its enterprise (009): they
+# would otherwise say users holds what it no longer does.
+eq "009: digests keep members and dropped userids" "dropped|members" \
+    "$(q "SELECT string_agg(column_name, '|' ORDER BY column_name) FROM information_schema.columns WHERE table_name = 'department_digests' AND column_name IN ('members', 'dropped')")"
+q "UPDATE department_digests SET digest = decode(repeat('cd', 16), 'hex')" >/dev/null
+q "DELETE FROM users WHERE corp_id = 'ww2' AND userid = (SELECT min(userid) FROM users WHERE corp_id = 'ww2')" >/dev/null
+eq "009: a users row deleted by hand drops its enterprise's digests" 0 \
+    "$(q "SELECT count(*) FROM department_digests WHERE digest IS NOT NULL")"
 
 # A corp_id that rows refer to cannot change; one without rows can.
 out=$(q "UPDATE enterprises SET corp_id = 'ww9' WHERE corp_id = 'ww2'" || true)

@@ -1251,6 +1251,171 @@ static void test_unchanged_departments_write_nothing(void **state)
     fx_down(&f);
 }
 
+/* Row versions that changed between two row_versions strings (same rows). */
+static int versions_changed(const char *before, const char *after)
+{
+    int n = 0;
+    const char *a = before, *b = after;
+
+    while (*a || *b) {
+        size_t la = strcspn(a, ","), lb = strcspn(b, ",");
+        n += la != lb || memcmp(a, b, la) != 0;
+        a += la + (a[la] == ',');
+        b += lb + (b[lb] == ',');
+    }
+    return n;
+}
+
+/* The simulator's directory of one enterprise (json-c, the caller puts it). */
+static json_object *sim_corp(fixture *f, const char *corp)
+{
+    char url[256];
+
+    snprintf(url, sizeof(url), "%s/sim/org?corp_id=%s", f->sim.url, corp);
+    json_object *org = sh_http("GET", url, NULL);
+    json_object *c = json_object_get(json_object_array_get_idx(sh_get(org, "corps"), 0));
+    json_object_put(org);
+    return c;
+}
+
+/* Issue 20, sql/009: a changed department sends only its changed members (the
+ * others keep their row versions, not even locked), and the deletions of an
+ * enterprise whose last complete run read the departments' lists check only
+ * the members that may have gone: one a department stopped listing (even in a
+ * run that did not complete, its department unchanged since), and the members
+ * of a department that vanished. The data stays what the simulator holds. */
+static void test_changed_departments_send_changed_members(void **state)
+{
+    const char *args[] = {
+        "--enterprises", "1", "--departments", "6", "--users-per-dept", "6", NULL};
+    fixture f;
+    long long run, gone_dept = 0, other_dept = 0, leaf = 0;
+    char ops[1024], gone[80] = "", q[512];
+    (void)state;
+
+    fx_up(&f, "hashes", args, 1, NULL);
+    directory_sync_set_tuning(&(directory_sync_tuning){.backoff_base_ms = 5});
+    fx_sync(&f, "succeeded");
+    assert_int_equal(sh_scalar(f.pg,
+                               "SELECT count(*) FROM department_digests WHERE members IS NULL "
+                               "OR octet_length(members) = 0",
+                               0, NULL),
+                     0);
+
+    /* One member renamed: its row alone gets a new version. */
+    char *before = row_versions(&f, "wwsim0001");
+    sh_sim_post(&f.sim, "/sim/mutate", "{\"corp_id\":\"wwsim0001\",\"random\":{\"rename\":1}}");
+    run = fx_sync(&f, "succeeded");
+    char *after = row_versions(&f, "wwsim0001");
+    assert_int_equal(versions_changed(before, after), 1);
+    free(before);
+    free(after);
+    assert_true(run_count(&f,
+                          "SELECT count(*) FROM sync_checkpoints WHERE run_id = $1::bigint "
+                          "AND NOT unchanged",
+                          run) >= 1);
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+
+    /* A member of one department removed upstream while another department
+     * fails: the run deletes nobody, and its department keeps it as dropped. */
+    json_object *c = sim_corp(&f, "wwsim0001"), *users = sh_get(c, "users");
+    for (size_t i = 0; i < json_object_array_length(users) && !gone[0]; i++) {
+        json_object *u = json_object_array_get_idx(users, i), *dep = sh_get(u, "department");
+        if (json_object_array_length(dep) != 1)
+            continue;
+        snprintf(gone, sizeof(gone), "%s", sh_jstr(u, "userid"));
+        gone_dept = json_object_get_int64(json_object_array_get_idx(dep, 0));
+    }
+    json_object *depts = sh_get(c, "departments");
+    for (size_t i = 0; i < json_object_array_length(depts); i++) {
+        json_object *d = json_object_array_get_idx(depts, i);
+        long long id = json_object_get_int64(sh_get(d, "id"));
+        int parent_of_other = 0;
+        for (size_t k = 0; k < json_object_array_length(depts); k++)
+            parent_of_other |= json_object_get_int64(
+                                   sh_get(json_object_array_get_idx(depts, k), "parentid")) == id;
+        if (id != gone_dept && id != 1 && !other_dept)
+            other_dept = id;
+        if (id != gone_dept && id != 1 && id != other_dept && !parent_of_other && !leaf)
+            leaf = id;
+    }
+    json_object_put(c);
+    if (!gone[0] || !other_dept || !leaf)
+        fail_msg("the simulator made no member of one department, or too few departments");
+    snprintf(ops, sizeof(ops),
+             "{\"corp_id\":\"wwsim0001\",\"ops\":[{\"op\":\"remove\",\"userid\":\"%s\"}]}", gone);
+    sh_sim_post(&f.sim, "/sim/mutate", ops);
+    snprintf(ops, sizeof(ops), "{\"fail_dept\":%lld,\"fail_dept_corp\":\"wwsim0001\"}", other_dept);
+    sh_sim_post(&f.sim, "/sim/faults", ops);
+    fx_sync(&f, "failed");
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND userid = '%s' "
+             "AND deleted_at IS NULL",
+             gone);
+    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0001' "
+             "AND dept_id = %lld AND '%s' = ANY (dropped)",
+             gone_dept, gone);
+    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+
+    /* The next complete run finds that department unchanged, and still
+     * deletes the member; nothing waits in dropped after it. */
+    sh_sim_post(&f.sim, "/sim/faults", "{\"reset\":true}");
+    run = fx_sync(&f, "succeeded");
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM sync_checkpoints WHERE run_id = $1::bigint AND dept_id = %lld "
+             "AND unchanged",
+             gone_dept);
+    assert_int_equal(run_count(&f, q, run), 1);
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND userid = '%s' "
+             "AND deleted_at IS NOT NULL",
+             gone);
+    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+    assert_int_equal(
+        sh_scalar(f.pg, "SELECT count(*) FROM department_digests WHERE dropped <> '{}'", 0, NULL),
+        0);
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+
+    /* A department emptied (its members moved to the root, one removed) and
+     * removed: the moved members stay, the removed one goes, its digest goes. */
+    c = sim_corp(&f, "wwsim0001");
+    users = sh_get(c, "users");
+    size_t o = (size_t)snprintf(ops, sizeof(ops), "{\"corp_id\":\"wwsim0001\",\"ops\":[");
+    int moved = 0, removed = 0;
+    for (size_t i = 0; i < json_object_array_length(users); i++) {
+        json_object *u = json_object_array_get_idx(users, i), *dep = sh_get(u, "department");
+        int in_leaf = 0;
+        for (size_t k = 0; k < json_object_array_length(dep); k++)
+            in_leaf |= json_object_get_int64(json_object_array_get_idx(dep, k)) == leaf;
+        if (!in_leaf)
+            continue;
+        o += (size_t)snprintf(ops + o, sizeof(ops) - o, "%s{\"op\":\"%s\",\"userid\":\"%s\"%s}",
+                              moved + removed ? "," : "", removed ? "move" : "remove",
+                              sh_jstr(u, "userid"), removed ? ",\"department\":[1]" : "");
+        moved += removed;
+        removed = 1;
+    }
+    json_object_put(c);
+    o +=
+        (size_t)snprintf(ops + o, sizeof(ops) - o, ",{\"op\":\"remove_dept\",\"id\":%lld}]}", leaf);
+    assert_true(o < sizeof(ops));
+    assert_true(moved >= 1);
+    sh_sim_post(&f.sim, "/sim/mutate", ops);
+    run = fx_sync(&f, "succeeded");
+    PGresult *p = progress_row(&f, run, "wwsim0001");
+    assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 1); /* users_deleted */
+    PQclear(p);
+    snprintf(q, sizeof(q),
+             "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0001' "
+             "AND dept_id = %lld",
+             leaf);
+    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 0);
+    sh_assert_org(f.pg, &f.sim, "wwsim0001");
+    fx_down(&f);
+}
+
 /* After a failure too: the simulator must not outlive its test. */
 static int teardown(void **state)
 {
@@ -1279,6 +1444,7 @@ int main(void)
         cmocka_unit_test_teardown(test_lease_lost_stops, teardown),
         cmocka_unit_test_teardown(test_corp_filter, teardown),
         cmocka_unit_test_teardown(test_unchanged_departments_write_nothing, teardown),
+        cmocka_unit_test_teardown(test_changed_departments_send_changed_members, teardown),
         cmocka_unit_test_teardown(test_writes_catch_up_after_a_stall, teardown),
         cmocka_unit_test_teardown(test_http_errors_and_timeouts_retried, teardown),
         cmocka_unit_test_teardown(test_one_client_books_the_window, teardown),

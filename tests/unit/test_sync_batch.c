@@ -76,13 +76,13 @@ static void test_parse_keeps_members(void **state)
     assert_true(sync_batch_bytes(b) >= b->len);
 
     sync_params sp;
-    assert_int_equal(sync_batch_params(&b, 1, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params(&b, 1, NULL, NULL, &sp), 0);
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "a b c");
     assert_null(sp.fresh);
     /* b does not name department 7: no digest is kept for this answer. */
     assert_int_equal(b->record, 0);
-    assert_string_equal(sp.depts, "[{\"d\":7,\"h\":null,\"n\":3,\"p\":1,\"s\":false,"
+    assert_string_equal(sp.depts, "[{\"d\":7,\"h\":null,\"m\":null,\"n\":3,\"p\":1,\"s\":false,"
                                   "\"u\":[\"a\",\"b\",\"c\"],\"x\":false}]");
     sync_params_free(&sp);
     sync_batch_free(b);
@@ -238,27 +238,28 @@ static void test_params_each_member_once(void **state)
                  "{\"userid\":\"y\"}]}",
                  3);
 
-    assert_int_equal(sync_batch_params(b, 3, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params(b, 3, NULL, NULL, &sp), 0);
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "x y z");
     /* The kept x is the first department's first. */
     assert_non_null(strstr(sp.members, "\"name\":\"first\""));
     assert_null(strstr(sp.members, "again"));
     assert_null(strstr(sp.members, "third"));
-    assert_string_equal(sp.depts,
-                        "[{\"d\":1,\"h\":null,\"n\":3,\"p\":3,\"s\":false,"
-                        "\"u\":[\"x\",\"y\",\"x\"],\"x\":false},"
-                        "{\"d\":2,\"h\":null,\"n\":0,\"p\":0,\"s\":true,\"u\":[],\"x\":false},"
-                        "{\"d\":3,\"h\":null,\"n\":3,\"p\":3,\"s\":false,"
-                        "\"u\":[\"z\",\"\\u0078\",\"y\"],\"x\":false}]");
+    assert_string_equal(
+        sp.depts, "[{\"d\":1,\"h\":null,\"m\":null,\"n\":3,\"p\":3,\"s\":false,"
+                  "\"u\":[\"x\",\"y\",\"x\"],\"x\":false},"
+                  "{\"d\":2,\"h\":null,\"m\":null,\"n\":0,\"p\":0,\"s\":true,\"u\":[],\"x\":false},"
+                  "{\"d\":3,\"h\":null,\"m\":null,\"n\":3,\"p\":3,\"s\":false,"
+                  "\"u\":[\"z\",\"\\u0078\",\"y\"],\"x\":false}]");
     sync_params_free(&sp);
 
     /* Only the unknown department: nothing to write but its row. */
-    assert_int_equal(sync_batch_params(&b[1], 1, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params(&b[1], 1, NULL, NULL, &sp), 0);
     assert_null(sp.members);
     assert_null(sp.fresh);
-    assert_string_equal(sp.depts,
-                        "[{\"d\":2,\"h\":null,\"n\":0,\"p\":0,\"s\":true,\"u\":[],\"x\":false}]");
+    assert_string_equal(
+        sp.depts,
+        "[{\"d\":2,\"h\":null,\"m\":null,\"n\":0,\"p\":0,\"s\":true,\"u\":[],\"x\":false}]");
     sync_params_free(&sp);
     for (int i = 0; i < 3; i++)
         sync_batch_free(b[i]);
@@ -275,7 +276,7 @@ static void test_params_userid_order(void **state)
     b[0] = parse(1, "{\"userlist\":[{\"userid\":\"u3\"},{\"userid\":\"u10\"},{\"userid\":\"u1\"}]}",
                  3);
     b[1] = parse(2, "{\"userlist\":[{\"userid\":\"u2\"},{\"userid\":\"u1\"}]}", 2);
-    assert_int_equal(sync_batch_params(b, 2, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params(b, 2, NULL, NULL, &sp), 0);
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "u1 u10 u2 u3");
     sync_params_free(&sp);
@@ -290,13 +291,14 @@ static void test_empty_department(void **state)
 
     ds_batch *b = parse(4, "{\"errcode\":0,\"userlist\":[]}", 0);
     assert_non_null(b->body); /* known upstream, no members */
-    assert_int_equal(sync_batch_params(&b, 1, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params(&b, 1, NULL, NULL, &sp), 0);
     assert_null(sp.members);
     assert_null(sp.fresh);
     /* No member fails to name the department: the digest (SHA-256 of no text)
      * is kept. */
-    assert_string_equal(sp.depts, "[{\"d\":4,\"h\":\"e3b0c44298fc1c149afbf4c8996fb924\",\"n\":0,"
-                                  "\"p\":0,\"s\":false,\"u\":[],\"x\":false}]");
+    assert_string_equal(sp.depts,
+                        "[{\"d\":4,\"h\":\"e3b0c44298fc1c149afbf4c8996fb924\",\"m\":\"\",\"n\":0,"
+                        "\"p\":0,\"s\":false,\"u\":[],\"x\":false}]");
     sync_params_free(&sp);
     sync_batch_free(b);
 }
@@ -337,30 +339,31 @@ static void test_digests(void **state)
 
     /* Department 5 unchanged, department 3 not: only 3's member goes out. */
     b[0]->unchanged = 1;
-    assert_int_equal(sync_batch_params((ds_batch *[]){b[0], b[3]}, 2, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params((ds_batch *[]){b[0], b[3]}, 2, NULL, NULL, &sp), 0);
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "m");
-    assert_non_null(strstr(sp.depts, "{\"d\":5,\"h\":null,\"n\":2,\"p\":1,\"s\":false,\"u\":[],"
-                                     "\"x\":true}"));
-    char want[128];
+    assert_non_null(strstr(sp.depts,
+                           "{\"d\":5,\"h\":null,\"m\":null,\"n\":2,\"p\":1,\"s\":false,\"u\":[],"
+                           "\"x\":true}"));
+    char want[200];
     snprintf(want, sizeof(want),
-             "{\"d\":3,\"h\":\"%s\",\"n\":1,\"p\":1,\"s\":false,"
+             "{\"d\":3,\"h\":\"%s\",\"m\":\"%016llx%016llx\",\"n\":1,\"p\":1,\"s\":false,"
              "\"u\":[\"m\"],\"x\":false}",
-             b[3]->digest);
+             b[3]->digest, (unsigned long long)uid_hash("m", 1), (unsigned long long)b[3]->m[0].th);
     assert_non_null(strstr(sp.depts, want));
     sync_params_free(&sp);
     b[0]->unchanged = 0;
 
     /* 5 (M2) and 3 (M) disagree on m: 5's copy is written (first), so 3 keeps
      * no digest; 5 keeps its own. */
-    assert_int_equal(sync_batch_params((ds_batch *[]){b[2], b[3]}, 2, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params((ds_batch *[]){b[2], b[3]}, 2, NULL, NULL, &sp), 0);
     assert_non_null(strstr(sp.members, "\"M2\""));
     assert_non_null(strstr(sp.depts, "{\"d\":3,\"h\":null,"));
     assert_null(strstr(sp.depts, "{\"d\":5,\"h\":null,"));
     sync_params_free(&sp);
 
     /* 5 and 3 agree on m: both keep their digests. */
-    assert_int_equal(sync_batch_params((ds_batch *[]){b[0], b[3]}, 2, NULL, &sp), 0);
+    assert_int_equal(sync_batch_params((ds_batch *[]){b[0], b[3]}, 2, NULL, NULL, &sp), 0);
     assert_null(strstr(sp.depts, "\"h\":null"));
     sync_params_free(&sp);
     for (int i = 0; i < 4; i++)
@@ -384,7 +387,7 @@ static void test_params_fresh_split(void **state)
                  "{\"userid\":\"u\\u0032\"}]}",
                  3);
     b[1] = parse(2, "{\"userlist\":[{\"userid\":\"u3\"},{\"userid\":\"u1\"}]}", 2);
-    assert_int_equal(sync_batch_params(&b[0], 1, &written, &sp), 0);
+    assert_int_equal(sync_batch_params(&b[0], 1, &written, NULL, &sp), 0);
     assert_null(sp.members);
     userids(sp.fresh, ids, sizeof(ids));
     assert_string_equal(ids, "u1 u2");
@@ -392,7 +395,7 @@ static void test_params_fresh_split(void **state)
     sync_params_free(&sp);
 
     /* u1 went out before: it may be in users now. */
-    assert_int_equal(sync_batch_params(&b[1], 1, &written, &sp), 0);
+    assert_int_equal(sync_batch_params(&b[1], 1, &written, NULL, &sp), 0);
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "u1");
     userids(sp.fresh, ids, sizeof(ids));
@@ -400,7 +403,7 @@ static void test_params_fresh_split(void **state)
     sync_params_free(&sp);
 
     /* Both again: nothing is surely new any more. */
-    assert_int_equal(sync_batch_params(b, 2, &written, &sp), 0);
+    assert_int_equal(sync_batch_params(b, 2, &written, NULL, &sp), 0);
     userids(sp.members, ids, sizeof(ids));
     assert_string_equal(ids, "u1 u2 u3");
     assert_null(sp.fresh);
@@ -408,6 +411,71 @@ static void test_params_fresh_split(void **state)
     uid_set_free(&written);
     sync_batch_free(b[0]);
     sync_batch_free(b[1]);
+}
+
+/* The member map (member_map.h): a changed department sends only the members
+ * whose text is not the one users holds; the map then holds what was sent, and
+ * a statement written again sends the same members as the first time. */
+static void test_member_map(void **state)
+{
+    const char *answer = "{\"userlist\":[{\"userid\":\"a\",\"name\":\"A\",\"department\":[7]},"
+                         "{\"userid\":\"b\",\"name\":\"B2\",\"department\":[7]},"
+                         "{\"userid\":\"c\",\"department\":[7]}]}";
+    ds_batch *b = parse(7, answer, 3), *again;
+    member_map map = {0};
+    sync_params sp;
+    char ids[256], hex[200];
+    (void)state;
+
+    /* users holds a's text; b's is an older one; c is not known. */
+    snprintf(hex, sizeof(hex), "%016llx%016llx%016llx%016llx", (unsigned long long)uid_hash("a", 1),
+             (unsigned long long)b->m[0].th, (unsigned long long)uid_hash("b", 1),
+             (unsigned long long)(b->m[1].th ^ 1));
+    assert_int_equal(member_map_load_hex(&map, hex), 0);
+    assert_int_equal(map.n, 2);
+    assert_true(member_map_holds(&map, uid_hash("a", 1), b->m[0].th));
+    assert_false(member_map_holds(&map, uid_hash("b", 1), b->m[1].th));
+
+    assert_int_equal(sync_batch_params(&b, 1, NULL, &map, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
+    assert_string_equal(ids, "b c");
+    /* The lists and hashes still name every member (deletions, the digest). */
+    assert_non_null(strstr(sp.depts, "\"u\":[\"a\",\"b\",\"c\"]"));
+    assert_non_null(strstr(sp.depts, "\"h\":\""));
+    sync_params_free(&sp);
+    /* b's new text is what users will hold; c stays unknown. */
+    assert_true(member_map_holds(&map, uid_hash("b", 1), b->m[1].th));
+    assert_false(member_map_holds(&map, uid_hash("c", 1), b->m[2].th));
+
+    /* The same statement again (a retry): the same members, whatever the map
+     * says now. */
+    assert_int_equal(sync_batch_params(&b, 1, NULL, &map, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
+    assert_string_equal(ids, "b c");
+    sync_params_free(&sp);
+
+    /* The next answer of the department, the same: only c, still unknown. */
+    again = parse(7, answer, 3);
+    assert_int_equal(sync_batch_params(&again, 1, NULL, &map, &sp), 0);
+    userids(sp.members, ids, sizeof(ids));
+    assert_string_equal(ids, "c");
+    sync_params_free(&sp);
+
+    /* Two departments that disagree on a member: it is unknown, so sent. */
+    snprintf(hex, sizeof(hex), "%016llx%016llx%016llx%016llx", (unsigned long long)uid_hash("a", 1),
+             (unsigned long long)b->m[0].th, (unsigned long long)uid_hash("a", 1),
+             (unsigned long long)(b->m[0].th ^ 2));
+    assert_int_equal(member_map_load_hex(&map, hex), 0);
+    assert_int_equal(map.n, 1);
+    assert_false(member_map_holds(&map, uid_hash("a", 1), b->m[0].th));
+    /* Text that is not hex pairs: no map, every member sent. */
+    assert_int_equal(member_map_load_hex(&map, "0123"), -1);
+    assert_int_equal(map.n, 0);
+    assert_int_equal(member_map_load_hex(&map, "zz23456789abcdef0123456789abcdef"), -1);
+    assert_int_equal(member_map_load_hex(&map, ""), 0);
+    member_map_free(&map);
+    sync_batch_free(again);
+    sync_batch_free(b);
 }
 
 int main(void)
@@ -422,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_parse_many_fields),
         cmocka_unit_test(test_params_fresh_split),
         cmocka_unit_test(test_digests),
+        cmocka_unit_test(test_member_map),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -300,8 +300,8 @@ static int jint(json_object *o, const char *key, char *out, size_t outlen)
     "= EXCLUDED.position, status = EXCLUDED.status, department = EXCLUDED.department, "            \
     "main_department = EXCLUDED.main_department, raw = EXCLUDED.raw, synced_at = now(), "          \
     "sync_run_id = NULL, deleted_at = NULL RETURNING *), " DIGESTS_INVALIDATE(                     \
-        "SELECT $1, unnest(department) FROM u UNION SELECT $1, unnest(o.department) FROM users o " \
-        "WHERE o.corp_id = $1 AND o.userid = $2",                                                  \
+        "SELECT $1, unnest(department), userid FROM u UNION SELECT $1, unnest(o.department), "     \
+        "o.userid FROM users o WHERE o.corp_id = $1 AND o.userid = $2",                            \
         "true") " SELECT " API_SQL_USER_JSON " FROM u"
 
 static int store_member(lk_req *q, const wecom_result *r)

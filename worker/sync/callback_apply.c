@@ -159,11 +159,11 @@ static const char write_sql[] =
     "  position = EXCLUDED.position, status = EXCLUDED.status, department = EXCLUDED.department, "
     "  main_department = EXCLUDED.main_department, raw = EXCLUDED.raw, synced_at = now(), "
     /* not the sync's write (sql/008: users_unsynced) */
-    "  sync_run_id = NULL, deleted_at = NULL RETURNING department), "
+    "  sync_run_id = NULL, deleted_at = NULL RETURNING userid, department), "
     /* the digests of the departments the members were and are in (sql/008) */
-    DIGESTS_INVALIDATE("SELECT $5, unnest(department) FROM up UNION SELECT $5, "
-                       "unnest(o.department) FROM users o WHERE o.corp_id = $5 AND (o.userid = $7 "
-                       "OR o.userid IN (SELECT j->>'userid' FROM src))",
+    DIGESTS_INVALIDATE("SELECT $5, unnest(department), userid FROM up UNION SELECT $5, "
+                       "unnest(o.department), o.userid FROM users o WHERE o.corp_id = $5 "
+                       "AND (o.userid = $7 OR o.userid IN (SELECT j->>'userid' FROM src))",
                        "EXISTS (SELECT 1 FROM fence)") ", "
     "dep AS (INSERT INTO departments AS d (corp_id, dept_id, name, parent_id, \"order\", "
     "  synced_at, deleted_at) SELECT $5, ($6::jsonb->>'id')::bigint, $6::jsonb->>'name', "

@@ -169,6 +169,9 @@ struct ds_corp {
      * the same digest is written as its checkpoint only (sql/008). */
     ds_digest *digests;
     int ndigests;
+    /* What users holds for its members, as far as the sync may trust it
+     * (member_map.h): a changed department sends only the members not in it. */
+    member_map mmap;
     long long unchanged; /* departments found unchanged by this attempt */
     int queued;          /* in the job's write queue */
     int alone;           /* its next write carries no other enterprise (see on_written) */
@@ -350,7 +353,9 @@ static const char sql_departments[] =
     "   WHERE run_id = $4::bigint AND corp_id = $5), "
     "  NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5) AS first_sync, "
     "  (SELECT string_agg(dept_id || ':' || encode(digest, 'hex'), ',' ORDER BY dept_id) "
-    "   FROM department_digests WHERE corp_id = $5 AND digest IS NOT NULL) AS digests";
+    "   FROM department_digests WHERE corp_id = $5 AND digest IS NOT NULL) AS digests, "
+    "  (SELECT string_agg(encode(members, 'hex'), '') FROM department_digests "
+    "   WHERE corp_id = $5 AND digest IS NOT NULL AND members IS NOT NULL) AS members";
 
 /* The members of departments of one or more enterprises, their checkpoints and
  * the enterprises' progress counters, in one statement. $4 run;
@@ -408,8 +413,8 @@ static const char sql_users[] =
     "  WHERE EXISTS (SELECT 1 FROM fence)), "
     "ent AS (SELECT corp_id FROM enterprises WHERE corp_id IN (SELECT c FROM g) "
     "  ORDER BY corp_id FOR KEY SHARE), "
-    "depts AS (SELECT g.c, y.d, y.h, y.p, y.s, y.n, y.u, y.x FROM g, jsonb_to_recordset(g.d) AS "
-    "  y(d bigint, h text, n int, p bigint, s boolean, u jsonb, x boolean) "
+    "depts AS (SELECT g.c, y.d, y.h, y.m, y.p, y.s, y.n, y.u, y.x FROM g, jsonb_to_recordset(g.d) "
+    "  AS y(d bigint, h text, m text, n int, p bigint, s boolean, u jsonb, x boolean) "
     "  WHERE g.c IN (SELECT corp_id FROM ent)), "
     "up AS (INSERT INTO users AS u " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($6::jsonb) AS g, jsonb_array_elements(g->1) AS e "
@@ -421,20 +426,31 @@ static const char sql_users[] =
     "ins AS (INSERT INTO users " USERS_COLUMNS " " USERS_SELECT
     "  FROM jsonb_array_elements($7::jsonb) AS g, jsonb_array_elements(g->1) AS e "
     "  WHERE g->>0 IN (SELECT corp_id FROM ent) RETURNING 1), "
-    "dg AS (INSERT INTO department_digests AS t (corp_id, dept_id, digest, userids, run_id) "
-    "  SELECT c, d, decode(h, 'hex'), ARRAY(SELECT jsonb_array_elements_text(u)), $4::bigint "
-    "  FROM depts WHERE h IS NOT NULL ON CONFLICT (corp_id, dept_id) DO UPDATE SET "
-    "  digest = EXCLUDED.digest, userids = EXCLUDED.userids, run_id = EXCLUDED.run_id, "
-    "  updated_at = now() RETURNING 1), "
-    /* (the EXISTS gates: no table is read when no department needs it) */
-    "dn AS (UPDATE department_digests t SET digest = NULL FROM depts WHERE depts.h IS NULL "
-    "  AND NOT depts.x AND t.corp_id = depts.c AND t.dept_id = depts.d AND t.digest IS NOT NULL "
-    "  AND EXISTS (SELECT 1 FROM depts WHERE h IS NULL AND NOT x) RETURNING 1), " DIGESTS_INVALIDATE(
+    /* Members another writer stored meanwhile (a callback, a lookup: sql/008),
+     * read through users_unsynced: a department listing one keeps no digest,
+     * for the member may have been left out as unchanged (member_map.h). */
+    "uns AS (SELECT q.c, z.userid FROM (SELECT DISTINCT c FROM depts) AS q, LATERAL (SELECT "
+    "  userid FROM users z WHERE z.corp_id = q.c AND z.sync_run_id IS NULL "
+    "  AND z.deleted_at IS NULL OFFSET 0) AS z), "
+    /* Every department answered keeps its userids; the ones it no longer lists
+     * wait in dropped for the enterprise's deletions (sql/009). */
+    "dg AS (INSERT INTO department_digests AS t (corp_id, dept_id, digest, members, userids, "
+    "  run_id) SELECT c, d, CASE WHEN h IS NOT NULL AND NOT EXISTS (SELECT 1 FROM uns "
+    "  WHERE uns.c = depts.c AND uns.userid = ANY (l.ids)) THEN decode(h, 'hex') END, "
+    "  CASE WHEN h IS NOT NULL THEN decode(m, 'hex') END, l.ids, $4::bigint FROM depts, "
+    "  LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(u)) AS ids) AS l WHERE NOT x "
+    "  ON CONFLICT (corp_id, dept_id) DO UPDATE SET digest = EXCLUDED.digest, "
+    "  members = EXCLUDED.members, dropped = CASE WHEN t.userids = EXCLUDED.userids "
+    "  THEN t.dropped ELSE ARRAY(SELECT unnest(t.dropped) UNION SELECT unnest(t.userids) "
+    "  EXCEPT SELECT unnest(EXCLUDED.userids)) END, userids = EXCLUDED.userids, "
+    "  run_id = EXCLUDED.run_id, updated_at = now() RETURNING 1), " DIGESTS_INVALIDATE(
         /* (not ins: a member inserted there was listed by no department written
-         * before, for that department would have inserted it: no digest names it) */
-        "SELECT corp_id, unnest(department) FROM up UNION SELECT up.corp_id, "
-        "unnest(o.department) FROM up, " WAS_ROW("up") " EXCEPT SELECT c, d FROM depts "
-        "WHERE h IS NOT NULL",
+         * before, for that department would have inserted it: no digest names
+         * it; and not the departments dg writes) */
+        "SELECT q.c, q.d, q.u FROM (SELECT corp_id, unnest(department), userid FROM up UNION "
+        "SELECT up.corp_id, unnest(o.department), up.userid FROM up, " WAS_ROW("up") ") AS "
+        "q(c, d, u) WHERE NOT EXISTS (SELECT 1 FROM depts WHERE depts.c = q.c "
+        "AND depts.d = q.d AND NOT depts.x)",
         "EXISTS (SELECT 1 FROM up)") ", "
     "gone AS (UPDATE departments t SET sync_run_id = NULL FROM depts "
     "  WHERE depts.s AND t.corp_id = depts.c AND t.dept_id = depts.d "
@@ -458,37 +474,61 @@ static const char sql_users[] =
 /* clang-format on */
 
 /* $4 run, $5 corp, $6..$8 counters, $9 note for last_error or NULL, $10 the member
- * fields no answer carried (text[], NULL: no answer had members). Only after every
- * department succeeded (and, in modern mode, the whole roster was read): whoever
- * this run did not see is gone. Seen: listed by a department this run
- * checkpointed (its userids, whichever attempt of the run wrote it), written by
- * this run (a checkpoint written before schema 3 has no userids: its members
- * were all written then), or listed by the run's roster (sync_roster: the
- * complete list of members, whatever the app may read). A roster member that no
- * department's details listed (outside the app's visible range) gets a row of
- * what the roster says (userid, departments), and keeps any fields stored. The
- * checkpoints' userids and the roster are dropped once used: the run's record
- * keeps the counts, not the lists. */
+ * fields no answer carried (text[], NULL: no answer had members), $11 whether
+ * the run read its members through the departments' lists alone (user_list,
+ * legacy mode: no export, no roster). Only after every department succeeded
+ * (and, in modern mode, the whole roster was read): whoever this run did not
+ * see is gone. Seen: listed by a department this run checkpointed (its userids,
+ * whichever attempt of the run wrote it, and its department_digests row),
+ * written by this run (a checkpoint written before schema 3 has no userids:
+ * its members were all written then),
+ * or listed by the run's roster (sync_roster: the complete list of members,
+ * whatever the app may read). A roster member that no department's details
+ * listed (outside the app's visible range) gets a row of what the roster says
+ * (userid, departments), and keeps any fields stored. The checkpoints' userids
+ * and the roster are dropped once used: the run's record keeps the counts, not
+ * the lists.
+ *
+ * Which members to look at (sql/009): after a run that read its members
+ * through the lists alone and completed this statement, every live member the
+ * sync wrote is listed by some department's department_digests row
+ * (members_settled_run). From then on, a member can only stop being listed by
+ * leaving a department's list (its userids then wait in dropped), by its
+ * department vanishing (a row the run did not checkpoint), or be a member
+ * another writer stored (sync_run_id NULL). So when the last complete run was
+ * such a run and this one is too, only those candidates are checked against
+ * the lists of the run's departments ("inc"); otherwise every live member is
+ * ("full"). */
 /* (clang-format would indent the SQL after DIGESTS_INVALIDATE) */
 /* clang-format off */
 static const char sql_corp_ok[] =
     "WITH " FENCE_CTE ", "
-    "settled AS (SELECT NOT EXISTS (SELECT 1 FROM sync_checkpoints k WHERE k.run_id = $4::bigint "
-    "  AND k.corp_id = $5 AND NOT k.unchanged) "
-    "  AND NOT EXISTS (SELECT 1 FROM department_digests g WHERE g.corp_id = $5 "
-    "    AND (g.run_id IS NULL OR g.run_id > (SELECT coalesce(max(members_settled_run), -1) "
-    "    FROM enterprises WHERE corp_id = $5) OR NOT EXISTS (SELECT 1 FROM sync_checkpoints k "
-    "    WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.dept_id = g.dept_id))) "
-    "  AND NOT EXISTS (SELECT 1 FROM users WHERE corp_id = $5 AND sync_run_id IS NULL "
-    "    AND deleted_at IS NULL) "
-    "  AND NOT EXISTS (SELECT 1 FROM sync_roster WHERE run_id = $4::bigint AND corp_id = $5) "
+    "lists AS (SELECT $11::boolean AND NOT EXISTS (SELECT 1 FROM sync_roster "
+    "  WHERE run_id = $4::bigint AND corp_id = $5) AND NOT EXISTS (SELECT 1 FROM "
+    "  sync_checkpoints k WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.dept_id <= 0) "
     "  AS yes), "
+    "inc AS (SELECT (SELECT yes FROM lists) AND coalesce((SELECT members_settled_run IS NOT NULL "
+    "  FROM enterprises WHERE corp_id = $5), false) AS yes), "
+    "cand AS (SELECT x.userid FROM department_digests g, unnest(g.dropped) AS x(userid) "
+    "  WHERE g.corp_id = $5 AND g.dropped <> '{}' AND (SELECT yes FROM inc) "
+    "  UNION SELECT x.userid FROM department_digests g, unnest(g.userids) AS x(userid) "
+    "  WHERE g.corp_id = $5 AND (SELECT yes FROM inc) AND NOT EXISTS (SELECT 1 "
+    "  FROM sync_checkpoints k WHERE k.run_id = $4::bigint AND k.corp_id = $5 "
+    "  AND k.dept_id = g.dept_id) "
+    "  UNION SELECT userid FROM users WHERE corp_id = $5 AND sync_run_id IS NULL "
+    "  AND deleted_at IS NULL AND (SELECT yes FROM inc)), "
+    "ca AS (SELECT array_agg(userid) AS a FROM cand), "
     "seen AS (SELECT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
-    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND NOT (SELECT yes FROM settled) "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND NOT (SELECT yes FROM inc) "
     "  UNION ALL SELECT x.userid FROM sync_checkpoints k JOIN department_digests g "
     "  ON g.corp_id = k.corp_id AND g.dept_id = k.dept_id, unnest(g.userids) AS x(userid) "
-    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.userids IS NULL "
-    "  AND NOT (SELECT yes FROM settled)), "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND NOT (SELECT yes FROM inc)), "
+    /* the candidates' lists only: the rows of the run's departments naming one */
+    "seen_inc AS (SELECT x.userid FROM sync_checkpoints k JOIN department_digests g "
+    "  ON g.corp_id = k.corp_id AND g.dept_id = k.dept_id, unnest(g.userids) AS x(userid) "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND g.userids && (SELECT a FROM ca) "
+    "  UNION ALL SELECT x.userid FROM sync_checkpoints k, unnest(k.userids) AS x(userid) "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.userids && (SELECT a FROM ca)), "
     "ro AS (SELECT x.userid, array_agg(DISTINCT x.dept ORDER BY x.dept) AS depts "
     "  FROM sync_roster r, unnest(r.userids, r.depts) AS x(userid, dept) "
     "  WHERE r.run_id = $4::bigint AND r.corp_id = $5 GROUP BY x.userid), "
@@ -504,33 +544,47 @@ static const char sql_corp_ok[] =
     "kr AS (DELETE FROM sync_roster WHERE run_id = $4::bigint AND corp_id = $5 "
     "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "fm AS (UPDATE enterprises SET fields_missing = coalesce($10::text[], fields_missing), "
-    "  members_settled_run = $4::bigint WHERE corp_id = $5 "
-    "  AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
+    "  members_settled_run = CASE WHEN (SELECT yes FROM lists) THEN $4::bigint END "
+    "  WHERE corp_id = $5 AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     /* The members no longer there: a set difference, which PostgreSQL does by
      * hashing or sorting whatever it estimates the sizes to be (NOT EXISTS
      * against seen was planned as a nested loop once the checkpoints' statistics
      * said few rows: a third sync of the benchmark cost PostgreSQL 141 CPU s,
-     * tests/bench/README.md "Tenth pass"). */
+     * tests/bench/README.md "Tenth pass"). Not a member written after this run
+     * began by someone else (a change callback, a realtime lookup): fresher than
+     * what the run saw. */
     "gone AS (SELECT userid FROM users WHERE corp_id = $5 AND deleted_at IS NULL "
-    "  AND sync_run_id IS DISTINCT FROM $4::bigint AND NOT (SELECT yes FROM settled) "
-    /* written after this run began by someone else (a change callback, a
-     * realtime lookup): fresher than what the run saw, so not deleted */
+    "  AND sync_run_id IS DISTINCT FROM $4::bigint AND NOT (SELECT yes FROM inc) "
     "  AND NOT coalesce(users.synced_at > (SELECT created_at FROM sync_runs WHERE run_id = "
     "  $4::bigint), false) "
     "  EXCEPT SELECT userid FROM seen EXCEPT SELECT userid FROM ro), "
+    "gone_inc AS (SELECT userid FROM users WHERE corp_id = $5 AND userid = ANY ((SELECT a "
+    "  FROM ca)::text[]) AND deleted_at IS NULL AND sync_run_id IS DISTINCT FROM $4::bigint "
+    "  AND NOT coalesce(users.synced_at > (SELECT created_at FROM sync_runs WHERE run_id = "
+    "  $4::bigint), false) "
+    "  EXCEPT SELECT userid FROM seen_inc), "
     "du AS (UPDATE users SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
-    "  AND userid IN (SELECT userid FROM gone) AND EXISTS (SELECT 1 FROM fence) "
-    "  RETURNING department), "
+    "  AND userid IN (SELECT userid FROM gone UNION ALL SELECT userid FROM gone_inc) "
+    "  AND EXISTS (SELECT 1 FROM fence) RETURNING userid, department), "
     "ku AS (UPDATE sync_checkpoints SET userids = NULL WHERE run_id = $4::bigint AND corp_id = $5 "
     "  AND userids IS NOT NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1), "
     "dd AS (UPDATE departments SET deleted_at = now() WHERE corp_id = $5 AND deleted_at IS NULL "
     "  AND sync_run_id IS DISTINCT FROM $4::bigint AND NOT coalesce(departments.synced_at > "
     "  (SELECT created_at FROM sync_runs WHERE run_id = $4::bigint), false) "
     "  AND EXISTS (SELECT 1 FROM fence) RETURNING dept_id), "
-    "dg AS (DELETE FROM department_digests WHERE corp_id = $5 "
-    "  AND dept_id IN (SELECT dept_id FROM dd) RETURNING 1), " DIGESTS_INVALIDATE(
-        "SELECT $5, unnest(department) FROM du UNION SELECT $5, unnest(department) FROM ri "
-        "UNION SELECT $5, unnest(o.department) FROM ri, " WAS_ROW("ri"),
+    /* The digests of departments gone, or (after a run by the lists) not
+     * answered: the lists stay those of this run's departments. The others'
+     * dropped userids were just checked. */
+    "dg AS (DELETE FROM department_digests g WHERE corp_id = $5 AND EXISTS (SELECT 1 FROM fence) "
+    "  AND (dept_id IN (SELECT dept_id FROM dd) OR ((SELECT yes FROM lists) AND NOT EXISTS "
+    "  (SELECT 1 FROM sync_checkpoints k WHERE k.run_id = $4::bigint AND k.corp_id = $5 "
+    "  AND k.dept_id = g.dept_id))) RETURNING 1), "
+    "dk AS (UPDATE department_digests g SET dropped = '{}' WHERE corp_id = $5 "
+    "  AND dropped <> '{}' AND (SELECT yes FROM lists) AND EXISTS (SELECT 1 FROM fence) "
+    "  AND dept_id NOT IN (SELECT dept_id FROM dd) AND EXISTS (SELECT 1 FROM sync_checkpoints k "
+    "  WHERE k.run_id = $4::bigint AND k.corp_id = $5 AND k.dept_id = g.dept_id) RETURNING 1), " DIGESTS_INVALIDATE(
+        "SELECT $5, unnest(department), userid FROM du UNION SELECT $5, unnest(department), "
+        "userid FROM ri UNION SELECT $5, unnest(o.department), ri.userid FROM ri, " WAS_ROW("ri"),
         "EXISTS (SELECT 1 FROM du) OR EXISTS (SELECT 1 FROM ri)") ", "
     "pr AS (UPDATE sync_progress SET state = 'succeeded', users_deleted = users_deleted + "
     "  (SELECT count(*) FROM du), users_upserted = users_upserted + (SELECT count(*) FROM ri), "
@@ -871,7 +925,7 @@ static int write_group(write_params *wp, ds_corp *c)
     sync_params sp;
     jw *meta = &wp->w[0];
 
-    if (sync_batch_params(c->writing, c->nwriting, c->fresh ? &c->written : NULL, &sp))
+    if (sync_batch_params(c->writing, c->nwriting, c->fresh ? &c->written : NULL, &c->mmap, &sp))
         return -ENOMEM;
     jw_obj_begin(meta);
     jw_kstr(meta, "c", c->corp_id);
@@ -941,6 +995,7 @@ static void write_issue(ds_write *w)
             corp_error(c, "department %lld: cannot queue the write (%d)", c->writing[0]->dept_id,
                        rc);
             c->failed_depts += c->nwriting;
+            member_map_free(&c->mmap); /* it may say what was not written */
             c->alone = 0;
             writing_free(c);
         }
@@ -1061,6 +1116,7 @@ static void on_written(void *arg, PGresult *res, const char *err)
         log_error("directory sync: department write failed", LF_S("corp_id", c->corp_id),
                   LF_I("dept_id", first), LF_I("departments", c->nwriting), LF_S("error", err));
         c->failed_depts += c->nwriting;
+        member_map_free(&c->mmap); /* it says what this statement did not write */
     } else if (!check_fenced(j, res)) {
         for (int i = 0; i < w->ncorps; i++)
             writing_free(w->corps[i]);
@@ -1696,7 +1752,13 @@ static void on_departments_written(void *arg, PGresult *res, const char *err)
         return;
     skip_checkpointed(c, PQgetvalue(res, 0, 2));
     c->fresh = PQgetvalue(res, 0, 3)[0] == 't';
-    digests_load(c, PQgetisnull(res, 0, 4) ? "" : PQgetvalue(res, 0, 4));
+    /* (an enterprise without users rows trusts no digest: sql/009) */
+    digests_load(c, PQgetisnull(res, 0, 4) || c->fresh ? "" : PQgetvalue(res, 0, 4));
+    if (member_map_load_hex(&c->mmap,
+                            PQgetisnull(res, 0, 5) || c->fresh ? "" : PQgetvalue(res, 0, 5)))
+        log_warn("directory sync: unreadable member hashes, sending every member of a changed "
+                 "department",
+                 LF_S("corp_id", c->corp_id));
     if (c->modern && !c->roster_done) {
         roster_next(c);
         return;
@@ -2419,7 +2481,7 @@ static void corp_final_write(ds_corp *c, int ok, const char *why)
 {
     ds_job *j = c->job;
     char req[24], ret[24], errs[24], fields[128];
-    const char *p[10];
+    const char *p[11];
     int rc;
 
     if (!lease_ok(j))
@@ -2431,6 +2493,7 @@ static void corp_final_write(ds_corp *c, int ok, const char *why)
     free(c->digests);
     c->digests = NULL;
     c->ndigests = 0;
+    member_map_free(&c->mmap);
     if (c->unchanged)
         log_info("directory sync: unchanged departments written as checkpoints only",
                  LF_S("corp_id", c->corp_id), LF_I("departments", c->unchanged));
@@ -2444,7 +2507,8 @@ static void corp_final_write(ds_corp *c, int ok, const char *why)
         p[8] = c->note[0] ? c->note : NULL;
         sync_fields_missing_literal(c->fields_present, fields, sizeof(fields));
         p[9] = c->member_answers ? fields : NULL;
-        rc = pg_query_prepared(j->run->pg, Q_CORP_OK, 10, p, on_corp_final, c);
+        p[10] = !c->modern && !c->use_export ? "t" : "f";
+        rc = pg_query_prepared(j->run->pg, Q_CORP_OK, 11, p, on_corp_final, c);
     } else {
         p[5] = why;
         p[6] = req;
@@ -2773,6 +2837,7 @@ static void job_free(ds_job *j)
         json_object_put(c->simplelist);
         free(c->depts);
         free(c->digests);
+        member_map_free(&c->mmap);
         uid_set_free(&c->written);
         for (int k = 0; k < c->nready; k++)
             sync_batch_free(c->ready[k]);

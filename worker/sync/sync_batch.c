@@ -324,6 +324,12 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
         ms[count].len = (uint32_t)mlen;
         ms[count].uid_off = (uint32_t)(used + uid_at);
         ms[count].uid_len = (uint32_t)uid.n;
+        ms[count].th = hash_sha256_u64(text + used, mlen);
+        ms[count].skip = 0;
+        if (!ms[count].th) {
+            snprintf(why, n, "cannot compute the members' digest");
+            goto bad;
+        }
         used += mlen;
         count++;
         b->primary += primary == b->dept_id;
@@ -336,8 +342,15 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
             goto bad;
         }
     text[used] = '\0';
-    char md[65];
-    hash_sha256_hex(text, used, md);
+    char md[65] = "";
+    unsigned char *fp = malloc(count * 8 + 1); /* the fingerprints, big-endian */
+    if (fp) {
+        for (size_t i = 0; i < count; i++)
+            for (int byte = 0; byte < 8; byte++)
+                fp[8 * i + byte] = (unsigned char)(ms[i].th >> (56 - 8 * byte));
+        hash_sha256_hex(fp, count * 8, md);
+        free(fp);
+    }
     if (strlen(md) != 64) {
         snprintf(why, n, "cannot compute the members' digest");
         goto bad;
@@ -383,6 +396,7 @@ typedef struct uid_ref {
     uint32_t len;
     int seq;   /* its place among the statement's members */
     int batch; /* its department's place among the batches */
+    ds_member *mem;
 } uid_ref;
 
 static int cmp_uid(const void *a, const void *b)
@@ -409,12 +423,29 @@ static char *close_array(buf *b, int empty)
     return buf_detach(b, NULL);
 }
 
-int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, sync_params *p)
+/* A batch's "m" (sync_batch.h): uh holds its members' uid_hash, in order. */
+static void put_hashes(buf *db, const ds_batch *x, const uint64_t *uh)
+{
+    char hex[33];
+
+    buf_puts(db, "\"");
+    for (int m = 0; m < x->members; m++) {
+        snprintf(hex, sizeof(hex), "%016llx%016llx", (unsigned long long)uh[m],
+                 (unsigned long long)x->m[m].th);
+        buf_append(db, hex, 32);
+    }
+    buf_puts(db, "\"");
+}
+
+int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, member_map *map,
+                      sync_params *p)
 {
     int total = 0, k = 0, rc = -ENOMEM, nm = 0, nf = 0, first = 0;
     size_t arena_len = 1, ao = 0;
     uid_ref *refs = NULL;
+    uint64_t *uh = NULL;
     char *keep = NULL, *arena = NULL, *differs = NULL;
+    int *base = NULL, marked = 0;
     buf mb, fb, db;
 
     p->members = p->fresh = p->depts = NULL;
@@ -427,22 +458,26 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
             arena_len += x->m[m].uid_len + 1;
     }
     refs = malloc((size_t)(total ? total : 1) * sizeof(*refs));
+    uh = malloc((size_t)(total ? total : 1) * sizeof(*uh));
     keep = calloc((size_t)total + 1, 1);
     arena = malloc(arena_len);
     differs = calloc((size_t)nbatches + 1, 1);
+    base = calloc((size_t)nbatches + 1, sizeof(*base));
     buf_init(&mb);
     buf_init(&fb);
     buf_init(&db);
-    if (!refs || !keep || !arena || !differs)
+    if (!refs || !uh || !keep || !arena || !differs || !base)
         goto out;
     for (int i = 0; i < nbatches; i++) {
-        const ds_batch *x = batches[i];
+        ds_batch *x = batches[i];
+        base[i] = k;
         for (int m = 0; x->body && !x->unchanged && m < x->members; m++, k++) {
             js_val v = {JS_STRING, x->body + x->m[m].uid_off, x->m[m].uid_len};
             refs[k].seq = k;
             refs[k].batch = i;
             refs[k].text = x->body + x->m[m].off;
             refs[k].len = x->m[m].len;
+            refs[k].mem = &x->m[m];
             if (memchr(v.p, '\\', v.n)) {
                 int dl = js_str_copy(&v, arena + ao, v.n + 1);
                 refs[k].uid = arena + ao;
@@ -452,6 +487,7 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
                 refs[k].uid = v.p;
                 refs[k].n = v.n;
             }
+            uh[k] = uid_hash(refs[k].uid, refs[k].n);
         }
     }
     if (total > 1)
@@ -469,8 +505,14 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
     }
     buf_puts(&mb, "[");
     buf_puts(&fb, "[");
+    marked = 1;
     for (int i = 0; i < total; i++) {
+        ds_member *mem = refs[i].mem;
         if (!keep[refs[i].seq])
+            continue;
+        if (!batches[refs[i].batch]->decided)
+            mem->skip = map && member_map_holds(map, uh[refs[i].seq], mem->th);
+        if (mem->skip)
             continue;
         if (written && uid_set_add(written, refs[i].uid, refs[i].n) == 1) {
             if (nf++)
@@ -486,13 +528,17 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
     for (int i = 0; i < nbatches; i++) {
         const ds_batch *x = batches[i];
         char hex[SYNC_DIGEST_HEX + 3] = "null";
-        int listed = x->body && !x->unchanged;
+        int listed = x->body && !x->unchanged, recorded = listed && x->record && !differs[i];
 
-        if (listed && x->record && !differs[i])
+        if (recorded)
             snprintf(hex, sizeof(hex), "\"%s\"", x->digest);
         /* Keys in jsonb's order (see write_member). */
-        buf_printf(&db, "%s{\"d\":%lld,\"h\":%s,\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[", i ? "," : "",
-                   x->dept_id, hex, x->members, x->primary,
+        buf_printf(&db, "%s{\"d\":%lld,\"h\":%s,\"m\":", i ? "," : "", x->dept_id, hex);
+        if (recorded)
+            put_hashes(&db, x, uh + base[i]);
+        else
+            buf_puts(&db, "null");
+        buf_printf(&db, ",\"n\":%d,\"p\":%d,\"s\":%s,\"u\":[", x->members, x->primary,
                    x->body || x->unchanged ? "false" : "true");
         for (int m = 0; listed && m < x->members; m++) {
             /* The userid's JSON string, quotes included: checked text. */
@@ -511,17 +557,31 @@ int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, 
         sync_params_free(p);
         goto out;
     }
+    /* Decided: the map takes what this statement writes. */
+    for (int i = 0; i < total; i++) {
+        const uid_ref *r = &refs[i];
+        if (keep[r->seq] && !batches[r->batch]->decided && !r->mem->skip && map)
+            member_map_set(map, uh[r->seq], r->mem->th);
+    }
+    for (int i = 0; i < nbatches; i++)
+        batches[i]->decided = 1;
     rc = 0;
 out:
     if (rc) {
         buf_free(&mb);
         buf_free(&fb);
         buf_free(&db);
+        /* Nothing decided: the marks set above are set again next time. */
+        for (int i = 0; i < total && marked; i++)
+            if (!batches[refs[i].batch]->decided)
+                refs[i].mem->skip = 0;
     }
     free(refs);
+    free(uh);
     free(keep);
     free(arena);
     free(differs);
+    free(base);
     return rc;
 }
 

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/sync/member_map.h"
 #include "worker/sync/uid_set.h"
 
 /* A digest in hex: the first 32 digits of SHA-256 (common/hash.h), 16 bytes. */
@@ -26,6 +27,8 @@
 typedef struct ds_member {
     uint32_t off, len;         /* the member's object */
     uint32_t uid_off, uid_len; /* its userid string's contents, still escaped */
+    uint64_t th;               /* its object's fingerprint (hash_sha256_u64) */
+    int skip;                  /* users holds this text already: not sent (sync_batch_params) */
 } ds_member;
 
 typedef struct ds_batch {
@@ -41,14 +44,16 @@ typedef struct ds_batch {
     ds_member *m;
     int members;
     int primary; /* members whose main department this is: counted once, here */
-    /* SHA-256 (its first SYNC_DIGEST_HEX hex digits) of body: the members as
-     * kept, in the answer's order. Equal digests, equal members: what the
-     * department's last answer wrote is what this one would write (sql/008). */
+    /* SHA-256 (its first SYNC_DIGEST_HEX hex digits) of the members'
+     * fingerprints (ds_member.th, 8 bytes each, big-endian) in the answer's
+     * order. Equal digests, equal members: what the department's last answer
+     * wrote is what this one would write (sql/008). */
     char digest[SYNC_DIGEST_HEX + 1];
     int record;    /* a department's answer: its digest and userids are kept */
     int unchanged; /* set by the sync: the stored digest is this one, so only the
                       checkpoint is written (no member is sent); the sync may then
                       free body and m (members and primary stay) */
+    int decided;   /* sync_batch_params has set m[].skip: the same again on a retry */
 } ds_batch;
 
 /* Checks a user/list answer (text the client already found to be JSON: the
@@ -78,20 +83,30 @@ typedef struct sync_params {
     /* The same for the members `written` did not hold (each is added to it):
      * surely not in users, they are inserted without ON CONFLICT. NULL if none. */
     char *fresh;
-    /* [{"d":dept,"h":digest,"n":members,"p":primary,"s":unknown upstream,
-     *   "u":[userid,...],"x":unchanged},...]:
+    /* [{"d":dept,"h":digest,"m":members' hashes,"n":members,"p":primary,
+     *   "s":unknown upstream,"u":[userid,...],"x":unchanged},...]:
      * "u" the userids the department listed, as the upstream wrote them (what
-     * the run saw, for its deletions: kept with the digest, or in the checkpoint
-     * when the batch is not recorded); "h" the digest in hex when the batch is
-     * recorded, else null. An unchanged batch ("x" true) has no "h" and an empty
-     * "u", and none of its members is in the member arrays. */
+     * the run saw, for its deletions: kept with the digest, and in the
+     * checkpoint when the batch is not recorded); "h" the digest in hex when the
+     * batch is recorded, else null, and "m" then its members' uid_hash and
+     * fingerprint (32 hex digits each, in the answer's order: member_map.h),
+     * else null. An unchanged batch ("x" true) has no "h" and an empty "u", and
+     * none of its members is in the member arrays. */
     char *depts;
 } sync_params;
 
 /* Fills p for these batches. written: NULL, or the userids the enterprise's
- * sync has sent since it had no users row (worker/sync/uid_set.h). 0, or -ENOMEM
- * (nothing allocated). sync_params_free frees p's arrays. */
-int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, sync_params *p);
+ * sync has sent since it had no users row (worker/sync/uid_set.h). map: NULL,
+ * or what users holds for the enterprise's members (member_map.h). The first
+ * time a batch is in p, each of its members whose text is the map's is marked
+ * skip, and the map takes the text of each member put in; later calls (the
+ * statement written again) keep those marks. A skipped member is left out of
+ * the member arrays. The map then says what users holds once the statement is
+ * written: if it never is, the caller must drop the map. 0, or -ENOMEM
+ * (nothing allocated, nothing marked, the map unchanged). sync_params_free
+ * frees p's arrays. */
+int sync_batch_params(ds_batch *const *batches, int nbatches, uid_set *written, member_map *map,
+                      sync_params *p);
 void sync_params_free(sync_params *p);
 
 #endif

@@ -18,18 +18,24 @@ void uid_set_free(uid_set *s)
     uid_set_init(s);
 }
 
-/* FNV-1a over the userid, folded to the 32 bits the set keeps; never 0, which
- * marks an empty slot. */
-static uint32_t uid_key(const char *p, size_t n)
+uint64_t uid_hash(const char *p, size_t n)
 {
     uint64_t h = 14695981039346656037ull;
-    uint32_t k;
 
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)p[i];
         h *= 1099511628211ull;
     }
-    k = (uint32_t)(h ^ (h >> 32));
+    return h ? h : 1;
+}
+
+/* uid_hash folded to the 32 bits the set keeps; never 0, which marks an empty
+ * slot. */
+static uint32_t uid_key(const char *p, size_t n)
+{
+    uint64_t h = uid_hash(p, n);
+    uint32_t k = (uint32_t)(h ^ (h >> 32));
+
     return k ? k : 1;
 }
 

@@ -29,4 +29,8 @@ void uid_set_free(uid_set *s);
  * caller treats that as maybe, too). */
 int uid_set_add(uid_set *s, const char *uid, size_t n);
 
+/* FNV-1a over a userid's bytes (never 0): the key uid_set keeps, folded to
+ * 32 bits, and worker/sync/member_map.h's. */
+uint64_t uid_hash(const char *uid, size_t n);
+
 #endif

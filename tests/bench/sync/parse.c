@@ -86,7 +86,7 @@ int main(int argc, char **argv)
                 depts++;
             }
             sync_params sp;
-            if (!rc && sync_batch_params(b, k, NULL, &sp) != 0)
+            if (!rc && sync_batch_params(b, k, NULL, NULL, &sp) != 0)
                 rc = 1;
             else if (!rc)
                 sync_params_free(&sp);
