@@ -12,18 +12,23 @@
  * the departments that list it (their userids), among those it was in and is
  * in now, read from its row before and after the statement: a department lists
  * a member only if the member's department array names it (sync_batch_parse
- * records no digest otherwise). `rows` is a query of (corp_id, dept_id,
- * userid); `gate` a condition on other CTEs only: when it is false (nothing was
- * written) the digests are not even read. The rows are grouped per enterprise
- * so that each department is found through the primary key (a join of them was
- * planned, once the table had statistics, as a sort of every digest per
- * statement: tests/bench/README.md "Tenth pass"). A department that no longer
- * lists the member keeps its digest (a member moved out of a department written
- * earlier in the run: sql/009). */
+ * records no digest otherwise). A department that no longer lists the member
+ * keeps its digest (a member moved out of a department written earlier in the
+ * run: sql/009).
+ *
+ * `rows` is a query of (corp_id, dept_id, userid), kept as the CTE invr; `gate`
+ * a condition on other CTEs only: when it is false (nothing was written) no
+ * digest is read. The digests are found through the primary key from two
+ * arrays (the enterprises, the departments) that PostgreSQL computes once,
+ * then each is checked against invr: a join of the rows with department_digests
+ * was planned as a sort (tests/bench/README.md "Tenth pass") or a hash of every
+ * digest ("Eleventh pass") for every statement. */
 #define DIGESTS_INVALIDATE(rows, gate)                                                             \
-    "inv AS (UPDATE department_digests t SET digest = NULL FROM (SELECT c, array_agg(d) AS ds, "   \
-    "  array_agg(u) AS us FROM (" rows ") AS p(c, d, u) GROUP BY c) AS v WHERE (" gate ") "        \
-    "  AND t.corp_id = v.c AND t.dept_id = ANY (v.ds) AND t.digest IS NOT NULL "                   \
-    "  AND t.userids && v.us RETURNING 1)"
+    "invr AS (" rows "), "                                                                         \
+    "inv AS (UPDATE department_digests t SET digest = NULL WHERE (" gate ") "                      \
+    "  AND t.corp_id = ANY (ARRAY(SELECT DISTINCT c FROM invr AS r(c, d, u))) "                    \
+    "  AND t.dept_id = ANY (ARRAY(SELECT DISTINCT d::bigint FROM invr AS r(c, d, u))) "            \
+    "  AND t.digest IS NOT NULL AND EXISTS (SELECT 1 FROM invr AS r(c, d, u) "                     \
+    "  WHERE r.c = t.corp_id AND r.d = t.dept_id AND r.u = ANY (t.userids)) RETURNING 1)"
 
 #endif

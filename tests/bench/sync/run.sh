@@ -104,10 +104,13 @@ export ORGSYNC_DEPT_RATE=$RATE
 export ORGSYNC_LOG_LEVEL=${ORGSYNC_LOG_LEVEL:-warn}
 "$BIN" migrate >/dev/null
 # PG_STATEMENTS=1: after each sync, the statements that cost PostgreSQL the most
-# (pg_stat_statements: calls, total and mean execution time, the first words).
+# (pg_stat_statements: calls, total execution and planning time, mean execution
+# time, the first words).
 if [ "${PG_STATEMENTS:-0}" = 1 ]; then
     psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
     "$SRC/tests/servers.sh" restart-pg "$TMP/pg"
+    psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -c "ALTER SYSTEM SET pg_stat_statements.track_planning = on" \
+        -c "SELECT pg_reload_conf()" >/dev/null
     psql -q -X -v ON_ERROR_STOP=1 "$PG_DSN" -d orgsync -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null ||
         psql -q -X -v ON_ERROR_STOP=1 "host=127.0.0.1 port=$PG_PORT user=postgres dbname=orgsync" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 fi
