@@ -2,6 +2,7 @@
 #include "common/http_answer.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@ struct http_answer {
     char *bytes; /* head_len + body_len: mapped from fd, or malloc'ed when fd < 0 */
     size_t head_len, body_len;
     int fd;
+    int pipe; /* read end of a pipe holding the whole block (from fd), or -1 */
 };
 
 static const char *reason(int status)
@@ -71,6 +73,33 @@ static int map_file(http_answer *a, const char *head, const char *body)
     return -1;
 }
 
+/* The block of a file answer also in a pipe, which tee(2) duplicates by page
+ * reference for each request: no lookup of the memfd's pages per request, as
+ * sendfile does. Without it (the pipe's size refused, e.g. past the user's pipe
+ * pages) the answer is sent with sendfile. */
+static void fill_pipe(http_answer *a)
+{
+    size_t total = a->head_len + a->body_len;
+    int p[2];
+    loff_t off = 0;
+    if (total > HTTP_ANSWER_PIPE_MAX || pipe2(p, O_CLOEXEC | O_NONBLOCK))
+        return;
+    int cap = fcntl(p[1], F_SETPIPE_SZ, (int)total);
+    if (cap < 0 || (size_t)cap < total)
+        goto fail;
+    while ((size_t)off < total) {
+        ssize_t n = splice(a->fd, &off, p[1], NULL, total - (size_t)off, SPLICE_F_NONBLOCK);
+        if (n <= 0)
+            goto fail;
+    }
+    close(p[1]);
+    a->pipe = p[0];
+    return;
+fail:
+    close(p[0]);
+    close(p[1]);
+}
+
 http_answer *http_answer_new(int status, const char *content_type, const char *body, size_t len)
 {
     char head[HTTP_HEAD_MAX(256, 0)];
@@ -84,6 +113,7 @@ http_answer *http_answer_new(int status, const char *content_type, const char *b
     a->refs = 1;
     a->status = status;
     a->fd = -1;
+    a->pipe = -1;
     if (!body)
         len = 0;
     a->body_len = len;
@@ -98,6 +128,8 @@ http_answer *http_answer_new(int status, const char *content_type, const char *b
         memcpy(a->bytes, head, a->head_len);
         if (len)
             memcpy(a->bytes + a->head_len, body, len);
+    } else {
+        fill_pipe(a);
     }
     return a;
 fail:
@@ -119,6 +151,8 @@ void http_answer_unref(http_answer *a)
     if (a->fd >= 0) {
         munmap(a->bytes, a->head_len + a->body_len);
         close(a->fd);
+        if (a->pipe >= 0)
+            close(a->pipe);
     } else {
         free(a->bytes);
     }
@@ -155,4 +189,9 @@ size_t http_answer_body_len(const http_answer *a)
 int http_answer_fd(const http_answer *a)
 {
     return a->fd;
+}
+
+int http_answer_pipe(const http_answer *a)
+{
+    return a->pipe;
 }

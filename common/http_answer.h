@@ -12,7 +12,10 @@
  * headers (for a keep-alive HTTP/1.1 request without extra headers) and body are
  * one block. A large one lives in a memfd mapped read-only, which the server
  * sends with sendfile(2): the kernel then takes the page references instead of
- * copying the bytes into the socket (what nginx does with a static file). */
+ * copying the bytes into the socket (what nginx does with a static file). Up to
+ * HTTP_ANSWER_PIPE_MAX it is also held in a pipe, whose pages tee(2) references
+ * for each request without looking them up in the memfd again (less CPU per
+ * request than sendfile: tests/bench/README.md, HTTP API). */
 #ifndef ORGSYNC_HTTP_ANSWER_H
 #define ORGSYNC_HTTP_ANSWER_H
 
@@ -40,6 +43,12 @@ size_t http_answer_head_len(const http_answer *a);
 size_t http_answer_body_len(const http_answer *a);
 /* The memfd holding the block (same bytes at the same offsets), or -1. */
 int http_answer_fd(const http_answer *a);
+/* The read end of a pipe holding the whole block of a file answer, to be
+ * duplicated with tee(2) and never read; -1 if there is none. */
+int http_answer_pipe(const http_answer *a);
+/* File answers up to this size also get the pipe (the kernel's default cap on
+ * a pipe's size, /proc/sys/fs/pipe-max-size, is 1 MiB). */
+#define HTTP_ANSWER_PIPE_MAX (1024 * 1024)
 
 /* Writes the head of an answer into out: status line, Content-Type, Content-Length
  * (body_len), "Connection: close" when !keep_alive ("keep-alive" for an HTTP/1.0

@@ -7,10 +7,11 @@
  * buffer without bound. The request object and the output buffer belong to the
  * connection and are reused, so a keep-alive request costs no allocation once the
  * buffers have grown to its size, and each answer is one uv_write of one buffer.
- * A prebuilt answer (http_reply_answer) is not copied: its block is sent with
- * sendfile(2) from its memfd right away when the socket takes it (the answer is then
- * done within the call), else written by reference with uv_write, the connection
- * holding the answer until the write is done.
+ * A prebuilt answer (http_reply_answer) is not copied: its block is sent right away
+ * when the socket takes it (the answer is then done within the call), by tee(2) from
+ * the answer's pipe into the server's and splice(2) to the socket, or with
+ * sendfile(2) from its memfd when it has no pipe; else written by reference with
+ * uv_write, the connection holding the answer until the write is done.
  *
  * A request whose connection dies while its handler works is detached: it stays
  * valid until the handler answers (the answer is dropped) or the server closes. */
@@ -143,6 +144,8 @@ struct http_server {
     uv_timer_t closer;
     void (*done)(void *);
     void *done_arg;
+    int tee_pipe[2]; /* empty between calls: an answer's pipe is tee'd in, spliced out */
+    size_t tee_cap;  /* its size; 0: not made yet (or given up after a failure) */
     char rbuf[HS_READ_BUF];
 };
 
@@ -632,9 +635,70 @@ static int conn_write(hs_conn *c, int status, const char *ctype, const char *xh,
     return conn_send(c, &b, 1, NULL, keep_alive);
 }
 
-/* Sends the first len bytes of ans's memfd now, with sendfile(2), when nothing is
- * queued on the socket before them. Returns how many went out (0 too when the
- * answer has no file), or -1 on a socket error. */
+static void tee_pipe_close(http_server *s)
+{
+    if (s->tee_cap) {
+        close(s->tee_pipe[0]);
+        close(s->tee_pipe[1]);
+    }
+    s->tee_cap = 0;
+}
+
+/* The server's pipe, empty and able to take len bytes; 0 or -1. */
+static int tee_pipe_ready(http_server *s, size_t len)
+{
+    if (!s->tee_cap) {
+        if (pipe2(s->tee_pipe, O_CLOEXEC | O_NONBLOCK))
+            return -1;
+        s->tee_cap = 1;
+    }
+    if (s->tee_cap < len) {
+        int cap = fcntl(s->tee_pipe[1], F_SETPIPE_SZ, (int)len);
+        if (cap < 0 || (size_t)cap < len) {
+            tee_pipe_close(s);
+            return -1;
+        }
+        s->tee_cap = (size_t)cap;
+    }
+    return 0;
+}
+
+/* Sends the first len bytes of ans's pipe to the socket fd: tee(2) into the
+ * server's pipe (page references, no copy, no page lookup), then splice(2) out.
+ * Returns how many went out, -1 on a socket error, -2 when the pipes could not
+ * be used (the caller sends otherwise). Whatever the socket did not take is
+ * dropped from the server's pipe (by closing it: rare, the socket was full). */
+static ssize_t conn_tee(http_server *s, int fd, int in, size_t len)
+{
+    if (tee_pipe_ready(s, len))
+        return -2;
+    ssize_t n = tee(in, s->tee_pipe[1], len, SPLICE_F_NONBLOCK);
+    if (n != (ssize_t)len) {
+        tee_pipe_close(s);
+        return -2;
+    }
+    size_t off = 0;
+    ssize_t rc = 0;
+    while (off < len) {
+        ssize_t m = splice(s->tee_pipe[0], NULL, fd, NULL, len - off, SPLICE_F_NONBLOCK);
+        if (m > 0) {
+            off += (size_t)m;
+            continue;
+        }
+        if (m < 0 && errno == EINTR)
+            continue;
+        if (m < 0 && errno != EAGAIN)
+            rc = -1;
+        break; /* the socket buffer is full: the rest is queued */
+    }
+    if (off < len)
+        tee_pipe_close(s);
+    return rc ? rc : (ssize_t)off;
+}
+
+/* Sends the first len bytes of ans's memfd now, with tee and splice, else
+ * sendfile(2), when nothing is queued on the socket before them. Returns how
+ * many went out (0 too when the answer has no file), or -1 on a socket error. */
 static ssize_t conn_sendfile(hs_conn *c, const http_answer *ans, size_t len)
 {
     uv_os_fd_t fd;
@@ -642,6 +706,11 @@ static ssize_t conn_sendfile(hs_conn *c, const http_answer *ans, size_t len)
     if (in < 0 || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0 ||
         uv_fileno((const uv_handle_t *)&c->tcp, &fd))
         return 0;
+    if (http_answer_pipe(ans) >= 0) {
+        ssize_t sent = conn_tee(c->srv, fd, http_answer_pipe(ans), len);
+        if (sent != -2)
+            return sent;
+    }
     off_t off = 0;
     while ((size_t)off < len) {
         ssize_t n = sendfile(fd, in, &off, len - (size_t)off);
@@ -982,6 +1051,7 @@ static void server_maybe_done(http_server *s)
         req_free(r);
     }
     router_free(s->rt);
+    tee_pipe_close(s);
     void (*done)(void *) = s->done;
     void *arg = s->done_arg;
     free(s);

@@ -21,7 +21,8 @@
  * of an upload reads the answer instead of a reset. The request object, its buffers and
  * the output buffer are reused per connection: no allocation per keep-alive request.
  * An answer built once for many requests (common/http_answer.h) is sent by reference:
- * no copy of its body, and from a memfd with one sendfile(2) when it is large. */
+ * no copy of its body, and when it is large from kernel pages (tee(2) and splice(2)
+ * from a pipe holding it, else sendfile(2) from its memfd). */
 #ifndef ORGSYNC_HTTP_SERVER_H
 #define ORGSYNC_HTTP_SERVER_H
 

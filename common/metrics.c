@@ -41,6 +41,10 @@ static size_t nseries;
 static desc descs[MAX_DESCS];
 static size_t ndescs;
 static double dropped;
+/* Bumped by metrics_reset, which frees every series: a handle of an older
+ * generation points at freed memory and is not live (metrics.h). Starts at 1 so
+ * that a zeroed handle is never live. */
+static unsigned long long generation = 1;
 
 static uint64_t fnv1a(const char *name, const char *labels)
 {
@@ -215,13 +219,8 @@ void metrics_gauge_add(const char *name, const char *labels, double v)
         s->value += v;
 }
 
-void metrics_observe(const char *name, const char *labels, double seconds)
+static void observe_series(series *s, double seconds)
 {
-    if (isnan(seconds))
-        return;
-    series *s = lookup(name, labels, METRIC_HISTOGRAM, 1);
-    if (!s || s->type != METRIC_HISTOGRAM)
-        return;
     for (size_t i = 0; i < NBUCKETS; i++) {
         if (seconds <= bucket_bounds[i]) {
             s->buckets[i]++;
@@ -230,6 +229,42 @@ void metrics_observe(const char *name, const char *labels, double seconds)
     }
     s->count++;
     s->value += seconds;
+}
+
+void metrics_observe(const char *name, const char *labels, double seconds)
+{
+    if (isnan(seconds))
+        return;
+    series *s = lookup(name, labels, METRIC_HISTOGRAM, 1);
+    if (s && s->type == METRIC_HISTOGRAM)
+        observe_series(s, seconds);
+}
+
+int metrics_handle_bind(metrics_handle *h, const char *name, const char *labels, metric_type type)
+{
+    series *s = lookup(name, labels, type, 1);
+    if (s && type == METRIC_HISTOGRAM && s->type != METRIC_HISTOGRAM)
+        s = NULL; /* what metrics_observe would ignore */
+    h->series = s;
+    h->gen = generation;
+    return s ? 0 : -1;
+}
+
+int metrics_handle_live(const metrics_handle *h)
+{
+    return h->series && h->gen == generation;
+}
+
+void metrics_handle_add(const metrics_handle *h, double v)
+{
+    if (v >= 0 && metrics_handle_live(h))
+        ((series *)h->series)->value += v;
+}
+
+void metrics_handle_observe(const metrics_handle *h, double seconds)
+{
+    if (!isnan(seconds) && metrics_handle_live(h))
+        observe_series(h->series, seconds);
 }
 
 double metrics_value(const char *name, const char *labels)
@@ -419,4 +454,5 @@ void metrics_reset(void)
         free(descs[i].help);
     ndescs = 0;
     dropped = 0;
+    generation++; /* every handle bound until now points at freed series */
 }

@@ -107,6 +107,36 @@ char *metrics_render_samples(metrics_sample *s, size_t n, size_t *len);
 /* The described type of a metric; fallback when it was never described. */
 metric_type metrics_type_of(const char *name, metric_type fallback);
 
+/* A handle on one series, for a hot path that updates the same series again and
+ * again (the HTTP metrics of every request): bound once by name and labels, then
+ * updated with neither formatting nor hashing.
+ *
+ *   metrics_handle h = {0};
+ *   if (!metrics_handle_live(&h))
+ *       metrics_handle_bind(&h, M_HTTP_REQUESTS, labels, METRIC_COUNTER);
+ *   metrics_handle_add(&h, 1);
+ *
+ * metrics_reset is the only call that frees series: it starts a new generation,
+ * and a handle bound in an earlier one is no longer live, so that it is never
+ * followed to a freed series (updating through it does nothing; bind it again).
+ * A zeroed handle is not live. Same single-thread rule as the registry. */
+typedef struct metrics_handle {
+    void *series;           /* the registry's; NULL when the series could not be made */
+    unsigned long long gen; /* the registry's generation when bound */
+} metrics_handle;
+
+/* Binds h to the series (name, labels), creating it with type when absent, as
+ * metrics_counter_add or metrics_observe would; a series that cannot be made
+ * (table full, bad name) is counted as dropped as they count it. 0, or -1 with h
+ * not live. A histogram handle binds only to a histogram series. */
+int metrics_handle_bind(metrics_handle *h, const char *name, const char *labels, metric_type type);
+/* 1 if h is bound to a series of the registry's current generation. */
+int metrics_handle_live(const metrics_handle *h);
+/* metrics_counter_add and metrics_observe through a handle; nothing if it is not
+ * live. */
+void metrics_handle_add(const metrics_handle *h, double v);
+void metrics_handle_observe(const metrics_handle *h, double seconds);
+
 /* Current value of a counter or gauge series (tests); 0 if absent. */
 double metrics_value(const char *name, const char *labels);
 

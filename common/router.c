@@ -295,7 +295,6 @@ int router_match(const router *r, const char *method, const char *path, struct r
         if (!ok)
             continue;
         path_known = 1;
-        allow_add(m->allow, sizeof(m->allow), rt->method);
         int meth_ok = strcmp(rt->method, method) == 0 || (is_head && !strcmp(rt->method, "GET"));
         if (!meth_ok)
             continue;
@@ -307,9 +306,21 @@ int router_match(const router *r, const char *method, const char *path, struct r
             best_score = sc;
         }
     }
-    if (!best)
-        return path_known ? 405 : 404;
-    m->allow[0] = '\0';
+    if (!best && !path_known)
+        return 404;
+    if (!best) {
+        /* 405: the methods of every route of this path (only now: a match, the
+         * common case, has no use for them) */
+        for (int k = 0; k < r->n; k++) {
+            const route *rt = &r->routes[k];
+            int ok = rt->nsegs == n;
+            for (int i = 0; i < n && ok; i++)
+                ok = seg_matches(&rt->segs[i], dec[i], dlen[i]);
+            if (ok)
+                allow_add(m->allow, sizeof(m->allow), rt->method);
+        }
+        return 405;
+    }
     m->handler = best->handler;
     m->arg = best->arg;
     m->pattern = best->pattern;

@@ -171,6 +171,9 @@ static void h_answer(http_req *r, void *arg)
     free(b);
     assert_non_null(a);
     assert_int_equal(http_answer_fd(a) >= 0, len >= HTTP_ANSWER_FILE_MIN);
+    /* a file answer up to the cap also lives in a pipe (tee'd per request) */
+    assert_int_equal(http_answer_pipe(a) >= 0,
+                     len >= HTTP_ANSWER_FILE_MIN && len + 128 <= HTTP_ANSWER_PIPE_MAX);
     if (http_req_query(r, "x"))
         http_req_add_header(r, "X-Extra", "yes");
     http_reply_answer(r, a);
@@ -1423,6 +1426,33 @@ static void test_prebuilt_answer(void **state)
     assert_int_equal(blen, huge);
     assert_non_null(strstr(head, "\r\nConnection: close\r\n"));
     assert_true(raw_closed_within(w, 2000));
+    raw_free(w);
+
+    /* The same through the pipes (answers under HTTP_ANSWER_PIPE_MAX): pipelined
+     * until the send buffer (up to 4 MiB) is full, so that a tee'd copy stops
+     * short; what the socket did not take is dropped from the server's pipe and
+     * written from the mapping, and the answers behind, and another
+     * connection's meanwhile, come whole. */
+    const size_t pipe_big = 900 * 1000;
+    w = raw_connect_rcvbuf(f->port, 4096);
+    for (int i = 0; i < 7; i++)
+        raw_sends(w, "GET /answer?n=900000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    raw_sends(w, "GET /answer?n=20000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    usleep(300 * 1000);
+    raw *w2 = raw_connect(f->port);
+    raw_sends(w2, "GET /answer?n=900000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(raw_answer(w2, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, pipe_big);
+    for (int i = 0; i < 7; i++) {
+        assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+        assert_int_equal(blen, pipe_big);
+    }
+    assert_int_equal(raw_answer(w, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, 20000);
+    raw_sends(w2, "GET /answer?n=900000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(raw_answer(w2, 0, head, sizeof head, &blen), 200);
+    assert_int_equal(blen, pipe_big);
+    raw_free(w2);
     raw_free(w);
 
     /* A client gone before its answer is taken: nothing leaks (ASan). */

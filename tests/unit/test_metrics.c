@@ -117,6 +117,77 @@ static void test_describe(void **state)
     free(s);
 }
 
+/* Handles: the same series as the name-and-labels calls, and never followed to a
+ * series that metrics_reset freed (ASan would report the use after free). */
+static void test_handles(void **state)
+{
+    (void)state;
+    const char *lb = "route=\"/v1/runs/latest\",method=\"GET\",status=\"200\"";
+    metrics_handle zero = {0}, req, dur, bad;
+    assert_false(metrics_handle_live(&zero));
+    metrics_handle_add(&zero, 1); /* nothing, and no crash */
+    metrics_handle_observe(&zero, 1);
+
+    assert_int_equal(metrics_handle_bind(&req, M_HTTP_REQUESTS, lb, METRIC_COUNTER), 0);
+    assert_int_equal(
+        metrics_handle_bind(&dur, M_HTTP_DURATION, "route=\"/v1/runs/latest\"", METRIC_HISTOGRAM),
+        0);
+    assert_true(metrics_handle_live(&req) && metrics_handle_live(&dur));
+    metrics_handle_add(&req, 2);
+    metrics_handle_add(&req, -1); /* a counter never goes down */
+    metrics_counter_add(M_HTTP_REQUESTS, lb, 1);
+    metrics_handle_observe(&dur, 0.02);
+    metrics_observe(M_HTTP_DURATION, "route=\"/v1/runs/latest\"", 0.0005);
+    assert_true(metrics_value(M_HTTP_REQUESTS, lb) == 3);
+    assert_true(metrics_value(M_HTTP_DURATION, "route=\"/v1/runs/latest\"") == 2);
+    char *s = render();
+    assert_non_null(strstr(s, "orgsync_http_request_duration_seconds_bucket{route=\"/v1/runs/"
+                              "latest\",le=\"0.001\"} 1\n"));
+    assert_non_null(strstr(s, "orgsync_http_request_duration_seconds_bucket{route=\"/v1/runs/"
+                              "latest\",le=\"0.025\"} 2\n"));
+    free(s);
+    /* a histogram handle does not bind to a series of another type */
+    assert_int_equal(metrics_handle_bind(&bad, M_HTTP_REQUESTS, lb, METRIC_HISTOGRAM), -1);
+    assert_false(metrics_handle_live(&bad));
+
+    /* reset frees the series: the handles are stale and do nothing */
+    metrics_reset();
+    assert_false(metrics_handle_live(&req));
+    assert_false(metrics_handle_live(&dur));
+    metrics_handle_add(&req, 5);
+    metrics_handle_observe(&dur, 0.02);
+    assert_true(metrics_value(M_HTTP_REQUESTS, lb) == 0);
+    /* bound again: a new series, from 0 */
+    assert_int_equal(metrics_handle_bind(&req, M_HTTP_REQUESTS, lb, METRIC_COUNTER), 0);
+    metrics_handle_add(&req, 1);
+    assert_true(metrics_value(M_HTTP_REQUESTS, lb) == 1);
+}
+
+/* A handle that cannot be bound (the table is full) counts as dropped each time,
+ * as metrics_counter_add does. */
+static void test_handle_bounded(void **state)
+{
+    (void)state;
+    char labels[64];
+    metrics_handle h;
+    for (int i = 0; i < METRICS_MAX_SERIES; i++) {
+        snprintf(labels, sizeof labels, "k=\"%d\"", i);
+        metrics_counter_add("orgsync_test_total", labels, 1);
+    }
+    assert_int_equal(metrics_handle_bind(&h, "orgsync_test_total", "k=\"new\"", METRIC_COUNTER),
+                     -1);
+    assert_false(metrics_handle_live(&h));
+    assert_int_equal(metrics_handle_bind(&h, "orgsync_test_total", "k=\"new\"", METRIC_COUNTER),
+                     -1);
+    /* an existing series still binds */
+    assert_int_equal(metrics_handle_bind(&h, "orgsync_test_total", "k=\"7\"", METRIC_COUNTER), 0);
+    metrics_handle_add(&h, 1);
+    assert_true(metrics_value("orgsync_test_total", "k=\"7\"") == 2);
+    char *s = render();
+    assert_non_null(strstr(s, "orgsync_metrics_dropped_series_total 2\n"));
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -124,6 +195,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_histogram, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_describe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handles, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handle_bounded, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

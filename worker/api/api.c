@@ -4,8 +4,10 @@
 #include "worker/api/api_routes.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/log.h"
 #include "common/metrics.h"
@@ -32,17 +34,53 @@ void api_close(api *a)
 }
 
 /* HTTP metrics: the route pattern (never the raw path) keeps the series bounded. */
-static void observe(void *arg, const char *method, const char *route, int status, double seconds)
+static void http_labels(api_http_series *e, const char *route, const char *method, int status)
 {
     char labels[METRICS_MAX_LABELS];
-    (void)arg;
-    if (!route)
-        route = "unmatched";
-    snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"", route,
-             method ? method : "", status);
-    metrics_counter_add(M_HTTP_REQUESTS, labels, 1);
-    snprintf(labels, sizeof labels, "route=\"%s\"", route);
-    metrics_observe(M_HTTP_DURATION, labels, seconds);
+    snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"",
+             route ? route : "unmatched", method, status);
+    metrics_handle_bind(&e->requests, M_HTTP_REQUESTS, labels, METRIC_COUNTER);
+    snprintf(labels, sizeof labels, "route=\"%s\"", route ? route : "unmatched");
+    metrics_handle_bind(&e->duration, M_HTTP_DURATION, labels, METRIC_HISTOGRAM);
+}
+
+/* The series of (route, method, status), bound once per registry generation, so
+ * a request costs two increments: no formatting, no hashing of labels. The route
+ * is keyed by its pointer: patterns are owned by a->srv's router, which never
+ * drops one and outlives the observer (api_close removes it first). */
+static void observe(void *arg, const char *method, const char *route, int status, double seconds)
+{
+    api *a = arg;
+    api_http_series tmp, *e = NULL;
+    if (!method)
+        method = "";
+    size_t ml = strlen(method);
+    if (status > 0 && ml < sizeof e->method) {
+        size_t i = ((uintptr_t)route >> 4 ^ (size_t)status * 31 ^ ml) & (API_HTTP_SERIES - 1);
+        for (size_t n = 0; n < API_HTTP_SERIES; n++, i = (i + 1) & (API_HTTP_SERIES - 1)) {
+            api_http_series *s = &a->http_series[i];
+            if (s->status == 0) {
+                s->route = route;
+                memcpy(s->method, method, ml + 1);
+                s->status = status;
+                e = s;
+                break;
+            }
+            if (s->status == status && s->route == route && strcmp(s->method, method) == 0) {
+                e = s;
+                break;
+            }
+        }
+    }
+    if (!e) { /* table full (or an odd key): found by name, as before */
+        memset(&tmp, 0, sizeof tmp);
+        e = &tmp;
+    }
+    /* Not live: new, the registry was reset since, or the series was dropped. */
+    if (!metrics_handle_live(&e->requests) || !metrics_handle_live(&e->duration))
+        http_labels(e, route, method, status);
+    metrics_handle_add(&e->requests, 1);
+    metrics_handle_observe(&e->duration, seconds);
 }
 
 /* The series /metrics copies in from the clients' own statistics. */

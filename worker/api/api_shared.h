@@ -13,6 +13,7 @@
 #include <libpq-fe.h>
 
 #include "common/buf.h"
+#include "common/metrics.h"
 #include "worker/api/api.h"
 #include "worker/wecom/corp_id.h"
 
@@ -20,6 +21,15 @@ typedef struct api_centry api_centry;
 typedef struct lookup lookup;
 
 #define API_CACHE_SLOTS 64
+#define API_HTTP_SERIES 64 /* a power of two */
+
+/* The HTTP metrics series of one (route, method, status), found once (api.c). */
+typedef struct api_http_series {
+    const char *route; /* the router's pattern, which outlives the observer; NULL: none */
+    char method[16];
+    int status; /* 0: a free slot */
+    metrics_handle requests, duration;
+} api_http_series;
 
 struct api {
     api_deps d;
@@ -35,6 +45,7 @@ struct api {
     struct api_success *succ; /* sorted by corp_id */
     size_t nsucc, capsucc;
     long long succ_mark;
+    api_http_series http_series[API_HTTP_SERIES]; /* open addressing, never emptied */
 };
 
 /* Pending-callback accounting: every async call the api starts takes one
