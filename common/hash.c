@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void to_hex(const unsigned char *md, unsigned int mdlen, char out[65])
@@ -30,13 +31,42 @@ void hash_sha256_hex(const void *data, size_t len, char out[65])
     to_hex(md, mdlen, out);
 }
 
-uint64_t hash_sha256_u64(const void *data, size_t len)
+struct hash_fp {
+    EVP_MD *md;
+    EVP_MD_CTX *ctx;
+};
+
+hash_fp *hash_fp_new(void)
+{
+    hash_fp *h = calloc(1, sizeof(*h));
+
+    if (!h)
+        return NULL;
+    h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    h->ctx = EVP_MD_CTX_new();
+    if (!h->md || !h->ctx) {
+        hash_fp_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void hash_fp_free(hash_fp *h)
+{
+    if (!h)
+        return;
+    EVP_MD_CTX_free(h->ctx);
+    EVP_MD_free(h->md);
+    free(h);
+}
+
+uint64_t hash_sha256_u64(hash_fp *h, const void *data, size_t len)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     uint64_t v = 0;
-
-    if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 8)
+    if (!EVP_DigestInit_ex2(h->ctx, h->md, NULL) || !EVP_DigestUpdate(h->ctx, data, len) ||
+        !EVP_DigestFinal_ex(h->ctx, md, &mdlen) || mdlen < 8)
         return 0;
     for (int i = 0; i < 8; i++)
         v = v << 8 | md[i];

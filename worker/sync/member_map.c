@@ -6,15 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 16 lowercase hex digits. */
+/* 16 lowercase hex digits (looking at those 16 only: the text goes on). */
 static int read_u64(const char *s, uint64_t *out)
 {
     char t[17];
 
-    if (strspn(s, "0123456789abcdef") < 16)
-        return -1;
     memcpy(t, s, 16);
     t[16] = '\0';
+    if (strspn(t, "0123456789abcdef") != 16)
+        return -1;
     *out = strtoull(t, NULL, 16);
     return 0;
 }

@@ -264,6 +264,7 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
     key_shape shape;
     const char *end = body + len, *after;
     ds_member *ms = NULL;
+    hash_fp *fp_hasher;
     char *text;
 
     /* The answer's keys without reading their values' insides, then the
@@ -286,10 +287,11 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
         return -1;
     }
     text = malloc(len + 1); /* the members' text is at most the answer's */
+    fp_hasher = hash_fp_new();
     shape.n = 0;
-    if (!text) {
+    if (!text || !fp_hasher) {
         snprintf(why, n, "out of memory");
-        return -1;
+        goto bad;
     }
     b->primary = 0;
     while (js_next_shallow(&it, NULL, &m)) {
@@ -324,7 +326,7 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
         ms[count].len = (uint32_t)mlen;
         ms[count].uid_off = (uint32_t)(used + uid_at);
         ms[count].uid_len = (uint32_t)uid.n;
-        ms[count].th = hash_sha256_u64(text + used, mlen);
+        ms[count].th = hash_sha256_u64(fp_hasher, text + used, mlen);
         ms[count].skip = 0;
         if (!ms[count].th) {
             snprintf(why, n, "cannot compute the members' digest");
@@ -366,8 +368,10 @@ int sync_batch_parse(ds_batch *b, const char *body, size_t len, char *why, size_
     b->len = used;
     b->m = ms;
     b->members = (int)count;
+    hash_fp_free(fp_hasher);
     return (int)count;
 bad:
+    hash_fp_free(fp_hasher);
     free(ms);
     free(text);
     return -1;
