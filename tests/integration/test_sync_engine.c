@@ -10,6 +10,7 @@
 #include "worker/wecom/wecom.h"
 
 #include <hiredis/hiredis.h>
+#include <stdarg.h>
 
 static char g_log_path[512];
 
@@ -1086,6 +1087,18 @@ static long long run_count(fixture *f, const char *sql, long long run)
     return sh_scalar(f->pg, sql, 1, p);
 }
 
+/* A count from SQL formatted with printf's arguments (ids the test chose). */
+__attribute__((format(printf, 2, 3))) static long long countf(fixture *f, const char *fmt, ...)
+{
+    char q[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(q, sizeof(q), fmt, ap);
+    va_end(ap);
+    return sh_scalar(f->pg, q, 0, NULL);
+}
+
 /* Issue 20: an unchanged department costs no member write. A later sync of an
  * unchanged directory writes no users row (not even a row lock: every row's
  * xmax stays) and checkpoints every department as unchanged; deletions stay
@@ -1204,12 +1217,11 @@ static void test_unchanged_departments_write_nothing(void **state)
     snprintf(ops, sizeof(ops), "{\"fail_dept\":%lld,\"fail_dept_corp\":\"wwsim0002\"}", d1);
     sh_sim_post(&f.sim, "/sim/faults", ops);
     char q[256], dig1[64];
-    snprintf(
-        q, sizeof(q),
-        "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0002' AND dept_id = %lld "
-        "AND digest IS NOT NULL",
-        d1);
-    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+    assert_int_equal(countf(&f,
+                            "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0002' "
+                            "AND dept_id = %lld AND digest IS NOT NULL",
+                            d1),
+                     1);
     snprintf(q, sizeof(q),
              "SELECT encode(digest, 'hex') FROM department_digests WHERE corp_id = 'wwsim0002' "
              "AND dept_id = %lld",
@@ -1219,12 +1231,11 @@ static void test_unchanged_departments_write_nothing(void **state)
     PQclear(r);
     fx_sync(&f, "partial");
     /* d2 wrote the renamed member: d1's digest no longer holds. */
-    snprintf(
-        q, sizeof(q),
-        "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0002' AND dept_id = %lld "
-        "AND digest IS NULL",
-        d1);
-    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+    assert_int_equal(countf(&f,
+                            "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0002' "
+                            "AND dept_id = %lld AND digest IS NULL",
+                            d1),
+                     1);
 
     /* Renamed back: d1 answers what it answered at first, and is written. */
     snprintf(ops, sizeof(ops),
@@ -1348,16 +1359,17 @@ static void test_changed_departments_send_changed_members(void **state)
     snprintf(ops, sizeof(ops), "{\"fail_dept\":%lld,\"fail_dept_corp\":\"wwsim0001\"}", other_dept);
     sh_sim_post(&f.sim, "/sim/faults", ops);
     fx_sync(&f, "failed");
-    snprintf(q, sizeof(q),
-             "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND userid = '%s' "
-             "AND deleted_at IS NULL",
-             gone);
-    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
-    snprintf(q, sizeof(q),
-             "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0001' "
-             "AND dept_id = %lld AND '%s' = ANY (dropped)",
-             gone_dept, gone);
-    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+    assert_int_equal(
+        countf(&f,
+               "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND userid = '%s' "
+               "AND deleted_at IS NULL",
+               gone),
+        1);
+    assert_int_equal(countf(&f,
+                            "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0001' "
+                            "AND dept_id = %lld AND '%s' = ANY (dropped)",
+                            gone_dept, gone),
+                     1);
 
     /* The next complete run finds that department unchanged, and still
      * deletes the member; nothing waits in dropped after it. */
@@ -1368,11 +1380,12 @@ static void test_changed_departments_send_changed_members(void **state)
              "AND unchanged",
              gone_dept);
     assert_int_equal(run_count(&f, q, run), 1);
-    snprintf(q, sizeof(q),
-             "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND userid = '%s' "
-             "AND deleted_at IS NOT NULL",
-             gone);
-    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 1);
+    assert_int_equal(
+        countf(&f,
+               "SELECT count(*) FROM users WHERE corp_id = 'wwsim0001' AND userid = '%s' "
+               "AND deleted_at IS NOT NULL",
+               gone),
+        1);
     assert_int_equal(
         sh_scalar(f.pg, "SELECT count(*) FROM department_digests WHERE dropped <> '{}'", 0, NULL),
         0);
@@ -1407,11 +1420,11 @@ static void test_changed_departments_send_changed_members(void **state)
     PGresult *p = progress_row(&f, run, "wwsim0001");
     assert_int_equal(atoi(PQgetvalue(p, 0, 4)), 1); /* users_deleted */
     PQclear(p);
-    snprintf(q, sizeof(q),
-             "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0001' "
-             "AND dept_id = %lld",
-             leaf);
-    assert_int_equal(sh_scalar(f.pg, q, 0, NULL), 0);
+    assert_int_equal(countf(&f,
+                            "SELECT count(*) FROM department_digests WHERE corp_id = 'wwsim0001' "
+                            "AND dept_id = %lld",
+                            leaf),
+                     0);
     sh_assert_org(f.pg, &f.sim, "wwsim0001");
     fx_down(&f);
 }

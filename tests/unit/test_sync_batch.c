@@ -413,6 +413,18 @@ static void test_params_fresh_split(void **state)
     sync_batch_free(b[1]);
 }
 
+/* Loads a map of two members (userid, text fingerprint) as sql_departments
+ * would hand it over. */
+static int load_pairs(member_map *map, const char *u1, uint64_t th1, const char *u2, uint64_t th2)
+{
+    char hex[80];
+
+    snprintf(hex, sizeof(hex), "%016llx%016llx%016llx%016llx",
+             (unsigned long long)uid_hash(u1, strlen(u1)), (unsigned long long)th1,
+             (unsigned long long)uid_hash(u2, strlen(u2)), (unsigned long long)th2);
+    return member_map_load_hex(map, hex);
+}
+
 /* The member map (member_map.h): a changed department sends only the members
  * whose text is not the one users holds; the map then holds what was sent, and
  * a statement written again sends the same members as the first time. */
@@ -424,14 +436,11 @@ static void test_member_map(void **state)
     ds_batch *b = parse(7, answer, 3), *again;
     member_map map = {0};
     sync_params sp;
-    char ids[256], hex[200];
+    char ids[256];
     (void)state;
 
     /* users holds a's text; b's is an older one; c is not known. */
-    snprintf(hex, sizeof(hex), "%016llx%016llx%016llx%016llx", (unsigned long long)uid_hash("a", 1),
-             (unsigned long long)b->m[0].th, (unsigned long long)uid_hash("b", 1),
-             (unsigned long long)(b->m[1].th ^ 1));
-    assert_int_equal(member_map_load_hex(&map, hex), 0);
+    assert_int_equal(load_pairs(&map, "a", b->m[0].th, "b", b->m[1].th ^ 1), 0);
     assert_int_equal(map.n, 2);
     assert_true(member_map_holds(&map, uid_hash("a", 1), b->m[0].th));
     assert_false(member_map_holds(&map, uid_hash("b", 1), b->m[1].th));
@@ -462,10 +471,7 @@ static void test_member_map(void **state)
     sync_params_free(&sp);
 
     /* Two departments that disagree on a member: it is unknown, so sent. */
-    snprintf(hex, sizeof(hex), "%016llx%016llx%016llx%016llx", (unsigned long long)uid_hash("a", 1),
-             (unsigned long long)b->m[0].th, (unsigned long long)uid_hash("a", 1),
-             (unsigned long long)(b->m[0].th ^ 2));
-    assert_int_equal(member_map_load_hex(&map, hex), 0);
+    assert_int_equal(load_pairs(&map, "a", b->m[0].th, "a", b->m[0].th ^ 2), 0);
     assert_int_equal(map.n, 1);
     assert_false(member_map_holds(&map, uid_hash("a", 1), b->m[0].th));
     /* Text that is not hex pairs: no map, every member sent. */

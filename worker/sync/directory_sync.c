@@ -1361,7 +1361,7 @@ static void export_pump(ds_corp *c);
  * departments it could already lose. An enterprise with digests (a later
  * sync) sends only the changed members of a changed department (member_map.h),
  * so its changed departments wait too ("Eleventh pass"). */
-static int hold_unchanged(const ds_corp *c)
+static int hold_ready(const ds_corp *c)
 {
     if (c->nready >= DS_BATCH_MAX || c->fetching == 0 || c->quota_hit || c->permanent ||
         c->next >= c->ndepts)
@@ -1396,8 +1396,8 @@ static void corp_pump(ds_corp *c)
             return;
         fetch_next(c);
     }
-    /* After the next fetch started: hold_unchanged waits only while one is out. */
-    if (!c->nwriting && c->nready && !c->queued && !hold_unchanged(c)) {
+    /* After the next fetch started: hold_ready waits only while one is out. */
+    if (!c->nwriting && c->nready && !c->queued && !hold_ready(c)) {
         wq_push(j, c, 0);
         job_write_pump(j);
         if (j->stopping)
